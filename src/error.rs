@@ -1,0 +1,105 @@
+//! [`KmemError`]: what went wrong, in words a caller can act on.
+
+use core::fmt;
+
+/// An error from building an allocator or creating a cache.
+///
+/// Every variant says which input was wrong and why, so that a message such as
+/// `invalid alignment 48 for cache "conn": must be a power of two` can be shown as is.
+///
+/// ```
+/// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+/// let err = k.create_cache("bad", 0, kmem::CacheConfig::new()).unwrap_err();
+/// assert!(matches!(err, kmem::KmemError::InvalidSize { .. }));
+/// assert!(err.to_string().contains("bad"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KmemError {
+    /// An object size of zero, or one too large for any slab order.
+    InvalidSize {
+        /// The cache being created.
+        cache: String,
+        /// The size asked for.
+        size: usize,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An alignment that is not a power of two, or larger than a page.
+    InvalidAlignment {
+        /// The cache being created.
+        cache: String,
+        /// The alignment asked for.
+        align: usize,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A cache or builder parameter out of its range.
+    InvalidConfig {
+        /// Which parameter.
+        parameter: &'static str,
+        /// The value given.
+        value: usize,
+        /// What range or rule it breaks.
+        reason: &'static str,
+    },
+    /// A cache name that is empty or longer than [`MAX_CACHE_NAME`](crate::MAX_CACHE_NAME).
+    InvalidName {
+        /// The name given (possibly truncated for display).
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The operating system or the configured memory limit refused memory.
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// How many bytes.
+        bytes: usize,
+    },
+    /// This CPU has no lock-free 16-byte compare-and-swap, which kmem's fast path needs.
+    NoDoubleWordCas,
+}
+
+impl fmt::Display for KmemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KmemError::InvalidSize {
+                cache,
+                size,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "invalid object size {size} for cache {cache:?}: {reason}"
+                )
+            }
+            KmemError::InvalidAlignment {
+                cache,
+                align,
+                reason,
+            } => {
+                write!(f, "invalid alignment {align} for cache {cache:?}: {reason}")
+            }
+            KmemError::InvalidConfig {
+                parameter,
+                value,
+                reason,
+            } => {
+                write!(f, "invalid {parameter} = {value}: {reason}")
+            }
+            KmemError::InvalidName { name, reason } => {
+                write!(f, "invalid cache name {name:?}: {reason}")
+            }
+            KmemError::OutOfMemory { what, bytes } => {
+                write!(f, "out of memory allocating {bytes} bytes for {what}")
+            }
+            KmemError::NoDoubleWordCas => f.write_str(
+                "this CPU has no lock-free 16-byte compare-and-swap (cmpxchg16b); kmem's \
+                 per-CPU fast path cannot run without it",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KmemError {}

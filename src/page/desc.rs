@@ -1,0 +1,227 @@
+//! The page descriptor: kmem's `struct page`, with `struct slab` overlaid on the head page.
+//!
+//! Every 4 KiB page of a chunk has one 64-byte descriptor in an out-of-band table (never inside
+//! the page itself, so a stray write into an object can never corrupt allocator metadata and
+//! the descriptor of any page is found by arithmetic). Which fields mean what depends on
+//! [`PageKind`]:
+//!
+//! | kind      | `info`                          | `lru_prev/lru_next`      | slab fields        |
+//! |-----------|---------------------------------|--------------------------|--------------------|
+//! | `Free`    | order, node, released           | buddy free-list links    | unused             |
+//! | `Block`   | order, node (head of a block)   | unused                   | unused             |
+//! | `Slab`    | order, node (head of a slab)    | node partial-list links  | all meaningful     |
+//! | `Tail`    | offset to the head page         | unused                   | unused             |
+//! | `Absent`  | (page beyond a partial chunk)   | unused                   | unused             |
+//!
+//! `info` is atomic because [`virt_to_page`](super::virt_to_page) and the free paths read it
+//! without a lock; everything a lock protects is a [`Cell`].
+
+use crate::sync::{AtomicPtr, AtomicU32, Cell, DWord, Ordering};
+
+/// What a page descriptor currently describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum PageKind {
+    /// Not part of the usable chunk (beyond the end of a partially mapped chunk), or never set.
+    Absent = 0,
+    /// Head of a free buddy block of `order`.
+    Free = 1,
+    /// Head of an allocated block of `order` that is not a slab (a large kmalloc, a test).
+    Block = 2,
+    /// Head of an allocated block that is a slab.
+    Slab = 3,
+    /// A non-head page of an allocated block; `head_offset` leads to the head.
+    Tail = 4,
+}
+
+/// The packed `info` word of a page descriptor.
+///
+/// Layout (low to high): `kind:3 | order:5 | released:1 | node:10 | head_offset:13`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PageInfo(pub(crate) u32);
+
+impl PageInfo {
+    const KIND_BITS: u32 = 3;
+    const ORDER_SHIFT: u32 = 3;
+    const ORDER_BITS: u32 = 5;
+    const RELEASED_SHIFT: u32 = 8;
+    const NODE_SHIFT: u32 = 9;
+    const NODE_BITS: u32 = 10;
+    const HEAD_SHIFT: u32 = 19;
+    const HEAD_BITS: u32 = 13;
+
+    /// The largest node id that fits.
+    pub(crate) const MAX_NODE: usize = (1 << Self::NODE_BITS) - 1;
+    /// The largest head offset that fits (pages from a tail page back to its head).
+    pub(crate) const MAX_HEAD_OFFSET: usize = (1 << Self::HEAD_BITS) - 1;
+
+    /// A head-page word.
+    #[inline]
+    pub(crate) const fn head(kind: PageKind, order: u32, node: usize, released: bool) -> Self {
+        PageInfo(
+            kind as u32
+                | (order << Self::ORDER_SHIFT)
+                | ((released as u32) << Self::RELEASED_SHIFT)
+                | ((node as u32) << Self::NODE_SHIFT),
+        )
+    }
+
+    /// A tail-page word, `offset` pages after its head.
+    #[inline]
+    pub(crate) const fn tail(offset: usize, node: usize) -> Self {
+        PageInfo(
+            PageKind::Tail as u32
+                | ((node as u32) << Self::NODE_SHIFT)
+                | ((offset as u32) << Self::HEAD_SHIFT),
+        )
+    }
+
+    /// The kind.
+    #[inline]
+    pub(crate) const fn kind(self) -> PageKind {
+        match self.0 & ((1 << Self::KIND_BITS) - 1) {
+            1 => PageKind::Free,
+            2 => PageKind::Block,
+            3 => PageKind::Slab,
+            4 => PageKind::Tail,
+            _ => PageKind::Absent,
+        }
+    }
+
+    /// The block order (head pages).
+    #[inline]
+    pub(crate) const fn order(self) -> u32 {
+        (self.0 >> Self::ORDER_SHIFT) & ((1 << Self::ORDER_BITS) - 1)
+    }
+
+    /// Whether a free block's memory has been returned to the OS (reads as zero when reused).
+    #[inline]
+    pub(crate) const fn released(self) -> bool {
+        (self.0 >> Self::RELEASED_SHIFT) & 1 != 0
+    }
+
+    /// The NUMA node (any page).
+    #[inline]
+    pub(crate) const fn node(self) -> usize {
+        ((self.0 >> Self::NODE_SHIFT) & ((1 << Self::NODE_BITS) - 1)) as usize
+    }
+
+    /// Pages back to the head (tail pages).
+    #[inline]
+    pub(crate) const fn head_offset(self) -> usize {
+        ((self.0 >> Self::HEAD_SHIFT) & ((1 << Self::HEAD_BITS) - 1)) as usize
+    }
+}
+
+impl core::fmt::Debug for PageInfo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageInfo")
+            .field("kind", &self.kind())
+            .field("order", &self.order())
+            .field("released", &self.released())
+            .field("node", &self.node())
+            .field("head_offset", &self.head_offset())
+            .finish()
+    }
+}
+
+/// One page descriptor (64 bytes). See the module docs for which fields mean what.
+#[repr(C, align(64))]
+pub(crate) struct Page {
+    // ---- struct slab (head page of a slab) ----
+    /// `{freelist, counters}`: the slab's own freelist (objects freed while the slab is not the
+    /// CPU slab, or remotely) and its packed [`Counters`](crate::slab::Counters).
+    pub(crate) freelist_counters: DWord,
+    /// The owning cache (`*const CacheInner`), set before the slab is published; read without a
+    /// lock by the free paths for the O(1) owner check.
+    pub(crate) cache: AtomicPtr<u8>,
+    /// Next slab on a CPU partial list (slot lock).
+    pub(crate) next: Cell<*mut Page>,
+    // ---- list links: buddy free list (Free) or node partial list (Slab) ----
+    /// Previous page on the list this page is on.
+    pub(crate) lru_prev: Cell<*mut Page>,
+    /// Next page on the list this page is on.
+    pub(crate) lru_next: Cell<*mut Page>,
+    /// Slabs on the CPU partial list from this one to its end (slot lock).
+    pub(crate) slabs: Cell<u32>,
+    /// The packed [`PageInfo`].
+    pub(crate) info: AtomicU32,
+    /// The address of the page this descriptor describes (immutable after chunk set-up).
+    pub(crate) addr: usize,
+}
+
+const _: () = assert!(core::mem::size_of::<Page>() == 64 || cfg!(loom));
+
+impl Page {
+    /// A descriptor for the page at `addr`, with the given info word.
+    pub(crate) fn new(addr: usize, info: PageInfo) -> Self {
+        Page {
+            freelist_counters: DWord::new(0, 0),
+            cache: AtomicPtr::new(core::ptr::null_mut()),
+            next: Cell::new(core::ptr::null_mut()),
+            lru_prev: Cell::new(core::ptr::null_mut()),
+            lru_next: Cell::new(core::ptr::null_mut()),
+            slabs: Cell::new(0),
+            info: AtomicU32::new(info.0),
+            addr,
+        }
+    }
+
+    /// The info word (Acquire: pairs with the Release in [`Page::set_info`]).
+    #[inline(always)]
+    pub(crate) fn info(&self) -> PageInfo {
+        PageInfo(self.info.load(Ordering::Acquire))
+    }
+
+    /// Sets the info word (Release).
+    #[inline]
+    pub(crate) fn set_info(&self, info: PageInfo) {
+        self.info.store(info.0, Ordering::Release)
+    }
+
+    /// The address of the memory this page describes.
+    #[inline(always)]
+    pub(crate) fn address(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+
+    /// The node this page belongs to.
+    #[inline]
+    pub(crate) fn node(&self) -> usize {
+        self.info().node()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_round_trips_every_field() {
+        for kind in [PageKind::Free, PageKind::Block, PageKind::Slab] {
+            for order in [0u32, 1, 10, 31] {
+                for node in [0usize, 1, PageInfo::MAX_NODE] {
+                    for released in [false, true] {
+                        let i = PageInfo::head(kind, order, node, released);
+                        assert_eq!(i.kind(), kind);
+                        assert_eq!(i.order(), order);
+                        assert_eq!(i.node(), node);
+                        assert_eq!(i.released(), released);
+                        assert_eq!(i.head_offset(), 0);
+                    }
+                }
+            }
+        }
+        let t = PageInfo::tail(PageInfo::MAX_HEAD_OFFSET, 3);
+        assert_eq!(t.kind(), PageKind::Tail);
+        assert_eq!(t.head_offset(), PageInfo::MAX_HEAD_OFFSET);
+        assert_eq!(t.node(), 3);
+        assert_eq!(PageInfo(0).kind(), PageKind::Absent);
+    }
+
+    #[test]
+    fn descriptor_is_one_cache_line() {
+        assert_eq!(core::mem::size_of::<Page>(), 64);
+        assert_eq!(core::mem::align_of::<Page>(), 64);
+    }
+}

@@ -1,0 +1,594 @@
+//! The synchronisation facade: the only module that names atomics, cells and locks.
+//!
+//! Normal builds use `core::sync::atomic` and portable-atomic's `AtomicU128`; `--cfg loom`
+//! builds swap in loom's types so that `loom-tests/` can explore every interleaving of the
+//! protocols that are built on them. Everything else in the crate imports from here.
+//!
+//! # The double word
+//!
+//! [`DWord`] is the 16-byte `{word, tag}` pair that SLUB swaps with one compare-and-swap:
+//! `{freelist, tid}` in a CPU slot and `{freelist, counters}` in a slab. Normally it is a
+//! lock-free `AtomicU128` (a LOCKed `cmpxchg16b` on x86_64; loads use an atomic 16-byte vector
+//! load where the CPU guarantees one). Under loom it is a `loom::sync::Mutex<(usize, u64)>`.
+//!
+//! What the loom model of the double word does **not** check:
+//! - A mutex makes every `load` and `compare_exchange` sequentially consistent with respect to
+//!   the other operations on the same word; the real `AtomicU128` uses Acquire/AcqRel. Orderings
+//!   between *different* locations are still modelled (loom tracks the mutex's happens-before
+//!   edges), but a bug that needs a weaker ordering on the double word itself is not found.
+//! - Tearing: the model cannot tear the pair; the real hardware cannot either (cmpxchg16b and
+//!   the vector load are single-copy atomic), which is what portable-atomic guarantees.
+//!
+//! # Object memory
+//!
+//! The free pointer stored inside a free object is read speculatively by the allocation fast
+//! path while the object may already belong to another thread (the read is then discarded
+//! because the `tid` CAS fails, exactly like a seqlock reader). [`load_free_ptr`] and
+//! [`store_free_ptr`] therefore use relaxed atomic accesses on the object's memory. They are
+//! plain `core` atomics in every build: loom cannot model memory that it did not allocate, so
+//! the models rely on the `tid`/`counters` CAS (which loom does model) to reject stale reads.
+//!
+//! # Locks
+//!
+//! [`SpinLock`] spins briefly and then yields (user space cannot disable preemption, so the
+//! holder may be descheduled). It records its owner so that re-entry from the same thread (a
+//! signal handler that allocates while the interrupted code holds the lock) aborts with a
+//! precise message instead of deadlocking silently.
+
+#![allow(dead_code)]
+
+use core::ops::{Deref, DerefMut};
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+
+/// Atomics for process-wide tables that live in `static`s (the chunk radix table, the
+/// global-instance state). They are never modelled by loom: loom objects cannot live in
+/// statics, and these tables are only written under a page-allocator lock or during
+/// single-threaded initialisation.
+pub(crate) mod global {
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 16-byte double word
+// ---------------------------------------------------------------------------------------------
+
+/// A `{word, tag}` pair swapped as one 16-byte unit.
+///
+/// `word` is a pointer-sized value (a freelist head); `tag` is 64 bits (a `tid` or packed
+/// slab counters).
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct DWord(portable_atomic::AtomicU128);
+
+#[cfg(loom)]
+pub(crate) struct DWord(loom::sync::Mutex<(usize, u64)>);
+
+#[cfg(not(loom))]
+#[inline(always)]
+const fn pack(word: usize, tag: u64) -> u128 {
+    (word as u128) | ((tag as u128) << 64)
+}
+
+#[cfg(not(loom))]
+#[inline(always)]
+const fn unpack(v: u128) -> (usize, u64) {
+    (v as u64 as usize, (v >> 64) as u64)
+}
+
+impl DWord {
+    /// A new double word.
+    #[cfg(not(loom))]
+    pub(crate) const fn new(word: usize, tag: u64) -> Self {
+        DWord(portable_atomic::AtomicU128::new(pack(word, tag)))
+    }
+
+    /// A new double word.
+    #[cfg(loom)]
+    pub(crate) fn new(word: usize, tag: u64) -> Self {
+        DWord(loom::sync::Mutex::new((word, tag)))
+    }
+
+    /// Whether the 16-byte CAS is lock-free on this CPU (always true under loom, where it is
+    /// modelled).
+    pub(crate) fn is_lock_free() -> bool {
+        #[cfg(not(loom))]
+        {
+            portable_atomic::AtomicU128::is_lock_free()
+        }
+        #[cfg(loom)]
+        {
+            true
+        }
+    }
+
+    /// Loads both halves in one single-copy-atomic read (Acquire).
+    #[inline(always)]
+    pub(crate) fn load(&self) -> (usize, u64) {
+        #[cfg(not(loom))]
+        {
+            unpack(self.0.load(Ordering::Acquire))
+        }
+        #[cfg(loom)]
+        {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    /// Replaces `current` with `new` if both halves still equal `current` (AcqRel).
+    /// On failure returns the value found.
+    #[inline(always)]
+    pub(crate) fn compare_exchange(
+        &self,
+        current: (usize, u64),
+        new: (usize, u64),
+    ) -> Result<(), (usize, u64)> {
+        #[cfg(not(loom))]
+        {
+            self.0
+                .compare_exchange(
+                    pack(current.0, current.1),
+                    pack(new.0, new.1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .map(|_| ())
+                .map_err(unpack)
+        }
+        #[cfg(loom)]
+        {
+            let mut g = self.0.lock().unwrap();
+            if *g == current {
+                *g = new;
+                Ok(())
+            } else {
+                Err(*g)
+            }
+        }
+    }
+
+    /// Stores both halves (Release). Only for states no other thread can race with.
+    #[inline]
+    pub(crate) fn store(&self, word: usize, tag: u64) {
+        #[cfg(not(loom))]
+        {
+            self.0.store(pack(word, tag), Ordering::Release)
+        }
+        #[cfg(loom)]
+        {
+            *self.0.lock().unwrap() = (word, tag);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cells
+// ---------------------------------------------------------------------------------------------
+
+/// An `UnsafeCell` whose accesses loom can check for data races.
+///
+/// Used for fields that a lock protects (list links, a CPU slot's partial list).
+pub(crate) struct Cell<T>(
+    #[cfg(not(loom))] core::cell::UnsafeCell<T>,
+    #[cfg(loom)] loom::cell::UnsafeCell<T>,
+);
+
+impl<T> Cell<T> {
+    /// A new cell.
+    #[cfg(not(loom))]
+    pub(crate) const fn new(v: T) -> Self {
+        Cell(core::cell::UnsafeCell::new(v))
+    }
+
+    /// A new cell.
+    #[cfg(loom)]
+    pub(crate) fn new(v: T) -> Self {
+        Cell(loom::cell::UnsafeCell::new(v))
+    }
+
+    /// Reads the value.
+    ///
+    /// # Safety
+    /// The caller holds whatever lock protects this cell (or otherwise excludes writers).
+    #[inline(always)]
+    pub(crate) unsafe fn get(&self) -> T
+    where
+        T: Copy,
+    {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the caller excludes concurrent writers (see the function contract).
+            unsafe { *self.0.get() }
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: as above; loom checks the claim.
+            self.0.with(|p| unsafe { *p })
+        }
+    }
+
+    /// Writes the value.
+    ///
+    /// # Safety
+    /// The caller holds whatever lock protects this cell (no concurrent readers or writers).
+    #[inline(always)]
+    pub(crate) unsafe fn set(&self, v: T) {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the caller has exclusive access (see the function contract).
+            unsafe { *self.0.get() = v }
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: as above; loom checks the claim.
+            self.0.with_mut(|p| unsafe { *p = v })
+        }
+    }
+}
+
+// SAFETY: every access goes through `get`/`set`, whose callers must hold the protecting lock.
+unsafe impl<T: Send> Sync for Cell<T> {}
+// SAFETY: moving the cell moves the value; `T: Send` makes that sound.
+unsafe impl<T: Send> Send for Cell<T> {}
+
+// ---------------------------------------------------------------------------------------------
+// Object memory: the free pointer inside a free object
+// ---------------------------------------------------------------------------------------------
+
+/// Reads the free pointer stored at `addr` (Relaxed). May race with the object's new owner;
+/// the caller must validate the value with a CAS before using it.
+///
+/// # Safety
+/// `addr` is aligned to `usize` and lies in mapped memory that stays mapped (kmem never unmaps
+/// slab memory while the allocator that owns it lives).
+#[inline(always)]
+pub(crate) unsafe fn load_free_ptr(addr: *const usize) -> usize {
+    // SAFETY: aligned and mapped per the contract; an atomic access makes the race with the
+    // owner's writes a benign, discarded read rather than a torn one.
+    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr as *mut usize) }
+        .load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes the free pointer at `addr` (Relaxed; published by the CAS that links the object).
+///
+/// # Safety
+/// `addr` is aligned, mapped, and the object is owned by the caller (being freed).
+#[inline(always)]
+pub(crate) unsafe fn store_free_ptr(addr: *mut usize, v: usize) {
+    // SAFETY: aligned, mapped and owned per the contract.
+    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr) }
+        .store(v, core::sync::atomic::Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spinning and yielding
+// ---------------------------------------------------------------------------------------------
+
+/// Bounded exponential spinning followed by yielding to the scheduler.
+pub(crate) struct Backoff(u32);
+
+impl Backoff {
+    const SPIN_LIMIT: u32 = 6;
+
+    /// A fresh backoff.
+    pub(crate) const fn new() -> Self {
+        Backoff(0)
+    }
+
+    /// Spins a little longer each call, then yields the CPU once the spin budget is used.
+    #[inline]
+    pub(crate) fn snooze(&mut self) {
+        #[cfg(loom)]
+        {
+            loom::thread::yield_now();
+        }
+        #[cfg(not(loom))]
+        {
+            if self.0 <= Self::SPIN_LIMIT {
+                for _ in 0..(1u32 << self.0) {
+                    core::hint::spin_loop();
+                }
+                self.0 += 1;
+            } else {
+                // SAFETY: sched_yield has no preconditions and does not allocate.
+                unsafe {
+                    libc::sched_yield();
+                }
+            }
+        }
+    }
+}
+
+/// Yields inside a retry loop: a hint to the CPU normally, a scheduling point under loom.
+#[inline(always)]
+pub(crate) fn retry_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread identity (no destructor, no allocation)
+// ---------------------------------------------------------------------------------------------
+
+/// A non-zero token unique to the calling thread while it lives: the address of a
+/// thread-local byte. The thread-local has no destructor, so using it never registers one.
+#[inline]
+pub(crate) fn thread_token() -> usize {
+    #[cfg(not(loom))]
+    {
+        std::thread_local! {
+            static TOKEN: u8 = const { 0 };
+        }
+        TOKEN.with(|t| t as *const u8 as usize)
+    }
+    #[cfg(loom)]
+    {
+        loom::thread_local! {
+            static TOKEN: u8 = 0;
+        }
+        TOKEN.with(|t| t as *const u8 as usize)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The spin lock
+// ---------------------------------------------------------------------------------------------
+
+/// A test-and-test-and-set spin lock with owner tracking, protecting a `T`.
+pub(crate) struct SpinLock<T> {
+    #[cfg(not(loom))]
+    owner: AtomicUsize,
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<()>,
+    #[cfg(loom)]
+    owner: AtomicUsize,
+    what: &'static str,
+    data: Cell<T>,
+}
+
+// SAFETY: the lock serialises every access to `data`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: moving the lock moves `data`; `T: Send` makes that sound.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+/// Proof that a [`SpinLock`] is held; unlocks on drop.
+pub(crate) struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+    #[cfg(loom)]
+    _g: loom::sync::MutexGuard<'a, ()>,
+}
+
+impl<T> SpinLock<T> {
+    /// A new, unlocked lock. `what` names it in the re-entry abort message.
+    #[cfg(not(loom))]
+    pub(crate) const fn new(what: &'static str, v: T) -> Self {
+        SpinLock {
+            owner: AtomicUsize::new(0),
+            what,
+            data: Cell::new(v),
+        }
+    }
+
+    /// A new, unlocked lock. `what` names it in the re-entry abort message.
+    #[cfg(loom)]
+    pub(crate) fn new(what: &'static str, v: T) -> Self {
+        SpinLock {
+            inner: loom::sync::Mutex::new(()),
+            owner: AtomicUsize::new(0),
+            what,
+            data: Cell::new(v),
+        }
+    }
+
+    /// Takes the lock if it is free, without waiting.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        let me = thread_token();
+        #[cfg(not(loom))]
+        {
+            if self.owner.load(Ordering::Relaxed) == 0
+                && self
+                    .owner
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some(SpinGuard { lock: self });
+            }
+            None
+        }
+        #[cfg(loom)]
+        {
+            match self.inner.try_lock() {
+                Ok(g) => {
+                    self.owner.store(me, Ordering::Relaxed);
+                    Some(SpinGuard { lock: self, _g: g })
+                }
+                Err(_) => None,
+            }
+        }
+    }
+
+    /// Takes the lock, spinning briefly and then yielding while another thread holds it.
+    ///
+    /// Aborts with a precise message if the calling thread already holds it (re-entry from a
+    /// signal handler, or a lock-order bug), rather than deadlocking.
+    #[inline]
+    pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+        if let Some(g) = self.try_lock() {
+            return g;
+        }
+        self.lock_slow()
+    }
+
+    #[cold]
+    fn lock_slow(&self) -> SpinGuard<'_, T> {
+        let me = thread_token();
+        #[cfg(not(loom))]
+        {
+            let mut backoff = Backoff::new();
+            loop {
+                let owner = self.owner.load(Ordering::Relaxed);
+                if owner == me {
+                    crate::abort_msg(&[
+                        "kmem: ",
+                        self.what,
+                        " re-entered by the thread that holds it (allocation from a signal \
+                         handler that interrupted kmem, or a lock-order bug); aborting instead \
+                         of deadlocking",
+                    ]);
+                }
+                if owner == 0 {
+                    if let Some(g) = self.try_lock() {
+                        return g;
+                    }
+                }
+                backoff.snooze();
+            }
+        }
+        #[cfg(loom)]
+        {
+            if self.owner.load(Ordering::Relaxed) == me {
+                panic!("kmem: {} re-entered by its holder", self.what);
+            }
+            let g = self.inner.lock().unwrap();
+            self.owner.store(me, Ordering::Relaxed);
+            SpinGuard { lock: self, _g: g }
+        }
+    }
+
+    /// Whether the lock is held by anyone right now (a racy hint for diagnostics and asserts).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) != 0
+    }
+
+    /// Forcibly re-initialises a lock held by a thread that no longer exists (the child side
+    /// of `fork`, where only the forking thread survives).
+    ///
+    /// # Safety
+    /// No other thread can be using the lock: call only in a freshly forked child, for locks
+    /// that the forking thread itself took in its pre-fork handler.
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn force_unlock(&self) {
+        self.owner.store(0, Ordering::Release);
+    }
+}
+
+impl<T> Deref for SpinGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the guard proves the lock is held, so no one else accesses `data`.
+            unsafe { &*self.lock.data.0.get() }
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: as above. loom's `with` cannot lend a reference past the closure, so the
+            // guard reads through the raw pointer; the lock itself is modelled by the mutex.
+            unsafe { &*self.lock.data.0.with(|p| p) }
+        }
+    }
+}
+
+impl<T> DerefMut for SpinGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the guard proves exclusive access to `data`.
+            unsafe { &mut *self.lock.data.0.get() }
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: as in `deref`.
+            unsafe { &mut *self.lock.data.0.with_mut(|p| p) }
+        }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        #[cfg(not(loom))]
+        self.lock.owner.store(0, Ordering::Release);
+        #[cfg(loom)]
+        self.lock.owner.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dword_cas_swaps_both_halves() {
+        let d = DWord::new(0x1000, 7);
+        assert_eq!(d.load(), (0x1000, 7));
+        assert_eq!(d.compare_exchange((0x1000, 6), (0, 0)), Err((0x1000, 7)));
+        assert_eq!(d.compare_exchange((0x1000, 7), (0x2000, u64::MAX)), Ok(()));
+        assert_eq!(d.load(), (0x2000, u64::MAX));
+        d.store(usize::MAX, 1);
+        assert_eq!(d.load(), (usize::MAX, 1));
+    }
+
+    #[test]
+    fn dword_is_lock_free_here() {
+        assert!(
+            DWord::is_lock_free(),
+            "this CPU lacks a lock-free 16-byte CAS"
+        );
+    }
+
+    #[test]
+    fn spinlock_excludes_and_try_lock_fails_when_held() {
+        let l = SpinLock::new("test lock", 0u64);
+        {
+            let mut g = l.lock();
+            *g += 1;
+            assert!(l.is_locked());
+            let other = std::thread::scope(|s| s.spawn(|| l.try_lock().is_none()).join().unwrap());
+            assert!(other);
+        }
+        assert!(!l.is_locked());
+        let l = &l;
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        *l.lock() += 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(*l.lock(), 40_001);
+    }
+
+    #[test]
+    fn thread_tokens_differ_between_threads() {
+        let a = thread_token();
+        let b = std::thread::spawn(thread_token).join().unwrap();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(a, thread_token());
+    }
+
+    #[test]
+    fn free_ptr_round_trips() {
+        let mut slot = 0usize;
+        // SAFETY: `slot` is an aligned, live local.
+        unsafe {
+            store_free_ptr(&mut slot, 0xdead_beef);
+            assert_eq!(load_free_ptr(&slot), 0xdead_beef);
+        }
+    }
+}
