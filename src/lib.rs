@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cpu;
 mod error;
 mod page;
 mod sync;
