@@ -3,10 +3,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+mod os;
 mod page;
 mod sync;
 
 pub use error::KmemError;
+pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 
 /// The longest cache name accepted.
 pub const MAX_CACHE_NAME: usize = 64;
