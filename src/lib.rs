@@ -56,7 +56,7 @@ mod typed;
 pub use cache::{CacheConfig, CacheFlags, KmemCache, CACHE_LINE_SIZE};
 pub use error::KmemError;
 pub use kmem::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
-pub use page::{FaultInjection, PageStats};
+pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
 pub use typed::{Cache, SlabBox};
 
