@@ -520,7 +520,7 @@ impl CacheInner {
                 ptr::drop_in_place(inner.node.add(i) as *mut KmemCacheNode);
             }
             ptr::drop_in_place(this.as_ptr());
-            os::unmap(this.as_ptr().cast(), size, PAGE_SIZE);
+            os::unmap(this.cast(), size, PAGE_SIZE);
         }
     }
 

@@ -261,7 +261,6 @@ impl Kmem {
         for nid in 0..self.nodes() {
             self.shared().node_pages(nid).add_stats(&mut out);
         }
-        self.shared().budget.add_stats(&mut out);
         out
     }
 
@@ -451,7 +450,7 @@ unsafe fn destroy_shared(shared: NonNull<KmemShared>) {
         }
         let size = s.map_size;
         ptr::drop_in_place(shared.as_ptr());
-        os::unmap(shared.as_ptr().cast(), size, PAGE_SIZE);
+        os::unmap(shared.cast(), size, PAGE_SIZE);
     }
 }
 

@@ -464,7 +464,7 @@ impl CacheInner {
         // SAFETY: a live slab of this cache (contract).
         let s = unsafe { &*slab };
         let n = self.node(s.node());
-        let mut guard = None;
+        let mut guard;
         let (prior, was_frozen, new) = loop {
             guard = None;
             let (prior, old) = s.slab_state();
@@ -594,7 +594,7 @@ impl CacheInner {
             let nid = s.node();
             let n = self.node(nid);
             if locked.as_ref().is_none_or(|(l, _)| *l != nid) {
-                locked = None;
+                drop(locked.take());
                 locked = Some((nid, n.list_lock.lock()));
             }
             let g = &mut locked.as_mut().expect("locked above").1;

@@ -53,7 +53,7 @@ pub(crate) use loom::sync::atomic::{
 /// statics, and these tables are only written under a page-allocator lock or during
 /// single-threaded initialisation.
 pub(crate) mod global {
-    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 }
 
 // ---------------------------------------------------------------------------------------------
