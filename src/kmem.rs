@@ -257,11 +257,27 @@ impl Kmem {
     /// unsafe { c.free(p) };
     /// ```
     pub fn slabinfo(&self) -> Vec<SlabInfo> {
-        let mut out = Vec::new();
-        // Rows are computed under the registry lock; allocation for `out` happens with no
-        // slot, list or page lock held (the lock order forbids the reverse).
-        self.shared().for_each_cache(|c| out.push(c.slabinfo()));
-        out
+        // Rows are computed under the registry lock into space reserved beforehand: nothing
+        // may allocate while it is held (a kmalloc cache created lazily by that allocation
+        // would need the registry lock itself).
+        let mut raw = Vec::new();
+        loop {
+            let want = self.shared().registry.lock().count + 4;
+            raw.reserve(want);
+            let mut complete = true;
+            self.shared().for_each_cache(|c| {
+                if raw.len() < raw.capacity() {
+                    raw.push(c.slabinfo_raw());
+                } else {
+                    complete = false;
+                }
+            });
+            if complete {
+                break;
+            }
+            raw.clear();
+        }
+        raw.iter().map(|r| r.to_info()).collect()
     }
 
     /// Shrinks every cache of this instance (see [`KmemCache::shrink`]) and returns every free

@@ -132,8 +132,7 @@ impl CacheInner {
             Some(page) => {
                 let info = page.info();
                 let owner = page.cache.load(Ordering::Acquire);
-                if info.kind() == PageKind::Slab
-                    && owner as *const CacheInner == self as *const CacheInner
+                if info.kind() == PageKind::Slab && core::ptr::eq(owner as *const CacheInner, self)
                 {
                     return page as *const Page as *mut Page;
                 }
@@ -920,6 +919,12 @@ impl CacheInner {
 
     /// The exact slabinfo row (see [`SlabInfo`]).
     pub(crate) fn slabinfo(&self) -> SlabInfo {
+        self.slabinfo_raw().to_info()
+    }
+
+    /// The slabinfo figures, with the name copied inline: computing it allocates nothing, so
+    /// it may run under the registry lock.
+    pub(crate) fn slabinfo_raw(&self) -> SlabInfoRaw {
         let free_of = |slab: *mut Page| -> usize {
             // SAFETY: a live slab (the caller holds the lock that keeps it where it is).
             let (_, c) = unsafe { (*slab).slab_state() };
@@ -982,8 +987,11 @@ impl CacheInner {
             num_slabs += n.nr_slabs.load(Ordering::Relaxed);
             num_objs += n.total_objects.load(Ordering::Relaxed);
         }
-        SlabInfo {
-            name: self.name().to_owned(),
+        let mut name = [0u8; crate::MAX_CACHE_NAME];
+        name[..self.name().len()].copy_from_slice(self.name().as_bytes());
+        SlabInfoRaw {
+            name,
+            name_len: self.name().len(),
             active_objs: num_objs.saturating_sub(free),
             num_objs,
             objsize: self.geo.size,
@@ -993,6 +1001,40 @@ impl CacheInner {
             num_slabs,
             node_partial_slabs: node_partial,
             cpu_partial_slabs: cpu_partial,
+        }
+    }
+}
+
+/// A slabinfo row before its name becomes a `String` (no allocation to build it).
+#[derive(Clone, Copy)]
+pub(crate) struct SlabInfoRaw {
+    name: [u8; crate::MAX_CACHE_NAME],
+    name_len: usize,
+    active_objs: usize,
+    num_objs: usize,
+    objsize: usize,
+    objperslab: usize,
+    pagesperslab: usize,
+    active_slabs: usize,
+    num_slabs: usize,
+    node_partial_slabs: usize,
+    cpu_partial_slabs: usize,
+}
+
+impl SlabInfoRaw {
+    /// The public row.
+    pub(crate) fn to_info(&self) -> SlabInfo {
+        SlabInfo {
+            name: String::from_utf8_lossy(&self.name[..self.name_len]).into_owned(),
+            active_objs: self.active_objs,
+            num_objs: self.num_objs,
+            objsize: self.objsize,
+            objperslab: self.objperslab,
+            pagesperslab: self.pagesperslab,
+            active_slabs: self.active_slabs,
+            num_slabs: self.num_slabs,
+            node_partial_slabs: self.node_partial_slabs,
+            cpu_partial_slabs: self.cpu_partial_slabs,
         }
     }
 }
