@@ -1023,7 +1023,7 @@ pub(crate) struct SlabInfoRaw {
 
 impl SlabInfoRaw {
     /// The public row.
-    pub(crate) fn to_info(&self) -> SlabInfo {
+    pub(crate) fn to_info(self) -> SlabInfo {
         SlabInfo {
             name: String::from_utf8_lossy(&self.name[..self.name_len]).into_owned(),
             active_objs: self.active_objs,
