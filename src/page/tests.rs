@@ -6,19 +6,23 @@ use std::vec::Vec;
 
 const NORETRY: GfpFlags = GfpFlags::NORETRY;
 
-/// A budget and one node; the budget is boxed so its address is stable.
+/// A budget and its nodes; the budget is a leaked-then-reclaimed box so its address is stable
+/// (a raw pointer: moving a `Box` would invalidate the nodes' pointers under Stacked Borrows).
 struct Fixture {
     nodes: Vec<PageAllocator>,
-    _budget: Box<PageBudget>,
+    budget: *mut PageBudget,
 }
+
+// SAFETY: the budget is Sync (atomics) and outlives the nodes; the raw pointer is only a
+// stable address.
+unsafe impl Sync for Fixture {}
 
 impl Fixture {
     fn new(limit: usize, fault: FaultInjection, nodes: usize) -> Self {
-        let budget = Box::new(PageBudget::new(limit, fault));
-        let b: *const PageBudget = &*budget;
+        let budget = Box::into_raw(Box::new(PageBudget::new(limit, fault)));
         Fixture {
-            nodes: (0..nodes).map(|n| PageAllocator::new(n, b)).collect(),
-            _budget: budget,
+            nodes: (0..nodes).map(|n| PageAllocator::new(n, budget)).collect(),
+            budget,
         }
     }
     fn one(limit: usize) -> Self {
@@ -40,12 +44,16 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // Nodes first: they reference the budget.
         self.nodes.clear();
+        // SAFETY: from Box::into_raw in `new`; no node refers to it any more.
+        drop(unsafe { Box::from_raw(self.budget) });
     }
 }
 
 fn mem(p: NonNull<Page>) -> *mut u8 {
     // SAFETY: descriptors handed out by alloc_pages are live.
-    unsafe { p.as_ref() }.address()
+    let m = page_address(unsafe { p.as_ref() });
+    assert_eq!(m as usize, unsafe { p.as_ref() }.addr);
+    m
 }
 
 struct Rng(u64);
@@ -129,11 +137,15 @@ fn interior_pointers_find_the_head_and_foreign_pointers_none() {
     }
     let local = 0u64;
     assert!(virt_to_page(&local as *const u64 as *const u8).is_none());
-    assert!(virt_to_page(Box::into_raw(Box::new(0u8)) as *const u8).is_none());
+    let boxed = Box::new(0u8);
+    assert!(virt_to_page(&*boxed).is_none());
     assert!(virt_to_page(core::ptr::null()).is_none());
-    assert!(virt_to_page(usize::MAX as *const u8).is_none());
+    assert!(virt_to_page(ptr::null::<u8>().wrapping_add(usize::MAX)).is_none());
+    // Free through the descriptor found from an interior pointer, as kfree does (its `&Page`
+    // only has provenance over 64 bytes; free_pages must not step outside it).
+    let found = NonNull::from(virt_to_page(base.wrapping_add(PAGE_SIZE + 1)).unwrap());
     // SAFETY: allocated above.
-    unsafe { f.pa().free_pages(p, order) };
+    unsafe { f.pa().free_pages(found, order) };
     // A pointer into free memory finds a free head.
     // SAFETY: still mapped (chunks stay mapped while the allocator lives).
     let h = virt_to_page(unsafe { base.add(PAGE_SIZE) }).unwrap();
@@ -186,8 +198,8 @@ fn partial_last_chunk_respects_the_limit() {
     assert!(f.pa().alloc_pages(0, NORETRY).is_none());
     assert!(f.pa().alloc_pages(1, NORETRY).is_none());
     // Pages past the usable end are Absent.
-    let chunk = mem(a) as usize & !(CHUNK_SIZE - 1);
-    let absent = virt_to_page((chunk + 6 * PAGE_SIZE) as *const u8).unwrap();
+    let chunk = mem(a).wrapping_sub(mem(a) as usize & (CHUNK_SIZE - 1));
+    let absent = virt_to_page(chunk.wrapping_add(6 * PAGE_SIZE)).unwrap();
     assert_eq!(absent.info().kind(), PageKind::Absent);
     // SAFETY: allocated above.
     unsafe {
