@@ -104,7 +104,13 @@ pub(crate) const PAGES_PER_CHUNK: usize = 1 << MAX_ORDER;
 const NR_ORDERS: usize = MAX_ORDER as usize + 1;
 /// Free blocks of this order or larger are returned to the OS as soon as they form.
 pub(crate) const RELEASE_ORDER: u32 = if MAX_ORDER < 9 { MAX_ORDER } else { 9 };
-/// Length of [`PageStats::free_blocks`].
+/// Length of [`PageStats::free_blocks`]: one entry per block order `0..=10` (4 KiB pages up to
+/// 4 MiB blocks).
+///
+/// ```
+/// let s = kmem::PageStats::default();
+/// assert_eq!(s.free_blocks.len(), kmem::STATS_ORDERS);
+/// ```
 pub const STATS_ORDERS: usize = 11;
 
 const _: () = assert!(NR_ORDERS <= STATS_ORDERS);

@@ -219,23 +219,25 @@ fn partial_last_chunk_respects_the_limit() {
 fn limit_is_never_exceeded_under_concurrency() {
     let limit = 3 * CHUNK_SIZE + CHUNK_SIZE / 2;
     let f = Fixture::new(limit, FaultInjection::None, 2);
-    let iters = if cfg!(miri) { 60 } else { 20_000 };
+    let iters = if cfg!(miri) { 60 } else { 50_000 };
     let f = &f;
     std::thread::scope(|s| {
         for t in 0..4u64 {
             s.spawn(move || {
-                let pa = &f.nodes[t as usize % 2];
                 let mut rng = Rng(0x9e37_79b9 + t * 7919);
-                let mut held: Vec<(NonNull<Page>, u32)> = Vec::new();
+                let mut held: Vec<(NonNull<Page>, u32, usize)> = Vec::new();
+                let mut want_free = false;
                 for i in 0..iters {
-                    if held.is_empty() || rng.below(3) != 0 {
+                    if !want_free && (held.is_empty() || rng.below(3) != 0) {
                         let order = (rng.next() % (MAX_ORDER as u64 + 1)) as u32;
                         let order = if rng.below(4) == 0 {
                             order
                         } else {
                             order.min(2)
                         };
-                        if let Some(p) = pa.alloc_pages(order, NORETRY) {
+                        // Either node: a node cannot use the budget another node has mapped.
+                        let node = rng.below(2);
+                        if let Some(p) = f.nodes[node].alloc_pages(order, NORETRY) {
                             let m = mem(p) as *mut usize;
                             let tag = m as usize ^ order as usize;
                             // SAFETY: our block of at least one page.
@@ -243,17 +245,21 @@ fn limit_is_never_exceeded_under_concurrency() {
                                 m.write(tag);
                                 m.add((PAGE_SIZE << order) / 8 - 1).write(tag);
                             }
-                            held.push((p, order));
+                            held.push((p, order, node));
+                        } else {
+                            // At the limit: free something next, so the test keeps cycling.
+                            want_free = !held.is_empty();
                         }
                     } else {
-                        let (p, order) = held.swap_remove(rng.below(held.len()));
+                        want_free = false;
+                        let (p, order, node) = held.swap_remove(rng.below(held.len()));
                         let m = mem(p) as *mut usize;
                         let tag = m as usize ^ order as usize;
                         // SAFETY: our block; tags detect overlapping allocations.
                         unsafe {
                             assert_eq!(m.read(), tag);
                             assert_eq!(m.add((PAGE_SIZE << order) / 8 - 1).read(), tag);
-                            pa.free_pages(p, order);
+                            f.nodes[node].free_pages(p, order);
                         }
                     }
                     if i % 64 == 0 {
@@ -265,9 +271,9 @@ fn limit_is_never_exceeded_under_concurrency() {
                         assert!(st.resident_bytes <= st.mapped_bytes);
                     }
                 }
-                for (p, order) in held {
+                for (p, order, node) in held {
                     // SAFETY: still ours.
-                    unsafe { pa.free_pages(p, order) };
+                    unsafe { f.nodes[node].free_pages(p, order) };
                 }
             });
         }
@@ -275,6 +281,12 @@ fn limit_is_never_exceeded_under_concurrency() {
     let s = f.stats();
     assert!(s.mapped_bytes <= limit);
     assert_eq!(s.free_bytes, s.mapped_bytes, "{s:?}");
+    assert_eq!(s.allocs, s.frees);
+    assert!(
+        s.allocs >= iters as u64,
+        "too few successful allocations: {s:?}"
+    );
+    assert!(s.failed_allocs > 0, "the limit was never reached: {s:?}");
     // Every full chunk coalesced back into one block; the partial one into its carving.
     for n in &f.nodes {
         let mut one = PageStats::default();
