@@ -446,6 +446,9 @@ impl BuddyState {
     }
 }
 
+/// The owner of a chunk leaked by a dropped allocator (never a real, aligned budget address).
+const LEAKED_OWNER: *const PageBudget = 1 as *const PageBudget;
+
 /// The marker of a block detached from the lists while it is being freed or released.
 #[inline]
 fn in_transit(node: usize) -> PageInfo {
@@ -756,7 +759,11 @@ impl PageAllocator {
         let (owner, node) = unsafe { ((*meta).budget, (*meta).node) };
         if owner != self.budget {
             bad_free(
-                "block belongs to another allocator instance",
+                if owner == LEAKED_OWNER {
+                    "block belongs to a dropped allocator (its chunk was leaked)"
+                } else {
+                    "block belongs to another allocator instance"
+                },
                 addr,
                 order,
                 None,
@@ -1003,7 +1010,10 @@ impl Drop for PageAllocator {
                     Self::destroy_chunk(chunk);
                     self.budget().unreserve(usable << PAGE_SHIFT);
                 } else {
-                    // Someone may still point into it: leak it, registered, forever.
+                    // Someone may still point into it: leak it, registered and mapped,
+                    // forever. Its owner becomes a sentinel no live budget can equal, so a late
+                    // free into it is refused even if a new budget reuses this one's address.
+                    ptr::addr_of_mut!((*chunk).budget).write(LEAKED_OWNER);
                     leaked_chunks += 1;
                     leaked_bytes += (usable << PAGE_SHIFT) as u64;
                 }

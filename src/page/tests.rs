@@ -51,8 +51,9 @@ impl Drop for Fixture {
 
 fn mem(p: NonNull<Page>) -> *mut u8 {
     // SAFETY: descriptors handed out by alloc_pages are live.
-    let m = page_address(unsafe { p.as_ref() });
-    assert_eq!(m as usize, unsafe { p.as_ref() }.addr);
+    let page = unsafe { p.as_ref() };
+    let m = page_address(page);
+    assert_eq!(m as usize, page.addr);
     m
 }
 
@@ -105,6 +106,7 @@ fn split_and_coalesce_a_whole_chunk() {
     for &p in &pages {
         // SAFETY: our page.
         unsafe { mem(p).write_bytes(0x5a, PAGE_SIZE) };
+        // SAFETY: a live descriptor.
         let info = unsafe { p.as_ref() }.info();
         assert_eq!(info.kind(), PageKind::Block);
         assert_eq!(info.order(), 0);
