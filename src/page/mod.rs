@@ -104,7 +104,13 @@ pub(crate) const PAGES_PER_CHUNK: usize = 1 << MAX_ORDER;
 const NR_ORDERS: usize = MAX_ORDER as usize + 1;
 /// Free blocks of this order or larger are returned to the OS as soon as they form.
 pub(crate) const RELEASE_ORDER: u32 = if MAX_ORDER < 9 { MAX_ORDER } else { 9 };
-/// Length of [`PageStats::free_blocks`].
+/// Length of [`PageStats::free_blocks`]: one entry per block order `0..=10` (4 KiB pages up to
+/// 4 MiB blocks).
+///
+/// ```
+/// let s = kmem::PageStats::default();
+/// assert_eq!(s.free_blocks.len(), kmem::STATS_ORDERS);
+/// ```
 pub const STATS_ORDERS: usize = 11;
 
 const _: () = assert!(NR_ORDERS <= STATS_ORDERS);
@@ -305,21 +311,21 @@ impl ChunkMeta {
 
 /// The chunk metadata and page index of a genuine descriptor.
 ///
+/// Goes through the radix table rather than stepping back from `p`: a descriptor pointer made
+/// from a `&Page` only has provenance over those 64 bytes, while the table's pointer covers the
+/// whole metadata mapping.
+///
 /// # Safety
-/// `p` points into the `pages` array of a live `ChunkMeta`.
+/// `p` is a descriptor of a registered (live) chunk.
 #[inline(always)]
 unsafe fn chunk_of(p: *const Page) -> (*mut ChunkMeta, usize) {
     // SAFETY: `p` is a live descriptor (caller contract); `addr` is immutable.
     let addr = unsafe { (*p).addr };
     let idx = (addr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
-    // SAFETY: descriptor `idx` is `p`, so stepping back `idx` stays inside the array, and the
-    // array sits at a fixed offset inside the header allocation.
-    let meta = unsafe {
-        p.sub(idx)
-            .cast::<u8>()
-            .sub(core::mem::offset_of!(ChunkMeta, pages))
-    };
-    (meta as *mut ChunkMeta, idx)
+    match radix::lookup(addr) {
+        Some(meta) => (meta.as_ptr(), idx),
+        None => crate::abort_msg(&["kmem: internal error: descriptor of an unregistered chunk"]),
+    }
 }
 
 /// The descriptor of the page containing `ptr` if it lies in a registered chunk.
@@ -354,6 +360,18 @@ pub(crate) fn virt_to_page(ptr: *const u8) -> Option<&'static Page> {
     // SAFETY: descriptors of registered chunks live as long as the chunk (callers must not use
     // the reference past their allocator instance).
     Some(unsafe { &*p })
+}
+
+/// The memory described by a descriptor of a live chunk, derived from the chunk's base pointer
+/// (so it keeps the mapping's provenance, unlike [`Page::address`], which casts an integer).
+#[allow(dead_code)] // for the slab layer (Miri runs it with strict provenance checks)
+pub(crate) fn page_address(page: &Page) -> *mut u8 {
+    // SAFETY: `page` is a descriptor of a live chunk (the only way to get a `&Page` outside
+    // chunk set-up), so its chunk header is initialised.
+    unsafe {
+        let (meta, idx) = chunk_of(page);
+        (*meta).base.add(idx << PAGE_SHIFT)
+    }
 }
 
 /// The free lists and counters of one node.
@@ -427,6 +445,9 @@ impl BuddyState {
         self.free_bytes -= PAGE_SIZE << order;
     }
 }
+
+/// The owner of a chunk leaked by a dropped allocator (never a real, aligned budget address).
+const LEAKED_OWNER: *const PageBudget = 1 as *const PageBudget;
 
 /// The marker of a block detached from the lists while it is being freed or released.
 #[inline]
@@ -722,22 +743,27 @@ impl PageAllocator {
         // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor; a
         // garbage pointer is the caller's bug and is caught by the check below when readable.
         let addr = unsafe { (*p).addr };
-        match page_of(addr) {
-            Some(q) if q == p => {}
+        let p = match page_of(addr) {
+            // From here on use the table's pointer: it carries the metadata's provenance.
+            Some(q) if q == p => q,
             _ => bad_free(
                 "not a kmem page descriptor (no registered chunk describes it)",
                 addr,
                 order,
                 None,
             ),
-        }
+        };
         // SAFETY: `p` is a genuine descriptor of a registered chunk (checked above).
         let (meta, _) = unsafe { chunk_of(p) };
         // SAFETY: registered chunk headers are initialised and immutable (except `next`).
         let (owner, node) = unsafe { ((*meta).budget, (*meta).node) };
         if owner != self.budget {
             bad_free(
-                "block belongs to another allocator instance",
+                if owner == LEAKED_OWNER {
+                    "block belongs to a dropped allocator (its chunk was leaked)"
+                } else {
+                    "block belongs to another allocator instance"
+                },
                 addr,
                 order,
                 None,
@@ -984,7 +1010,10 @@ impl Drop for PageAllocator {
                     Self::destroy_chunk(chunk);
                     self.budget().unreserve(usable << PAGE_SHIFT);
                 } else {
-                    // Someone may still point into it: leak it, registered, forever.
+                    // Someone may still point into it: leak it, registered and mapped,
+                    // forever. Its owner becomes a sentinel no live budget can equal, so a late
+                    // free into it is refused even if a new budget reuses this one's address.
+                    ptr::addr_of_mut!((*chunk).budget).write(LEAKED_OWNER);
                     leaked_chunks += 1;
                     leaked_bytes += (usable << PAGE_SHIFT) as u64;
                 }
