@@ -423,7 +423,7 @@ impl CacheInner {
     fn init_slab(&self, page: NonNull<Page>, order: u32, objects: u32, nid: usize) -> Refill {
         // SAFETY: a block just handed to us by the page allocator.
         let p = unsafe { page.as_ref() };
-        let base = p.address() as usize;
+        let base = crate::page::page_address(p) as usize;
         let size = self.geo.size;
         for i in 0..objects as usize {
             let obj = base + i * size;
