@@ -447,7 +447,7 @@ impl BuddyState {
 }
 
 /// The owner of a chunk leaked by a dropped allocator (never a real, aligned budget address).
-const LEAKED_OWNER: *const PageBudget = 1 as *const PageBudget;
+const LEAKED_OWNER: *const PageBudget = core::ptr::dangling::<PageBudget>();
 
 /// The marker of a block detached from the lists while it is being freed or released.
 #[inline]
