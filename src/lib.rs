@@ -63,20 +63,6 @@ pub use typed::{Cache, SlabBox};
 /// The longest cache name accepted.
 pub const MAX_CACHE_NAME: usize = 64;
 
-/// Writes each part to stderr without allocating.
-pub(crate) fn warn_msg(parts: &[&str]) {
-    for p in parts {
-        // SAFETY: writing a valid byte slice to fd 2; no allocation, async-signal-safe.
-        unsafe {
-            libc::write(2, p.as_ptr().cast(), p.len());
-        }
-    }
-    // SAFETY: as above.
-    unsafe {
-        libc::write(2, b"\n".as_ptr().cast(), 1);
-    }
-}
-
 /// Writes each part to stderr without allocating, then aborts the process.
 ///
 /// Used where memory is already corrupt (a double free, a foreign pointer) or where continuing
@@ -84,65 +70,6 @@ pub(crate) fn warn_msg(parts: &[&str]) {
 #[cold]
 #[inline(never)]
 pub(crate) fn abort_msg(parts: &[&str]) -> ! {
-    warn_msg(parts);
+    os::write_stderr(parts);
     std::process::abort()
-}
-
-/// Formats numbers into a stack buffer for [`abort_msg`] (no allocation).
-pub(crate) struct Hex {
-    buf: [u8; 24],
-}
-
-impl Hex {
-    pub(crate) const fn new() -> Self {
-        Hex { buf: [0; 24] }
-    }
-
-    /// `0x...` hexadecimal.
-    pub(crate) fn fmt(&mut self, v: usize) -> &str {
-        let mut i = self.buf.len();
-        let mut v = v;
-        loop {
-            i -= 1;
-            self.buf[i] = b"0123456789abcdef"[v & 15];
-            v >>= 4;
-            if v == 0 {
-                break;
-            }
-        }
-        i -= 1;
-        self.buf[i] = b'x';
-        i -= 1;
-        self.buf[i] = b'0';
-        core::str::from_utf8(&self.buf[i..]).unwrap_or("?")
-    }
-
-    /// Decimal.
-    pub(crate) fn dec(&mut self, v: usize) -> &str {
-        let mut i = self.buf.len();
-        let mut v = v;
-        loop {
-            i -= 1;
-            self.buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        core::str::from_utf8(&self.buf[i..]).unwrap_or("?")
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    #[test]
-    fn hex_and_dec_format_without_allocating() {
-        let mut h = super::Hex::new();
-        assert_eq!(h.fmt(0), "0x0");
-        assert_eq!(h.fmt(0xdead_beef), "0xdeadbeef");
-        assert_eq!(h.fmt(usize::MAX), "0xffffffffffffffff");
-        assert_eq!(h.dec(0), "0");
-        assert_eq!(h.dec(1234567), "1234567");
-        assert_eq!(h.dec(usize::MAX), "18446744073709551615");
-    }
 }

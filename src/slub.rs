@@ -145,8 +145,8 @@ impl CacheInner {
     #[cold]
     #[inline(never)]
     fn bad_free(&self, obj: *mut u8, page: Option<&Page>) -> ! {
-        let mut hex = crate::Hex::new();
-        let addr = hex.fmt(obj as usize);
+        let hex = crate::os::Num::hex(obj as u64);
+        let addr = hex.as_str();
         let Some(page) = page else {
             crate::abort_msg(&[
                 "kmem: free of ",
@@ -903,15 +903,17 @@ impl CacheInner {
             return;
         }
         let info = s.slabinfo();
-        let mut a = crate::Hex::new();
-        let mut b = crate::Hex::new();
-        crate::warn_msg(&[
+        let (a, b) = (
+            crate::os::Num::dec(info.active_objs as u64),
+            crate::os::Num::dec(info.num_slabs as u64),
+        );
+        crate::os::write_stderr(&[
             "kmem: cache \"",
             s.name(),
             "\" destroyed with ",
-            a.dec(info.active_objs),
+            a.as_str(),
             " object(s) still allocated in ",
-            b.dec(info.num_slabs),
+            b.as_str(),
             " slab(s); those slabs are leaked, not freed under their users",
         ]);
         s.kmem().mark_leaked();

@@ -179,7 +179,6 @@ impl Page {
         self.info.store(info.0, Ordering::Release)
     }
 
-
     /// The node this page belongs to.
     #[inline]
     pub(crate) fn node(&self) -> usize {
