@@ -185,7 +185,10 @@ pub mod __loom {
         pub fn new() -> Self {
             let budget = Box::new(PageBudget::new(usize::MAX, FaultInjection::None));
             let alloc = PageAllocator::new(0, &*budget as *const PageBudget);
-            Pages { alloc, _budget: budget }
+            Pages {
+                alloc,
+                _budget: budget,
+            }
         }
 
         /// `alloc_pages(order)`.
@@ -260,7 +263,9 @@ pub mod __loom {
             }
             let nr = n.nr_partial.load(Ordering::Relaxed);
             if nr != len {
-                return Err(format!("node {nid}: nr_partial {nr} but {len} slabs on the list"));
+                return Err(format!(
+                    "node {nid}: nr_partial {nr} but {len} slabs on the list"
+                ));
             }
         }
         Ok(())

@@ -691,7 +691,9 @@ impl CacheInner {
                 Mode::Full
             };
             let mut guard = match mode {
-                Mode::Partial if !cfg!(kmem_mutant = "deactivate_decides_without_lock") => Some(n.list_lock.lock()),
+                Mode::Partial if !cfg!(kmem_mutant = "deactivate_decides_without_lock") => {
+                    Some(n.list_lock.lock())
+                }
                 _ => None,
             };
             if !s.slab_cas((old_fl, old), (new_fl, new)) {
@@ -700,7 +702,9 @@ impl CacheInner {
                 retry_hint();
                 continue;
             }
-            if cfg!(kmem_mutant = "deactivate_decides_without_lock") && matches!(mode, Mode::Partial) {
+            if cfg!(kmem_mutant = "deactivate_decides_without_lock")
+                && matches!(mode, Mode::Partial)
+            {
                 // Planted bug (loom-tests): the slab is unfrozen before list_lock is taken.
                 guard = Some(n.list_lock.lock());
             }

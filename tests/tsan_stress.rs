@@ -17,8 +17,18 @@ unsafe impl Send for Obj {}
 #[cfg_attr(miri, ignore)]
 fn tsan_alloc_free_remote_free() {
     let k = Kmem::builder().cpus(2).nodes(1).build().unwrap();
-    let c = k.create_cache("tsan", 256, CacheConfig::new().min_partial(1).cpu_partial_slabs(2)).unwrap();
-    let rounds = if cfg!(debug_assertions) { 3_000 } else { 20_000 };
+    let c = k
+        .create_cache(
+            "tsan",
+            256,
+            CacheConfig::new().min_partial(1).cpu_partial_slabs(2),
+        )
+        .unwrap();
+    let rounds = if cfg!(debug_assertions) {
+        3_000
+    } else {
+        20_000
+    };
     std::thread::scope(|s| {
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -38,8 +48,9 @@ fn tsan_alloc_free_remote_free() {
                     // SAFETY: a fresh 256-byte object.
                     unsafe { p.as_ptr().write_bytes(i as u8, 256) };
                     if r % 3 == 0 {
-                        if let Err(mpsc::TrySendError::Full(o) | mpsc::TrySendError::Disconnected(o)) =
-                            tx.try_send(Obj(p))
+                        if let Err(
+                            mpsc::TrySendError::Full(o) | mpsc::TrySendError::Disconnected(o),
+                        ) = tx.try_send(Obj(p))
                         {
                             mine.push(o);
                         }
@@ -62,7 +73,8 @@ fn tsan_alloc_free_remote_free() {
                     if r % 1000 == 0 {
                         let mut out = [core::ptr::null_mut(); 8];
                         let n = c.alloc_bulk(&mut out);
-                        let objs: Vec<NonNull<u8>> = out[..n].iter().map(|&p| NonNull::new(p).unwrap()).collect();
+                        let objs: Vec<NonNull<u8>> =
+                            out[..n].iter().map(|&p| NonNull::new(p).unwrap()).collect();
                         // SAFETY: just allocated, each once.
                         unsafe { c.free_bulk(&objs) };
                     }

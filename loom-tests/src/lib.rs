@@ -49,10 +49,18 @@ pub fn setup(cpus: usize, min_partial: usize, cpu_partial_slabs: usize) -> (Kmem
         .create_cache(
             "loom",
             OBJ,
-            CacheConfig::new().min_order(0).max_order(0).min_partial(min_partial).cpu_partial_slabs(cpu_partial_slabs),
+            CacheConfig::new()
+                .min_order(0)
+                .max_order(0)
+                .min_partial(min_partial)
+                .cpu_partial_slabs(cpu_partial_slabs),
         )
         .expect("cache");
-    assert_eq!(c.objects_per_slab(), 2, "the models assume two objects per slab");
+    assert_eq!(
+        c.objects_per_slab(),
+        2,
+        "the models assume two objects per slab"
+    );
     (k, Arc::new(c))
 }
 
@@ -109,7 +117,9 @@ impl Live {
     /// Removes and returns every object held.
     pub fn take_all(&self) -> Vec<NonNull<u8>> {
         let all = std::mem::take(&mut *self.0.lock().unwrap());
-        all.into_iter().map(|a| NonNull::new(a as *mut u8).unwrap()).collect()
+        all.into_iter()
+            .map(|a| NonNull::new(a as *mut u8).unwrap())
+            .collect()
     }
 }
 
@@ -120,11 +130,19 @@ impl Live {
 pub fn check_quiescent(c: &KmemCache, live: &Live, exact_stats: bool) {
     kmem::__loom::check_lists(c).unwrap();
     let info = c.info();
-    assert_eq!(info.active_objs, live.len(), "active_objs disagrees with the objects held: {info:?}");
+    assert_eq!(
+        info.active_objs,
+        live.len(),
+        "active_objs disagrees with the objects held: {info:?}"
+    );
     assert_eq!(info.num_objs, 2 * info.num_slabs, "{info:?}");
     if exact_stats {
         let s = c.stats();
-        assert_eq!(s.alloc_slab - s.free_slab, info.num_slabs as u64, "slab counters: {s:?} vs {info:?}");
+        assert_eq!(
+            s.alloc_slab - s.free_slab,
+            info.num_slabs as u64,
+            "slab counters: {s:?} vs {info:?}"
+        );
     }
 }
 

@@ -53,7 +53,11 @@ fn buddy_split_coalesce() {
         let y = a.join().unwrap();
         b.join().unwrap();
         let (mapped, free, _) = pages.state();
-        assert_eq!(free + PAGE_SIZE, mapped, "free bytes wrong with one page allocated");
+        assert_eq!(
+            free + PAGE_SIZE,
+            mapped,
+            "free bytes wrong with one page allocated"
+        );
         give(&pages, &held, y);
         let (mapped, free, blocks) = pages.state();
         assert_eq!(free, mapped, "pages lost");
@@ -62,7 +66,11 @@ fn buddy_split_coalesce() {
         // for `madvise` with the node lock dropped (see docs/verification.md, finding 1).
         let chunk = PAGE_SIZE << MAX_ORDER;
         assert!(mapped == chunk || mapped == 2 * chunk, "mapped {mapped}");
-        assert_eq!(&blocks[..3], &[0, 0, mapped / chunk], "not coalesced: {blocks:?}");
+        assert_eq!(
+            &blocks[..3],
+            &[0, 0, mapped / chunk],
+            "not coalesced: {blocks:?}"
+        );
         // The whole chunk is one block again and can be allocated as such.
         let all = take(&pages, &held, 2);
         give(&pages, &held, all);

@@ -21,7 +21,10 @@ fn bulk_vs_single() {
         let a = loom::thread::spawn(move || {
             let mut out = [core::ptr::null_mut(); 2];
             assert_eq!(c1.alloc_bulk(&mut out), 2);
-            let objs: Vec<NonNull<u8>> = out.iter().map(|&p| l1.add(NonNull::new(p).unwrap())).collect();
+            let objs: Vec<NonNull<u8>> = out
+                .iter()
+                .map(|&p| l1.add(NonNull::new(p).unwrap()))
+                .collect();
             for &p in &objs {
                 l1.remove(p);
             }
