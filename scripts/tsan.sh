@@ -12,7 +12,9 @@ if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q
     rustup component add --toolchain nightly rust-src >/dev/null 2>&1 || skip "cannot install rust-src (needed by -Zbuild-std)"
 fi
 TARGET=x86_64-unknown-linux-gnu
-export RUSTFLAGS="-Zsanitizer=thread"
+# +cmpxchg16b: portable-atomic needs it for a lock-free AtomicU128 (RUSTFLAGS replaces the
+# rustflags of .cargo/config.toml, which normally set it).
+export RUSTFLAGS="-Zsanitizer=thread -C target-feature=+cmpxchg16b"
 export RUSTDOCFLAGS="-Zsanitizer=thread"
 export TSAN_OPTIONS="suppressions=$PWD/scripts/tsan.supp halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
 tests=(--test tsan_stress)
