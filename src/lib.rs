@@ -163,8 +163,24 @@ pub mod __loom {
 
     /// One node's buddy allocator with its own (unlimited) budget.
     pub struct Pages {
-        alloc: PageAllocator,
-        _budget: Box<PageBudget>,
+        alloc: core::mem::ManuallyDrop<PageAllocator>,
+        // A raw pointer, not a `Box`: moving a `Box` would invalidate the allocator's pointer
+        // to it under Stacked Borrows.
+        budget: *mut PageBudget,
+    }
+
+    // SAFETY: the budget is Sync and owned by this value; the allocator is Send + Sync.
+    unsafe impl Send for Pages {}
+    // SAFETY: as above.
+    unsafe impl Sync for Pages {}
+
+    impl Drop for Pages {
+        fn drop(&mut self) {
+            // SAFETY: dropped once, before the budget it points to.
+            unsafe { core::mem::ManuallyDrop::drop(&mut self.alloc) };
+            // SAFETY: from Box::into_raw in `new`; nothing refers to it any more.
+            drop(unsafe { Box::from_raw(self.budget) });
+        }
     }
 
     /// A block handed out by [`Pages::alloc`]: its head descriptor and its address.
@@ -183,12 +199,9 @@ pub mod __loom {
     impl Pages {
         /// A fresh allocator for node 0.
         pub fn new() -> Self {
-            let budget = Box::new(PageBudget::new(usize::MAX, FaultInjection::None));
-            let alloc = PageAllocator::new(0, &*budget as *const PageBudget);
-            Pages {
-                alloc,
-                _budget: budget,
-            }
+            let budget = Box::into_raw(Box::new(PageBudget::new(usize::MAX, FaultInjection::None)));
+            let alloc = core::mem::ManuallyDrop::new(PageAllocator::new(0, budget));
+            Pages { alloc, budget }
         }
 
         /// `alloc_pages(order)`.

@@ -6,19 +6,25 @@ use std::vec::Vec;
 
 const NORETRY: GfpFlags = GfpFlags::NORETRY;
 
-/// A budget and one node; the budget is boxed so its address is stable.
+/// A budget and one node; the budget is heap-allocated so its address is stable. It is held
+/// as a raw pointer, not a `Box`: moving a `Box` asserts uniqueness, which (under Stacked
+/// Borrows, as Miri reported) invalidates the pointer the nodes keep.
 struct Fixture {
     nodes: Vec<PageAllocator>,
-    _budget: Box<PageBudget>,
+    budget: *mut PageBudget,
 }
+
+// SAFETY: the budget is Sync (atomics) and owned by the fixture; the nodes are Send + Sync.
+unsafe impl Sync for Fixture {}
+// SAFETY: as above.
+unsafe impl Send for Fixture {}
 
 impl Fixture {
     fn new(limit: usize, fault: FaultInjection, nodes: usize) -> Self {
-        let budget = Box::new(PageBudget::new(limit, fault));
-        let b: *const PageBudget = &*budget;
+        let budget = Box::into_raw(Box::new(PageBudget::new(limit, fault)));
         Fixture {
-            nodes: (0..nodes).map(|n| PageAllocator::new(n, b)).collect(),
-            _budget: budget,
+            nodes: (0..nodes).map(|n| PageAllocator::new(n, budget)).collect(),
+            budget,
         }
     }
     fn one(limit: usize) -> Self {
@@ -40,6 +46,8 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // Nodes first: they reference the budget.
         self.nodes.clear();
+        // SAFETY: from Box::into_raw in `new`; no node refers to it any more.
+        drop(unsafe { Box::from_raw(self.budget) });
     }
 }
 
