@@ -674,10 +674,13 @@ mod tests {
     #[test]
     fn free_ptr_round_trips() {
         let mut slot = 0usize;
+        // One mutable raw pointer for both accesses: the atomic load forms an `&AtomicUsize`,
+        // which needs write permission (Miri rejects a pointer derived from `&slot`).
+        let p: *mut usize = &mut slot;
         // SAFETY: `slot` is an aligned, live local.
         unsafe {
-            store_free_ptr(&mut slot, 0xdead_beef);
-            assert_eq!(load_free_ptr(&slot), 0xdead_beef);
+            store_free_ptr(p, 0xdead_beef);
+            assert_eq!(load_free_ptr(p), 0xdead_beef);
         }
     }
 }

@@ -862,7 +862,10 @@ impl PageAllocator {
                 let b = unsafe { ChunkMeta::page(meta, bidx) };
                 // SAFETY: genuine descriptor.
                 let bi = unsafe { &*b }.info();
-                if bi.kind() != PageKind::Free || bi.order() != order {
+                // (Planted bug for loom-tests: merging with a free buddy of another order.)
+                if bi.kind() != PageKind::Free
+                    || (bi.order() != order && !cfg!(kmem_mutant = "buddy_merge_skips_order_check"))
+                {
                     break;
                 }
                 // SAFETY: a Free head of this node's chunk is on list `order`; lock held.
