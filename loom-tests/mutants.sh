@@ -28,6 +28,7 @@ m6_discard_vs_get_partial               slab_free_without_list_lock
 m6_discard_vs_get_partial               acquire_without_freeze
 m7_deactivate_vs_remote_free            deactivate_decides_without_lock
 m8_buddy_split_coalesce                 buddy_merge_skips_order_check
+m8_buddy_split_coalesce                 alloc_ignores_transit
 m9_bulk_vs_single                       bulk_pop_without_tid_cas
 "
 
@@ -43,7 +44,7 @@ run() {
     if KMEM_MUTANT="$mutant" cargo test --release -q -p kmem-loom-tests --target-dir "$TARGET_DIR" \
         --test "$model" -- --test-threads=1 >>"$log" 2>&1; then r=PASS; else r=FAIL; fi
     end=$(date +%s.%N)
-    echo "$r $(echo "$end - $start" | bc)"
+    echo "$r $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')"
 }
 
 mkdir -p "$TARGET_DIR/logs"

@@ -23,7 +23,7 @@ for m in $models; do
         r=FAIL
         status=1
     fi
-    t=$(echo "$(date +%s.%N) - $start" | bc)
+    t=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
     n=$(echo "$out" | grep -o 'loom: [0-9]* interleavings' | awk '{print $2}' | paste -sd+ -)
     printf '%-40s %-6s %10.2f  %s\n' "$m" "$r" "$t" "${n:-?}"
     if [ "$r" = FAIL ]; then echo "$out" | tail -40; fi

@@ -134,7 +134,7 @@ pub mod __loom {
         pub fn alloc(&self, order: u32) -> Option<Block> {
             let head = self.alloc.alloc_pages(order, GfpFlags::NONE)?;
             // SAFETY: a live descriptor just handed out.
-            let addr = unsafe { head.as_ref() }.address() as usize;
+            let addr = crate::page::page_address(unsafe { head.as_ref() }) as usize;
             Some(Block { head, addr, order })
         }
 

@@ -374,6 +374,14 @@ pub(crate) fn page_address(page: &Page) -> *mut u8 {
     }
 }
 
+/// Why `take_free` found nothing.
+enum Empty {
+    /// The free lists are empty.
+    Empty,
+    /// The free lists are empty but blocks are in transit and will be back shortly.
+    InTransit,
+}
+
 /// The free lists and counters of one node.
 struct BuddyState {
     free: [*mut Page; NR_ORDERS],
@@ -387,6 +395,11 @@ struct BuddyState {
     released_total: u64,
     allocs: u64,
     frees: u64,
+    /// Free blocks detached while the lock is dropped for `madvise` ("in transit"). While
+    /// non-zero, an allocation that finds the free lists empty waits for them instead of
+    /// mapping a new chunk (found by loom model m8: a spare chunk, or a spurious failure under
+    /// the limit).
+    transit: usize,
 }
 
 // SAFETY: the raw pointers name descriptors and chunks owned by this node; the state is only
@@ -505,6 +518,7 @@ impl PageAllocator {
                     released_total: 0,
                     allocs: 0,
                     frees: 0,
+                    transit: 0,
                 },
             ),
             failed: AtomicU64::new(0),
@@ -550,11 +564,21 @@ impl PageAllocator {
             return self.fail(true);
         }
         let mut reclaimed = false;
+        let mut backoff = crate::sync::Backoff::new();
         loop {
-            if let Some((page, released)) = self.take_free(order) {
-                self.finish_alloc(page, order, released, flags);
-                // SAFETY: descriptors are never null.
-                return Some(unsafe { NonNull::new_unchecked(page) });
+            match self.take_free(order) {
+                Ok((page, released)) => {
+                    self.finish_alloc(page, order, released, flags);
+                    // SAFETY: descriptors are never null.
+                    return Some(unsafe { NonNull::new_unchecked(page) });
+                }
+                Err(Empty::InTransit) => {
+                    // Free memory is on its way back to the lists (a concurrent madvise):
+                    // wait for it rather than mapping a chunk we do not need.
+                    backoff.snooze();
+                    continue;
+                }
+                Err(Empty::Empty) => {}
             }
             match self.grow() {
                 Grow::Grown => continue,
@@ -576,14 +600,16 @@ impl PageAllocator {
 
     /// Takes a free block of exactly `order` (splitting a larger one), marks its head
     /// `Block`, and says whether its memory is released (zero).
-    fn take_free(&self, order: u32) -> Option<(*mut Page, bool)> {
+    fn take_free(&self, order: u32) -> Result<(*mut Page, bool), Empty> {
         let mut st = self.state.lock();
         let mut o = order;
         while (o as usize) < NR_ORDERS && st.free[o as usize].is_null() {
             o += 1;
         }
         if o as usize >= NR_ORDERS {
-            return None;
+            // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
+            let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
+            return Err(if wait { Empty::InTransit } else { Empty::Empty });
         }
         let p = st.free[o as usize];
         // SAFETY: `p` is a free head on list `o` of this node; the lock is held.
@@ -603,7 +629,7 @@ impl PageAllocator {
         // SAFETY: `p` is ours now.
         unsafe { (*p).set_info(PageInfo::head(PageKind::Block, order, self.node, false)) };
         st.allocs += 1;
-        Some((p, released))
+        Ok((p, released))
     }
 
     /// Writes the tail descriptors and zeroes if asked; runs without the lock (the block is
@@ -877,10 +903,12 @@ impl PageAllocator {
                 if released != bi.released() {
                     if new_order >= RELEASE_ORDER {
                         let dirty = if released { bidx } else { idx };
+                        st.transit += 1;
                         drop(st);
                         // SAFETY: the dirty half is a detached free block of ours.
                         unsafe { os::release(base.add(dirty << PAGE_SHIFT), PAGE_SIZE << order) };
                         st = self.state.lock();
+                        st.transit -= 1;
                         st.released_total += (PAGE_SIZE << order) as u64;
                         released = true;
                     } else {
@@ -898,10 +926,12 @@ impl PageAllocator {
                 order = new_order;
             }
             if order >= RELEASE_ORDER && !released {
+                st.transit += 1;
                 drop(st);
                 // SAFETY: a detached free block of ours.
                 unsafe { os::release(base.add(idx << PAGE_SHIFT), PAGE_SIZE << order) };
                 st = self.state.lock();
+                st.transit -= 1;
                 st.released_total += (PAGE_SIZE << order) as u64;
                 released = true;
                 // A buddy may have been freed while we were unlocked.
@@ -932,6 +962,7 @@ impl PageAllocator {
                         let next = (*p).lru_next.get();
                         if !(*p).info().released() {
                             st.unlink(p, o);
+                            st.transit += 1;
                             (*p).set_info(in_transit(self.node));
                             (*p).slabs.set(o);
                             (*p).next.set(detached);
@@ -955,6 +986,7 @@ impl PageAllocator {
                 (*p).next.set(null_mut());
                 (*p).slabs.set(0);
                 let mut st = self.state.lock();
+                st.transit -= 1;
                 st.released_total += (PAGE_SIZE << order) as u64;
                 self.insert_merging(st, p, order, true);
                 p = next;
