@@ -12,7 +12,11 @@
 //!   (`portable_atomic::AtomicU128::compare_exchange`) on one 16-byte word, which is the
 //!   minimum an alloc+free pair of the `{freelist, tid}` protocol must execute;
 //! - `load_cmpxchg16b_pair`: the same plus the two 16-byte atomic loads the protocol also
-//!   needs (each CAS must be preceded by a load of the pair), i.e. the floor including loads.
+//!   needs (each CAS must be preceded by a load of the pair), i.e. the floor including loads;
+//!   portable-atomic's load is a run-time-dispatched call to a `vmovdqa` (without `+avx`);
+//! - `vmovdqa_cmpxchg16b_pair`: the same with the `vmovdqa` inlined (what `+avx` would give);
+//! - `split_load_cmpxchg16b_pair`: the same with the kernel's two 8-byte loads (`tid`, then
+//!   `freelist`) instead of one 16-byte load.
 //!
 //! The main thread is pinned to CPU 0 so that kmem's slot does not change during the run.
 //! After the groups, each kmem cache's `stats()` is printed to stderr: it must be
@@ -97,7 +101,72 @@ fn fastpath_size(
             let _ = black_box((r1, r2));
         })
     });
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        g.bench_function("vmovdqa_cmpxchg16b_pair", |b| {
+            let w = Word(AtomicU128::new(0));
+            b.iter(|| {
+                let w = black_box(&w.0);
+                let v = vmovdqa_load(w);
+                let r1 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+                let v = vmovdqa_load(w);
+                let r2 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+                let _ = black_box((r1, r2));
+            })
+        });
+    }
+    g.bench_function("split_load_cmpxchg16b_pair", |b| {
+        let w = Word(AtomicU128::new(0));
+        b.iter(|| {
+            let w = black_box(&w.0);
+            let v = split_load(w);
+            let r1 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+            let v = split_load(w);
+            let r2 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+            let _ = black_box((r1, r2));
+        })
+    });
     g.finish();
+}
+
+/// The 16-byte load that portable-atomic inlines when AVX is enabled at compile time
+/// (`-C target-feature=+avx`): one `vmovdqa`, single-copy atomic on AVX CPUs of Intel and AMD.
+/// Without that flag portable-atomic reaches the same instruction through a run-time-detected
+/// function pointer (an indirect call per load).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn vmovdqa_load(w: &AtomicU128) -> u128 {
+    let (lo, hi): (u64, u64);
+    // SAFETY: `w` is a live, 16-byte-aligned AtomicU128; the caller checked AVX is available.
+    // The load is only used single-threaded here, so atomicity is not at stake.
+    unsafe {
+        core::arch::asm!(
+            "vmovdqa {x}, xmmword ptr [{p}]",
+            "vmovq {lo}, {x}",
+            "vpextrq {hi}, {x}, 1",
+            p = in(reg) w.as_ptr(),
+            x = out(xmm_reg) _,
+            lo = out(reg) lo,
+            hi = out(reg) hi,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    (lo as u128) | ((hi as u128) << 64)
+}
+
+/// What `mm/slub.c` does instead of a 16-byte load: read `tid` (the high half), then
+/// `freelist` (the low half), as two 8-byte loads; the 16-byte CAS rejects a torn pair.
+#[inline(always)]
+fn split_load(w: &AtomicU128) -> u128 {
+    let p = w.as_ptr().cast::<core::sync::atomic::AtomicU64>();
+    // SAFETY: `p` points to the 16 live, 16-byte-aligned bytes of `w`; both halves are
+    // 8-byte aligned. Single-threaded here, so no mixed-size race can occur.
+    let (hi, lo) = unsafe {
+        let hi = (*p.add(1)).load(core::sync::atomic::Ordering::Acquire);
+        let lo = (*p).load(core::sync::atomic::Ordering::Acquire);
+        (hi, lo)
+    };
+    (lo as u128) | ((hi as u128) << 64)
 }
 
 fn fastpath(c: &mut Criterion<ThreadTime>) {
