@@ -4,6 +4,8 @@
 //! time of the whole batch and, with `Throughput::Elements(1000)`, objects per second:
 //!
 //! - `kmem_single`: 1000 × `KmemCache::alloc`, then 1000 × `KmemCache::free`;
+//! - `kmem_single_min_partial_16`: the same on a cache with `CacheConfig::min_partial(16)`, so
+//!   the node keeps the batch's empty slabs instead of returning them to the page allocator;
 //! - `kmem_bulk`: one `alloc_bulk` of 1000, then one `free_bulk` of 1000;
 //! - `mimalloc`, `system`: 1000 × `GlobalAlloc::alloc`, then 1000 × `dealloc` (64-byte Layout).
 //!
@@ -62,6 +64,16 @@ fn batch(c: &mut Criterion<ThreadTime>) {
         .create_cache("batch-bulk-64", SIZE, CacheConfig::new())
         .expect("cache");
 
+    // The same as `single`, but keeping enough empty slabs (min_partial 16, about the 16 slabs a
+    // batch spans) that a batch does not give its slabs back to the page allocator.
+    let keep = k
+        .create_cache(
+            "batch-single-64-minpartial16",
+            SIZE,
+            CacheConfig::new().min_partial(16),
+        )
+        .expect("cache");
+
     let mut g = c.benchmark_group("batch_1000x64B");
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("kmem_single", |b| {
@@ -75,6 +87,20 @@ fn batch(c: &mut Criterion<ThreadTime>) {
             for &o in objs.iter() {
                 // SAFETY: allocated from `single` above, freed once.
                 unsafe { single.free(o) };
+            }
+        })
+    });
+    g.bench_function("kmem_single_min_partial_16", |b| {
+        let mut objs: Vec<NonNull<u8>> = Vec::with_capacity(N);
+        b.iter(|| {
+            objs.clear();
+            for _ in 0..N {
+                objs.push(keep.alloc().expect("kmem: out of memory"));
+            }
+            black_box(&mut objs);
+            for &o in objs.iter() {
+                // SAFETY: allocated from `keep` above, freed once.
+                unsafe { keep.free(o) };
             }
         })
     });
@@ -96,7 +122,7 @@ fn batch(c: &mut Criterion<ThreadTime>) {
     g.bench_function("system", |b| global_alloc_batch(b, &System));
     g.finish();
 
-    for cache in [&single, &bulk] {
+    for cache in [&single, &keep, &bulk] {
         eprintln!("batch: {}: {:?}", cache.name(), cache.stats());
     }
 }
