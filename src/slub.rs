@@ -60,7 +60,7 @@ impl CacheInner {
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
         loop {
             let c = self.this_cpu();
-            let (object, tid) = c.freelist_tid.load();
+            let (object, tid) = c.freelist_tid.load_tag_then_word();
             if object == 0 || !self.cpu_node_matches(c, node) {
                 return self.slab_alloc_slow(c, node);
             }
@@ -97,7 +97,7 @@ impl CacheInner {
                 let (freelist, tid) = c.freelist_tid.load();
                 (freelist, tid, cur_slab)
             } else {
-                let (freelist, tid) = c.freelist_tid.load();
+                let (freelist, tid) = c.freelist_tid.load_tag_then_word();
                 (freelist, tid, c.slab.load(Ordering::Acquire))
             };
             if cur_slab != slab {
