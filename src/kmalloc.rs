@@ -80,7 +80,9 @@ const NR_KMALLOC: usize = 13;
 pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 
 /// The class sizes.
-const SIZE_CLASSES_CONST: [usize; NR_KMALLOC] = [8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192];
+const SIZE_CLASSES_CONST: [usize; NR_KMALLOC] = [
+    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
+];
 /// The class sizes, with a `'static` address for [`kmalloc_size_classes`].
 static SIZE_CLASSES: [usize; NR_KMALLOC] = SIZE_CLASSES_CONST;
 
@@ -217,7 +219,10 @@ fn large_kind(size: usize, align: usize) -> Kind {
     if order <= MAX_ORDER {
         Kind::Pages(order)
     } else {
-        Kind::Os { bytes: size.next_multiple_of(PAGE_SIZE), align: align.max(PAGE_SIZE) }
+        Kind::Os {
+            bytes: size.next_multiple_of(PAGE_SIZE),
+            align: align.max(PAGE_SIZE),
+        }
     }
 }
 
@@ -269,7 +274,9 @@ fn create_kmalloc_caches() -> Option<()> {
     let k = Kmem::try_global()?;
     for i in 0..NR_KMALLOC {
         let cfg = CacheConfig::new().align(CLASS_ALIGN[i]);
-        let cache = core::mem::ManuallyDrop::new(k.create_cache(CLASS_NAMES[i], SIZE_CLASSES[i], cfg).ok()?);
+        let cache = core::mem::ManuallyDrop::new(
+            k.create_cache(CLASS_NAMES[i], SIZE_CLASSES[i], cfg).ok()?,
+        );
         // The handle is never dropped: kmalloc caches live as long as the process.
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }
@@ -351,7 +358,11 @@ unsafe fn kfree(ptr: *mut u8, layout: Layout) {
         Some(idx) => {
             let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
             if p.is_null() {
-                bad_kfree(ptr, layout, "no kmalloc cache exists yet, so Kmalloc did not allocate it");
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "no kmalloc cache exists yet, so Kmalloc did not allocate it",
+                );
             }
             // SAFETY: published kmalloc caches are never destroyed.
             let c = unsafe { &*p };
@@ -375,40 +386,75 @@ unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
     match large_kind(layout.size(), layout.align()) {
         Kind::Pages(order) => {
             let Some(page) = virt_to_page(ptr) else {
-                bad_kfree(ptr, layout, "expected a page block, but the pointer is not in any kmem memory");
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "expected a page block, but the pointer is not in any kmem memory",
+                );
             };
             if page.address() != ptr {
-                bad_kfree(ptr, layout, "expected a page block, but the pointer is not the start of one");
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "expected a page block, but the pointer is not the start of one",
+                );
             }
             let info = page.info();
             match info.kind() {
                 PageKind::Block => {}
-                PageKind::Free => bad_kfree(ptr, layout, "the page block is already free (double free)"),
-                PageKind::Slab => {
-                    bad_kfree(ptr, layout, "expected a page block, but the pointer is a slab object")
+                PageKind::Free => {
+                    bad_kfree(ptr, layout, "the page block is already free (double free)")
                 }
-                _ => bad_kfree(ptr, layout, "expected a page block, but the page is not a block head"),
+                PageKind::Slab => bad_kfree(
+                    ptr,
+                    layout,
+                    "expected a page block, but the pointer is a slab object",
+                ),
+                _ => bad_kfree(
+                    ptr,
+                    layout,
+                    "expected a page block, but the page is not a block head",
+                ),
             }
             if info.order() != order {
-                bad_kfree(ptr, layout, "the page block has another order than the layout says");
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "the page block has another order than the layout says",
+                );
             }
             let Some(k) = Kmem::try_global() else {
                 bad_kfree(ptr, layout, "the global kmem instance does not exist");
             };
             let s = k.shared();
             if info.node() >= s.nr_nodes {
-                bad_kfree(ptr, layout, "the page block belongs to another kmem instance");
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "the page block belongs to another kmem instance",
+                );
             }
             // SAFETY: a live block head of this order (checked above); `free_pages` re-checks
             // ownership, node and order under its lock.
-            unsafe { s.node_pages(info.node()).free_pages(NonNull::from(page), order) }
+            unsafe {
+                s.node_pages(info.node())
+                    .free_pages(NonNull::from(page), order)
+            }
         }
         Kind::Os { bytes, align } => {
             if virt_to_page(ptr).is_some() {
-                bad_kfree(ptr, layout, "expected an OS mapping, but the pointer is in kmem page memory");
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "expected an OS mapping, but the pointer is in kmem page memory",
+                );
             }
             if ptr as usize & (align - 1) != 0 {
-                bad_kfree(ptr, layout, "expected an OS mapping, but the pointer is misaligned for one");
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "expected an OS mapping, but the pointer is misaligned for one",
+                );
             }
             // SAFETY: `ptr` is a mapping made by `kmalloc_large` with exactly these
             // arguments (derived from the same layout), unused from now on.
@@ -670,7 +716,9 @@ mod api2 {
     }
 
     fn slice(p: *mut u8, len: usize) -> Result<NonNull<[u8]>, AllocError> {
-        NonNull::new(p).map(|p| NonNull::slice_from_raw_parts(p, len)).ok_or(AllocError)
+        NonNull::new(p)
+            .map(|p| NonNull::slice_from_raw_parts(p, len))
+            .ok_or(AllocError)
     }
 
     // SAFETY: as for GlobalAlloc; zero-sized layouts get a dangling aligned pointer that is
@@ -704,7 +752,12 @@ mod api2 {
             }
         }
 
-        unsafe fn grow(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        unsafe fn grow(
+            &self,
+            ptr: NonNull<u8>,
+            old: Layout,
+            new: Layout,
+        ) -> Result<NonNull<[u8]>, AllocError> {
             if old.size() == 0 {
                 return self.allocate(new);
             }
@@ -732,7 +785,12 @@ mod api2 {
             slice(p, new.size())
         }
 
-        unsafe fn shrink(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        unsafe fn shrink(
+            &self,
+            ptr: NonNull<u8>,
+            old: Layout,
+            new: Layout,
+        ) -> Result<NonNull<[u8]>, AllocError> {
             if new.size() == 0 {
                 // SAFETY: Allocator contract.
                 unsafe { self.deallocate(ptr, old) };
@@ -751,7 +809,9 @@ mod tests {
 
     /// The reference rule: the smallest class with size >= size and alignment >= align.
     fn reference(size: usize, align: usize) -> Option<usize> {
-        SIZE_CLASSES.iter().position(|&c| c >= size && natural_align(c) >= align)
+        SIZE_CLASSES
+            .iter()
+            .position(|&c| c >= size && natural_align(c) >= align)
     }
 
     #[test]
@@ -767,7 +827,10 @@ mod tests {
         for size in 1..=KMALLOC_MAX_CACHE_SIZE {
             let idx = kmalloc_index(size, 1).unwrap();
             assert!(SIZE_CLASSES[idx] >= size, "size {size}");
-            assert!(idx == 0 || SIZE_CLASSES[idx - 1] < size, "size {size} wastes a class");
+            assert!(
+                idx == 0 || SIZE_CLASSES[idx - 1] < size,
+                "size {size} wastes a class"
+            );
             assert_eq!(Some(idx), reference(size, 1), "size {size}");
         }
         assert_eq!(kmalloc_index(0, 1), Some(0));
@@ -801,15 +864,41 @@ mod tests {
         assert_eq!(k(1, 8192), Kind::Pages(1));
         assert_eq!(k(1 << 20, 8), Kind::Pages(8));
         assert_eq!(k(PAGE_SIZE << MAX_ORDER, 8), Kind::Pages(MAX_ORDER));
-        assert_eq!(k((PAGE_SIZE << MAX_ORDER) + 1, 8), Kind::Os { bytes: (PAGE_SIZE << MAX_ORDER) + PAGE_SIZE, align: PAGE_SIZE });
-        assert_eq!(k(8 << 20, 8 << 20), Kind::Os { bytes: 8 << 20, align: 8 << 20 });
+        assert_eq!(
+            k((PAGE_SIZE << MAX_ORDER) + 1, 8),
+            Kind::Os {
+                bytes: (PAGE_SIZE << MAX_ORDER) + PAGE_SIZE,
+                align: PAGE_SIZE
+            }
+        );
+        assert_eq!(
+            k(8 << 20, 8 << 20),
+            Kind::Os {
+                bytes: 8 << 20,
+                align: 8 << 20
+            }
+        );
     }
 
     #[test]
     #[cfg_attr(miri, ignore)]
     fn global_alloc_paths_round_trip() {
         let a = Kmalloc::new();
-        let sizes = [1usize, 8, 24, 90, 96, 150, 192, 200, 4096, 8192, 8193, 100_000, 5 << 20];
+        let sizes = [
+            1usize,
+            8,
+            24,
+            90,
+            96,
+            150,
+            192,
+            200,
+            4096,
+            8192,
+            8193,
+            100_000,
+            5 << 20,
+        ];
         let aligns = [1usize, 8, 64, 4096, 8192, 1 << 20];
         for &size in &sizes {
             for &align in &aligns {
@@ -822,7 +911,10 @@ mod tests {
                     p.write_bytes(0xa5, size);
                     a.dealloc(p, l);
                     let z = a.alloc_zeroed(l);
-                    assert!((0..size).all(|i| *z.add(i) == 0), "size {size} align {align}");
+                    assert!(
+                        (0..size).all(|i| *z.add(i) == 0),
+                        "size {size} align {align}"
+                    );
                     let r = a.realloc(z, l, size * 2 + 1);
                     assert!(!r.is_null());
                     assert_eq!(r as usize % align, 0);
@@ -831,7 +923,11 @@ mod tests {
                 }
             }
         }
-        let names: Vec<String> = Kmem::global().slabinfo().into_iter().map(|r| r.name).collect();
+        let names: Vec<String> = Kmem::global()
+            .slabinfo()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         for n in CLASS_NAMES {
             assert!(names.iter().any(|x| x == n), "{n} missing from slabinfo");
         }
