@@ -61,10 +61,7 @@ pub use error::KmemError;
 #[doc(hidden)]
 pub use kmalloc::kmalloc_reentrancy_simulate_enter;
 #[cfg(not(loom))]
-pub use kmalloc::{
-    kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc,
-    KMALLOC_MAX_CACHE_SIZE,
-};
+pub use kmalloc::{kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc, KMALLOC_MAX_CACHE_SIZE};
 pub use kmem::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
 pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
