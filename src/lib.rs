@@ -57,7 +57,7 @@ mod typed;
 
 pub use cache::{CacheConfig, CacheFlags, KmemCache, CACHE_LINE_SIZE};
 pub use error::KmemError;
-#[cfg(feature = "debug-reentrancy")]
+#[cfg(all(feature = "debug-reentrancy", not(loom)))]
 #[doc(hidden)]
 pub use kmalloc::kmalloc_reentrancy_simulate_enter;
 #[cfg(not(loom))]
