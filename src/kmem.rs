@@ -112,7 +112,7 @@ impl KmemShared {
     /// every cache, then every node's page lock. Taking a whole level before the next keeps the
     /// walk consistent with the lock order (no kmem path holds a lower-level lock while waiting
     /// for a higher-level one), so the walk cannot deadlock with running allocations.
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, miri)))]
     pub(crate) fn fork_lock_all(&self) {
         let r = self.registry.lock();
         let each = |f: &dyn Fn(&CacheInner)| {
@@ -139,7 +139,7 @@ impl KmemShared {
     /// # Safety
     /// The calling thread ran `fork_lock_all` on this instance (in the child: the forking thread
     /// did) and has not released the locks since.
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, miri)))]
     pub(crate) unsafe fn fork_unlock_all(&self) {
         for nid in 0..self.nr_nodes {
             // SAFETY: taken by fork_lock_all (contract).
@@ -267,6 +267,7 @@ impl Kmem {
     }
 
     /// The global instance if it has been built (never builds it: for the fork handlers).
+    #[cfg(not(any(loom, miri)))]
     #[inline]
     pub(crate) fn global_if_ready() -> Option<&'static Kmem> {
         GLOBAL.get()

@@ -33,6 +33,7 @@ fn api2_box_and_over_aligned() {
     struct Big([u8; 16]);
     let b = Box::new_in(Big([1; 16]), Kmalloc);
     assert_eq!(&*b as *const Big as usize % 8192, 0);
+    assert_eq!(b.0[15], 1);
 }
 
 #[test]

@@ -936,7 +936,7 @@ impl PageAllocator {
 
     /// Fork support (`kmalloc.rs`): takes this node's page lock and keeps it held with no guard,
     /// so that a `fork` cannot copy it in a locked state. Undo with [`PageAllocator::fork_unlock`].
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, miri)))]
     pub(crate) fn fork_lock(&self) {
         self.state.raw_lock();
     }
@@ -945,7 +945,7 @@ impl PageAllocator {
     ///
     /// # Safety
     /// The calling thread took it with `fork_lock` (in the child: the forking thread did).
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, miri)))]
     pub(crate) unsafe fn fork_unlock(&self) {
         // SAFETY: forwarded contract.
         unsafe { self.state.raw_unlock() }
