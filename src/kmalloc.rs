@@ -348,6 +348,63 @@ fn alloc_block(order: u32, zero: bool) -> *mut u8 {
     ptr::null_mut()
 }
 
+/// The checked page block at `ptr` that `layout` says is a block of `order` pages: its head
+/// descriptor and the instance. Aborts with a precise message if it is not.
+fn page_block(
+    ptr: *mut u8,
+    layout: Layout,
+    order: u32,
+) -> (&'static crate::page::Page, &'static crate::kmem::KmemShared) {
+    let Some(page) = virt_to_page(ptr) else {
+        bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the pointer is not in any kmem memory",
+        );
+    };
+    if crate::page::page_address(page) != ptr {
+        bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the pointer is not the start of one",
+        );
+    }
+    let info = page.info();
+    match info.kind() {
+        PageKind::Block => {}
+        PageKind::Free => bad_kfree(ptr, layout, "the page block is already free (double free)"),
+        PageKind::Slab => bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the pointer is a slab object",
+        ),
+        _ => bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the page is not a block head",
+        ),
+    }
+    if info.order() != order {
+        bad_kfree(
+            ptr,
+            layout,
+            "the page block has another order than the layout says",
+        );
+    }
+    let Some(k) = Kmem::try_global() else {
+        bad_kfree(ptr, layout, "the global kmem instance does not exist");
+    };
+    let s = k.shared();
+    if info.node() >= s.nr_nodes {
+        bad_kfree(
+            ptr,
+            layout,
+            "the page block belongs to another kmem instance",
+        );
+    }
+    (page, s)
+}
+
 /// `kfree` with the layout the memory was allocated with.
 ///
 /// # Safety
@@ -385,59 +442,11 @@ unsafe fn kfree(ptr: *mut u8, layout: Layout) {
 unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
     match large_kind(layout.size(), layout.align()) {
         Kind::Pages(order) => {
-            let Some(page) = virt_to_page(ptr) else {
-                bad_kfree(
-                    ptr,
-                    layout,
-                    "expected a page block, but the pointer is not in any kmem memory",
-                );
-            };
-            if crate::page::page_address(page) != ptr {
-                bad_kfree(
-                    ptr,
-                    layout,
-                    "expected a page block, but the pointer is not the start of one",
-                );
-            }
-            let info = page.info();
-            match info.kind() {
-                PageKind::Block => {}
-                PageKind::Free => {
-                    bad_kfree(ptr, layout, "the page block is already free (double free)")
-                }
-                PageKind::Slab => bad_kfree(
-                    ptr,
-                    layout,
-                    "expected a page block, but the pointer is a slab object",
-                ),
-                _ => bad_kfree(
-                    ptr,
-                    layout,
-                    "expected a page block, but the page is not a block head",
-                ),
-            }
-            if info.order() != order {
-                bad_kfree(
-                    ptr,
-                    layout,
-                    "the page block has another order than the layout says",
-                );
-            }
-            let Some(k) = Kmem::try_global() else {
-                bad_kfree(ptr, layout, "the global kmem instance does not exist");
-            };
-            let s = k.shared();
-            if info.node() >= s.nr_nodes {
-                bad_kfree(
-                    ptr,
-                    layout,
-                    "the page block belongs to another kmem instance",
-                );
-            }
+            let (page, s) = page_block(ptr, layout, order);
             // SAFETY: a live block head of this order (checked above); `free_pages` re-checks
             // ownership, node and order under its lock.
             unsafe {
-                s.node_pages(info.node())
+                s.node_pages(page.node())
                     .free_pages(NonNull::from(page), order)
             }
         }
@@ -465,14 +474,27 @@ unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
 }
 
 /// `krealloc`: in place when the old and new layouts have the same kind (same class, same
-/// block order, same OS mapping size); otherwise allocate, copy, free. Null (with the old
+/// block order, same OS mapping size) or are both page blocks whose order the buddy system
+/// can change in place; otherwise allocate, copy, free. Null (with the old
 /// memory untouched) when memory is exhausted.
 ///
 /// # Safety
 /// As [`kfree`] for `ptr` and `old`; `new.size() > 0`.
 unsafe fn krealloc(ptr: *mut u8, old: Layout, new: Layout) -> *mut u8 {
-    if kind_of(old) == kind_of(new) {
+    let (old_kind, new_kind) = (kind_of(old), kind_of(new));
+    if old_kind == new_kind {
         return ptr;
+    }
+    if let (Kind::Pages(o1), Kind::Pages(o2)) = (old_kind, new_kind) {
+        // A page block grows into free buddies above it, or gives its upper halves back.
+        let (page, s) = page_block(ptr, old, o1);
+        // SAFETY: `page` heads a block of order `o1` that the caller owns (checked above).
+        if unsafe {
+            s.node_pages(page.node())
+                .resize_in_place(NonNull::from(page), o1, o2)
+        } {
+            return ptr;
+        }
     }
     let p = kmalloc(new);
     if !p.is_null() {
@@ -949,7 +971,27 @@ mod tests {
             let big = Layout::from_size_align(20_000, 8).unwrap();
             let p = a.alloc(big);
             assert_eq!(a.realloc(p, big, 32_768), p);
-            a.dealloc(p, Layout::from_size_align(32_768, 8).unwrap());
+            // A page block shrinks in place (its upper halves go back to the buddy lists)...
+            let huge = Layout::from_size_align(32_768, 8).unwrap();
+            p.write_bytes(0x3c, 32_768);
+            let p2 = a.realloc(p, huge, 200_000);
+            assert!(!p2.is_null());
+            assert!(
+                (0..32_768).all(|i| *p2.add(i) == 0x3c),
+                "contents kept on growth"
+            );
+            let l200 = Layout::from_size_align(200_000, 8).unwrap();
+            assert_eq!(
+                a.realloc(p2, l200, 9_000),
+                p2,
+                "page blocks shrink in place"
+            );
+            // ... and grows in place when its buddies are free (whether they are depends on
+            // the other tests sharing the global instance, so only the contents are checked).
+            let l9k = Layout::from_size_align(9_000, 8).unwrap();
+            let p3 = a.realloc(p2, l9k, 60_000);
+            assert!((0..9_000).all(|i| *p3.add(i) == 0x3c), "contents kept");
+            a.dealloc(p3, Layout::from_size_align(60_000, 8).unwrap());
         }
     }
 }

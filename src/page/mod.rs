@@ -861,6 +861,88 @@ impl PageAllocator {
         unsafe { self.insert_merging(st, p, order, false) };
     }
 
+    /// Changes the order of an allocated, non-slab block in place (`krealloc` of a page block):
+    /// shrinking returns the upper halves to the free lists; growing absorbs the free buddies
+    /// above the block, which works only when the block is aligned for the new order and each
+    /// of those buddies is a whole free block. Returns whether the block now has order `new`
+    /// (on `false` nothing changed and the caller copies instead).
+    ///
+    /// # Safety
+    /// `page` heads a block of `old` pages allocated from this node, owned by the caller.
+    pub(crate) unsafe fn resize_in_place(&self, page: NonNull<Page>, old: u32, new: u32) -> bool {
+        let p = page.as_ptr();
+        if new == old {
+            return true;
+        }
+        if new > MAX_ORDER {
+            return false;
+        }
+        // SAFETY: a genuine descriptor of a block we own (contract).
+        let (meta, idx) = unsafe { chunk_of(p) };
+        // SAFETY: chunk headers are immutable after publication.
+        let usable = unsafe { (*meta).usable_pages };
+        // SAFETY: as above.
+        let info = unsafe { &*p }.info();
+        if info.kind() != PageKind::Block || info.order() != old {
+            return false;
+        }
+        if new < old {
+            // Give back the upper halves, largest first: each one's buddy is the part we keep,
+            // so none can merge. Their interior pages are rewritten to point at their own head
+            // before they are published.
+            for o in (new..old).rev() {
+                let up_idx = idx + (1 << o);
+                // SAFETY: inside our block, hence inside the chunk.
+                let up = unsafe { ChunkMeta::page(meta, up_idx) };
+                for j in 1..(1usize << o) {
+                    // SAFETY: pages of our own block.
+                    unsafe {
+                        (*ChunkMeta::page(meta, up_idx + j)).set_info(PageInfo::tail(j, self.node))
+                    };
+                }
+                let mut st = self.state.lock();
+                // SAFETY: `up` heads a detached block of ours; the lock is held.
+                unsafe { (*up).set_info(in_transit(self.node)) };
+                st.frees += 1;
+                // SAFETY: as above.
+                unsafe { self.insert_merging(st, up, o, false) };
+            }
+            // SAFETY: our block's head.
+            unsafe { (*p).set_info(PageInfo::head(PageKind::Block, new, self.node, false)) };
+            return true;
+        }
+        if idx & ((1 << new) - 1) != 0 || idx + (1 << new) > usable {
+            return false;
+        }
+        {
+            let mut st = self.state.lock();
+            for o in old..new {
+                // SAFETY: idx + 2^o < idx + 2^new <= usable.
+                let b = unsafe { ChunkMeta::page(meta, idx + (1 << o)) };
+                // SAFETY: genuine descriptor; read under the lock.
+                let bi = unsafe { &*b }.info();
+                if bi.kind() != PageKind::Free || bi.order() != o {
+                    return false;
+                }
+            }
+            for o in old..new {
+                // SAFETY: checked above: a free head of order `o` on this node's list; lock held.
+                unsafe {
+                    let b = ChunkMeta::page(meta, idx + (1 << o));
+                    st.unlink(b, o);
+                    (*b).set_info(in_transit(self.node));
+                }
+            }
+            // SAFETY: our block's head; the absorbed pages are ours now.
+            unsafe { (*p).set_info(PageInfo::head(PageKind::Block, new, self.node, false)) };
+        }
+        for j in (1usize << old)..(1usize << new) {
+            // SAFETY: pages of our (grown) block.
+            unsafe { (*ChunkMeta::page(meta, idx + j)).set_info(PageInfo::tail(j, self.node)) };
+        }
+        true
+    }
+
     /// Merges the detached block `(head, order)` with free buddies and puts the result on a
     /// free list, releasing it (without the lock) if it reaches RELEASE_ORDER.
     ///
