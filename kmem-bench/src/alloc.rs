@@ -58,9 +58,7 @@ impl Backend {
 
     /// Parses a name as written by [`Backend::name`].
     pub fn from_name(s: &[u8]) -> Option<Backend> {
-        Backend::ALL
-            .into_iter()
-            .find(|b| b.name().as_bytes() == s)
+        Backend::ALL.into_iter().find(|b| b.name().as_bytes() == s)
     }
 
     fn code(self) -> u8 {
@@ -130,7 +128,22 @@ pub mod kmem_backend {
 
     /// kmem's `/proc/slabinfo`-style table of the global instance.
     pub fn slabinfo() -> Option<String> {
-        Some(crate::report::format_slab_rows(&kmem::Kmem::global().slabinfo().into_iter().map(|r| crate::report::SlabRow { name: r.name, active_objs: r.active_objs, num_objs: r.num_objs, objsize: r.objsize, objperslab: r.objperslab, pagesperslab: r.pagesperslab, active_slabs: r.active_slabs, num_slabs: r.num_slabs }).collect::<Vec<_>>()))
+        Some(crate::report::format_slab_rows(
+            &kmem::Kmem::global()
+                .slabinfo()
+                .into_iter()
+                .map(|r| crate::report::SlabRow {
+                    name: r.name,
+                    active_objs: r.active_objs,
+                    num_objs: r.num_objs,
+                    objsize: r.objsize,
+                    objperslab: r.objperslab,
+                    pagesperslab: r.pagesperslab,
+                    active_slabs: r.active_slabs,
+                    num_slabs: r.num_slabs,
+                })
+                .collect::<Vec<_>>(),
+        ))
     }
     /// `objects` with a typed `kmem::Cache<T>`: allocate 1000 objects, then drop them.
     pub fn objects_cache<T: Send>(
@@ -152,9 +165,9 @@ pub mod kmem_backend {
                     for i in 0..BATCH as u64 {
                         match cache.alloc(make(i)) {
                             Ok(b) => v.push(b),
-                            Err(_) => std::alloc::handle_alloc_error(
-                                std::alloc::Layout::new::<T>(),
-                            ),
+                            Err(_) => {
+                                std::alloc::handle_alloc_error(std::alloc::Layout::new::<T>())
+                            }
                         }
                     }
                     std::hint::black_box(&mut *v);
@@ -256,7 +269,8 @@ fn choose() -> Backend {
         match Backend::from_name(bytes) {
             Some(b) => b,
             None => {
-                let msg = b"kmem-bench: KMEM_BENCH_GLOBAL must be kmem, system, mimalloc or jemalloc\n";
+                let msg =
+                    b"kmem-bench: KMEM_BENCH_GLOBAL must be kmem, system, mimalloc or jemalloc\n";
                 // SAFETY: writing a valid buffer to stderr, then aborting: no allocation.
                 unsafe {
                     libc::write(2, msg.as_ptr().cast(), msg.len());

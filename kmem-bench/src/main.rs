@@ -56,7 +56,7 @@ struct Cli {
     /// Length of one timed sample in milliseconds, at least 10 [default: 200; quick: 25]
     #[arg(short, long, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     duration: Option<u64>,
-    /// Repetitions of every measurement [default: 5; quick: 3]
+    /// Repetitions of every measurement [default: 7; quick: 3]
     #[arg(short = 'n', long, value_parser = clap::value_parser!(u16).range(1..=1000))]
     runs: Option<u16>,
     /// Objects per thread in many-threads and larson [default: 2000; quick: 500]
@@ -94,7 +94,7 @@ impl Cli {
         let q = self.quick;
         Params {
             duration_ms: self.duration.unwrap_or(if q { 25 } else { 200 }).max(10),
-            runs: usize::from(self.runs.unwrap_or(if q { 3 } else { 5 })),
+            runs: usize::from(self.runs.unwrap_or(if q { 3 } else { 7 })),
             threads: self.threads.map_or(cores, usize::from).max(1),
             sizes: if self.sizes.is_empty() {
                 vec![64, 256]
@@ -157,6 +157,7 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
     let b = alloc::global_backend();
     let d = p.duration();
     let mut results = Vec::new();
+    let mut notes = Vec::new();
     let mut push = |variant: String, allocator: &str, s: workloads::Sample, extra| {
         results.push(ChildResult {
             variant,
@@ -177,7 +178,12 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
                 p.seed,
                 d
             ));
-            push(format!("{threads} threads"), b.name(), s, Default::default());
+            push(
+                format!("{threads} threads"),
+                b.name(),
+                s,
+                Default::default(),
+            );
         }
         Workload::Larson => {
             let threads = p.threads.max(2);
@@ -188,7 +194,12 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
                 p.seed,
                 d
             ));
-            push(format!("{threads} threads"), b.name(), s, Default::default());
+            push(
+                format!("{threads} threads"),
+                b.name(),
+                s,
+                Default::default(),
+            );
         }
         Workload::Fragmentation => {
             let mut call = "";
@@ -207,7 +218,8 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v as f64))
             .collect();
-            push(format!("{} MiB, {call}", p.frag_mib), b.name(), f.sample, extra);
+            push(format!("{} MiB", p.frag_mib), b.name(), f.sample, extra);
+            notes.push(format!("fragmentation: {} released with {call}", b.name()));
         }
         Workload::Objects => {
             let s = workloads::objects_box(workloads::make64, d);
@@ -234,7 +246,11 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
     let slabinfo = (p.slabinfo && b == Backend::Kmem)
         .then(kmem_backend::slabinfo)
         .flatten();
-    ChildReport { results, slabinfo }
+    ChildReport {
+        results,
+        slabinfo,
+        notes,
+    }
 }
 
 /// Runs `w` in a child process whose global allocator is `b`.
@@ -251,7 +267,12 @@ fn spawn_child(w: Workload, b: Backend, p: &Params) -> Result<ChildReport, Strin
         .output()
         .map_err(|e| format!("spawning the {} child: {e}", b.name()))?;
     if !out.status.success() {
-        return Err(format!("{} child for {} failed: {}", b.name(), w.name(), out.status));
+        return Err(format!(
+            "{} child for {} failed: {}",
+            b.name(),
+            w.name(),
+            out.status
+        ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
@@ -300,7 +321,11 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
     println!("machine: {cpu}, {cores} CPUs");
     println!(
         "allocators: {}   runs: {}   sample: {} ms   threads/core-workloads: {}   sizes: {:?}",
-        allocs.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
+        allocs
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         params.runs,
         params.duration().as_millis(),
         params.threads,
@@ -313,7 +338,11 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
     let total: u64 = workloads
         .iter()
         .map(|&w| {
-            let per = if w.in_child() { 1 } else { workloads::cases(w, &params).len() };
+            let per = if w.in_child() {
+                1
+            } else {
+                workloads::cases(w, &params).len()
+            };
             (params.runs * n * per) as u64
         })
         .sum();
@@ -354,6 +383,11 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
                                     extra: res.extra,
                                 });
                             }
+                            for n in r.notes {
+                                if !notes.contains(&n) {
+                                    notes.push(n);
+                                }
+                            }
                             if let Some(s) = r.slabinfo {
                                 slabinfos.retain(|(x, _)| *x != w);
                                 slabinfos.push((w, s));
@@ -381,7 +415,13 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
                 for i in 0..n {
                     let b = allocs[(i + rep) % n];
                     for c in &cases {
-                        pb.set_message(format!("{} / {} / {} / run {}", w.name(), c.variant, b.name(), rep + 1));
+                        pb.set_message(format!(
+                            "{} / {} / {} / run {}",
+                            w.name(),
+                            c.variant,
+                            b.name(),
+                            rep + 1
+                        ));
                         let s = run_case(w, c, b, d);
                         raws.push(Raw {
                             workload: w.name().into(),
@@ -438,7 +478,10 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
             None => notes.push("--slabinfo: kmem is not wired".into()),
         }
     }
-    notes.push(format!("suite time {:.1} s", started.elapsed().as_secs_f64()));
+    notes.push(format!(
+        "suite time {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
     let json = out_dir.join("results.json");
     let report = report::Report {
         date: &date,
@@ -448,7 +491,8 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
         notes: &notes,
         rows: &rows,
     };
-    std::fs::write(&json, report::to_json(&report)).map_err(|e| format!("{}: {e}", json.display()))?;
+    std::fs::write(&json, report::to_json(&report))
+        .map_err(|e| format!("{}: {e}", json.display()))?;
     written.push(json);
     println!();
     for n in &notes {
@@ -470,11 +514,13 @@ mod tests {
     fn defaults_and_quick() {
         let cli = Cli::try_parse_from(["kmem-bench"]).unwrap();
         let p = cli.params(2);
-        assert_eq!((p.duration_ms, p.runs, p.threads), (200, 5, 2));
+        assert_eq!((p.duration_ms, p.runs, p.threads), (200, 7, 2));
         assert_eq!(p.sizes, vec![64, 256]);
         assert_eq!(cli.workloads(), Workload::ALL.to_vec());
         assert_eq!(cli.allocators(), Backend::ALL.to_vec());
-        let q = Cli::try_parse_from(["kmem-bench", "--quick"]).unwrap().params(2);
+        let q = Cli::try_parse_from(["kmem-bench", "--quick"])
+            .unwrap()
+            .params(2);
         assert!(q.duration_ms < p.duration_ms && q.runs < p.runs && q.frag_mib < p.frag_mib);
     }
 
@@ -521,7 +567,9 @@ mod tests {
 
     #[test]
     fn child_params_round_trip() {
-        let p = Cli::try_parse_from(["kmem-bench", "--quick"]).unwrap().params(4);
+        let p = Cli::try_parse_from(["kmem-bench", "--quick"])
+            .unwrap()
+            .params(4);
         let back: Params = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
     }

@@ -101,6 +101,22 @@ pub fn aggregate(raws: &[Raw]) -> Vec<Row> {
             })
         })
         .collect();
+    // Within a workload: cases in order of first appearance, then allocators in rank order.
+    let mut first: Vec<(String, String)> = Vec::new();
+    for r in &rows {
+        let k = (r.workload.clone(), r.variant.clone());
+        if !first.contains(&k) {
+            first.push(k);
+        }
+    }
+    rows.sort_by_key(|r| {
+        let w = first.iter().position(|k| k.0 == r.workload).unwrap_or(0);
+        let v = first
+            .iter()
+            .position(|k| k.0 == r.workload && k.1 == r.variant)
+            .unwrap_or(0);
+        (w, v, allocator_rank(&r.allocator))
+    });
     let refs: BTreeMap<(String, String), f64> = rows
         .iter()
         .filter(|r| r.allocator == REFERENCE)
@@ -112,6 +128,14 @@ pub fn aggregate(raws: &[Raw]) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// Report order of allocators: kmem first, its typed caches next, then the peers.
+pub fn allocator_rank(name: &str) -> usize {
+    ["kmem", "kmem-cache", "system", "mimalloc", "jemalloc"]
+        .iter()
+        .position(|&n| n == name)
+        .unwrap_or(usize::MAX)
 }
 
 fn fmt_ns(x: f64) -> String {
@@ -153,7 +177,10 @@ fn table(header: &[&str], lines: &[Vec<String>], right: &[bool]) -> String {
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    fmt_line(&mut out, &header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    fmt_line(
+        &mut out,
+        &header.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
     let rule: Vec<String> = w.iter().map(|&n| "-".repeat(n)).collect();
     fmt_line(&mut out, &rule);
     for l in lines {
@@ -179,7 +206,15 @@ pub fn workload_table(rows: &[&Row]) -> String {
         })
         .collect();
     let mut out = table(
-        &["case", "allocator", "ns/op", "min–max", "Mops/s", "peak RSS MiB", "vs kmem"],
+        &[
+            "case",
+            "allocator",
+            "ns/op",
+            "min–max",
+            "Mops/s",
+            "peak RSS MiB",
+            "vs kmem",
+        ],
         &lines,
         &[false, false, true, true, true, true, true],
     );
@@ -421,7 +456,14 @@ pub fn workload_chart(
                     .collect()
             })
             .collect();
-        bar_chart(&path, &format!("{workload}: RSS"), "RSS (MiB)", &allocs, &names, &values)?;
+        bar_chart(
+            &path,
+            &format!("{workload}: RSS"),
+            "RSS (MiB)",
+            &allocs,
+            &names,
+            &values,
+        )?;
     } else {
         let values: Vec<Vec<Bar>> = variants
             .iter()
@@ -598,7 +640,10 @@ mod tests {
         assert!(t.contains("system"), "{t}");
         assert!(t.contains("100.0"), "{t}");
         // 70 MiB returned by release; 80% of the 100 MiB growth returned, 20% kept.
-        assert!(t.contains("70.0") && t.contains("80%") && t.contains("20%"), "{t}");
+        assert!(
+            t.contains("70.0") && t.contains("80%") && t.contains("20%"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -228,6 +228,8 @@ pub struct ChildReport {
     pub results: Vec<ChildResult>,
     /// kmem's slabinfo at exit, when asked for and kmem is the global allocator.
     pub slabinfo: Option<String>,
+    /// Remarks for the report (e.g. which release call was made).
+    pub notes: Vec<String>,
 }
 
 #[cold]
@@ -243,21 +245,32 @@ fn layout_for(size: usize) -> Layout {
 /// Runs `n` threads for `duration`: each builds its state with `setup` (untimed), then `work`
 /// runs until the stop flag rises and returns its operation count; the state is dropped
 /// (untimed) after every thread has left `work`.
-pub fn timed_threads<S, Setup, Work>(n: usize, duration: Duration, setup: Setup, work: Work) -> Sample
+pub fn timed_threads<S, Setup, Work>(
+    n: usize,
+    duration: Duration,
+    setup: Setup,
+    work: Work,
+) -> Sample
 where
     Setup: Fn(usize) -> S + Sync,
     Work: Fn(usize, &mut S, &AtomicBool) -> u64 + Sync,
 {
-    let start = Barrier::new(n + 1);
+    // `ready`: every worker has built its state; `go`: the timed window opens. The clock starts
+    // between the two, while every worker is parked, so no work precedes it even when the main
+    // thread is descheduled (heavy oversubscription); it stops after every worker has left
+    // `work`, so the window covers all counted operations.
+    let ready = Barrier::new(n + 1);
+    let go = Barrier::new(n + 1);
     let end = Barrier::new(n + 1);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|t| {
-                let (start, end, stop, setup, work) = (&start, &end, &stop, &setup, &work);
+                let (ready, go, end, stop, setup, work) = (&ready, &go, &end, &stop, &setup, &work);
                 s.spawn(move || {
                     let mut state = setup(t);
-                    start.wait();
+                    ready.wait();
+                    go.wait();
                     let ops = work(t, &mut state, stop);
                     end.wait();
                     drop(state);
@@ -265,8 +278,9 @@ where
                 })
             })
             .collect();
-        start.wait();
+        ready.wait();
         let t0 = Instant::now();
+        go.wait();
         std::thread::sleep(duration);
         stop.store(true, Ordering::Relaxed);
         end.wait();
@@ -309,7 +323,12 @@ pub fn fastpath<A: GlobalAlloc + Sync>(a: &A, size: usize, duration: Duration) -
 }
 
 /// `batch`: each of `threads` threads allocates [`BATCH`] objects, then frees them in order.
-pub fn batch<A: GlobalAlloc + Sync>(a: &A, size: usize, threads: usize, duration: Duration) -> Sample {
+pub fn batch<A: GlobalAlloc + Sync>(
+    a: &A,
+    size: usize,
+    threads: usize,
+    duration: Duration,
+) -> Sample {
     let layout = layout_for(size);
     timed_threads(
         threads,
@@ -531,7 +550,8 @@ pub fn many_threads<A: GlobalAlloc + Sync>(
         threads,
         duration,
         |t| {
-            let mut rng = SmallRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let objs = (0..working_set.max(1))
                 .map(|_| alloc_obj(a, rng.random_range(16..=512)))
                 .collect();
@@ -588,7 +608,8 @@ pub fn larson<A: GlobalAlloc + Sync>(
         threads,
         duration,
         |t| {
-            let mut rng = SmallRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let objs = (0..working_set.max(1))
                 .map(|_| alloc_obj(a, rng.random_range(8..=1000)))
                 .collect();
@@ -780,8 +801,14 @@ mod tests {
     #[test]
     fn cases_follow_params() {
         let p = params();
-        let v: Vec<_> = cases(Workload::Batch, &p).into_iter().map(|c| c.variant).collect();
-        assert_eq!(v, ["64 B, 1 thr", "64 B, 2 thr", "256 B, 1 thr", "256 B, 2 thr"]);
+        let v: Vec<_> = cases(Workload::Batch, &p)
+            .into_iter()
+            .map(|c| c.variant)
+            .collect();
+        assert_eq!(
+            v,
+            ["64 B, 1 thr", "64 B, 2 thr", "256 B, 1 thr", "256 B, 2 thr"]
+        );
         assert_eq!(cases(Workload::RemoteFree, &p)[0].threads, 1);
         assert_eq!(cases(Workload::Fastpath, &p).len(), 2);
         assert!(cases(Workload::Larson, &p).is_empty());
@@ -793,7 +820,7 @@ mod tests {
         assert!(fastpath(&System, 64, d).ops > 0);
         assert!(batch(&System, 64, 2, d).ops >= BATCH as u64);
         let s = remote_free(&System, 64, 1, d);
-        assert!(s.ops > 0 && s.ops % RING_BATCH as u64 == 0);
+        assert!(s.ops > 0 && s.ops.is_multiple_of(RING_BATCH as u64));
         assert!(many_threads(&System, 4, 50, 1, d).ops > 0);
         assert!(larson(&System, 3, 50, 1, d).ops > 0);
         assert!(objects_box(make64, d).ops > 0);
@@ -814,6 +841,11 @@ mod tests {
             elapsed: Duration::from_micros(20),
         };
         assert_eq!(s.ns_per_op(), 20.0);
-        assert!(Sample { ops: 0, elapsed: Duration::ZERO }.ns_per_op().is_infinite());
+        assert!(Sample {
+            ops: 0,
+            elapsed: Duration::ZERO
+        }
+        .ns_per_op()
+        .is_infinite());
     }
 }
