@@ -1,4 +1,1040 @@
-//! The buddy page allocator (placeholder: being written).
+//! The buddy page allocator: kmem's `mm/page_alloc.c`.
+//!
+//! # Chunks
+//!
+//! Memory comes from the OS in *chunks* of [`CHUNK_SIZE`] bytes of address space (4 MiB: one
+//! block of the largest order), aligned to `CHUNK_SIZE` so that `ptr & !(CHUNK_SIZE - 1)` is the
+//! chunk base. Each chunk has an out-of-band metadata mapping ([`ChunkMeta`]): a small header
+//! and one 64-byte [`Page`] descriptor per page. Nothing is ever stored inside the pages
+//! themselves, so a stray write into an object cannot corrupt allocator state. Chunks are
+//! registered in a process-wide two-level radix table (`radix.rs`), which makes
+//! [`virt_to_page`] two loads plus arithmetic, lock-free, and able to say "not ours".
+//!
+//! # Buddies
+//!
+//! A block of order `k` is `2^k` pages whose first page index is a multiple of `2^k`; its
+//! *buddy* is the block at index `i ^ 2^k`. Free blocks sit on per-order doubly-linked lists
+//! threaded through their head descriptors (`lru_prev`/`lru_next`). Allocation takes a block
+//! from the smallest non-empty list of order `>= k` and splits it, returning each upper half
+//! to its list. Freeing looks at the buddy's head descriptor: if it is a free head of the same
+//! order, the two merge, repeatedly, up to [`MAX_ORDER`]. A descriptor's [`PageInfo`] says
+//! what the page is:
+//!
+//! - the head of a free block: `Free` with its order and `released` bit;
+//! - the head of an allocated block: `Block` (the slab layer turns it into `Slab`);
+//! - any other page of an allocated block: `Tail` with the offset back to its head, written at
+//!   allocation, so an interior pointer finds its head in O(1);
+//! - any other page of a free block: a `Tail` whose offset leads (possibly through an older,
+//!   absorbed head that is itself a `Tail`) back to the free head; these are never examined by
+//!   the buddy algorithm (a block's buddy head can only be interior to a block that would also
+//!   contain the block itself);
+//! - a page beyond the end of a partial chunk: `Absent`, never free, never a buddy.
+//!
+//! # The memory limit
+//!
+//! All nodes of one allocator instance share a [`PageBudget`]. Before mapping a chunk a node
+//! reserves its bytes with a CAS on the budget's counter, so the sum of mapped chunk bytes can
+//! never exceed the limit, even transiently. When less than a chunk remains, the last chunk is
+//! *partial*: the whole aligned `CHUNK_SIZE` range is reserved (`PROT_NONE`) but only the
+//! allowed prefix is readable, writable and counted; its other pages are `Absent`.
+//!
+//! # Returning memory: the `released` bit and the zero policy
+//!
+//! A free block whose memory the OS has taken back (`madvise(MADV_DONTNEED)`) or never touched
+//! (fresh from `mmap`) has `released` set. Such memory reads as zero, so `GfpFlags::ZERO` skips
+//! the `memset` for it. The accounting invariant, exact at every lock release, is
+//! `resident_bytes = mapped_bytes - (bytes of free blocks whose released bit is set)`.
+//!
+//! - A free block that *forms* (after merging) with order `>= RELEASE_ORDER` is released at
+//!   once.
+//! - Merging a released block with a dirty (non-released) buddy:
+//!   - if the merged order is `>= RELEASE_ORDER`, the dirty half is released, so the merged
+//!     block is released (it would be released on formation anyway);
+//!   - otherwise the merged block is dirty: the released half's bit is dropped and its bytes
+//!     count as resident from then on. The count is then an upper bound of what the OS holds
+//!     (those pages are really still absent), never an underestimate, and a later `ZERO`
+//!     allocation memsets them. We chose this over releasing the dirty half because the
+//!     common case (the first page freed in a freshly mapped chunk) would otherwise cost one
+//!     `madvise` per small free.
+//! - [`PageAllocator::release_free`] releases every free block not yet released.
+//!
+//! `madvise` and `memset` run without the node lock: the block is detached first (its head is
+//! marked with a zero-offset `Tail`, "in transit", so that it cannot be merged or freed twice),
+//! then re-inserted, merging again in case a buddy became free meanwhile.
+//!
+//! # Locking
+//!
+//! One [`SpinLock`] per node protects the free lists, the chunk list and the counters. It is the
+//! innermost lock of kmem (slot lock -> node list_lock -> page lock); nothing is called while
+//! holding it (no syscalls, no hooks). Page `info` words are atomic so that lock-free readers
+//! (`virt_to_page`, the slab free path) see whole values.
+
 mod desc;
+mod radix;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
 #[allow(unused_imports)]
 pub(crate) use desc::{Page, PageInfo, PageKind};
+
+use crate::os::{self, Num};
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Cell, Ordering, SpinGuard, SpinLock};
+use core::ptr::{self, null_mut, NonNull};
+
+/// log2 of the page size.
+pub(crate) const PAGE_SHIFT: u32 = 12;
+/// The page size.
+pub(crate) const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+/// The largest block order (orders `0..=MAX_ORDER`); small under loom and Miri to keep models
+/// and interpreted tests fast.
+pub(crate) const MAX_ORDER: u32 = if cfg!(loom) {
+    2
+} else if cfg!(miri) {
+    5
+} else {
+    10
+};
+/// log2 of the chunk size.
+pub(crate) const CHUNK_SHIFT: u32 = PAGE_SHIFT + MAX_ORDER;
+/// The unit of address space taken from the OS: one block of `MAX_ORDER`.
+pub(crate) const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
+/// Pages per chunk.
+pub(crate) const PAGES_PER_CHUNK: usize = 1 << MAX_ORDER;
+/// Number of orders.
+const NR_ORDERS: usize = MAX_ORDER as usize + 1;
+/// Free blocks of this order or larger are returned to the OS as soon as they form.
+pub(crate) const RELEASE_ORDER: u32 = if MAX_ORDER < 9 { MAX_ORDER } else { 9 };
+/// Length of [`PageStats::free_blocks`].
+pub const STATS_ORDERS: usize = 11;
+
+const _: () = assert!(NR_ORDERS <= STATS_ORDERS);
+const _: () = assert!(PAGES_PER_CHUNK - 1 <= PageInfo::MAX_HEAD_OFFSET);
+
+/// Allocation flags (`gfp_t`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct GfpFlags(u32);
+
+#[allow(dead_code)] // NONE is for callers in the slab layer
+impl GfpFlags {
+    /// No flags: grow up to the limit, reclaim once when the limit is reached.
+    pub(crate) const NONE: GfpFlags = GfpFlags(0);
+    /// Fail fast: use free blocks only or grow within the limit; never reclaim.
+    pub(crate) const NORETRY: GfpFlags = GfpFlags(1);
+    /// Return zeroed memory.
+    pub(crate) const ZERO: GfpFlags = GfpFlags(2);
+
+    /// Whether every flag of `o` is set.
+    #[inline]
+    pub(crate) fn contains(self, o: GfpFlags) -> bool {
+        self.0 & o.0 == o.0
+    }
+}
+
+impl core::ops::BitOr for GfpFlags {
+    type Output = GfpFlags;
+    fn bitor(self, o: GfpFlags) -> GfpFlags {
+        GfpFlags(self.0 | o.0)
+    }
+}
+
+/// Deterministic failure of page allocations, for testing out-of-memory paths.
+///
+/// Counts calls of the page allocator across all nodes of one allocator instance.
+///
+/// ```
+/// let f = kmem::FaultInjection::EveryNth(3); // page allocations 3, 6, 9, ... fail
+/// assert_ne!(f, kmem::FaultInjection::default());
+/// let p = kmem::FaultInjection::Probability { percent: 10, seed: 42 }; // same seed, same failures
+/// assert_eq!(p, kmem::FaultInjection::Probability { percent: 10, seed: 42 });
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FaultInjection {
+    /// No injected failures.
+    #[default]
+    None,
+    /// The n-th, 2n-th, 3n-th ... page allocation fails (`EveryNth(0)` means none).
+    EveryNth(u64),
+    /// Each page allocation fails with probability `percent`/100, drawn from a deterministic
+    /// generator seeded with `seed` (the i-th call's fate depends only on `seed` and `i`).
+    Probability {
+        /// Failure probability in percent (100 or more: every call fails).
+        percent: u8,
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
+/// Page allocator figures, summed over the nodes of an allocator instance.
+///
+/// `resident_bytes` is kmem's own account: mapped memory minus free memory it has returned to
+/// the OS (an upper bound of what the OS holds, exact except for pages handed out but never
+/// touched and released pages merged into a dirty block; see the page module docs).
+///
+/// ```
+/// let s = kmem::PageStats::default();
+/// assert_eq!(s.mapped_bytes, 0);
+/// assert!(s.resident_bytes <= s.mapped_bytes);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageStats {
+    /// Address space taken from the OS for pages (chunk data only; never above the limit).
+    pub mapped_bytes: usize,
+    /// Mapped bytes not returned to the OS.
+    pub resident_bytes: usize,
+    /// Bytes on the buddy free lists.
+    pub free_bytes: usize,
+    /// Page allocations refused (limit, `NORETRY`, OS refusal, injected).
+    pub failed_allocs: u64,
+    /// Of `failed_allocs`, those caused by fault injection.
+    pub injected_failures: u64,
+    /// Bytes of out-of-band metadata (page descriptor tables).
+    pub metadata_bytes: usize,
+    /// The memory limit (`usize::MAX` when unlimited).
+    pub limit_bytes: usize,
+    /// Bytes returned to the OS with `madvise` since the start.
+    pub released_bytes_total: u64,
+    /// Successful page allocations.
+    pub allocs: u64,
+    /// Page frees.
+    pub frees: u64,
+    /// Chunks mapped.
+    pub chunks: usize,
+    /// Times the reclaim hook was called because the limit was reached.
+    pub reclaim_calls: u64,
+    /// Free blocks per order (index = order; orders above the build's maximum stay 0).
+    pub free_blocks: [usize; STATS_ORDERS],
+}
+
+/// The budget shared by every node of one allocator instance: the memory limit, fault
+/// injection state.
+pub(crate) struct PageBudget {
+    limit: usize,
+    reserved: AtomicUsize,
+    fault: FaultInjection,
+    calls: AtomicU64,
+}
+
+impl PageBudget {
+    /// A budget of `limit` bytes of chunk data (`usize::MAX`: none).
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn new(limit: usize, fault: FaultInjection) -> Self {
+        PageBudget {
+            limit,
+            reserved: AtomicUsize::new(0),
+            fault,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves up to `CHUNK_SIZE` bytes (a whole number of pages); 0 when exhausted.
+    fn reserve_chunk(&self) -> usize {
+        let mut cur = self.reserved.load(Ordering::Relaxed);
+        loop {
+            let room = self.limit.saturating_sub(cur) & !(PAGE_SIZE - 1);
+            let take = room.min(CHUNK_SIZE);
+            if take == 0 {
+                return 0;
+            }
+            match self.reserved.compare_exchange_weak(
+                cur,
+                cur + take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return take,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    fn unreserve(&self, bytes: usize) {
+        self.reserved.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// One draw of fault injection: true if this call must fail.
+    fn inject(&self) -> bool {
+        match self.fault {
+            FaultInjection::None | FaultInjection::EveryNth(0) => false,
+            FaultInjection::EveryNth(n) => {
+                (self.calls.fetch_add(1, Ordering::Relaxed) + 1) % n == 0
+            }
+            FaultInjection::Probability { percent, seed } => {
+                let i = self.calls.fetch_add(1, Ordering::Relaxed);
+                splitmix64(seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))) % 100
+                    < percent as u64
+            }
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a good 64-bit mix of a counter.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The out-of-band metadata of one chunk: header, then one descriptor per page.
+#[repr(C, align(64))]
+pub(crate) struct ChunkMeta {
+    /// The chunk's first byte (CHUNK_SIZE-aligned), with provenance.
+    base: *mut u8,
+    /// Pages that exist (the rest are Absent).
+    usable_pages: usize,
+    /// Identity of the owning allocator instance.
+    budget: *const PageBudget,
+    /// Owning node.
+    node: usize,
+    /// Bytes of this metadata mapping.
+    meta_size: usize,
+    /// Next chunk of the same node (node lock).
+    next: Cell<*mut ChunkMeta>,
+    /// The descriptors.
+    pages: [Page; PAGES_PER_CHUNK],
+}
+
+impl ChunkMeta {
+    /// Descriptor `i` (raw: no reference to the whole header is ever formed).
+    #[inline(always)]
+    unsafe fn page(meta: *mut ChunkMeta, i: usize) -> *mut Page {
+        // SAFETY: the caller passes a live chunk and `i < PAGES_PER_CHUNK`.
+        unsafe { ptr::addr_of_mut!((*meta).pages).cast::<Page>().add(i) }
+    }
+}
+
+/// The chunk metadata and page index of a genuine descriptor.
+///
+/// # Safety
+/// `p` points into the `pages` array of a live `ChunkMeta`.
+#[inline(always)]
+unsafe fn chunk_of(p: *const Page) -> (*mut ChunkMeta, usize) {
+    // SAFETY: `p` is a live descriptor (caller contract); `addr` is immutable.
+    let addr = unsafe { (*p).addr };
+    let idx = (addr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
+    // SAFETY: descriptor `idx` is `p`, so stepping back `idx` stays inside the array, and the
+    // array sits at a fixed offset inside the header allocation.
+    let meta = unsafe {
+        p.sub(idx)
+            .cast::<u8>()
+            .sub(core::mem::offset_of!(ChunkMeta, pages))
+    };
+    (meta as *mut ChunkMeta, idx)
+}
+
+/// The descriptor of the page containing `ptr` if it lies in a registered chunk.
+#[inline]
+fn page_of(ptr: usize) -> Option<*mut Page> {
+    let meta = radix::lookup(ptr)?.as_ptr();
+    let idx = (ptr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
+    // SAFETY: registered chunks are live and idx < PAGES_PER_CHUNK.
+    Some(unsafe { ChunkMeta::page(meta, idx) })
+}
+
+/// The head page of the allocated block (or slab) containing `ptr`, or `None` when `ptr` lies
+/// in no chunk of any live allocator.
+///
+/// For a pointer into a free block, returns that free block's head (kind `Free`); for a
+/// pointer into an `Absent` page (beyond a partial chunk), that page's own descriptor. Lock-free:
+/// two loads for the chunk, one more for a tail page.
+#[allow(dead_code)] // called by the slab layer (virt_to_slab) and kfree
+pub(crate) fn virt_to_page(ptr: *const u8) -> Option<&'static Page> {
+    let mut p = page_of(ptr as usize)?;
+    // Allocated tails lead to their head in one step; free interior pages may need a few
+    // (bounded by the order count). The offset strictly decreases the index, so this ends.
+    for _ in 0..=NR_ORDERS {
+        // SAFETY: `p` is a descriptor of a registered (live) chunk.
+        let info = unsafe { &*p }.info();
+        if info.kind() != PageKind::Tail || info.head_offset() == 0 {
+            break;
+        }
+        // SAFETY: a tail's offset stays inside its chunk's descriptor array.
+        p = unsafe { p.sub(info.head_offset()) };
+    }
+    // SAFETY: descriptors of registered chunks live as long as the chunk (callers must not use
+    // the reference past their allocator instance).
+    Some(unsafe { &*p })
+}
+
+/// The free lists and counters of one node.
+struct BuddyState {
+    free: [*mut Page; NR_ORDERS],
+    nr_free: [usize; NR_ORDERS],
+    chunks: *mut ChunkMeta,
+    nr_chunks: usize,
+    mapped: usize,
+    metadata: usize,
+    free_bytes: usize,
+    released_free: usize,
+    released_total: u64,
+    allocs: u64,
+    frees: u64,
+}
+
+// SAFETY: the raw pointers name descriptors and chunks owned by this node; the state is only
+// reached through the node's SpinLock.
+unsafe impl Send for BuddyState {}
+
+impl BuddyState {
+    /// Pushes free head `p` (info already `Free(order, released)`) on its list.
+    ///
+    /// # Safety
+    /// The node lock is held (we are inside it) and `p` is a detached block of ours.
+    unsafe fn push(&mut self, p: *mut Page, order: u32, released: bool) {
+        let o = order as usize;
+        let head = self.free[o];
+        // SAFETY: the node lock protects the list links of every free head of this node.
+        unsafe {
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(head);
+            if !head.is_null() {
+                (*head).lru_prev.set(p);
+            }
+        }
+        self.free[o] = p;
+        self.nr_free[o] += 1;
+        self.free_bytes += PAGE_SIZE << order;
+        if released {
+            self.released_free += PAGE_SIZE << order;
+        }
+    }
+
+    /// Unlinks free head `p` of `order` from its list.
+    ///
+    /// # Safety
+    /// The node lock is held and `p` is on list `order`.
+    unsafe fn unlink(&mut self, p: *mut Page, order: u32) {
+        let o = order as usize;
+        // SAFETY: as in `push`.
+        unsafe {
+            let prev = (*p).lru_prev.get();
+            let next = (*p).lru_next.get();
+            if prev.is_null() {
+                self.free[o] = next;
+            } else {
+                (*prev).lru_next.set(next);
+            }
+            if !next.is_null() {
+                (*next).lru_prev.set(prev);
+            }
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(null_mut());
+            if (*p).info().released() {
+                self.released_free -= PAGE_SIZE << order;
+            }
+        }
+        self.nr_free[o] -= 1;
+        self.free_bytes -= PAGE_SIZE << order;
+    }
+}
+
+/// The marker of a block detached from the lists while it is being freed or released.
+#[inline]
+fn in_transit(node: usize) -> PageInfo {
+    PageInfo::tail(0, node)
+}
+
+/// Outcome of trying to map a chunk.
+enum Grow {
+    Grown,
+    Limit,
+    Os,
+}
+
+/// One node's buddy allocator.
+pub(crate) struct PageAllocator {
+    node: usize,
+    budget: *const PageBudget,
+    state: SpinLock<BuddyState>,
+    failed: AtomicU64,
+    injected: AtomicU64,
+    reclaim_calls: AtomicU64,
+    hook: AtomicPtr<()>,
+    hook_arg: AtomicPtr<()>,
+}
+
+// SAFETY: `budget` points to a Sync PageBudget that outlives the allocator (constructor
+// contract); everything else is Sync/Send on its own.
+unsafe impl Send for PageAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for PageAllocator {}
+
+impl PageAllocator {
+    /// An empty allocator for `node`. `budget` outlives the allocator (it lives in the same
+    /// heap-less instance block).
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn new(node: usize, budget: *const PageBudget) -> Self {
+        if node > PageInfo::MAX_NODE {
+            crate::abort_msg(&["kmem: page allocator node id out of range"]);
+        }
+        PageAllocator {
+            node,
+            budget,
+            state: SpinLock::new(
+                "page allocator lock",
+                BuddyState {
+                    free: [null_mut(); NR_ORDERS],
+                    nr_free: [0; NR_ORDERS],
+                    chunks: null_mut(),
+                    nr_chunks: 0,
+                    mapped: 0,
+                    metadata: 0,
+                    free_bytes: 0,
+                    released_free: 0,
+                    released_total: 0,
+                    allocs: 0,
+                    frees: 0,
+                },
+            ),
+            failed: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+            reclaim_calls: AtomicU64::new(0),
+            hook: AtomicPtr::new(null_mut()),
+            hook_arg: AtomicPtr::new(null_mut()),
+        }
+    }
+
+    #[inline]
+    fn budget(&self) -> &PageBudget {
+        // SAFETY: the budget outlives the allocator (constructor contract).
+        unsafe { &*self.budget }
+    }
+
+    /// Registers the function called (once, without any kmem page lock held) when an
+    /// allocation without `NORETRY` finds the limit reached; the allocation is then retried
+    /// once. The slab layer registers "discard empty slabs".
+    #[allow(dead_code)] // called by the slab layer
+    pub(crate) fn set_reclaim_hook(&self, hook: fn(*const ()), arg: *const ()) {
+        self.hook_arg.store(arg as *mut (), Ordering::Relaxed);
+        self.hook.store(hook as *mut (), Ordering::Release);
+    }
+
+    fn fail(&self, injected: bool) -> Option<NonNull<Page>> {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if injected {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// Head descriptor of a block of `2^order` pages: kind `Block`, every tail page `Tail`
+    /// with its head offset. `None` on failure (order too large, limit, `NORETRY`, injected
+    /// fault, OS refusal), counted in `failed_allocs`.
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn alloc_pages(&self, order: u32, flags: GfpFlags) -> Option<NonNull<Page>> {
+        if order > MAX_ORDER {
+            return self.fail(false);
+        }
+        if self.budget().inject() {
+            return self.fail(true);
+        }
+        let mut reclaimed = false;
+        loop {
+            if let Some((page, released)) = self.take_free(order) {
+                self.finish_alloc(page, order, released, flags);
+                // SAFETY: descriptors are never null.
+                return Some(unsafe { NonNull::new_unchecked(page) });
+            }
+            match self.grow() {
+                Grow::Grown => continue,
+                Grow::Os => return self.fail(false),
+                Grow::Limit => {
+                    let hook = self.hook.load(Ordering::Acquire);
+                    if flags.contains(GfpFlags::NORETRY) || reclaimed || hook.is_null() {
+                        return self.fail(false);
+                    }
+                    reclaimed = true;
+                    self.reclaim_calls.fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: `hook` was stored from a `fn(*const ())` in set_reclaim_hook.
+                    let f: fn(*const ()) = unsafe { core::mem::transmute(hook) };
+                    f(self.hook_arg.load(Ordering::Relaxed));
+                }
+            }
+        }
+    }
+
+    /// Takes a free block of exactly `order` (splitting a larger one), marks its head
+    /// `Block`, and says whether its memory is released (zero).
+    fn take_free(&self, order: u32) -> Option<(*mut Page, bool)> {
+        let mut st = self.state.lock();
+        let mut o = order;
+        while (o as usize) < NR_ORDERS && st.free[o as usize].is_null() {
+            o += 1;
+        }
+        if o as usize >= NR_ORDERS {
+            return None;
+        }
+        let p = st.free[o as usize];
+        // SAFETY: `p` is a free head on list `o` of this node; the lock is held.
+        let released = unsafe { (*p).info() }.released();
+        // SAFETY: as above.
+        unsafe { st.unlink(p, o) };
+        while o > order {
+            o -= 1;
+            // SAFETY: the upper half of a block of order o+1 lies inside the same chunk.
+            let hi = unsafe { p.add(1 << o) };
+            // SAFETY: `hi` is a descriptor of our detached block; the lock is held.
+            unsafe {
+                (*hi).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
+                st.push(hi, o, released);
+            }
+        }
+        // SAFETY: `p` is ours now.
+        unsafe { (*p).set_info(PageInfo::head(PageKind::Block, order, self.node, false)) };
+        st.allocs += 1;
+        Some((p, released))
+    }
+
+    /// Writes the tail descriptors and zeroes if asked; runs without the lock (the block is
+    /// ours and no buddy check ever reads its interior descriptors).
+    fn finish_alloc(&self, p: *mut Page, order: u32, released: bool, flags: GfpFlags) {
+        for i in 1..(1usize << order) {
+            // SAFETY: the block's pages are descriptors i < 2^order after the head, same chunk.
+            unsafe { (*p.add(i)).set_info(PageInfo::tail(i, self.node)) };
+        }
+        if flags.contains(GfpFlags::ZERO) && !released {
+            // SAFETY: `p` is a genuine descriptor (from our free list).
+            let (meta, idx) = unsafe { chunk_of(p) };
+            // SAFETY: the block's memory is mapped, writable, and exclusively ours.
+            unsafe { ptr::write_bytes((*meta).base.add(idx << PAGE_SHIFT), 0, PAGE_SIZE << order) };
+        }
+    }
+
+    /// Maps one chunk (or the partial last one the limit allows) and puts its blocks on the
+    /// free lists.
+    fn grow(&self) -> Grow {
+        let budget = self.budget();
+        let usable = budget.reserve_chunk();
+        if usable == 0 {
+            return Grow::Limit;
+        }
+        let Some(base) = os::map_partial(CHUNK_SIZE, usable, CHUNK_SIZE) else {
+            budget.unreserve(usable);
+            return Grow::Os;
+        };
+        let meta_size = (core::mem::size_of::<ChunkMeta>() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        let Some(meta_raw) = os::map(meta_size, PAGE_SIZE) else {
+            // SAFETY: `base` was just mapped with these arguments and is unused.
+            unsafe { os::unmap(base, CHUNK_SIZE, CHUNK_SIZE) };
+            budget.unreserve(usable);
+            return Grow::Os;
+        };
+        let meta = meta_raw.as_ptr().cast::<ChunkMeta>();
+        let usable_pages = usable >> PAGE_SHIFT;
+        // SAFETY: `meta` is a fresh, private, page-aligned mapping of at least
+        // size_of::<ChunkMeta>() bytes; every field is written before the chunk is published.
+        unsafe {
+            ptr::addr_of_mut!((*meta).base).write(base.as_ptr());
+            ptr::addr_of_mut!((*meta).usable_pages).write(usable_pages);
+            ptr::addr_of_mut!((*meta).budget).write(self.budget);
+            ptr::addr_of_mut!((*meta).node).write(self.node);
+            ptr::addr_of_mut!((*meta).meta_size).write(meta_size);
+            ptr::addr_of_mut!((*meta).next).write(Cell::new(null_mut()));
+        }
+        // Carve [0, usable_pages) into maximal aligned blocks; fresh memory is "released".
+        let base_addr = base.as_ptr() as usize;
+        let mut blocks = [(0usize, 0u32); PAGES_PER_CHUNK.trailing_zeros() as usize + 2];
+        let mut nblocks = 0;
+        let mut i = 0;
+        while i < usable_pages {
+            let mut o = MAX_ORDER;
+            while (i & ((1 << o) - 1)) != 0 || i + (1 << o) > usable_pages {
+                o -= 1;
+            }
+            blocks[nblocks] = (i, o);
+            nblocks += 1;
+            for j in 0..(1usize << o) {
+                let info = if j == 0 {
+                    PageInfo::head(PageKind::Free, o, self.node, true)
+                } else {
+                    PageInfo::tail(j, self.node)
+                };
+                // SAFETY: i + j < PAGES_PER_CHUNK inside our private metadata mapping.
+                unsafe {
+                    ChunkMeta::page(meta, i + j)
+                        .write(Page::new(base_addr + ((i + j) << PAGE_SHIFT), info))
+                };
+            }
+            i += 1 << o;
+        }
+        for j in usable_pages..PAGES_PER_CHUNK {
+            let info = PageInfo::head(PageKind::Absent, 0, self.node, false);
+            // SAFETY: as above.
+            unsafe {
+                ChunkMeta::page(meta, j).write(Page::new(base_addr + (j << PAGE_SHIFT), info))
+            };
+        }
+        // SAFETY: `meta` is non-null (from a NonNull mapping).
+        if !radix::register(base_addr, unsafe { NonNull::new_unchecked(meta) }) {
+            // SAFETY: neither mapping was published; drop the descriptors (loom atomics) and
+            // unmap both.
+            unsafe {
+                Self::destroy_chunk(meta);
+            }
+            budget.unreserve(usable);
+            return Grow::Os;
+        }
+        let mut st = self.state.lock();
+        // SAFETY: `meta` is ours; its blocks are detached and described as free heads; the
+        // lock is held.
+        unsafe {
+            (*meta).next.set(st.chunks);
+            st.chunks = meta;
+            st.nr_chunks += 1;
+            st.mapped += usable;
+            st.metadata += meta_size;
+            for &(i, o) in &blocks[..nblocks] {
+                st.push(ChunkMeta::page(meta, i), o, true);
+            }
+        }
+        Grow::Grown
+    }
+
+    /// Drops the descriptors and unmaps a chunk and its metadata.
+    ///
+    /// # Safety
+    /// The chunk is unregistered, fully built, and nothing will touch it again.
+    unsafe fn destroy_chunk(meta: *mut ChunkMeta) {
+        // SAFETY: caller contract: the header and descriptors are initialised and dead.
+        unsafe {
+            let base = (*meta).base;
+            let meta_size = (*meta).meta_size;
+            for i in 0..PAGES_PER_CHUNK {
+                ptr::drop_in_place(ChunkMeta::page(meta, i));
+            }
+            os::unmap(NonNull::new_unchecked(base), CHUNK_SIZE, CHUNK_SIZE);
+            os::unmap(NonNull::new_unchecked(meta.cast()), meta_size, PAGE_SIZE);
+        }
+    }
+
+    /// Frees a block of `2^order` pages whose head is `page`.
+    ///
+    /// Validates in O(1), in every build: `page` must be a descriptor of a registered chunk of
+    /// this node and allocator instance, of kind `Block` or `Slab`, of order `order`. Anything
+    /// else (double free, wrong order, tail page, foreign descriptor) aborts with a message
+    /// naming the failed check. Coalesces with free buddies.
+    ///
+    /// # Safety
+    /// The caller no longer uses the block's memory.
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) unsafe fn free_pages(&self, page: NonNull<Page>, order: u32) {
+        let p = page.as_ptr();
+        // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor; a
+        // garbage pointer is the caller's bug and is caught by the check below when readable.
+        let addr = unsafe { (*p).addr };
+        match page_of(addr) {
+            Some(q) if q == p => {}
+            _ => bad_free(
+                "not a kmem page descriptor (no registered chunk describes it)",
+                addr,
+                order,
+                None,
+            ),
+        }
+        // SAFETY: `p` is a genuine descriptor of a registered chunk (checked above).
+        let (meta, _) = unsafe { chunk_of(p) };
+        // SAFETY: registered chunk headers are initialised and immutable (except `next`).
+        let (owner, node) = unsafe { ((*meta).budget, (*meta).node) };
+        if owner != self.budget {
+            bad_free(
+                "block belongs to another allocator instance",
+                addr,
+                order,
+                None,
+            );
+        }
+        if node != self.node {
+            bad_free("block belongs to another node", addr, order, None);
+        }
+        let st = self.state.lock();
+        // SAFETY: genuine descriptor.
+        let info = unsafe { &*p }.info();
+        match info.kind() {
+            PageKind::Block | PageKind::Slab => {}
+            PageKind::Free => bad_free(
+                "double free: block is already free",
+                addr,
+                order,
+                Some(info),
+            ),
+            PageKind::Tail if info.head_offset() == 0 => bad_free(
+                "double free: block is being freed concurrently",
+                addr,
+                order,
+                Some(info),
+            ),
+            PageKind::Tail => {
+                // A tail of an allocated block, or an interior page of a free one.
+                // SAFETY: `addr` is in a registered chunk.
+                let head = virt_to_page(addr as *const u8).map(|h| h.info().kind());
+                if head == Some(PageKind::Free) {
+                    bad_free(
+                        "double free: page lies inside a free block",
+                        addr,
+                        order,
+                        Some(info),
+                    )
+                }
+                bad_free(
+                    "not the head of a block (tail page)",
+                    addr,
+                    order,
+                    Some(info),
+                )
+            }
+            PageKind::Absent => bad_free(
+                "page beyond the end of a partial chunk",
+                addr,
+                order,
+                Some(info),
+            ),
+        }
+        if info.order() != order {
+            bad_free(
+                "wrong order: the block was allocated with another order",
+                addr,
+                order,
+                Some(info),
+            );
+        }
+        // SAFETY: the block is ours (validated under the lock); clear the slab owner so stale
+        // slab frees see no cache.
+        unsafe {
+            (*p).cache.store(null_mut(), Ordering::Relaxed);
+            (*p).set_info(in_transit(self.node));
+        }
+        let mut st = st;
+        st.frees += 1;
+        // SAFETY: `p` is a detached, in-transit block of ours of `order`.
+        unsafe { self.insert_merging(st, p, order, false) };
+    }
+
+    /// Merges the detached block `(head, order)` with free buddies and puts the result on a
+    /// free list, releasing it (without the lock) if it reaches RELEASE_ORDER.
+    ///
+    /// # Safety
+    /// `head` heads a detached block of ours whose head is marked in transit; `st` guards this
+    /// node's state.
+    unsafe fn insert_merging<'a>(
+        &'a self,
+        mut st: SpinGuard<'a, BuddyState>,
+        mut head: *mut Page,
+        mut order: u32,
+        mut released: bool,
+    ) {
+        // SAFETY: `head` is a genuine descriptor (contract).
+        let (meta, mut idx) = unsafe { chunk_of(head) };
+        // SAFETY: chunk headers are immutable after publication.
+        let (usable, base) = unsafe { ((*meta).usable_pages, (*meta).base) };
+        loop {
+            while order < MAX_ORDER {
+                let bidx = idx ^ (1 << order);
+                if bidx >= usable {
+                    break;
+                }
+                // SAFETY: bidx < usable <= PAGES_PER_CHUNK.
+                let b = unsafe { ChunkMeta::page(meta, bidx) };
+                // SAFETY: genuine descriptor.
+                let bi = unsafe { &*b }.info();
+                if bi.kind() != PageKind::Free || bi.order() != order {
+                    break;
+                }
+                // SAFETY: a Free head of this node's chunk is on list `order`; lock held.
+                unsafe {
+                    st.unlink(b, order);
+                    (*b).set_info(in_transit(self.node));
+                }
+                let new_order = order + 1;
+                if released != bi.released() {
+                    if new_order >= RELEASE_ORDER {
+                        let dirty = if released { bidx } else { idx };
+                        drop(st);
+                        // SAFETY: the dirty half is a detached free block of ours.
+                        unsafe { os::release(base.add(dirty << PAGE_SHIFT), PAGE_SIZE << order) };
+                        st = self.state.lock();
+                        st.released_total += (PAGE_SIZE << order) as u64;
+                        released = true;
+                    } else {
+                        released = false;
+                    }
+                }
+                let (lo, hi) = if bidx < idx { (bidx, idx) } else { (idx, bidx) };
+                // SAFETY: both halves are ours; `hi` becomes an interior page of the merged block.
+                unsafe {
+                    (*ChunkMeta::page(meta, hi)).set_info(PageInfo::tail(hi - lo, self.node))
+                };
+                // SAFETY: lo < PAGES_PER_CHUNK.
+                head = unsafe { ChunkMeta::page(meta, lo) };
+                idx = lo;
+                order = new_order;
+            }
+            if order >= RELEASE_ORDER && !released {
+                drop(st);
+                // SAFETY: a detached free block of ours.
+                unsafe { os::release(base.add(idx << PAGE_SHIFT), PAGE_SIZE << order) };
+                st = self.state.lock();
+                st.released_total += (PAGE_SIZE << order) as u64;
+                released = true;
+                // A buddy may have been freed while we were unlocked.
+                continue;
+            }
+            break;
+        }
+        // SAFETY: `head` is our detached block; the lock is held.
+        unsafe {
+            (*head).set_info(PageInfo::head(PageKind::Free, order, self.node, released));
+            st.push(head, order, released);
+        }
+    }
+
+    /// `madvise(MADV_DONTNEED)`s every free block not yet released; returns the bytes
+    /// released. Blocks are detached while the lock is dropped, so a concurrent `NORETRY`
+    /// allocation may fail meanwhile.
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn release_free(&self) -> usize {
+        let mut detached: *mut Page = null_mut();
+        {
+            let mut st = self.state.lock();
+            for o in 0..NR_ORDERS as u32 {
+                let mut p = st.free[o as usize];
+                while !p.is_null() {
+                    // SAFETY: free heads of this node; lock held.
+                    unsafe {
+                        let next = (*p).lru_next.get();
+                        if !(*p).info().released() {
+                            st.unlink(p, o);
+                            (*p).set_info(in_transit(self.node));
+                            (*p).slabs.set(o);
+                            (*p).next.set(detached);
+                            detached = p;
+                        }
+                        p = next;
+                    }
+                }
+            }
+        }
+        let mut total = 0;
+        let mut p = detached;
+        while !p.is_null() {
+            // SAFETY: detached blocks are ours; `slabs` holds the order, `next` the link.
+            unsafe {
+                let order = (*p).slabs.get();
+                let next = (*p).next.get();
+                let (meta, idx) = chunk_of(p);
+                os::release((*meta).base.add(idx << PAGE_SHIFT), PAGE_SIZE << order);
+                total += PAGE_SIZE << order;
+                (*p).next.set(null_mut());
+                (*p).slabs.set(0);
+                let mut st = self.state.lock();
+                st.released_total += (PAGE_SIZE << order) as u64;
+                self.insert_merging(st, p, order, true);
+                p = next;
+            }
+        }
+        total
+    }
+
+    /// Adds this node's figures into `out` (`limit_bytes` is set, not added: it is shared).
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn add_stats(&self, out: &mut PageStats) {
+        {
+            let st = self.state.lock();
+            out.mapped_bytes += st.mapped;
+            out.resident_bytes += st.mapped - st.released_free;
+            out.free_bytes += st.free_bytes;
+            out.metadata_bytes += st.metadata;
+            out.released_bytes_total += st.released_total;
+            out.allocs += st.allocs;
+            out.frees += st.frees;
+            out.chunks += st.nr_chunks;
+            for (o, n) in st.nr_free.iter().enumerate() {
+                out.free_blocks[o] += n;
+            }
+        }
+        out.failed_allocs += self.failed.load(Ordering::Relaxed);
+        out.injected_failures += self.injected.load(Ordering::Relaxed);
+        out.reclaim_calls += self.reclaim_calls.load(Ordering::Relaxed);
+        out.limit_bytes = self.budget().limit;
+    }
+}
+
+impl Drop for PageAllocator {
+    fn drop(&mut self) {
+        let mut leaked_chunks = 0u64;
+        let mut leaked_bytes = 0u64;
+        let mut chunk = self.state.lock().chunks;
+        while !chunk.is_null() {
+            // SAFETY: chunks of this node are live until unmapped here; `&mut self` excludes
+            // every other user of this node.
+            unsafe {
+                let next = (*chunk).next.get();
+                let usable = (*chunk).usable_pages;
+                let mut i = 0;
+                let mut all_free = true;
+                while i < usable {
+                    let info = (*ChunkMeta::page(chunk, i)).info();
+                    if info.kind() != PageKind::Free {
+                        all_free = false;
+                        break;
+                    }
+                    i += 1 << info.order();
+                }
+                if all_free {
+                    radix::unregister((*chunk).base as usize);
+                    Self::destroy_chunk(chunk);
+                    self.budget().unreserve(usable << PAGE_SHIFT);
+                } else {
+                    // Someone may still point into it: leak it, registered, forever.
+                    leaked_chunks += 1;
+                    leaked_bytes += (usable << PAGE_SHIFT) as u64;
+                }
+                chunk = next;
+            }
+        }
+        if leaked_chunks != 0 {
+            os::write_stderr(&[
+                "kmem: page allocator of node ",
+                Num::dec(self.node as u64).as_str(),
+                " dropped with pages still allocated (leaked objects?): leaking ",
+                Num::dec(leaked_chunks).as_str(),
+                " chunk(s), ",
+                Num::dec(leaked_bytes).as_str(),
+                " bytes",
+            ]);
+        }
+    }
+}
+
+/// Aborts with a precise description of a bad `free_pages`.
+#[cold]
+#[inline(never)]
+fn bad_free(what: &str, addr: usize, order: u32, info: Option<PageInfo>) -> ! {
+    let a = Num::hex(addr as u64);
+    let o = Num::dec(order as u64);
+    let (kind, found) = match info {
+        Some(i) => (
+            match i.kind() {
+                PageKind::Absent => "Absent",
+                PageKind::Free => "Free",
+                PageKind::Block => "Block",
+                PageKind::Slab => "Slab",
+                PageKind::Tail => "Tail",
+            },
+            Num::dec(i.order() as u64),
+        ),
+        None => ("?", Num::dec(0)),
+    };
+    crate::abort_msg(&[
+        "kmem: free_pages: ",
+        what,
+        " (page ",
+        a.as_str(),
+        ", order given ",
+        o.as_str(),
+        ", descriptor kind ",
+        kind,
+        ", descriptor order ",
+        if info.is_some() { found.as_str() } else { "?" },
+        ")",
+    ])
+}

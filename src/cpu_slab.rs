@@ -1,0 +1,206 @@
+//! `struct kmem_cache_cpu`: one CPU slot of a cache.
+//!
+//! ```text
+//!   freelist_tid  {freelist, tid}   16-byte CAS word: the fast paths' only shared state
+//!   slab          current slab      frozen; read by the free fast path, written under `lock`
+//!   partial       CPU partial list  frozen slabs with free objects (under `lock`)
+//!   lock          slot lock         the slow paths only; the fast paths never take it
+//!   stats         event counters    relaxed per-slot increments
+//! ```
+//!
+//! # The transaction id
+//!
+//! `tid` starts at the slot index and steps by [`TidStep`] (the slot count rounded up to a power
+//! of two), so `tid % step` names the slot and no two slots ever share a tid. Every change to the
+//! slot's `{freelist, slab}` pair advances it: a fast path that read `{freelist, tid}` before any
+//! change (by another thread on the same slot, or by a slow path) fails its CAS and retries.
+//! That is what makes a stale CPU id harmless: correctness never depends on which slot a thread
+//! uses, only speed does.
+//!
+//! # Attaching and detaching a slab
+//!
+//! The slow paths change the slot's slab in two published steps, so that a racing free fast
+//! path (which reads `freelist_tid` and then `slab`) can never link an object of one slab onto
+//! the freelist of another:
+//!
+//! 1. [`KmemCacheCpu::detach`]: store `slab = null`, then CAS `{freelist, tid}` to
+//!    `{null, next_tid}`. Frees that saw the old slab either landed before the CAS (and their
+//!    objects are in the freelist taken) or fail it; later frees see `slab == null` and take the
+//!    slab free path, which is correct for any slab.
+//! 2. [`KmemCacheCpu::attach`]: CAS `{null, tid}` to `{freelist, next_tid}`, then store `slab`.
+//!    While the slot is detached no fast path can change `{freelist, tid}` (allocations see an
+//!    empty freelist and queue on the slot lock; frees see no slab), so the CAS cannot fail.
+
+use crate::page::Page;
+use crate::stats::{StatItem, NR_STAT_ITEMS};
+use crate::sync::{AtomicPtr, Cell, DWord, Ordering, SpinLock};
+
+/// The tid increment of an allocator: its slot count rounded up to a power of two.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TidStep(pub(crate) u64);
+
+impl TidStep {
+    /// The step for `nr_slots` CPU slots.
+    pub(crate) fn new(nr_slots: usize) -> Self {
+        TidStep((nr_slots.max(1)).next_power_of_two() as u64)
+    }
+
+    /// `init_tid(cpu)`: the first tid of slot `slot`.
+    #[inline]
+    pub(crate) fn init_tid(self, slot: usize) -> u64 {
+        slot as u64
+    }
+
+    /// `next_tid(tid)`: the tid after a change of the slot's `{freelist, slab}`.
+    #[inline(always)]
+    pub(crate) fn next_tid(self, tid: u64) -> u64 {
+        if cfg!(kmem_mutant = "tid_not_advanced") {
+            // Planted bug (loom-tests): the tid never moves, so a stale fast-path CAS succeeds.
+            return tid;
+        }
+        tid.wrapping_add(self.0)
+    }
+
+    /// The slot that `tid` belongs to.
+    #[inline]
+    pub(crate) fn slot_of(self, tid: u64) -> usize {
+        (tid & (self.0 - 1)) as usize
+    }
+}
+
+/// One CPU slot of a cache (`struct kmem_cache_cpu`), on its own cache lines.
+#[repr(C, align(64))]
+pub(crate) struct KmemCacheCpu {
+    /// `{freelist, tid}`: the lockless per-slot freelist and its transaction id.
+    pub(crate) freelist_tid: DWord,
+    /// The current (frozen) slab, or null.
+    pub(crate) slab: AtomicPtr<Page>,
+    /// Head of the CPU partial list (frozen slabs), under `lock`.
+    pub(crate) partial: Cell<*mut Page>,
+    /// The slot lock: serialises the slow paths of this slot.
+    pub(crate) lock: SpinLock<()>,
+    /// Event counters, one per [`StatItem`].
+    #[cfg(feature = "stats")]
+    pub(crate) stats: [crate::sync::AtomicU64; NR_STAT_ITEMS],
+}
+
+impl KmemCacheCpu {
+    /// A slot with tid `init_tid`.
+    pub(crate) fn new(init_tid: u64) -> Self {
+        KmemCacheCpu {
+            freelist_tid: DWord::new(0, init_tid),
+            slab: AtomicPtr::new(core::ptr::null_mut()),
+            partial: Cell::new(core::ptr::null_mut()),
+            lock: SpinLock::new("kmem CPU slot lock", ()),
+            #[cfg(feature = "stats")]
+            stats: core::array::from_fn(|_| crate::sync::AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one event on this slot.
+    #[inline(always)]
+    pub(crate) fn stat(&self, item: StatItem) {
+        self.stat_add(item, 1)
+    }
+
+    /// Counts `n` events on this slot.
+    #[inline(always)]
+    pub(crate) fn stat_add(&self, item: StatItem, n: u64) {
+        #[cfg(feature = "stats")]
+        {
+            // A relaxed load+store, not fetch_add: no locked instruction on the fast path. Two
+            // threads sharing the slot can lose an increment (documented in stats.rs).
+            let c = &self.stats[item as usize];
+            c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        }
+        #[cfg(not(feature = "stats"))]
+        {
+            let _ = (item, n);
+        }
+    }
+
+    /// Adds this slot's counters into `out`.
+    pub(crate) fn add_stats(&self, out: &mut [u64; NR_STAT_ITEMS]) {
+        #[cfg(feature = "stats")]
+        for (o, c) in out.iter_mut().zip(self.stats.iter()) {
+            *o += c.load(Ordering::Relaxed);
+        }
+        #[cfg(not(feature = "stats"))]
+        let _ = out;
+    }
+
+    /// Step 1 of a slab change (caller holds `lock`): unpublish the slab, then take the whole
+    /// CPU freelist with a tid bump. Returns `(slab, freelist, tid)`; the freelist's objects all
+    /// belong to `slab`, and `{null, tid}` is now the slot's pair.
+    #[inline]
+    pub(crate) fn detach(&self, step: TidStep) -> (*mut Page, usize, u64) {
+        let slab = self.slab.load(Ordering::Relaxed);
+        if !cfg!(kmem_mutant = "detach_keeps_slab") {
+            self.slab.store(core::ptr::null_mut(), Ordering::Relaxed);
+        }
+        let mut cur = self.freelist_tid.load();
+        loop {
+            let new_tid = step.next_tid(cur.1);
+            match self.freelist_tid.compare_exchange(cur, (0, new_tid)) {
+                Ok(()) => return (slab, cur.0, new_tid),
+                Err(seen) => {
+                    cur = seen;
+                    crate::sync::retry_hint();
+                }
+            }
+        }
+    }
+
+    /// Step 2 of a slab change (caller holds `lock`, slot detached with `tid`): publish
+    /// `freelist` and then `slab`.
+    #[inline]
+    pub(crate) fn attach(&self, step: TidStep, slab: *mut Page, freelist: usize, tid: u64) {
+        if self
+            .freelist_tid
+            .compare_exchange((0, tid), (freelist, step.next_tid(tid)))
+            .is_err()
+        {
+            crate::abort_msg(&[
+                "kmem: a CPU slot's {freelist, tid} changed while its slab was detached \
+                 (slot protocol violated; memory may be corrupt)",
+            ]);
+        }
+        self.slab.store(slab, Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tids_encode_their_slot_and_never_collide() {
+        for nr in [1usize, 2, 3, 4, 5, 64, 100] {
+            let step = TidStep::new(nr);
+            assert!(step.0.is_power_of_two() && step.0 as usize >= nr);
+            for slot in 0..nr {
+                let mut t = step.init_tid(slot);
+                for _ in 0..100 {
+                    assert_eq!(step.slot_of(t), slot);
+                    let n = step.next_tid(t);
+                    assert_ne!(n, t);
+                    t = n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn detach_then_attach_advances_tid_twice() {
+        let step = TidStep::new(4);
+        let c = KmemCacheCpu::new(step.init_tid(2));
+        let fake = 0x1000 as *mut Page;
+        c.attach(step, fake, 0x5000, 2);
+        assert_eq!(c.freelist_tid.load(), (0x5000, 6));
+        assert_eq!(c.slab.load(Ordering::Relaxed), fake);
+        let (slab, fl, tid) = c.detach(step);
+        assert_eq!((slab, fl, tid), (fake, 0x5000, 10));
+        assert!(c.slab.load(Ordering::Relaxed).is_null());
+        assert_eq!(c.freelist_tid.load(), (0, 10));
+    }
+}

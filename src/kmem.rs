@@ -1,0 +1,471 @@
+//! [`Kmem`]: one allocator instance — its nodes (each with a buddy page allocator), its CPU
+//! slots' topology, its memory budget and the registry of its caches.
+//!
+//! An instance's shared state ([`KmemShared`]) lives in one mapping taken from the OS, so that
+//! the process-wide instance behind [`Kmalloc`](crate::Kmalloc) can be built from inside the
+//! global allocator without allocating. [`Kmem`] is a reference-counted handle to it; every
+//! cache holds one, so an instance lives until its last handle and cache are gone.
+
+use crate::cache::{CacheConfig, CacheInner, KmemCache};
+use crate::cpu_slab::TidStep;
+use crate::error::KmemError;
+use crate::page::{FaultInjection, PageAllocator, PageBudget, PageStats, PAGE_SIZE};
+use crate::stats::SlabInfo;
+use crate::sync::{AtomicBool, AtomicUsize, Cell, OnceSlot, Ordering, SpinLock};
+use crate::{cpu, os};
+use core::fmt;
+use core::ptr::{self, NonNull};
+
+/// The most CPU slots an instance may have.
+pub const MAX_CPUS: usize = 8192;
+/// The most nodes an instance may have.
+pub const MAX_NODES: usize = 1024;
+
+/// The registry of an instance's caches: an intrusive list through `CacheInner::reg_*`.
+pub(crate) struct Registry {
+    head: *const CacheInner,
+    count: usize,
+}
+
+// SAFETY: the pointers name live caches and are only followed under the registry lock.
+unsafe impl Send for Registry {}
+
+/// The shared state of one allocator instance.
+pub(crate) struct KmemShared {
+    refs: AtomicUsize,
+    pub(crate) nr_nodes: usize,
+    pub(crate) nr_cpus: usize,
+    pub(crate) tid_step: TidStep,
+    budget: PageBudget,
+    nodes: *const PageAllocator,
+    slot_node: *const u16,
+    registry: SpinLock<Registry>,
+    leaked: AtomicBool,
+    map_size: usize,
+}
+
+// SAFETY: everything mutable inside is synchronised (atomics, locks); the raw pointers name
+// arrays in the instance's own mapping, immutable after construction.
+unsafe impl Send for KmemShared {}
+// SAFETY: as above.
+unsafe impl Sync for KmemShared {}
+
+impl KmemShared {
+    /// The page allocator of node `nid`.
+    #[inline]
+    pub(crate) fn node_pages(&self, nid: usize) -> &PageAllocator {
+        debug_assert!(nid < self.nr_nodes);
+        // SAFETY: `nid < nr_nodes`; the array lives as long as the instance.
+        unsafe { &*self.nodes.add(nid) }
+    }
+
+    /// The node of CPU slot `slot`.
+    #[inline]
+    pub(crate) fn slot_node(&self, slot: usize) -> usize {
+        debug_assert!(slot < self.nr_cpus);
+        // SAFETY: `slot < nr_cpus`; the table lives as long as the instance.
+        unsafe { *self.slot_node.add(slot) as usize }
+    }
+
+    /// Records that a cache leaked slabs: the instance's memory must then never be unmapped.
+    pub(crate) fn mark_leaked(&self) {
+        self.leaked.store(true, Ordering::Relaxed);
+    }
+
+    fn register(&self, c: NonNull<CacheInner>) {
+        let mut r = self.registry.lock();
+        // SAFETY: `c` is a new cache; the registry links of it and of the list's members are
+        // ours under the registry lock.
+        unsafe {
+            let cr = c.as_ref();
+            cr.reg_prev.set(ptr::null());
+            cr.reg_next.set(r.head);
+            if !r.head.is_null() {
+                (*r.head).reg_prev.set(c.as_ptr());
+            }
+        }
+        r.head = c.as_ptr();
+        r.count += 1;
+    }
+
+    pub(crate) fn unregister(&self, c: NonNull<CacheInner>) {
+        let mut r = self.registry.lock();
+        // SAFETY: `c` is registered; links are ours under the registry lock.
+        unsafe {
+            let cr = c.as_ref();
+            let (prev, next) = (cr.reg_prev.get(), cr.reg_next.get());
+            if prev.is_null() {
+                r.head = next;
+            } else {
+                (*prev).reg_next.set(next);
+            }
+            if !next.is_null() {
+                (*next).reg_prev.set(prev);
+            }
+        }
+        r.count -= 1;
+    }
+
+    /// Calls `f` on every registered cache, under the registry lock.
+    fn for_each_cache(&self, mut f: impl FnMut(&CacheInner)) {
+        let r = self.registry.lock();
+        let mut p = r.head;
+        while !p.is_null() {
+            // SAFETY: registered caches stay alive while the registry lock is held (destroy
+            // unregisters first, under this lock).
+            let c = unsafe { &*p };
+            f(c);
+            // SAFETY: as above.
+            p = unsafe { c.reg_next.get() };
+        }
+    }
+}
+
+/// A kmem allocator instance: nodes with page allocators, CPU slots, and caches.
+///
+/// Cheap to clone (a reference-counted handle). [`Kmem::global()`] is the process-wide instance
+/// behind [`Kmalloc`](crate::Kmalloc) and [`KmemCache::new`]; [`Kmem::builder()`] makes private
+/// instances with their own memory limit, fake NUMA nodes, slot count and fault injection —
+/// the way to test how code behaves when memory runs out.
+///
+/// ```
+/// use kmem::{CacheConfig, Kmem};
+/// let k = Kmem::builder().memory_limit(64 << 20).nodes(2).cpus(4).build()?;
+/// let cache = k.create_cache("conn", 192, CacheConfig::new().align(64))?;
+/// let p = cache.alloc().unwrap();
+/// unsafe { cache.free(p) };
+/// assert_eq!((k.nodes(), k.cpus()), (2, 4));
+/// assert!(k.page_stats().mapped_bytes <= 64 << 20);
+/// # Ok::<(), kmem::KmemError>(())
+/// ```
+pub struct Kmem {
+    shared: NonNull<KmemShared>,
+}
+
+// SAFETY: a handle to internally synchronised shared state.
+unsafe impl Send for Kmem {}
+// SAFETY: as above.
+unsafe impl Sync for Kmem {}
+
+impl Clone for Kmem {
+    fn clone(&self) -> Self {
+        self.shared().refs.fetch_add(1, Ordering::Relaxed);
+        Kmem { shared: self.shared }
+    }
+}
+
+impl Drop for Kmem {
+    fn drop(&mut self) {
+        if self.shared().refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        crate::sync::fence(Ordering::Acquire);
+        // SAFETY: the last handle: no cache and no other handle refers to the instance.
+        unsafe { destroy_shared(self.shared) };
+    }
+}
+
+impl fmt::Debug for Kmem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kmem").field("nodes", &self.nodes()).field("cpus", &self.cpus()).finish()
+    }
+}
+
+static GLOBAL: OnceSlot<Kmem> = OnceSlot::new();
+
+impl Kmem {
+    /// The process-wide instance behind [`Kmalloc`](crate::Kmalloc) and [`KmemCache::new`],
+    /// built on first use with the machine's topology and no memory limit.
+    ///
+    /// # Panics
+    /// Never in practice; if the OS refuses the first few KiB of metadata (or the CPU lacks a
+    /// 16-byte CAS) the process aborts with a message, since nothing can be allocated anyway.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::global();
+    /// assert!(k.cpus() >= 1);
+    /// ```
+    pub fn global() -> &'static Kmem {
+        match Self::try_global() {
+            Some(k) => k,
+            None => crate::abort_msg(&[
+                "kmem: the global allocator instance could not be built (no lock-free 16-byte \
+                 CAS, or the OS refused its metadata mapping)",
+            ]),
+        }
+    }
+
+    /// The global instance, or `None` if it could not be built (for the allocator paths, which
+    /// must return null rather than abort).
+    #[inline]
+    pub(crate) fn try_global() -> Option<&'static Kmem> {
+        if let Some(k) = GLOBAL.get() {
+            return Some(k);
+        }
+        GLOBAL.get_or_try_init(|| KmemBuilder::default().build_shared().ok().map(|shared| Kmem { shared }))
+    }
+
+    /// A builder for a private instance.
+    pub fn builder() -> KmemBuilder {
+        KmemBuilder::default()
+    }
+
+    #[inline(always)]
+    pub(crate) fn shared(&self) -> &KmemShared {
+        // SAFETY: the shared block lives while any handle does.
+        unsafe { self.shared.as_ref() }
+    }
+
+    /// Creates an object cache of `size`-byte objects (`kmem_cache_create`).
+    ///
+    /// Errors name the bad input: a zero or too-large size, a bad alignment, a knob out of
+    /// range, an empty or over-long name (see [`KmemError`]).
+    pub fn create_cache(&self, name: &str, size: usize, config: CacheConfig) -> Result<KmemCache, KmemError> {
+        let inner = CacheInner::create(self.shared(), name, size, &config)?;
+        self.shared().register(inner);
+        Ok(KmemCache { inner, kmem: self.clone() })
+    }
+
+    /// One exact `/proc/slabinfo` row per live cache (see [`SlabInfo`]); print them with
+    /// [`SlabInfoTable`](crate::SlabInfoTable).
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("rows", 24, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// let rows = k.slabinfo();
+    /// assert_eq!(rows.len(), 1);
+    /// assert_eq!((rows[0].name.as_str(), rows[0].active_objs), ("rows", 1));
+    /// unsafe { c.free(p) };
+    /// ```
+    pub fn slabinfo(&self) -> Vec<SlabInfo> {
+        let mut out = Vec::new();
+        // Rows are computed under the registry lock; allocation for `out` happens with no
+        // slot, list or page lock held (the lock order forbids the reverse).
+        self.shared().for_each_cache(|c| out.push(c.slabinfo()));
+        out
+    }
+
+    /// Shrinks every cache of this instance (see [`KmemCache::shrink`]) and returns every free
+    /// page to the OS.
+    pub fn shrink_all(&self) {
+        self.shared().for_each_cache(|c| c.shrink());
+        for nid in 0..self.nodes() {
+            self.shared().node_pages(nid).release_free();
+        }
+    }
+
+    /// Page allocator figures summed over the nodes.
+    pub fn page_stats(&self) -> PageStats {
+        let mut out = PageStats::default();
+        for nid in 0..self.nodes() {
+            self.shared().node_pages(nid).add_stats(&mut out);
+        }
+        out
+    }
+
+    /// Page allocator figures of one node.
+    ///
+    /// # Panics
+    /// If `node >= self.nodes()`.
+    pub fn node_page_stats(&self, node: usize) -> PageStats {
+        assert!(node < self.nodes(), "kmem: node {node} out of range ({} nodes)", self.nodes());
+        let mut out = PageStats::default();
+        self.shared().node_pages(node).add_stats(&mut out);
+        out
+    }
+
+    /// Number of (possibly fake) NUMA nodes.
+    pub fn nodes(&self) -> usize {
+        self.shared().nr_nodes
+    }
+
+    /// Number of per-CPU slots in every cache.
+    pub fn cpus(&self) -> usize {
+        self.shared().nr_cpus
+    }
+
+    /// The node of CPU slot `slot`.
+    ///
+    /// # Panics
+    /// If `slot >= self.cpus()`.
+    pub fn slot_node(&self, slot: usize) -> usize {
+        assert!(slot < self.cpus(), "kmem: slot {slot} out of range ({} slots)", self.cpus());
+        self.shared().slot_node(slot)
+    }
+
+    /// The CPU slot the calling thread uses now.
+    pub fn current_slot(&self) -> usize {
+        let cpu = cpu::current_cpu();
+        let n = self.cpus();
+        if cpu < n {
+            cpu
+        } else {
+            cpu % n
+        }
+    }
+}
+
+/// Configures a private [`Kmem`] instance.
+///
+/// ```
+/// use kmem::{FaultInjection, Kmem};
+/// let k = Kmem::builder()
+///     .memory_limit(16 << 20)
+///     .nodes(2)
+///     .cpus(4)
+///     .fault_injection(FaultInjection::EveryNth(1000))
+///     .build()?;
+/// assert_eq!(k.nodes(), 2);
+/// # Ok::<(), kmem::KmemError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct KmemBuilder {
+    memory_limit: Option<usize>,
+    nodes: Option<usize>,
+    cpus: Option<usize>,
+    fault: FaultInjection,
+}
+
+impl KmemBuilder {
+    /// The page allocator never maps more than `bytes` of slab and page memory (rounded down to
+    /// whole pages; metadata is counted apart, see [`PageStats::metadata_bytes`]). Default: no
+    /// limit.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Fake NUMA nodes: `n` nodes with their own page allocators and partial lists; CPU slots
+    /// are split between them in contiguous blocks. Default: the machine's nodes.
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = Some(n);
+        self
+    }
+
+    /// Per-CPU slots in every cache. A thread on CPU `c` uses slot `c % n`. Default: the
+    /// machine's possible CPUs.
+    pub fn cpus(mut self, n: usize) -> Self {
+        self.cpus = Some(n);
+        self
+    }
+
+    /// Makes page allocations fail on purpose (see [`FaultInjection`]). Default: none.
+    pub fn fault_injection(mut self, f: FaultInjection) -> Self {
+        self.fault = f;
+        self
+    }
+
+    /// Builds the instance, validating every parameter.
+    pub fn build(self) -> Result<Kmem, KmemError> {
+        self.build_shared().map(|shared| Kmem { shared })
+    }
+
+    fn build_shared(self) -> Result<NonNull<KmemShared>, KmemError> {
+        if !crate::sync::DWord::is_lock_free() {
+            return Err(KmemError::NoDoubleWordCas);
+        }
+        let cfg = |parameter, value, reason| KmemError::InvalidConfig { parameter, value, reason };
+        let nr_cpus = self.cpus.unwrap_or_else(cpu::possible_cpus);
+        if nr_cpus == 0 || nr_cpus > MAX_CPUS {
+            return Err(cfg("cpus", nr_cpus, "must be between 1 and 8192"));
+        }
+        let fake_nodes = self.nodes.is_some();
+        let nr_nodes = self.nodes.unwrap_or_else(cpu::possible_nodes);
+        if nr_nodes == 0 || nr_nodes > MAX_NODES {
+            return Err(cfg("nodes", nr_nodes, "must be between 1 and 1024"));
+        }
+        let limit = self.memory_limit.unwrap_or(usize::MAX);
+        if limit < PAGE_SIZE {
+            return Err(cfg("memory_limit", limit, "must be at least one page (4096 bytes)"));
+        }
+        match self.fault {
+            FaultInjection::EveryNth(0) => {
+                return Err(cfg("fault_injection EveryNth", 0, "n must be at least 1"));
+            }
+            FaultInjection::Probability { percent, .. } if percent > 100 => {
+                return Err(cfg("fault_injection percent", percent as usize, "must be at most 100"));
+            }
+            _ => {}
+        }
+
+        let nodes_off = core::mem::size_of::<KmemShared>().next_multiple_of(128);
+        let slot_off = (nodes_off + nr_nodes * core::mem::size_of::<PageAllocator>()).next_multiple_of(64);
+        let map_size = (slot_off + nr_cpus * 2).next_multiple_of(PAGE_SIZE);
+        let base = os::map(map_size, PAGE_SIZE)
+            .ok_or(KmemError::OutOfMemory { what: "allocator metadata", bytes: map_size })?
+            .as_ptr();
+        // SAFETY: `base` is a fresh zeroed mapping of `map_size` bytes; each write lands inside
+        // it at an offset aligned for its type; the budget's address is final before the page
+        // allocators take a pointer to it.
+        unsafe {
+            let shared = base as *mut KmemShared;
+            let nodes = base.add(nodes_off) as *mut PageAllocator;
+            let slot_node = base.add(slot_off) as *mut u16;
+            for slot in 0..nr_cpus {
+                let nid = if fake_nodes { slot * nr_nodes / nr_cpus } else { cpu::cpu_to_node(slot).min(nr_nodes - 1) };
+                slot_node.add(slot).write(nid as u16);
+            }
+            ptr::write(
+                shared,
+                KmemShared {
+                    refs: AtomicUsize::new(1),
+                    nr_nodes,
+                    nr_cpus,
+                    tid_step: TidStep::new(nr_cpus),
+                    budget: PageBudget::new(limit, self.fault),
+                    nodes,
+                    slot_node,
+                    registry: SpinLock::new("kmem cache registry lock", Registry { head: ptr::null(), count: 0 }),
+                    leaked: AtomicBool::new(false),
+                    map_size,
+                },
+            );
+            let budget = &(*shared).budget as *const PageBudget;
+            for nid in 0..nr_nodes {
+                ptr::write(nodes.add(nid), PageAllocator::new(nid, budget));
+            }
+            Ok(NonNull::new_unchecked(shared))
+        }
+    }
+}
+
+/// Tears an instance down once its last handle is gone.
+///
+/// # Safety
+/// No handle or cache refers to `shared` any more.
+unsafe fn destroy_shared(shared: NonNull<KmemShared>) {
+    // SAFETY: exclusive per the contract.
+    let s = unsafe { shared.as_ref() };
+    debug_assert_eq!(s.registry.lock().count, 0);
+    if s.leaked.load(Ordering::Relaxed) {
+        // A cache leaked slabs that users may still point into: keep every mapping.
+        return;
+    }
+    // SAFETY: exclusive; each page allocator unmaps its chunks (or leaks them if any page is
+    // still allocated), then the metadata mapping goes.
+    unsafe {
+        for nid in 0..s.nr_nodes {
+            ptr::drop_in_place(s.nodes.add(nid) as *mut PageAllocator);
+        }
+        let size = s.map_size;
+        ptr::drop_in_place(shared.as_ptr());
+        os::unmap(shared.cast(), size, PAGE_SIZE);
+    }
+}
+
+// Silence "never read" for fields kept for debugging and loom.
+impl Registry {
+    #[allow(dead_code)]
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Kmem>();
+    is::<KmemCache>();
+    let _ = Cell::<u8>::new;
+}

@@ -1,0 +1,589 @@
+//! Unit tests of the buddy allocator, built on `PageAllocator` + `PageBudget` directly.
+
+use super::*;
+use std::boxed::Box;
+use std::vec::Vec;
+
+const NORETRY: GfpFlags = GfpFlags::NORETRY;
+
+/// A budget and one node; the budget is boxed so its address is stable.
+struct Fixture {
+    nodes: Vec<PageAllocator>,
+    _budget: Box<PageBudget>,
+}
+
+impl Fixture {
+    fn new(limit: usize, fault: FaultInjection, nodes: usize) -> Self {
+        let budget = Box::new(PageBudget::new(limit, fault));
+        let b: *const PageBudget = &*budget;
+        Fixture {
+            nodes: (0..nodes).map(|n| PageAllocator::new(n, b)).collect(),
+            _budget: budget,
+        }
+    }
+    fn one(limit: usize) -> Self {
+        Self::new(limit, FaultInjection::None, 1)
+    }
+    fn pa(&self) -> &PageAllocator {
+        &self.nodes[0]
+    }
+    fn stats(&self) -> PageStats {
+        let mut s = PageStats::default();
+        for n in &self.nodes {
+            n.add_stats(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Nodes first: they reference the budget.
+        self.nodes.clear();
+    }
+}
+
+fn mem(p: NonNull<Page>) -> *mut u8 {
+    // SAFETY: descriptors handed out by alloc_pages are live.
+    unsafe { p.as_ref() }.address()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+}
+
+/// Everything free: one free byte per mapped byte, all chunks back to max-order blocks.
+fn assert_all_free(f: &Fixture) {
+    let s = f.stats();
+    assert_eq!(s.free_bytes, s.mapped_bytes, "{s:?}");
+    let full = s.mapped_bytes / CHUNK_SIZE;
+    assert_eq!(s.free_blocks[MAX_ORDER as usize], full, "{s:?}");
+}
+
+#[test]
+fn split_and_coalesce_a_whole_chunk() {
+    let f = Fixture::one(usize::MAX);
+    let mut pages: Vec<NonNull<Page>> = (0..PAGES_PER_CHUNK)
+        .map(|_| f.pa().alloc_pages(0, NORETRY).expect("page"))
+        .collect();
+    let s = f.stats();
+    assert_eq!(s.chunks, 1);
+    assert_eq!(s.mapped_bytes, CHUNK_SIZE);
+    assert_eq!(s.free_bytes, 0);
+    let mut addrs: Vec<usize> = pages.iter().map(|&p| mem(p) as usize).collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), PAGES_PER_CHUNK);
+    assert_eq!(addrs[0] % CHUNK_SIZE, 0);
+    assert_eq!(
+        addrs[PAGES_PER_CHUNK - 1],
+        addrs[0] + CHUNK_SIZE - PAGE_SIZE
+    );
+    for &p in &pages {
+        // SAFETY: our page.
+        unsafe { mem(p).write_bytes(0x5a, PAGE_SIZE) };
+        let info = unsafe { p.as_ref() }.info();
+        assert_eq!(info.kind(), PageKind::Block);
+        assert_eq!(info.order(), 0);
+    }
+    shuffle(&mut pages, &mut Rng(0x1234_5678));
+    for p in pages {
+        // SAFETY: allocated above with order 0, freed once.
+        unsafe { f.pa().free_pages(p, 0) };
+    }
+    assert_all_free(&f);
+    let s = f.stats();
+    assert_eq!(s.free_blocks.iter().sum::<usize>(), 1);
+    assert_eq!(s.allocs, PAGES_PER_CHUNK as u64);
+    assert_eq!(s.frees, PAGES_PER_CHUNK as u64);
+    // The merged block reached RELEASE_ORDER, so it is released again.
+    assert_eq!(s.resident_bytes, 0);
+}
+
+#[test]
+fn interior_pointers_find_the_head_and_foreign_pointers_none() {
+    let f = Fixture::one(usize::MAX);
+    let order = 3.min(MAX_ORDER);
+    let p = f.pa().alloc_pages(order, NORETRY).unwrap();
+    let base = mem(p);
+    for off in [0, 1, PAGE_SIZE + 17, (PAGE_SIZE << order) - 1] {
+        // SAFETY: inside the block.
+        let h = virt_to_page(unsafe { base.add(off) }).unwrap();
+        assert!(ptr::eq(h, p.as_ptr()), "offset {off}");
+        assert_eq!(h.info().kind(), PageKind::Block);
+    }
+    let local = 0u64;
+    assert!(virt_to_page(&local as *const u64 as *const u8).is_none());
+    assert!(virt_to_page(Box::into_raw(Box::new(0u8)) as *const u8).is_none());
+    assert!(virt_to_page(core::ptr::null()).is_none());
+    assert!(virt_to_page(usize::MAX as *const u8).is_none());
+    // SAFETY: allocated above.
+    unsafe { f.pa().free_pages(p, order) };
+    // A pointer into free memory finds a free head.
+    // SAFETY: still mapped (chunks stay mapped while the allocator lives).
+    let h = virt_to_page(unsafe { base.add(PAGE_SIZE) }).unwrap();
+    assert_eq!(h.info().kind(), PageKind::Free);
+    assert_all_free(&f);
+}
+
+#[test]
+fn fragmentation_fails_high_orders_but_not_order_zero() {
+    let f = Fixture::one(CHUNK_SIZE);
+    let pages: Vec<NonNull<Page>> = (0..PAGES_PER_CHUNK)
+        .map(|_| f.pa().alloc_pages(0, NORETRY).expect("page"))
+        .collect();
+    assert!(f.pa().alloc_pages(0, NORETRY).is_none());
+    let mut kept = Vec::new();
+    for (i, p) in pages.into_iter().enumerate() {
+        if i % 2 == 0 {
+            // SAFETY: allocated above.
+            unsafe { f.pa().free_pages(p, 0) };
+        } else {
+            kept.push(p);
+        }
+    }
+    let failed = f.stats().failed_allocs;
+    assert!(f.pa().alloc_pages(3.min(MAX_ORDER), NORETRY).is_none());
+    assert!(f.pa().alloc_pages(1, GfpFlags::NONE).is_none());
+    assert_eq!(f.stats().failed_allocs, failed + 2);
+    assert_eq!(f.stats().mapped_bytes, CHUNK_SIZE);
+    assert_eq!(f.stats().free_blocks[0], PAGES_PER_CHUNK / 2);
+    let q = f.pa().alloc_pages(0, NORETRY).expect("order 0 still works");
+    kept.push(q);
+    for p in kept {
+        // SAFETY: allocated above.
+        unsafe { f.pa().free_pages(p, 0) };
+    }
+    assert_all_free(&f);
+}
+
+#[test]
+fn partial_last_chunk_respects_the_limit() {
+    let limit = CHUNK_SIZE + 5 * PAGE_SIZE;
+    let f = Fixture::one(limit);
+    let big = f.pa().alloc_pages(MAX_ORDER, NORETRY).unwrap();
+    // The partial chunk holds 5 pages: blocks of order 2 and 0.
+    let a = f.pa().alloc_pages(2, NORETRY).unwrap();
+    let b = f.pa().alloc_pages(0, NORETRY).unwrap();
+    let s = f.stats();
+    assert_eq!(s.mapped_bytes, limit);
+    assert_eq!(s.chunks, 2);
+    assert!(f.pa().alloc_pages(0, NORETRY).is_none());
+    assert!(f.pa().alloc_pages(1, NORETRY).is_none());
+    // Pages past the usable end are Absent.
+    let chunk = mem(a) as usize & !(CHUNK_SIZE - 1);
+    let absent = virt_to_page((chunk + 6 * PAGE_SIZE) as *const u8).unwrap();
+    assert_eq!(absent.info().kind(), PageKind::Absent);
+    // SAFETY: allocated above.
+    unsafe {
+        f.pa().free_pages(b, 0);
+        f.pa().free_pages(a, 2);
+        f.pa().free_pages(big, MAX_ORDER);
+    }
+    let s = f.stats();
+    assert_eq!(s.free_bytes, limit);
+    assert_eq!(s.free_blocks[MAX_ORDER as usize], 1);
+    assert_eq!(s.free_blocks[2], 1);
+    assert_eq!(s.free_blocks[0], 1);
+    assert!(s.limit_bytes == limit && s.mapped_bytes <= s.limit_bytes);
+}
+
+#[test]
+fn limit_is_never_exceeded_under_concurrency() {
+    let limit = 3 * CHUNK_SIZE + CHUNK_SIZE / 2;
+    let f = Fixture::new(limit, FaultInjection::None, 2);
+    let iters = if cfg!(miri) { 60 } else { 20_000 };
+    let f = &f;
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            s.spawn(move || {
+                let pa = &f.nodes[t as usize % 2];
+                let mut rng = Rng(0x9e37_79b9 + t * 7919);
+                let mut held: Vec<(NonNull<Page>, u32)> = Vec::new();
+                for i in 0..iters {
+                    if held.is_empty() || rng.below(3) != 0 {
+                        let order = (rng.next() % (MAX_ORDER as u64 + 1)) as u32;
+                        let order = if rng.below(4) == 0 {
+                            order
+                        } else {
+                            order.min(2)
+                        };
+                        if let Some(p) = pa.alloc_pages(order, NORETRY) {
+                            let m = mem(p) as *mut usize;
+                            let tag = m as usize ^ order as usize;
+                            // SAFETY: our block of at least one page.
+                            unsafe {
+                                m.write(tag);
+                                m.add((PAGE_SIZE << order) / 8 - 1).write(tag);
+                            }
+                            held.push((p, order));
+                        }
+                    } else {
+                        let (p, order) = held.swap_remove(rng.below(held.len()));
+                        let m = mem(p) as *mut usize;
+                        let tag = m as usize ^ order as usize;
+                        // SAFETY: our block; tags detect overlapping allocations.
+                        unsafe {
+                            assert_eq!(m.read(), tag);
+                            assert_eq!(m.add((PAGE_SIZE << order) / 8 - 1).read(), tag);
+                            pa.free_pages(p, order);
+                        }
+                    }
+                    if i % 64 == 0 {
+                        let mut st = PageStats::default();
+                        for n in &f.nodes {
+                            n.add_stats(&mut st);
+                        }
+                        assert!(st.mapped_bytes <= limit, "{st:?}");
+                        assert!(st.resident_bytes <= st.mapped_bytes);
+                    }
+                }
+                for (p, order) in held {
+                    // SAFETY: still ours.
+                    unsafe { pa.free_pages(p, order) };
+                }
+            });
+        }
+    });
+    let s = f.stats();
+    assert!(s.mapped_bytes <= limit);
+    assert_eq!(s.free_bytes, s.mapped_bytes, "{s:?}");
+    // Every full chunk coalesced back into one block; the partial one into its carving.
+    for n in &f.nodes {
+        let mut one = PageStats::default();
+        n.add_stats(&mut one);
+        let full = one.mapped_bytes / CHUNK_SIZE;
+        assert_eq!(one.free_blocks[MAX_ORDER as usize], full, "{one:?}");
+    }
+}
+
+#[test]
+fn every_nth_fails_exactly_the_nth_calls() {
+    let f = Fixture::new(usize::MAX, FaultInjection::EveryNth(3), 1);
+    let mut got = Vec::new();
+    let mut failed = Vec::new();
+    for call in 1..=9 {
+        match f.pa().alloc_pages(0, GfpFlags::NONE) {
+            Some(p) => got.push(p),
+            None => failed.push(call),
+        }
+    }
+    assert_eq!(failed, [3, 6, 9]);
+    let s = f.stats();
+    assert_eq!((s.failed_allocs, s.injected_failures), (3, 3));
+    for p in got {
+        // SAFETY: allocated above.
+        unsafe { f.pa().free_pages(p, 0) };
+    }
+    assert_all_free(&f);
+}
+
+#[test]
+fn probability_faults_are_deterministic_per_seed() {
+    fn pattern(percent: u8, seed: u64) -> Vec<bool> {
+        let f = Fixture::new(usize::MAX, FaultInjection::Probability { percent, seed }, 1);
+        let mut out = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..200 {
+            let r = f.pa().alloc_pages(0, GfpFlags::NONE);
+            out.push(r.is_none());
+            held.extend(r);
+        }
+        let s = f.stats();
+        assert_eq!(
+            s.injected_failures as usize,
+            out.iter().filter(|&&x| x).count()
+        );
+        for p in held {
+            // SAFETY: allocated above.
+            unsafe { f.pa().free_pages(p, 0) };
+        }
+        assert_all_free(&f);
+        out
+    }
+    let a = pattern(30, 7);
+    assert_eq!(a, pattern(30, 7));
+    assert_ne!(a, pattern(30, 8));
+    let fails = a.iter().filter(|&&x| x).count();
+    assert!((30..=90).contains(&fails), "{fails} of 200 at 30%");
+    assert!(pattern(0, 1).iter().all(|&x| !x));
+    assert!(pattern(100, 1).iter().all(|&x| x));
+}
+
+#[test]
+fn zero_flag_clears_a_dirty_block() {
+    let f = Fixture::one(CHUNK_SIZE);
+    let order = 2;
+    let p = f.pa().alloc_pages(order, NORETRY).unwrap();
+    // SAFETY: our block.
+    unsafe { mem(p).write_bytes(0xab, PAGE_SIZE << order) };
+    // SAFETY: allocated above.
+    unsafe { f.pa().free_pages(p, order) };
+    let q = f.pa().alloc_pages(order, NORETRY | GfpFlags::ZERO).unwrap();
+    if RELEASE_ORDER > order + 1 {
+        // The freed block merged with a released buddy below RELEASE_ORDER, so it is dirty and
+        // is handed out again: the memset path is the one under test.
+        assert_eq!(mem(q), mem(p));
+    }
+    // SAFETY: our block.
+    let bytes = unsafe { core::slice::from_raw_parts(mem(q), PAGE_SIZE << order) };
+    assert!(bytes.iter().all(|&b| b == 0));
+    // A fresh block is zero without the flag too.
+    let r = f.pa().alloc_pages(0, NORETRY | GfpFlags::ZERO).unwrap();
+    // SAFETY: our page.
+    assert!(unsafe { core::slice::from_raw_parts(mem(r), PAGE_SIZE) }
+        .iter()
+        .all(|&b| b == 0));
+    // SAFETY: allocated above.
+    unsafe {
+        f.pa().free_pages(q, order);
+        f.pa().free_pages(r, 0);
+    }
+    assert_all_free(&f);
+}
+
+#[test]
+fn release_free_releases_dirty_small_blocks() {
+    let f = Fixture::one(CHUNK_SIZE);
+    let pages: Vec<NonNull<Page>> = (0..PAGES_PER_CHUNK)
+        .map(|_| f.pa().alloc_pages(0, NORETRY).unwrap())
+        .collect();
+    for &p in &pages {
+        // SAFETY: our page.
+        unsafe { mem(p).write_bytes(1, PAGE_SIZE) };
+    }
+    assert_eq!(f.stats().resident_bytes, CHUNK_SIZE);
+    let keep = pages[0];
+    for &p in &pages[1..] {
+        // SAFETY: allocated above.
+        unsafe { f.pa().free_pages(p, 0) };
+    }
+    // Orders 0..MAX_ORDER-1 on the path of the kept page: the top one (>= RELEASE_ORDER) is
+    // released on formation, the dirty smaller ones stay resident until release_free.
+    let s = f.stats();
+    let dirty: usize = (0..RELEASE_ORDER.min(MAX_ORDER))
+        .map(|o| PAGE_SIZE << o)
+        .sum();
+    let dirty = if RELEASE_ORDER == MAX_ORDER {
+        dirty
+    } else {
+        dirty.min(CHUNK_SIZE)
+    };
+    let released_on_formation = CHUNK_SIZE - PAGE_SIZE - dirty;
+    assert_eq!(s.resident_bytes, PAGE_SIZE + dirty, "{s:?}");
+    assert_eq!(s.released_bytes_total as usize, released_on_formation);
+    assert_eq!(f.pa().release_free(), dirty);
+    let s = f.stats();
+    assert_eq!(s.resident_bytes, PAGE_SIZE);
+    assert_eq!(f.pa().release_free(), 0);
+    // SAFETY: allocated above.
+    unsafe { f.pa().free_pages(keep, 0) };
+    assert_all_free(&f);
+    assert_eq!(f.stats().resident_bytes, 0);
+}
+
+const RELEASE_VAR: &str = "KMEM_PAGE_RELEASE_CHILD";
+
+/// The measurement of `released_memory_goes_back_to_the_os`, run alone in a child process so
+/// that other tests' memory traffic cannot disturb the process-wide resident count.
+#[test]
+fn release_child() {
+    if std::env::var(RELEASE_VAR).is_err() {
+        return;
+    }
+    const BYTES: usize = 16 << 20;
+    let f = Fixture::one(usize::MAX);
+    let before = os::resident_pages_of_process();
+    let blocks: Vec<NonNull<Page>> = (0..BYTES / CHUNK_SIZE)
+        .map(|_| f.pa().alloc_pages(MAX_ORDER, NORETRY).unwrap())
+        .collect();
+    for &p in &blocks {
+        // SAFETY: our block.
+        unsafe { mem(p).write_bytes(0xcd, CHUNK_SIZE) };
+    }
+    let touched = os::resident_pages_of_process();
+    assert_eq!(f.stats().resident_bytes, BYTES);
+    let pages = BYTES / PAGE_SIZE;
+    assert!(
+        touched >= before + pages * 3 / 4,
+        "statm: {before} -> {touched}"
+    );
+    for p in blocks {
+        // SAFETY: allocated above.
+        unsafe { f.pa().free_pages(p, MAX_ORDER) };
+    }
+    let after = os::resident_pages_of_process();
+    let s = f.stats();
+    assert_eq!(s.resident_bytes, 0, "{s:?}");
+    assert_eq!(s.released_bytes_total as usize, BYTES);
+    assert!(
+        touched.saturating_sub(after) >= pages * 3 / 4,
+        "statm resident pages: before {before}, touched {touched}, after free {after}"
+    );
+    println!("release_child ok: before {before}, touched {touched}, after {after} pages");
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // needs /proc/self/statm, real madvise and a child process
+fn released_memory_goes_back_to_the_os() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "page::tests::release_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(RELEASE_VAR, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("release_child ok"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn reclaim_hook_runs_once_without_noretry() {
+    struct Ctx {
+        pa: *const PageAllocator,
+        held: core::cell::Cell<Option<NonNull<Page>>>,
+        calls: core::cell::Cell<u32>,
+    }
+    fn hook(arg: *const ()) {
+        // SAFETY: the test passes a live Ctx and runs the hook on its own thread.
+        let ctx = unsafe { &*(arg as *const Ctx) };
+        ctx.calls.set(ctx.calls.get() + 1);
+        if let Some(p) = ctx.held.take() {
+            // SAFETY: the held block was allocated with MAX_ORDER.
+            unsafe { (*ctx.pa).free_pages(p, MAX_ORDER) };
+        }
+    }
+    let f = Fixture::one(CHUNK_SIZE);
+    let ctx = Ctx {
+        pa: f.pa(),
+        held: core::cell::Cell::new(f.pa().alloc_pages(MAX_ORDER, NORETRY)),
+        calls: core::cell::Cell::new(0),
+    };
+    f.pa()
+        .set_reclaim_hook(hook, &ctx as *const Ctx as *const ());
+    assert!(f.pa().alloc_pages(0, NORETRY).is_none());
+    assert_eq!(ctx.calls.get(), 0, "NORETRY never reclaims");
+    let p = f
+        .pa()
+        .alloc_pages(0, GfpFlags::NONE)
+        .expect("reclaim freed a chunk");
+    assert_eq!(ctx.calls.get(), 1);
+    assert_eq!(f.stats().reclaim_calls, 1);
+    // SAFETY: allocated above.
+    unsafe { f.pa().free_pages(p, 0) };
+    assert_all_free(&f);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // deliberately leaks a chunk
+fn drop_with_allocated_pages_leaks_the_chunk() {
+    let f = Fixture::one(usize::MAX);
+    let p = f.pa().alloc_pages(0, NORETRY).unwrap();
+    let addr = mem(p);
+    drop(f);
+    // Still registered and mapped: stale pointers stay harmless.
+    assert!(virt_to_page(addr).is_some());
+    // SAFETY: the leaked chunk stays mapped forever.
+    unsafe { addr.write(1) };
+}
+
+#[test]
+fn drop_unregisters_free_chunks() {
+    let f = Fixture::one(usize::MAX);
+    let p = f.pa().alloc_pages(0, NORETRY).unwrap();
+    let addr = mem(p);
+    // SAFETY: allocated above.
+    unsafe { f.pa().free_pages(p, 0) };
+    drop(f);
+    assert!(virt_to_page(addr).is_none());
+}
+
+// ---- aborts: each scenario runs in a child process ----
+
+const SCENARIO_VAR: &str = "KMEM_PAGE_ABORT_SCENARIO";
+
+/// Runs one abort scenario when the parent asked for it; otherwise does nothing.
+#[test]
+fn abort_child() {
+    let Ok(scenario) = std::env::var(SCENARIO_VAR) else {
+        return;
+    };
+    let f = Fixture::new(usize::MAX, FaultInjection::None, 2);
+    let pa = f.pa();
+    let p = pa.alloc_pages(2, NORETRY).unwrap();
+    // SAFETY: each scenario deliberately breaks the contract; the process must abort.
+    unsafe {
+        match scenario.as_str() {
+            "double_free" => {
+                pa.free_pages(p, 2);
+                pa.free_pages(p, 2);
+            }
+            "wrong_order" => pa.free_pages(p, 1),
+            "tail_page" => pa.free_pages(NonNull::new_unchecked(p.as_ptr().add(1)), 0),
+            "foreign" => {
+                let fake = Page::new(0x1000, PageInfo::head(PageKind::Block, 0, 0, false));
+                pa.free_pages(NonNull::from(&fake), 0)
+            }
+            "other_node" => f.nodes[1].free_pages(p, 2),
+            _ => panic!("unknown scenario"),
+        }
+    }
+    std::process::exit(0); // reaching here means no abort: the parent reports it
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // spawns processes
+fn bad_frees_abort_with_precise_messages() {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().unwrap();
+    for (scenario, msg) in [
+        ("double_free", "double free: block is already free"),
+        ("wrong_order", "wrong order"),
+        ("tail_page", "not the head of a block (tail page)"),
+        ("foreign", "not a kmem page descriptor"),
+        ("other_node", "block belongs to another node"),
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "page::tests::abort_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SCENARIO_VAR, scenario)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{scenario}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(msg),
+            "{scenario}: expected {msg:?} in:\n{stderr}"
+        );
+        assert!(stderr.contains("kmem: free_pages: "), "{stderr}");
+    }
+}

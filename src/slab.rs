@@ -1,0 +1,170 @@
+//! `struct slab`: the slab view of a head [`Page`], its packed counters, and the free pointer.
+//!
+//! A slab is a block of `2^order` pages cut into `objects` equal objects. Its head page's
+//! descriptor carries the double word `{freelist, counters}`:
+//!
+//! - `freelist`: free objects that are *not* on a CPU freelist — objects freed while the slab
+//!   was not some CPU's current slab, or freed by a thread on another CPU slot.
+//! - `counters`: `inuse:16 | objects:15 | frozen:1` ([`Counters`]). `inuse` counts objects not on
+//!   this `freelist` (handed to users *or* to a CPU freelist). `frozen` means a CPU slot owns the
+//!   slab (as its current slab or on its partial list): frees into a frozen slab never touch a
+//!   list, so they are one CAS.
+//!
+//! Both halves change together in one 16-byte CAS, which is what lets a remote free, a freeze
+//! and a list decision agree without a lock (see `__slab_free` in `slub.rs`).
+//!
+//! Free objects link through a pointer stored at `offset` inside the object (see
+//! [`get_freepointer`]).
+
+use crate::page::Page;
+use crate::sync;
+
+/// The most objects one slab may hold (15 bits of `objects`).
+pub(crate) const MAX_OBJS_PER_SLAB: usize = (1 << 15) - 1;
+
+/// `inuse:16 | objects:15 | frozen:1`, packed in the tag half of a slab's double word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counters(pub(crate) u64);
+
+impl Counters {
+    const INUSE_MASK: u64 = 0xffff;
+    const OBJECTS_SHIFT: u32 = 16;
+    const OBJECTS_MASK: u64 = 0x7fff;
+    const FROZEN_BIT: u64 = 1 << 31;
+
+    /// Packs the three fields.
+    #[inline]
+    pub(crate) const fn new(inuse: u32, objects: u32, frozen: bool) -> Self {
+        Counters(
+            (inuse as u64 & Self::INUSE_MASK)
+                | ((objects as u64 & Self::OBJECTS_MASK) << Self::OBJECTS_SHIFT)
+                | if frozen { Self::FROZEN_BIT } else { 0 },
+        )
+    }
+
+    /// Objects not on the slab's own freelist.
+    #[inline]
+    pub(crate) const fn inuse(self) -> u32 {
+        (self.0 & Self::INUSE_MASK) as u32
+    }
+
+    /// Objects in the slab.
+    #[inline]
+    pub(crate) const fn objects(self) -> u32 {
+        ((self.0 >> Self::OBJECTS_SHIFT) & Self::OBJECTS_MASK) as u32
+    }
+
+    /// Owned by a CPU slot.
+    #[inline]
+    pub(crate) const fn frozen(self) -> bool {
+        self.0 & Self::FROZEN_BIT != 0
+    }
+
+    /// The same with `inuse` replaced.
+    #[inline]
+    pub(crate) const fn with_inuse(self, inuse: u32) -> Self {
+        Counters((self.0 & !Self::INUSE_MASK) | (inuse as u64 & Self::INUSE_MASK))
+    }
+
+    /// The same with `frozen` replaced.
+    #[inline]
+    pub(crate) const fn with_frozen(self, frozen: bool) -> Self {
+        if frozen {
+            Counters(self.0 | Self::FROZEN_BIT)
+        } else {
+            Counters(self.0 & !Self::FROZEN_BIT)
+        }
+    }
+}
+
+impl core::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{{inuse: {}, objects: {}, frozen: {}}}",
+            self.inuse(),
+            self.objects(),
+            self.frozen()
+        )
+    }
+}
+
+impl Page {
+    /// Loads the slab's `{freelist, counters}`.
+    #[inline(always)]
+    pub(crate) fn slab_state(&self) -> (usize, Counters) {
+        let (fl, c) = self.freelist_counters.load();
+        (fl, Counters(c))
+    }
+
+    /// `cmpxchg_double_slab`: swaps `{freelist, counters}` if unchanged.
+    #[inline(always)]
+    pub(crate) fn slab_cas(&self, old: (usize, Counters), new: (usize, Counters)) -> bool {
+        self.freelist_counters
+            .compare_exchange((old.0, old.1 .0), (new.0, new.1 .0))
+            .is_ok()
+    }
+}
+
+/// Reads the free pointer of the free object at `object` (`offset` bytes in).
+///
+/// # Safety
+/// `object` is a slab object of a cache whose free pointer is at `offset`; slab memory stays
+/// mapped while its allocator lives. The value may be stale if the object is concurrently
+/// allocated; callers validate it with a CAS or own the list they walk.
+#[inline(always)]
+pub(crate) unsafe fn get_freepointer(object: usize, offset: usize) -> usize {
+    // SAFETY: `object + offset` is a usize-aligned word inside mapped slab memory (contract).
+    unsafe { sync::load_free_ptr((object + offset) as *const usize) }
+}
+
+/// Writes the free pointer of `object`.
+///
+/// # Safety
+/// As [`get_freepointer`], and the caller owns `object` (it is being freed or built).
+#[inline(always)]
+pub(crate) unsafe fn set_freepointer(object: usize, offset: usize, next: usize) {
+    // SAFETY: aligned word inside an object the caller owns (contract).
+    unsafe { sync::store_free_ptr((object + offset) as *mut usize, next) }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_pack_and_unpack() {
+        let c = Counters::new(65535, 32767, true);
+        assert_eq!((c.inuse(), c.objects(), c.frozen()), (65535, 32767, true));
+        let c = c.with_inuse(3).with_frozen(false);
+        assert_eq!((c.inuse(), c.objects(), c.frozen()), (3, 32767, false));
+        let c = Counters::new(0, 1, false).with_frozen(true);
+        assert_eq!((c.inuse(), c.objects(), c.frozen()), (0, 1, true));
+        assert_eq!(Counters::new(7, 9, false).with_inuse(7), Counters::new(7, 9, false));
+        assert_eq!(format!("{:?}", Counters::new(1, 2, true)), "{inuse: 1, objects: 2, frozen: true}");
+    }
+
+    #[test]
+    fn inuse_does_not_spill_into_objects() {
+        for inuse in [0u32, 1, 0x7fff, 0xffff] {
+            for objects in [1u32, 2, 0x4000, 0x7fff] {
+                let c = Counters::new(inuse, objects, false);
+                assert_eq!(c.objects(), objects);
+                assert_eq!(c.inuse(), inuse);
+                assert!(!c.frozen());
+            }
+        }
+    }
+
+    #[test]
+    fn freepointer_round_trips() {
+        let mut obj = [0usize; 4];
+        let base = obj.as_mut_ptr() as usize;
+        // SAFETY: `obj` is a live, aligned local array of 4 words; offset 16 is inside it.
+        unsafe {
+            set_freepointer(base, 16, 0x1234_5678);
+            assert_eq!(get_freepointer(base, 16), 0x1234_5678);
+        }
+        assert_eq!(obj[2], 0x1234_5678);
+    }
+}

@@ -1,0 +1,960 @@
+//! The SLUB protocols: how objects move between CPU freelists, slabs, partial lists and the page
+//! allocator. Names follow `mm/slub.c`.
+//!
+//! # Lock order
+//!
+//! ```text
+//!   allocator registry lock          (cache create/destroy, slabinfo)
+//!     -> CPU slot lock               (kmem_cache_cpu: slow paths of that slot)
+//!       -> node list_lock            (kmem_cache_node: the partial list)
+//!         -> page allocator lock     (one per node; never calls out)
+//! ```
+//! The fast paths take no lock. No path allocates through the global allocator while holding
+//! any of these locks.
+//!
+//! # The fast paths ([`CacheInner::slab_alloc`], [`CacheInner::do_slab_free`])
+//!
+//! Allocation reads the slot's `{freelist, tid}` in one 16-byte load, reads the first object's
+//! free pointer (speculatively: the object may meanwhile be handed to someone else, whose writes
+//! race with this read exactly like a seqlock reader's), and swings `{object, tid}` to
+//! `{next, next_tid}` with one CAS. Any change to the slot since the load advanced the tid, so a
+//! stale `next` can never be installed. Free links the object in front of the freelist with the
+//! same CAS, but only if the object's slab is the slot's current slab; otherwise it goes to
+//! [`CacheInner::slab_free_slow`].
+//!
+//! # Slab states
+//!
+//! ```text
+//!            new_slab                     get_freelist finds it empty
+//!   (pages) ---------> CPU slab (frozen) ------------------------------> full, no list
+//!                        ^    |  deactivate_slab                            |
+//!     get_partial_node   |    v                      free into full slab    |
+//!   node partial list <--+-- unfrozen ---------------------------------------+
+//!     (unfrozen)     \                     (has_cpu_partial: freeze it ----> CPU partial list
+//!                     \                                                       (frozen))
+//!                      `--> discard_slab when empty and the node keeps min_partial already
+//! ```
+//! Each arrow that changes list membership is taken by a `{freelist, counters}` CAS on the slab
+//! with the node's `list_lock` held *before* the CAS whenever the outcome puts the slab on or
+//! takes it off a node list (see `node.rs` for the invariant).
+
+use crate::cache::CacheInner;
+use crate::cpu_slab::KmemCacheCpu;
+use crate::node::{KmemCacheNode, ListEnd};
+use crate::page::{GfpFlags, Page, PageKind};
+use crate::slab::{get_freepointer, set_freepointer, Counters};
+use crate::stats::{SlabInfo, StatItem::*};
+use crate::sync::{retry_hint, Ordering};
+use core::ptr::{self, NonNull};
+
+/// A freshly filled CPU slab: `(slab, its freelist)`, both owned by the caller.
+type Refill = (*mut Page, usize);
+
+impl CacheInner {
+    // =========================================================================================
+    // Fast paths
+    // =========================================================================================
+
+    /// `slab_alloc_node`: one object, from `node` if given.
+    #[inline(always)]
+    pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
+        loop {
+            let c = self.this_cpu();
+            let (object, tid) = c.freelist_tid.load();
+            if object == 0 || !self.cpu_node_matches(c, node) {
+                return self.slab_alloc_slow(c, node);
+            }
+            // SAFETY: `object` was on this slot's freelist when the pair was loaded, so it is an
+            // object of this cache in mapped slab memory; the value read may be stale, and the
+            // tid CAS below rejects it if so.
+            let next = unsafe { get_freepointer(object, self.offset) };
+            if c
+                .freelist_tid
+                .compare_exchange((object, tid), (next, self.tid_step.next_tid(tid)))
+                .is_ok()
+            {
+                c.stat(AllocFastpath);
+                return object as *mut u8;
+            }
+            c.stat(CmpxchgDoubleCpuFail);
+            retry_hint();
+        }
+    }
+
+    /// `do_slab_free`: returns the detached list `head..=tail` of `cnt` objects, all of `slab`.
+    ///
+    /// # Safety
+    /// The objects are allocated objects of `slab` (a live slab of this cache), linked
+    /// `head -> ... -> tail` through their free pointers, and owned by the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn do_slab_free(&self, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
+        loop {
+            let c = self.this_cpu();
+            let (freelist, tid) = c.freelist_tid.load();
+            if c.slab.load(Ordering::Acquire) != slab {
+                c.stat_add(FreeSlowpath, cnt as u64);
+                // SAFETY: forwarded contract.
+                unsafe { self.slab_free_slow(c, slab, head, tail, cnt) };
+                return;
+            }
+            // SAFETY: `tail` is owned by the caller (contract); linking it is published by the
+            // CAS below.
+            unsafe { set_freepointer(tail, self.offset, freelist) };
+            if c
+                .freelist_tid
+                .compare_exchange((freelist, tid), (head, self.tid_step.next_tid(tid)))
+                .is_ok()
+            {
+                c.stat_add(FreeFastpath, cnt as u64);
+                return;
+            }
+            c.stat(CmpxchgDoubleCpuFail);
+            retry_hint();
+        }
+    }
+
+    /// Whether the slot's current slab suits an allocation for `node`.
+    #[inline(always)]
+    fn cpu_node_matches(&self, c: &KmemCacheCpu, node: Option<usize>) -> bool {
+        match node {
+            None => true,
+            Some(n) => {
+                let slab = c.slab.load(Ordering::Acquire);
+                // SAFETY: page descriptors live as long as the allocator; a stale slab pointer
+                // still names a descriptor whose `info` is an atomic.
+                !slab.is_null() && unsafe { (*slab).node() } == n
+            }
+        }
+    }
+
+    /// The slab that owns `obj`, after the O(1) owner check that every free performs.
+    #[inline(always)]
+    pub(crate) fn owning_slab(&self, obj: *mut u8) -> *mut Page {
+        match crate::page::virt_to_page(obj) {
+            Some(page) => {
+                let info = page.info();
+                let owner = page.cache.load(Ordering::Acquire);
+                if info.kind() == PageKind::Slab && owner as *const CacheInner == self as *const CacheInner {
+                    return page as *const Page as *mut Page;
+                }
+                self.bad_free(obj, Some(page))
+            }
+            None => self.bad_free(obj, None),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_free(&self, obj: *mut u8, page: Option<&Page>) -> ! {
+        let mut hex = crate::Hex::new();
+        let addr = hex.fmt(obj as usize);
+        let Some(page) = page else {
+            crate::abort_msg(&[
+                "kmem: free of ",
+                addr,
+                " to cache \"",
+                self.name(),
+                "\": the pointer is not in any kmem memory",
+            ]);
+        };
+        let owner = page.cache.load(Ordering::Acquire) as *const CacheInner;
+        match page.info().kind() {
+            PageKind::Slab if !owner.is_null() => {
+                // SAFETY: a slab's owner pointer names a live cache (caches with slabs are
+                // never unmapped).
+                let other = unsafe { (*owner).name() };
+                crate::abort_msg(&[
+                    "kmem: object ",
+                    addr,
+                    " freed to cache \"",
+                    self.name(),
+                    "\" belongs to cache \"",
+                    other,
+                    "\"",
+                ])
+            }
+            PageKind::Free => crate::abort_msg(&[
+                "kmem: free of ",
+                addr,
+                " to cache \"",
+                self.name(),
+                "\": the page is free (double free or use after free)",
+            ]),
+            _ => crate::abort_msg(&[
+                "kmem: free of ",
+                addr,
+                " to cache \"",
+                self.name(),
+                "\": the pointer is not inside a slab of any cache",
+            ]),
+        }
+    }
+
+    // =========================================================================================
+    // Allocation slow path
+    // =========================================================================================
+
+    /// `___slab_alloc`: refills slot `c` under its lock and returns one object (null when out of
+    /// memory).
+    #[cold]
+    #[inline(never)]
+    fn slab_alloc_slow(&self, c: &KmemCacheCpu, node: Option<usize>) -> *mut u8 {
+        let _guard = c.lock.lock();
+        c.stat(AllocSlowpath);
+        let (slab, freelist, tid) = c.detach(self.tid_step);
+        match self.refill(c, slab, freelist, node) {
+            Some((slab, object)) => {
+                // SAFETY: `object` heads a freelist that we own (refill's contract).
+                let next = unsafe { get_freepointer(object, self.offset) };
+                c.attach(self.tid_step, slab, next, tid);
+                object as *mut u8
+            }
+            None => {
+                c.attach(self.tid_step, ptr::null_mut(), 0, tid);
+                ptr::null_mut()
+            }
+        }
+    }
+
+    /// Finds a CPU slab with free objects for a detached slot (caller holds `c.lock`).
+    ///
+    /// `slab`/`freelist` are what the slot had; they are consumed: returned, deactivated, or
+    /// left unfrozen. Returns a frozen slab and a non-empty freelist of its objects, both owned
+    /// by the caller, or `None` when memory is exhausted.
+    pub(crate) fn refill(
+        &self,
+        c: &KmemCacheCpu,
+        slab: *mut Page,
+        freelist: usize,
+        node: Option<usize>,
+    ) -> Option<Refill> {
+        if !slab.is_null() {
+            // SAFETY: the slot's slab is a live frozen slab of this cache.
+            let matches = node.is_none_or(|n| unsafe { (*slab).node() } == n);
+            if !matches {
+                self.deactivate_slab(c, slab, freelist);
+                c.stat(CpuslabFlush);
+            } else if freelist != 0 {
+                return Some((slab, freelist));
+            } else {
+                let freelist = self.get_freelist(c, slab);
+                if freelist != 0 {
+                    c.stat(AllocRefill);
+                    return Some((slab, freelist));
+                }
+                c.stat(DeactivateBypass);
+            }
+        }
+        // The CPU partial list.
+        loop {
+            // SAFETY: the partial list is ours under `c.lock`.
+            let partial = unsafe { c.partial.get() };
+            if partial.is_null() {
+                break;
+            }
+            // SAFETY: `partial` is a live frozen slab on our list.
+            let p = unsafe { &*partial };
+            // SAFETY: list links are ours under `c.lock`.
+            unsafe { c.partial.set(p.next.get()) };
+            if node.is_some_and(|n| p.node() != n) {
+                // SAFETY: as above.
+                unsafe { p.next.set(ptr::null_mut()) };
+                self.unfreeze_partials(c, partial);
+                continue;
+            }
+            c.stat(CpuPartialAlloc);
+            let freelist = self.get_freelist(c, partial);
+            if freelist != 0 {
+                return Some((partial, freelist));
+            }
+            // A CPU partial slab always has a free object (frees only add to it); if not, it
+            // is now unfrozen and full, which is a consistent state.
+            c.stat(DeactivateBypass);
+        }
+        if let Some(r) = self.get_partial(c, node) {
+            return Some(r);
+        }
+        self.new_slab(c, node)
+    }
+
+    /// `get_freelist`: takes a frozen slab's whole freelist for the CPU, unfreezing the slab
+    /// if it turns out to be full.
+    fn get_freelist(&self, c: &KmemCacheCpu, slab: *mut Page) -> usize {
+        // SAFETY: a live slab of this cache, frozen for slot `c`.
+        let s = unsafe { &*slab };
+        loop {
+            let old = s.slab_state();
+            let freelist = old.0;
+            let mut new = old.1.with_inuse(old.1.objects());
+            if !cfg!(kmem_mutant = "get_freelist_stays_frozen") {
+                new = new.with_frozen(freelist != 0);
+            }
+            if s.slab_cas(old, (0, new)) {
+                return freelist;
+            }
+            c.stat(CmpxchgDoubleFail);
+            retry_hint();
+        }
+    }
+
+    /// `get_partial`: a slab from the node partial lists — the requested (or this slot's) node
+    /// first, then, for an allocation with no node preference, every other node.
+    fn get_partial(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<Refill> {
+        let kmem = self.kmem();
+        let home = node.unwrap_or_else(|| kmem.slot_node(self.slot_index(c)));
+        if let Some(r) = self.get_partial_node(c, home) {
+            return Some(r);
+        }
+        if node.is_some() {
+            return None;
+        }
+        (1..self.nr_nodes).find_map(|i| self.get_partial_node(c, (home + i) % self.nr_nodes))
+    }
+
+    /// `get_partial_node`: freezes the first partial slab of `nid` for the CPU and moves up to
+    /// half of `cpu_partial_slabs` more to the CPU partial list.
+    fn get_partial_node(&self, c: &KmemCacheCpu, nid: usize) -> Option<Refill> {
+        let n = self.node(nid);
+        if n.nr_partial.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut g = n.list_lock.lock();
+        let mut result = None;
+        let mut partial_slabs = 0;
+        let mut slab = KmemCacheNode::first(&g);
+        while !slab.is_null() {
+            // SAFETY: `slab` is on the list `g` protects.
+            let next = unsafe { KmemCacheNode::next_of(&g, slab) };
+            if result.is_none() {
+                let freelist = self.acquire_slab(c, n, &mut g, slab, true);
+                c.stat(AllocFromPartial);
+                result = Some((slab, freelist));
+            } else {
+                self.acquire_slab(c, n, &mut g, slab, false);
+                // Never drains here: draining takes list_lock, which we hold.
+                let drained = self.put_cpu_partial_locked(slab, c, false);
+                debug_assert!(drained.is_null());
+                c.stat(CpuPartialNode);
+                partial_slabs += 1;
+            }
+            if !self.has_cpu_partial() || partial_slabs > self.geo.cpu_partial_slabs / 2 {
+                break;
+            }
+            slab = next;
+        }
+        result
+    }
+
+    /// `acquire_slab`: freezes a node-partial slab and unlinks it; with `take`, also takes its
+    /// whole freelist (returned) for the CPU.
+    fn acquire_slab(
+        &self,
+        c: &KmemCacheCpu,
+        n: &KmemCacheNode,
+        g: &mut crate::sync::SpinGuard<'_, crate::node::PartialList>,
+        slab: *mut Page,
+        take: bool,
+    ) -> usize {
+        // SAFETY: a live slab on `n`'s partial list, whose lock `g` we hold.
+        let s = unsafe { &*slab };
+        loop {
+            let old = s.slab_state();
+            let (new_freelist, mut new) = if take { (0, old.1.with_inuse(old.1.objects())) } else { (old.0, old.1) };
+            if !cfg!(kmem_mutant = "acquire_without_freeze") {
+                new = new.with_frozen(true);
+            }
+            if s.slab_cas(old, (new_freelist, new)) {
+                // SAFETY: on this list, lock held.
+                unsafe { n.remove_partial(g, slab) };
+                return old.0;
+            }
+            c.stat(CmpxchgDoubleFail);
+            retry_hint();
+        }
+    }
+
+    /// `new_slab`: pages for a new slab on `node` (or this slot's node, then any node), at the
+    /// preferred order with NORETRY, then at the minimum order; if the page allocator is out of
+    /// memory, discards this cache's empty partial slabs and tries once more.
+    fn new_slab(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<Refill> {
+        let kmem = self.kmem();
+        let home = node.unwrap_or_else(|| kmem.slot_node(self.slot_index(c)));
+        let mut nodes = core::iter::once(home).chain((1..self.nr_nodes).map(|i| (home + i) % self.nr_nodes));
+        let tries = if node.is_some() { 1 } else { self.nr_nodes };
+        for nid in nodes.by_ref().take(tries) {
+            if let Some(r) = self.allocate_slab(c, nid) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// `allocate_slab` on one node.
+    fn allocate_slab(&self, c: &KmemCacheCpu, nid: usize) -> Option<Refill> {
+        let pages = self.kmem().node_pages(nid);
+        let (oo, min) = (self.geo.oo, self.geo.min);
+        let mut got = None;
+        if oo.order > min.order {
+            got = pages.alloc_pages(oo.order, GfpFlags::NORETRY).map(|p| (p, oo));
+        }
+        if got.is_none() {
+            let mut p = pages.alloc_pages(min.order, GfpFlags::NONE);
+            if p.is_none() && self.discard_empty_partials(nid) > 0 {
+                // Reclaim: our own empty slabs went back to the page allocator; retry once.
+                p = pages.alloc_pages(min.order, GfpFlags::NONE);
+            }
+            got = p.map(|p| (p, min));
+            if got.is_some() && oo.order > min.order {
+                c.stat(OrderFallback);
+            }
+        }
+        let (page, ord) = got?;
+        c.stat(AllocSlab);
+        Some(self.init_slab(page, ord.order, ord.objects, nid))
+    }
+
+    /// Turns a fresh block into a frozen slab with every object on the returned freelist.
+    fn init_slab(&self, page: NonNull<Page>, order: u32, objects: u32, nid: usize) -> Refill {
+        // SAFETY: a block just handed to us by the page allocator.
+        let p = unsafe { page.as_ref() };
+        let base = p.address() as usize;
+        let size = self.geo.size;
+        for i in 0..objects as usize {
+            let obj = base + i * size;
+            if let Some(ctor) = self.ctor {
+                // SAFETY: `obj` is a fresh object of `size` bytes inside the block.
+                ctor(unsafe { NonNull::new_unchecked(obj as *mut u8) });
+            }
+            let next = if i + 1 < objects as usize { obj + size } else { 0 };
+            // SAFETY: we own the whole block; `obj + offset` is an aligned word inside it.
+            unsafe { set_freepointer(obj, self.offset, next) };
+        }
+        p.freelist_counters.store(0, Counters::new(objects, objects, true).0);
+        p.cache.store(self as *const CacheInner as *mut u8, Ordering::Release);
+        p.set_info(crate::page::PageInfo::head(PageKind::Slab, order, nid, false));
+        self.node(nid).inc_slabs(objects as usize);
+        (page.as_ptr(), base)
+    }
+
+    /// `discard_slab`: returns an empty slab that no one else can reach to the page allocator.
+    fn discard_slab(&self, slab: *mut Page) {
+        // SAFETY: an empty slab of this cache, on no list and frozen by no one.
+        let s = unsafe { &*slab };
+        let info = s.info();
+        let (_, counters) = s.slab_state();
+        debug_assert_eq!(counters.inuse(), 0);
+        self.node(info.node()).dec_slabs(counters.objects() as usize);
+        s.cache.store(ptr::null_mut(), Ordering::Release);
+        // SAFETY: the block was allocated at `info.order()` on this node and is ours.
+        unsafe {
+            self.kmem().node_pages(info.node()).free_pages(NonNull::new_unchecked(slab), info.order());
+        }
+    }
+
+    // =========================================================================================
+    // Free slow path
+    // =========================================================================================
+
+    /// `__slab_free`: returns objects to a slab that is not this slot's CPU slab.
+    ///
+    /// # Safety
+    /// As [`CacheInner::do_slab_free`].
+    #[cold]
+    pub(crate) unsafe fn slab_free_slow(&self, c: &KmemCacheCpu, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
+        // SAFETY: a live slab of this cache (contract).
+        let s = unsafe { &*slab };
+        let n = self.node(s.node());
+        let mut guard;
+        let (prior, was_frozen, new) = loop {
+            guard = None;
+            let (prior, old) = s.slab_state();
+            // SAFETY: `tail` is ours (contract); published by the CAS.
+            unsafe { set_freepointer(tail, self.offset, prior) };
+            let mut new = old.with_inuse(old.inuse() - cnt);
+            let was_frozen = old.frozen();
+            if (new.inuse() == 0 || prior == 0) && !was_frozen {
+                if self.has_cpu_partial() && prior == 0 {
+                    // A full slab gets a free object: freeze it for our CPU partial list.
+                    if !cfg!(kmem_mutant = "full_slab_not_frozen") {
+                        new = new.with_frozen(true);
+                    }
+                } else if !cfg!(kmem_mutant = "slab_free_without_list_lock") {
+                    // Its list membership may change: decide under list_lock.
+                    guard = Some(n.list_lock.lock());
+                }
+            }
+            if s.slab_cas((prior, old), (head, new)) {
+                break (prior, was_frozen, new);
+            }
+            c.stat(CmpxchgDoubleFail);
+            retry_hint();
+        };
+
+        let mut g = match guard {
+            Some(g) => g,
+            None if cfg!(kmem_mutant = "slab_free_without_list_lock")
+                && !was_frozen
+                && !new.frozen()
+                && (new.inuse() == 0 || (prior == 0 && !self.has_cpu_partial())) =>
+            {
+                // Planted bug: the list decision is made after the CAS, racing get_partial_node.
+                n.list_lock.lock()
+            }
+            None => {
+                if was_frozen {
+                    c.stat(FreeFrozen);
+                } else if new.frozen() {
+                    self.put_cpu_partial(slab);
+                    c.stat(CpuPartialFree);
+                }
+                return;
+            }
+        };
+        if new.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
+            // slab_empty
+            if prior != 0 {
+                // SAFETY: unfrozen with free objects before this free: on this node's list.
+                unsafe { n.remove_partial(&mut g, slab) };
+                c.stat(FreeRemovePartial);
+            }
+            drop(g);
+            c.stat(FreeSlab);
+            self.discard_slab(slab);
+            return;
+        }
+        if !self.has_cpu_partial() && prior == 0 {
+            // Was full (on no list); now partial.
+            // SAFETY: on no list; lock held.
+            unsafe { n.add_partial(&mut g, slab, ListEnd::Tail) };
+            c.stat(FreeAddPartial);
+        }
+    }
+
+    // =========================================================================================
+    // CPU partial lists and deactivation
+    // =========================================================================================
+
+    /// `put_cpu_partial` from the free path: pushes a slab we just froze onto this slot's
+    /// partial list, draining the list to the node if it is full. If the slot's lock is busy
+    /// (its owner is in a slow path, possibly descheduled), the slab goes straight to its node
+    /// partial list instead of waiting.
+    fn put_cpu_partial(&self, slab: *mut Page) {
+        let c = self.this_cpu();
+        match c.lock.try_lock() {
+            Some(guard) => {
+                let drain = self.put_cpu_partial_locked(slab, c, true);
+                drop(guard);
+                if !drain.is_null() {
+                    self.unfreeze_partials(c, drain);
+                    c.stat(CpuPartialDrain);
+                }
+            }
+            None => {
+                // SAFETY: we froze `slab`; no one else links it.
+                unsafe { (*slab).next.set(ptr::null_mut()) };
+                self.unfreeze_partials(c, slab);
+            }
+        }
+    }
+
+    /// Pushes `slab` onto `c`'s partial list (caller holds `c.lock`). With `drain`, a full list
+    /// is detached first and returned for the caller to unfreeze after dropping the lock.
+    fn put_cpu_partial_locked(&self, slab: *mut Page, c: &KmemCacheCpu, drain: bool) -> *mut Page {
+        // SAFETY: the partial list and the `next`/`slabs` fields of slabs on it (and of `slab`,
+        // which the caller froze) are ours under `c.lock`.
+        unsafe {
+            let mut old = c.partial.get();
+            let mut to_unfreeze = ptr::null_mut();
+            let mut slabs = 0;
+            if !old.is_null() {
+                if drain && (*old).slabs.get() as usize >= self.geo.cpu_partial_slabs {
+                    to_unfreeze = old;
+                    old = ptr::null_mut();
+                } else {
+                    slabs = (*old).slabs.get();
+                }
+            }
+            (*slab).slabs.set(slabs + 1);
+            (*slab).next.set(old);
+            c.partial.set(slab);
+            to_unfreeze
+        }
+    }
+
+    /// `__unfreeze_partials`: moves a detached list of frozen slabs to their node partial lists,
+    /// discarding empty ones beyond `min_partial`.
+    pub(crate) fn unfreeze_partials(&self, c: &KmemCacheCpu, mut slab: *mut Page) {
+        let mut discard: *mut Page = ptr::null_mut();
+        let mut locked: Option<(usize, crate::sync::SpinGuard<'_, crate::node::PartialList>)> = None;
+        while !slab.is_null() {
+            // SAFETY: a frozen slab on a list detached by (and so owned by) the caller.
+            let s = unsafe { &*slab };
+            // SAFETY: as above.
+            let next = unsafe { s.next.get() };
+            let nid = s.node();
+            let n = self.node(nid);
+            if locked.as_ref().is_none_or(|(l, _)| *l != nid) {
+                drop(locked.take());
+                locked = Some((nid, n.list_lock.lock()));
+            }
+            let g = &mut locked.as_mut().expect("locked above").1;
+            let new = loop {
+                let old = s.slab_state();
+                let new = old.1.with_frozen(false);
+                if s.slab_cas(old, (old.0, new)) {
+                    break (old.0, new);
+                }
+                c.stat(CmpxchgDoubleFail);
+                retry_hint();
+            };
+            if new.1.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
+                // SAFETY: ours; reuse `next` to chain the discard list.
+                unsafe { s.next.set(discard) };
+                discard = slab;
+            } else if new.0 != 0 {
+                // SAFETY: unfrozen, with free objects, on no list; lock held.
+                unsafe { n.add_partial(g, slab, ListEnd::Tail) };
+                c.stat(FreeAddPartial);
+            } else {
+                c.stat(DeactivateFull);
+            }
+            slab = next;
+        }
+        drop(locked);
+        while !discard.is_null() {
+            // SAFETY: chained above; empty, unfrozen, on no list.
+            let next = unsafe { (*discard).next.get() };
+            c.stat(DeactivateEmpty);
+            self.discard_slab(discard);
+            c.stat(FreeSlab);
+            discard = next;
+        }
+    }
+
+    /// `deactivate_slab`: gives a detached CPU slab and its CPU freelist back — the freelist
+    /// spliced onto the slab's, the slab unfrozen and put on its node list, left full, or freed.
+    pub(crate) fn deactivate_slab(&self, c: &KmemCacheCpu, slab: *mut Page, freelist: usize) {
+        // SAFETY: the slot's frozen slab, detached by the caller, which owns `freelist`.
+        let s = unsafe { &*slab };
+        let n = self.node(s.node());
+        let mut end = ListEnd::Head;
+        if s.slab_state().0 != 0 {
+            c.stat(DeactivateRemoteFrees);
+            end = ListEnd::Tail;
+        }
+        // Stage one: count the CPU freelist (ours: nobody else can reach it).
+        let (mut free_delta, mut tail, mut p) = (0u32, 0usize, freelist);
+        while p != 0 {
+            free_delta += 1;
+            tail = p;
+            // SAFETY: `p` is on a freelist we own.
+            p = unsafe { get_freepointer(p, self.offset) };
+        }
+        // Stage two: unfreeze while splicing, deciding the list under list_lock.
+        enum Mode {
+            Free,
+            Partial,
+            Full,
+        }
+        loop {
+            let (old_fl, old) = s.slab_state();
+            let (new_fl, mut new) = if tail != 0 {
+                // SAFETY: `tail` is ours; published by the CAS.
+                unsafe { set_freepointer(tail, self.offset, old_fl) };
+                (freelist, old.with_inuse(old.inuse() - free_delta))
+            } else {
+                (old_fl, old)
+            };
+            new = new.with_frozen(false);
+            let mode = if new.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
+                Mode::Free
+            } else if new_fl != 0 {
+                Mode::Partial
+            } else {
+                Mode::Full
+            };
+            let mut guard = match mode {
+                Mode::Partial => Some(n.list_lock.lock()),
+                _ => None,
+            };
+            if !s.slab_cas((old_fl, old), (new_fl, new)) {
+                drop(guard);
+                c.stat(CmpxchgDoubleFail);
+                retry_hint();
+                continue;
+            }
+            match mode {
+                Mode::Partial => {
+                    let g = guard.as_mut().expect("locked for Partial");
+                    // SAFETY: unfrozen, on no list; lock held.
+                    unsafe { n.add_partial(g, slab, end) };
+                    c.stat(if end == ListEnd::Tail { DeactivateToTail } else { DeactivateToHead });
+                }
+                Mode::Free => {
+                    c.stat(DeactivateEmpty);
+                    self.discard_slab(slab);
+                    c.stat(FreeSlab);
+                }
+                Mode::Full => c.stat(DeactivateFull),
+            }
+            return;
+        }
+    }
+
+    /// `flush_slab` + `unfreeze_partials` for slot `c` (caller holds `c.lock`).
+    pub(crate) fn flush_cpu_locked(&self, c: &KmemCacheCpu) {
+        let (slab, freelist, tid) = c.detach(self.tid_step);
+        if !slab.is_null() {
+            self.deactivate_slab(c, slab, freelist);
+            c.stat(CpuslabFlush);
+        }
+        c.attach(self.tid_step, ptr::null_mut(), 0, tid);
+        // SAFETY: the partial list is ours under `c.lock`.
+        let partial = unsafe { c.partial.get() };
+        if !partial.is_null() {
+            // SAFETY: as above.
+            unsafe { c.partial.set(ptr::null_mut()) };
+            self.unfreeze_partials(c, partial);
+        }
+    }
+
+    /// `flush_all`: flushes every slot.
+    pub(crate) fn flush_all(&self) {
+        for i in 0..self.nr_cpus {
+            let c = self.cpu(i);
+            let _g = c.lock.lock();
+            self.flush_cpu_locked(c);
+        }
+    }
+
+    /// Frees every empty slab on node `nid`'s partial list; returns how many.
+    pub(crate) fn discard_empty_partials(&self, nid: usize) -> usize {
+        let n = self.node(nid);
+        let mut discard: *mut Page = ptr::null_mut();
+        let mut count = 0;
+        {
+            let mut g = n.list_lock.lock();
+            let mut slab = KmemCacheNode::first(&g);
+            while !slab.is_null() {
+                // SAFETY: on the list `g` protects.
+                let next = unsafe { KmemCacheNode::next_of(&g, slab) };
+                // SAFETY: a live unfrozen slab on our list. With list_lock held and no object
+                // of it allocated, nobody can change it: no frees (nothing is out), no
+                // allocation (only via this list).
+                let s = unsafe { &*slab };
+                if s.slab_state().1.inuse() == 0 {
+                    // SAFETY: on this list, lock held; then ours.
+                    unsafe {
+                        n.remove_partial(&mut g, slab);
+                        s.next.set(discard);
+                    }
+                    discard = slab;
+                    count += 1;
+                }
+                slab = next;
+            }
+        }
+        while !discard.is_null() {
+            // SAFETY: chained above.
+            let next = unsafe { (*discard).next.get() };
+            self.discard_slab(discard);
+            discard = next;
+        }
+        count
+    }
+
+    /// `kmem_cache_shrink`.
+    pub(crate) fn shrink(&self) {
+        self.flush_all();
+        for nid in 0..self.nr_nodes {
+            self.discard_empty_partials(nid);
+        }
+        for nid in 0..self.nr_nodes {
+            self.kmem().node_pages(nid).release_free();
+        }
+    }
+
+    // =========================================================================================
+    // Bulk operations
+    // =========================================================================================
+
+    /// `kmem_cache_alloc_bulk`.
+    pub(crate) fn alloc_bulk(&self, out: &mut [*mut u8]) -> usize {
+        if out.is_empty() {
+            return 0;
+        }
+        let c = self.this_cpu();
+        let _guard = c.lock.lock();
+        let (mut slab, mut freelist, tid) = c.detach(self.tid_step);
+        let mut i = 0;
+        while i < out.len() {
+            if freelist == 0 {
+                c.stat(AllocSlowpath);
+                match self.refill(c, slab, 0, None) {
+                    Some((s, f)) => (slab, freelist) = (s, f),
+                    None => {
+                        slab = ptr::null_mut();
+                        break;
+                    }
+                }
+            }
+            out[i] = freelist as *mut u8;
+            // SAFETY: `freelist` is a list we own.
+            freelist = unsafe { get_freepointer(freelist, self.offset) };
+            i += 1;
+        }
+        c.attach(self.tid_step, slab, freelist, tid);
+        i
+    }
+
+    /// `kmem_cache_free_bulk`: groups objects of one slab (`build_detached_freelist`) so each
+    /// group is returned with one CAS.
+    ///
+    /// # Safety
+    /// As [`KmemCache::free`](crate::KmemCache::free) for each object; no duplicates.
+    pub(crate) unsafe fn free_bulk(&self, objs: &[NonNull<u8>]) {
+        const GROUP: usize = 16;
+        for chunk in objs.chunks(GROUP) {
+            let mut slabs = [ptr::null_mut::<Page>(); GROUP];
+            for (i, o) in chunk.iter().enumerate() {
+                slabs[i] = self.owning_slab(o.as_ptr());
+            }
+            let mut done = 0u32;
+            for i in 0..chunk.len() {
+                if done & (1 << i) != 0 {
+                    continue;
+                }
+                let slab = slabs[i];
+                let head = chunk[i].as_ptr() as usize;
+                let (mut tail, mut cnt) = (head, 1u32);
+                for j in i + 1..chunk.len() {
+                    if done & (1 << j) == 0 && slabs[j] == slab {
+                        let o = chunk[j].as_ptr() as usize;
+                        // SAFETY: `o` is an object the caller hands back to us.
+                        unsafe { set_freepointer(o, self.offset, 0) };
+                        // SAFETY: `tail` is ours; we link `o` after it.
+                        unsafe { set_freepointer(tail, self.offset, o) };
+                        tail = o;
+                        cnt += 1;
+                        done |= 1 << j;
+                    }
+                }
+                // SAFETY: head..=tail are `cnt` objects of `slab`, linked above, owned by us.
+                unsafe { self.do_slab_free(slab, head, tail, cnt) };
+            }
+        }
+    }
+
+    // =========================================================================================
+    // Destroy and slabinfo
+    // =========================================================================================
+
+    /// `kmem_cache_destroy` (the cache is already unregistered).
+    ///
+    /// # Safety
+    /// `this` is a cache no one else will use again.
+    pub(crate) unsafe fn destroy(this: NonNull<CacheInner>) {
+        // SAFETY: exclusive per the contract until we unmap it below.
+        let s = unsafe { this.as_ref() };
+        s.flush_all();
+        for nid in 0..s.nr_nodes {
+            s.discard_empty_partials(nid);
+        }
+        let slabs: usize = (0..s.nr_nodes).map(|n| s.node(n).nr_slabs.load(Ordering::Relaxed)).sum();
+        if slabs == 0 {
+            // SAFETY: no slab refers to the cache any more.
+            unsafe { CacheInner::unmap(this) };
+            return;
+        }
+        let info = s.slabinfo();
+        let mut a = crate::Hex::new();
+        let mut b = crate::Hex::new();
+        crate::warn_msg(&[
+            "kmem: cache \"",
+            s.name(),
+            "\" destroyed with ",
+            a.dec(info.active_objs),
+            " object(s) still allocated in ",
+            b.dec(info.num_slabs),
+            " slab(s); those slabs are leaked, not freed under their users",
+        ]);
+        s.kmem().mark_leaked();
+    }
+
+    /// The exact slabinfo row (see [`SlabInfo`]).
+    pub(crate) fn slabinfo(&self) -> SlabInfo {
+        let free_of = |slab: *mut Page| -> usize {
+            // SAFETY: a live slab (the caller holds the lock that keeps it where it is).
+            let (_, c) = unsafe { (*slab).slab_state() };
+            (c.objects() - c.inuse()) as usize
+        };
+        let (mut free, mut empty, mut cpu_partial, mut node_partial) = (0usize, 0usize, 0usize, 0usize);
+        for i in 0..self.nr_cpus {
+            let c = self.cpu(i);
+            let _g = c.lock.lock();
+            let (slab, freelist, tid) = c.detach(self.tid_step);
+            let mut p = freelist;
+            let mut on_cpu = 0;
+            while p != 0 {
+                on_cpu += 1;
+                // SAFETY: a detached freelist we own until we attach it again.
+                p = unsafe { get_freepointer(p, self.offset) };
+            }
+            if !slab.is_null() {
+                let f = free_of(slab) + on_cpu;
+                // SAFETY: the slot's live slab.
+                if f == unsafe { (*slab).slab_state().1.objects() } as usize {
+                    empty += 1;
+                }
+                free += f;
+            }
+            c.attach(self.tid_step, slab, freelist, tid);
+            // SAFETY: the partial list is ours under `c.lock`.
+            let mut p = unsafe { c.partial.get() };
+            while !p.is_null() {
+                let f = free_of(p);
+                // SAFETY: on our list.
+                let objects = unsafe { (*p).slab_state().1.objects() } as usize;
+                if f == objects {
+                    empty += 1;
+                }
+                free += f;
+                cpu_partial += 1;
+                // SAFETY: on our list.
+                p = unsafe { (*p).next.get() };
+            }
+        }
+        let (mut num_slabs, mut num_objs) = (0, 0);
+        for nid in 0..self.nr_nodes {
+            let n = self.node(nid);
+            let g = n.list_lock.lock();
+            let mut slab = KmemCacheNode::first(&g);
+            while !slab.is_null() {
+                let f = free_of(slab);
+                // SAFETY: on the list `g` protects.
+                let objects = unsafe { (*slab).slab_state().1.objects() } as usize;
+                if f == objects {
+                    empty += 1;
+                }
+                free += f;
+                node_partial += 1;
+                // SAFETY: as above.
+                slab = unsafe { KmemCacheNode::next_of(&g, slab) };
+            }
+            num_slabs += n.nr_slabs.load(Ordering::Relaxed);
+            num_objs += n.total_objects.load(Ordering::Relaxed);
+        }
+        SlabInfo {
+            name: self.name().to_owned(),
+            active_objs: num_objs.saturating_sub(free),
+            num_objs,
+            objsize: self.geo.size,
+            objperslab: self.geo.oo.objects as usize,
+            pagesperslab: 1 << self.geo.oo.order,
+            active_slabs: num_slabs.saturating_sub(empty),
+            num_slabs,
+            node_partial_slabs: node_partial,
+            cpu_partial_slabs: cpu_partial,
+        }
+    }
+}
