@@ -18,13 +18,15 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use clap::ValueEnum;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment variable that selects the global allocator of a (child) process.
 pub const GLOBAL_ENV: &str = "KMEM_BENCH_GLOBAL";
 
 /// One allocator under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// kmem's `Kmalloc` (the kmalloc size classes over SLUB caches).
@@ -110,42 +112,45 @@ impl Backend {
     }
 }
 
-/// kmem's backend: the one place that names kmem's allocator API.
-#[cfg(feature = "kmem-wired")]
+/// kmem's backend: the one place that names kmem's API.
 pub mod kmem_backend {
-    /// Whether kmem's real allocator is behind this module.
-    pub const WIRED: bool = true;
-    /// The `GlobalAlloc` value for kmem.
-    pub type Alloc = kmem::Kmalloc;
-    /// The value itself.
-    pub const ALLOC: Alloc = kmem::Kmalloc::new();
+    #[cfg(feature = "kmem-wired")]
+    mod global {
+        /// Whether kmem's real allocator is behind this module.
+        pub const WIRED: bool = true;
+        /// The `GlobalAlloc` value for kmem.
+        pub type Alloc = kmem::Kmalloc;
+        /// The value itself.
+        pub const ALLOC: Alloc = kmem::Kmalloc::new();
+    }
 
-    /// Flushes kmem's per-CPU slabs and gives empty slabs back to the OS.
+    /// Stand-in while kmem's library does not yet export `Kmalloc`: the kmem allocator is
+    /// reported as not wired and left out of every run.
+    #[cfg(not(feature = "kmem-wired"))]
+    mod global {
+        /// Whether kmem's real allocator is behind this module.
+        pub const WIRED: bool = false;
+        /// Placeholder type (never measured: the runner skips kmem while `WIRED` is false).
+        pub type Alloc = std::alloc::System;
+        /// The value itself.
+        pub const ALLOC: Alloc = std::alloc::System;
+    }
+
+    pub use global::{Alloc, ALLOC, WIRED};
+
+    /// Flushes every cache's CPU slabs, discards empty slabs and returns free pages to the OS.
     pub fn release() -> &'static str {
         kmem::Kmem::global().shrink_all();
         "Kmem::global().shrink_all()"
     }
 
     /// kmem's `/proc/slabinfo`-style table of the global instance.
-    pub fn slabinfo() -> Option<String> {
-        Some(crate::report::format_slab_rows(
-            &kmem::Kmem::global()
-                .slabinfo()
-                .into_iter()
-                .map(|r| crate::report::SlabRow {
-                    name: r.name,
-                    active_objs: r.active_objs,
-                    num_objs: r.num_objs,
-                    objsize: r.objsize,
-                    objperslab: r.objperslab,
-                    pagesperslab: r.pagesperslab,
-                    active_slabs: r.active_slabs,
-                    num_slabs: r.num_slabs,
-                })
-                .collect::<Vec<_>>(),
-        ))
+    pub fn slabinfo() -> String {
+        kmem::SlabInfoTable(kmem::Kmem::global().slabinfo()).to_string()
     }
+
     /// `objects` with a typed `kmem::Cache<T>`: allocate 1000 objects, then drop them.
+    /// `None` when the cache cannot be created.
     pub fn objects_cache<T: Send>(
         name: &str,
         make: fn(u64) -> T,
@@ -178,35 +183,25 @@ pub mod kmem_backend {
             },
         ))
     }
-}
 
-/// Stand-in while kmem's library does not yet export `Kmalloc`: kmem is reported as not wired
-/// and left out of every run.
-#[cfg(not(feature = "kmem-wired"))]
-pub mod kmem_backend {
-    /// Whether kmem's real allocator is behind this module.
-    pub const WIRED: bool = false;
-    /// Placeholder type (never measured: the runner skips kmem while `WIRED` is false).
-    pub type Alloc = std::alloc::System;
-    /// The value itself.
-    pub const ALLOC: Alloc = std::alloc::System;
-
-    /// No release call without kmem.
-    pub fn release() -> &'static str {
-        "kmem not wired"
-    }
-
-    /// No slabinfo without kmem.
-    pub fn slabinfo() -> Option<String> {
-        None
-    }
-    /// No typed caches without kmem.
-    pub fn objects_cache<T: Send>(
-        _name: &str,
-        _make: fn(u64) -> T,
-        _duration: std::time::Duration,
-    ) -> Option<crate::workloads::Sample> {
-        None
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn typed_cache_and_slabinfo() {
+            let s = super::objects_cache(
+                "bench-test-obj64",
+                crate::workloads::make64,
+                crate::workloads::MIN_SAMPLE,
+            )
+            .expect("cache created");
+            assert!(s.ops >= crate::workloads::BATCH as u64);
+            let c: kmem::Cache<[u64; 4]> = kmem::Cache::new("bench-test-live").unwrap();
+            let b = c.alloc([1; 4]).unwrap();
+            let info = super::slabinfo();
+            assert!(info.contains("bench-test-live"), "{info}");
+            drop(b);
+            assert_eq!(super::release(), "Kmem::global().shrink_all()");
+        }
     }
 }
 

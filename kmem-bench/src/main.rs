@@ -105,6 +105,7 @@ impl Cli {
             frag_mib: self.frag_mib.unwrap_or(if q { 64 } else { 256 }) as usize,
             seed: self.seed,
             slabinfo: self.slabinfo,
+            cache_host: None,
         }
     }
 
@@ -224,14 +225,14 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
         Workload::Objects => {
             let s = workloads::objects_box(workloads::make64, d);
             push("64 B".into(), b.name(), s, Default::default());
-            if b == Backend::Kmem {
+            if p.cache_host == Some(b) {
                 if let Some(s) = kmem_backend::objects_cache("bench-obj64", workloads::make64, d) {
                     push("64 B".into(), "kmem-cache", s, Default::default());
                 }
             }
             let s = workloads::objects_box(workloads::make256, d);
             push("256 B".into(), b.name(), s, Default::default());
-            if b == Backend::Kmem {
+            if p.cache_host == Some(b) {
                 if let Some(s) = kmem_backend::objects_cache("bench-obj256", workloads::make256, d)
                 {
                     push("256 B".into(), "kmem-cache", s, Default::default());
@@ -243,9 +244,7 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
             std::process::exit(2);
         }
     }
-    let slabinfo = (p.slabinfo && b == Backend::Kmem)
-        .then(kmem_backend::slabinfo)
-        .flatten();
+    let slabinfo = (p.slabinfo && b == Backend::Kmem).then(kmem_backend::slabinfo);
     ChildReport {
         results,
         slabinfo,
@@ -304,7 +303,7 @@ fn default_out_dir() -> PathBuf {
 fn run_parent(cli: &Cli) -> Result<(), String> {
     let started = Instant::now();
     let cores = sys::cores();
-    let params = cli.params(cores);
+    let mut params = cli.params(cores);
     let workloads = cli.workloads();
     let mut notes: Vec<String> = Vec::new();
     let mut allocs = cli.allocators();
@@ -315,6 +314,7 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
     if allocs.is_empty() {
         return Err("no allocator left to measure".into());
     }
+    params.cache_host = allocs.first().copied();
     let date = sys::utc_now();
     let cpu = sys::cpu_model();
     println!("kmem-bench  {date}");
@@ -466,16 +466,11 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
         }
     }
     if cli.slabinfo {
-        match kmem_backend::slabinfo() {
-            Some(s) => {
-                println!("\n== kmem slabinfo (this process: fastpath, batch, remote-free)");
-                print!("{s}");
-                for (w, s) in &slabinfos {
-                    println!("\n== kmem slabinfo (the last kmem child of {})", w.name());
-                    print!("{s}");
-                }
-            }
-            None => notes.push("--slabinfo: kmem is not wired".into()),
+        println!("\n== kmem slabinfo (this process: fastpath, batch, remote-free)");
+        print!("{}", kmem_backend::slabinfo());
+        for (w, s) in &slabinfos {
+            println!("\n== kmem slabinfo (the last kmem child of {})", w.name());
+            print!("{s}");
         }
     }
     notes.push(format!(

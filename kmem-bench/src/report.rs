@@ -490,52 +490,6 @@ pub fn workload_chart(
     Ok(path)
 }
 
-/// One `/proc/slabinfo` row, independent of kmem's type so that formatting can be tested
-/// without kmem.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(not(feature = "kmem-wired"), allow(dead_code))]
-pub struct SlabRow {
-    /// Cache name.
-    pub name: String,
-    /// Objects in use.
-    pub active_objs: usize,
-    /// Objects in all slabs.
-    pub num_objs: usize,
-    /// Object size with metadata.
-    pub objsize: usize,
-    /// Objects per slab.
-    pub objperslab: usize,
-    /// Pages per slab.
-    pub pagesperslab: usize,
-    /// Slabs in use.
-    pub active_slabs: usize,
-    /// All slabs.
-    pub num_slabs: usize,
-}
-
-/// Formats rows like `/proc/slabinfo`.
-#[cfg_attr(not(feature = "kmem-wired"), allow(dead_code))]
-pub fn format_slab_rows(rows: &[SlabRow]) -> String {
-    let mut out = String::from(
-        "# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : slabdata <active_slabs> <num_slabs>\n",
-    );
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "{:<17} {:>13} {:>10} {:>9} {:>12} {:>14} : slabdata {:>14} {:>11}",
-            r.name,
-            r.active_objs,
-            r.num_objs,
-            r.objsize,
-            r.objperslab,
-            r.pagesperslab,
-            r.active_slabs,
-            r.num_slabs
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,6 +560,7 @@ mod tests {
             frag_mib: 1,
             seed: 3,
             slabinfo: false,
+            cache_host: None,
         };
         let json = to_json(&Report {
             date: "2026-01-01 00:00:00 UTC",
@@ -655,21 +610,5 @@ mod tests {
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("system"));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn slabinfo_rows() {
-        let s = format_slab_rows(&[SlabRow {
-            name: "kmalloc-64".into(),
-            active_objs: 10,
-            num_objs: 64,
-            objsize: 64,
-            objperslab: 64,
-            pagesperslab: 1,
-            active_slabs: 1,
-            num_slabs: 1,
-        }]);
-        assert_eq!(s.lines().count(), 2);
-        assert!(s.lines().nth(1).unwrap().starts_with("kmalloc-64 "));
     }
 }

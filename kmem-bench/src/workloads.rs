@@ -127,6 +127,9 @@ pub struct Params {
     pub seed: u64,
     /// Whether children report kmem's slabinfo.
     pub slabinfo: bool,
+    /// The child of this allocator also measures `kmem::Cache<T>` in `objects` (kmem's own
+    /// child when kmem is measured; typed caches do not use the global allocator).
+    pub cache_host: Option<crate::alloc::Backend>,
 }
 
 impl Params {
@@ -795,6 +798,7 @@ mod tests {
             frag_mib: 4,
             seed: 1,
             slabinfo: false,
+            cache_host: None,
         }
     }
 
