@@ -206,7 +206,10 @@ pub(crate) struct OrderObjects {
 
 impl OrderObjects {
     fn new(order: u32, size: usize) -> Self {
-        OrderObjects { order, objects: order_objects(order, size) as u32 }
+        OrderObjects {
+            order,
+            objects: order_objects(order, size) as u32,
+        }
     }
 }
 
@@ -221,7 +224,13 @@ fn get_order(size: usize) -> u32 {
 }
 
 /// `calc_slab_order`.
-fn calc_slab_order(size: usize, min_objects: usize, min_order: u32, max_order: u32, fract: usize) -> u32 {
+fn calc_slab_order(
+    size: usize,
+    min_objects: usize,
+    min_order: u32,
+    max_order: u32,
+    fract: usize,
+) -> u32 {
     if order_objects(min_order, size) > MAX_OBJS_PER_SLAB {
         return get_order(size * MAX_OBJS_PER_SLAB).saturating_sub(1);
     }
@@ -283,14 +292,24 @@ impl Geometry {
         nr_cpus: usize,
     ) -> Result<Geometry, KmemError> {
         let max_object = PAGE_SIZE << MAX_ORDER;
-        let bad_size = |reason| KmemError::InvalidSize { cache: name.to_owned(), size: object_size, reason };
+        let bad_size = |reason| KmemError::InvalidSize {
+            cache: name.to_owned(),
+            size: object_size,
+            reason,
+        };
         if object_size == 0 {
             return Err(bad_size("must be at least 1 byte"));
         }
         if object_size > max_object - WORD {
-            return Err(bad_size("larger than the largest slab (4 MiB less one word)"));
+            return Err(bad_size(
+                "larger than the largest slab (4 MiB less one word)",
+            ));
         }
-        let bad_align = |reason| KmemError::InvalidAlignment { cache: name.to_owned(), align: cfg.align, reason };
+        let bad_align = |reason| KmemError::InvalidAlignment {
+            cache: name.to_owned(),
+            align: cfg.align,
+            reason,
+        };
         if cfg.align != 0 && !cfg.align.is_power_of_two() {
             return Err(bad_align("must be a power of two"));
         }
@@ -367,7 +386,9 @@ impl Geometry {
         };
         let size = size.next_multiple_of(align);
         if size > max_object {
-            return Err(bad_size("with alignment and metadata, larger than the largest slab"));
+            return Err(bad_size(
+                "with alignment and metadata, larger than the largest slab",
+            ));
         }
 
         let min_objects = if cfg.min_objects != 0 {
@@ -398,7 +419,16 @@ impl Geometry {
             };
             (nr_objects * 2usize).div_ceil(oo.objects as usize)
         });
-        Ok(Geometry { object_size, size, align, offset, oo, min, min_partial, cpu_partial_slabs })
+        Ok(Geometry {
+            object_size,
+            size,
+            align,
+            offset,
+            oo,
+            min,
+            min_partial,
+            cpu_partial_slabs,
+        })
     }
 }
 
@@ -444,7 +474,10 @@ impl CacheInner {
         cfg: &CacheConfig,
     ) -> Result<NonNull<CacheInner>, KmemError> {
         if name.is_empty() {
-            return Err(KmemError::InvalidName { name: String::new(), reason: "must not be empty" });
+            return Err(KmemError::InvalidName {
+                name: String::new(),
+                reason: "must not be empty",
+            });
         }
         if name.len() > MAX_CACHE_NAME {
             return Err(KmemError::InvalidName {
@@ -459,9 +492,13 @@ impl CacheInner {
         let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
         let node_off = cpu_off + nr_cpus * core::mem::size_of::<KmemCacheCpu>();
         let node_off = node_off.next_multiple_of(128);
-        let map_size = (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>()).next_multiple_of(PAGE_SIZE);
+        let map_size = (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>())
+            .next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
-            .ok_or(KmemError::OutOfMemory { what: "cache metadata", bytes: map_size })?
+            .ok_or(KmemError::OutOfMemory {
+                what: "cache metadata",
+                bytes: map_size,
+            })?
             .as_ptr();
         let tid_step = kmem.tid_step;
         // SAFETY: `base` is a fresh, page-aligned, zeroed mapping of `map_size` bytes; every write
@@ -670,7 +707,11 @@ impl KmemCache {
     #[inline]
     pub fn alloc_node(&self, node: usize) -> Option<NonNull<u8>> {
         let n = self.inner().nr_nodes;
-        assert!(node < n, "kmem: alloc_node({node}) on cache {:?}: the allocator has {n} node(s)", self.name());
+        assert!(
+            node < n,
+            "kmem: alloc_node({node}) on cache {:?}: the allocator has {n} node(s)",
+            self.name()
+        );
         NonNull::new(self.inner().slab_alloc(Some(node)))
     }
 
@@ -864,12 +905,43 @@ mod tests {
         let e = Geometry::compute("c", 8, &CacheConfig::new().align(48), 1).unwrap_err();
         assert!(e.to_string().contains("power of two"), "{e}");
         let e = Geometry::compute("c", 8, &CacheConfig::new().align(8192), 1).unwrap_err();
-        assert!(matches!(e, KmemError::InvalidAlignment { align: 8192, .. }), "{e}");
+        assert!(
+            matches!(e, KmemError::InvalidAlignment { align: 8192, .. }),
+            "{e}"
+        );
         let e = Geometry::compute("c", 8, &CacheConfig::new().max_order(11), 1).unwrap_err();
-        assert!(matches!(e, KmemError::InvalidConfig { parameter: "max_order", .. }), "{e}");
-        let e = Geometry::compute("c", 8, &CacheConfig::new().min_order(3).max_order(2), 1).unwrap_err();
-        assert!(matches!(e, KmemError::InvalidConfig { parameter: "min_order", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                KmemError::InvalidConfig {
+                    parameter: "max_order",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = Geometry::compute("c", 8, &CacheConfig::new().min_order(3).max_order(2), 1)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KmemError::InvalidConfig {
+                    parameter: "min_order",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = Geometry::compute("c", 8, &CacheConfig::new().min_objects(40000), 1).unwrap_err();
-        assert!(matches!(e, KmemError::InvalidConfig { parameter: "min_objects", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                KmemError::InvalidConfig {
+                    parameter: "min_objects",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -63,6 +63,7 @@ impl TidStep {
 
     /// The slot that `tid` belongs to.
     #[inline]
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests and debugging
     pub(crate) fn slot_of(self, tid: u64) -> usize {
         (tid & (self.0 - 1)) as usize
     }

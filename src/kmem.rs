@@ -150,7 +150,9 @@ unsafe impl Sync for Kmem {}
 impl Clone for Kmem {
     fn clone(&self) -> Self {
         self.shared().refs.fetch_add(1, Ordering::Relaxed);
-        Kmem { shared: self.shared }
+        Kmem {
+            shared: self.shared,
+        }
     }
 }
 
@@ -167,7 +169,10 @@ impl Drop for Kmem {
 
 impl fmt::Debug for Kmem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Kmem").field("nodes", &self.nodes()).field("cpus", &self.cpus()).finish()
+        f.debug_struct("Kmem")
+            .field("nodes", &self.nodes())
+            .field("cpus", &self.cpus())
+            .finish()
     }
 }
 
@@ -202,7 +207,12 @@ impl Kmem {
         if let Some(k) = GLOBAL.get() {
             return Some(k);
         }
-        GLOBAL.get_or_try_init(|| KmemBuilder::default().build_shared().ok().map(|shared| Kmem { shared }))
+        GLOBAL.get_or_try_init(|| {
+            KmemBuilder::default()
+                .build_shared()
+                .ok()
+                .map(|shared| Kmem { shared })
+        })
     }
 
     /// A builder for a private instance.
@@ -220,10 +230,18 @@ impl Kmem {
     ///
     /// Errors name the bad input: a zero or too-large size, a bad alignment, a knob out of
     /// range, an empty or over-long name (see [`KmemError`]).
-    pub fn create_cache(&self, name: &str, size: usize, config: CacheConfig) -> Result<KmemCache, KmemError> {
+    pub fn create_cache(
+        &self,
+        name: &str,
+        size: usize,
+        config: CacheConfig,
+    ) -> Result<KmemCache, KmemError> {
         let inner = CacheInner::create(self.shared(), name, size, &config)?;
         self.shared().register(inner);
-        Ok(KmemCache { inner, kmem: self.clone() })
+        Ok(KmemCache {
+            inner,
+            kmem: self.clone(),
+        })
     }
 
     /// One exact `/proc/slabinfo` row per live cache (see [`SlabInfo`]); print them with
@@ -239,11 +257,27 @@ impl Kmem {
     /// unsafe { c.free(p) };
     /// ```
     pub fn slabinfo(&self) -> Vec<SlabInfo> {
-        let mut out = Vec::new();
-        // Rows are computed under the registry lock; allocation for `out` happens with no
-        // slot, list or page lock held (the lock order forbids the reverse).
-        self.shared().for_each_cache(|c| out.push(c.slabinfo()));
-        out
+        // Rows are computed under the registry lock into space reserved beforehand: nothing
+        // may allocate while it is held (a kmalloc cache created lazily by that allocation
+        // would need the registry lock itself).
+        let mut raw = Vec::new();
+        loop {
+            let want = self.shared().registry.lock().count + 4;
+            raw.reserve(want);
+            let mut complete = true;
+            self.shared().for_each_cache(|c| {
+                if raw.len() < raw.capacity() {
+                    raw.push(c.slabinfo_raw());
+                } else {
+                    complete = false;
+                }
+            });
+            if complete {
+                break;
+            }
+            raw.clear();
+        }
+        raw.iter().map(|r| r.to_info()).collect()
     }
 
     /// Shrinks every cache of this instance (see [`KmemCache::shrink`]) and returns every free
@@ -269,7 +303,11 @@ impl Kmem {
     /// # Panics
     /// If `node >= self.nodes()`.
     pub fn node_page_stats(&self, node: usize) -> PageStats {
-        assert!(node < self.nodes(), "kmem: node {node} out of range ({} nodes)", self.nodes());
+        assert!(
+            node < self.nodes(),
+            "kmem: node {node} out of range ({} nodes)",
+            self.nodes()
+        );
         let mut out = PageStats::default();
         self.shared().node_pages(node).add_stats(&mut out);
         out
@@ -290,7 +328,11 @@ impl Kmem {
     /// # Panics
     /// If `slot >= self.cpus()`.
     pub fn slot_node(&self, slot: usize) -> usize {
-        assert!(slot < self.cpus(), "kmem: slot {slot} out of range ({} slots)", self.cpus());
+        assert!(
+            slot < self.cpus(),
+            "kmem: slot {slot} out of range ({} slots)",
+            self.cpus()
+        );
         self.shared().slot_node(slot)
     }
 
@@ -365,7 +407,11 @@ impl KmemBuilder {
         if !crate::sync::DWord::is_lock_free() {
             return Err(KmemError::NoDoubleWordCas);
         }
-        let cfg = |parameter, value, reason| KmemError::InvalidConfig { parameter, value, reason };
+        let cfg = |parameter, value, reason| KmemError::InvalidConfig {
+            parameter,
+            value,
+            reason,
+        };
         let nr_cpus = self.cpus.unwrap_or_else(cpu::possible_cpus);
         if nr_cpus == 0 || nr_cpus > MAX_CPUS {
             return Err(cfg("cpus", nr_cpus, "must be between 1 and 8192"));
@@ -377,23 +423,35 @@ impl KmemBuilder {
         }
         let limit = self.memory_limit.unwrap_or(usize::MAX);
         if limit < PAGE_SIZE {
-            return Err(cfg("memory_limit", limit, "must be at least one page (4096 bytes)"));
+            return Err(cfg(
+                "memory_limit",
+                limit,
+                "must be at least one page (4096 bytes)",
+            ));
         }
         match self.fault {
             FaultInjection::EveryNth(0) => {
                 return Err(cfg("fault_injection EveryNth", 0, "n must be at least 1"));
             }
             FaultInjection::Probability { percent, .. } if percent > 100 => {
-                return Err(cfg("fault_injection percent", percent as usize, "must be at most 100"));
+                return Err(cfg(
+                    "fault_injection percent",
+                    percent as usize,
+                    "must be at most 100",
+                ));
             }
             _ => {}
         }
 
         let nodes_off = core::mem::size_of::<KmemShared>().next_multiple_of(128);
-        let slot_off = (nodes_off + nr_nodes * core::mem::size_of::<PageAllocator>()).next_multiple_of(64);
+        let slot_off =
+            (nodes_off + nr_nodes * core::mem::size_of::<PageAllocator>()).next_multiple_of(64);
         let map_size = (slot_off + nr_cpus * 2).next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
-            .ok_or(KmemError::OutOfMemory { what: "allocator metadata", bytes: map_size })?
+            .ok_or(KmemError::OutOfMemory {
+                what: "allocator metadata",
+                bytes: map_size,
+            })?
             .as_ptr();
         // SAFETY: `base` is a fresh zeroed mapping of `map_size` bytes; each write lands inside
         // it at an offset aligned for its type; the budget's address is final before the page
@@ -403,7 +461,11 @@ impl KmemBuilder {
             let nodes = base.add(nodes_off) as *mut PageAllocator;
             let slot_node = base.add(slot_off) as *mut u16;
             for slot in 0..nr_cpus {
-                let nid = if fake_nodes { slot * nr_nodes / nr_cpus } else { cpu::cpu_to_node(slot).min(nr_nodes - 1) };
+                let nid = if fake_nodes {
+                    slot * nr_nodes / nr_cpus
+                } else {
+                    cpu::cpu_to_node(slot).min(nr_nodes - 1)
+                };
                 slot_node.add(slot).write(nid as u16);
             }
             ptr::write(
@@ -416,7 +478,13 @@ impl KmemBuilder {
                     budget: PageBudget::new(limit, self.fault),
                     nodes,
                     slot_node,
-                    registry: SpinLock::new("kmem cache registry lock", Registry { head: ptr::null(), count: 0 }),
+                    registry: SpinLock::new(
+                        "kmem cache registry lock",
+                        Registry {
+                            head: ptr::null(),
+                            count: 0,
+                        },
+                    ),
                     leaked: AtomicBool::new(false),
                     map_size,
                 },

@@ -52,7 +52,10 @@ impl KmemCacheNode {
         KmemCacheNode {
             list_lock: SpinLock::new(
                 "kmem node list_lock",
-                PartialList { head: ptr::null_mut(), tail: ptr::null_mut() },
+                PartialList {
+                    head: ptr::null_mut(),
+                    tail: ptr::null_mut(),
+                },
             ),
             nr_partial: AtomicUsize::new(0),
             nr_slabs: AtomicUsize::new(0),
@@ -109,7 +112,10 @@ impl KmemCacheNode {
                 }
             }
         }
-        self.nr_partial.store(self.nr_partial.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.nr_partial.store(
+            self.nr_partial.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
     }
 
     /// `remove_partial`: unlinks `slab`.
@@ -139,7 +145,10 @@ impl KmemCacheNode {
             s.lru_prev.set(ptr::null_mut());
             s.lru_next.set(ptr::null_mut());
         }
-        self.nr_partial.store(self.nr_partial.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        self.nr_partial.store(
+            self.nr_partial.load(Ordering::Relaxed) - 1,
+            Ordering::Relaxed,
+        );
     }
 
     /// The first slab on the list, or null.
@@ -151,7 +160,10 @@ impl KmemCacheNode {
     ///
     /// # Safety
     /// `slab` is on the list that `guard` protects.
-    pub(crate) unsafe fn next_of(_guard: &SpinGuard<'_, PartialList>, slab: *mut Page) -> *mut Page {
+    pub(crate) unsafe fn next_of(
+        _guard: &SpinGuard<'_, PartialList>,
+        slab: *mut Page,
+    ) -> *mut Page {
         // SAFETY: on the list (contract), whose links we may read under `list_lock`.
         unsafe { (*slab).lru_next.get() }
     }

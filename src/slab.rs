@@ -140,8 +140,14 @@ mod tests {
         assert_eq!((c.inuse(), c.objects(), c.frozen()), (3, 32767, false));
         let c = Counters::new(0, 1, false).with_frozen(true);
         assert_eq!((c.inuse(), c.objects(), c.frozen()), (0, 1, true));
-        assert_eq!(Counters::new(7, 9, false).with_inuse(7), Counters::new(7, 9, false));
-        assert_eq!(format!("{:?}", Counters::new(1, 2, true)), "{inuse: 1, objects: 2, frozen: true}");
+        assert_eq!(
+            Counters::new(7, 9, false).with_inuse(7),
+            Counters::new(7, 9, false)
+        );
+        assert_eq!(
+            format!("{:?}", Counters::new(1, 2, true)),
+            "{inuse: 1, objects: 2, frozen: true}"
+        );
     }
 
     #[test]

@@ -68,8 +68,7 @@ impl CacheInner {
             // object of this cache in mapped slab memory; the value read may be stale, and the
             // tid CAS below rejects it if so.
             let next = unsafe { get_freepointer(object, self.offset) };
-            if c
-                .freelist_tid
+            if c.freelist_tid
                 .compare_exchange((object, tid), (next, self.tid_step.next_tid(tid)))
                 .is_ok()
             {
@@ -100,8 +99,7 @@ impl CacheInner {
             // SAFETY: `tail` is owned by the caller (contract); linking it is published by the
             // CAS below.
             unsafe { set_freepointer(tail, self.offset, freelist) };
-            if c
-                .freelist_tid
+            if c.freelist_tid
                 .compare_exchange((freelist, tid), (head, self.tid_step.next_tid(tid)))
                 .is_ok()
             {
@@ -134,7 +132,8 @@ impl CacheInner {
             Some(page) => {
                 let info = page.info();
                 let owner = page.cache.load(Ordering::Acquire);
-                if info.kind() == PageKind::Slab && owner as *const CacheInner == self as *const CacheInner {
+                if info.kind() == PageKind::Slab && core::ptr::eq(owner as *const CacheInner, self)
+                {
                     return page as *const Page as *mut Page;
                 }
                 self.bad_free(obj, Some(page))
@@ -359,7 +358,11 @@ impl CacheInner {
         let s = unsafe { &*slab };
         loop {
             let old = s.slab_state();
-            let (new_freelist, mut new) = if take { (0, old.1.with_inuse(old.1.objects())) } else { (old.0, old.1) };
+            let (new_freelist, mut new) = if take {
+                (0, old.1.with_inuse(old.1.objects()))
+            } else {
+                (old.0, old.1)
+            };
             if !cfg!(kmem_mutant = "acquire_without_freeze") {
                 new = new.with_frozen(true);
             }
@@ -379,7 +382,8 @@ impl CacheInner {
     fn new_slab(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<Refill> {
         let kmem = self.kmem();
         let home = node.unwrap_or_else(|| kmem.slot_node(self.slot_index(c)));
-        let mut nodes = core::iter::once(home).chain((1..self.nr_nodes).map(|i| (home + i) % self.nr_nodes));
+        let mut nodes =
+            core::iter::once(home).chain((1..self.nr_nodes).map(|i| (home + i) % self.nr_nodes));
         let tries = if node.is_some() { 1 } else { self.nr_nodes };
         for nid in nodes.by_ref().take(tries) {
             if let Some(r) = self.allocate_slab(c, nid) {
@@ -395,7 +399,9 @@ impl CacheInner {
         let (oo, min) = (self.geo.oo, self.geo.min);
         let mut got = None;
         if oo.order > min.order {
-            got = pages.alloc_pages(oo.order, GfpFlags::NORETRY).map(|p| (p, oo));
+            got = pages
+                .alloc_pages(oo.order, GfpFlags::NORETRY)
+                .map(|p| (p, oo));
         }
         if got.is_none() {
             let mut p = pages.alloc_pages(min.order, GfpFlags::NONE);
@@ -425,13 +431,24 @@ impl CacheInner {
                 // SAFETY: `obj` is a fresh object of `size` bytes inside the block.
                 ctor(unsafe { NonNull::new_unchecked(obj as *mut u8) });
             }
-            let next = if i + 1 < objects as usize { obj + size } else { 0 };
+            let next = if i + 1 < objects as usize {
+                obj + size
+            } else {
+                0
+            };
             // SAFETY: we own the whole block; `obj + offset` is an aligned word inside it.
             unsafe { set_freepointer(obj, self.offset, next) };
         }
-        p.freelist_counters.store(0, Counters::new(objects, objects, true).0);
-        p.cache.store(self as *const CacheInner as *mut u8, Ordering::Release);
-        p.set_info(crate::page::PageInfo::head(PageKind::Slab, order, nid, false));
+        p.freelist_counters
+            .store(0, Counters::new(objects, objects, true).0);
+        p.cache
+            .store(self as *const CacheInner as *mut u8, Ordering::Release);
+        p.set_info(crate::page::PageInfo::head(
+            PageKind::Slab,
+            order,
+            nid,
+            false,
+        ));
         self.node(nid).inc_slabs(objects as usize);
         (page.as_ptr(), base)
     }
@@ -443,11 +460,14 @@ impl CacheInner {
         let info = s.info();
         let (_, counters) = s.slab_state();
         debug_assert_eq!(counters.inuse(), 0);
-        self.node(info.node()).dec_slabs(counters.objects() as usize);
+        self.node(info.node())
+            .dec_slabs(counters.objects() as usize);
         s.cache.store(ptr::null_mut(), Ordering::Release);
         // SAFETY: the block was allocated at `info.order()` on this node and is ours.
         unsafe {
-            self.kmem().node_pages(info.node()).free_pages(NonNull::new_unchecked(slab), info.order());
+            self.kmem()
+                .node_pages(info.node())
+                .free_pages(NonNull::new_unchecked(slab), info.order());
         }
     }
 
@@ -460,7 +480,14 @@ impl CacheInner {
     /// # Safety
     /// As [`CacheInner::do_slab_free`].
     #[cold]
-    pub(crate) unsafe fn slab_free_slow(&self, c: &KmemCacheCpu, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
+    pub(crate) unsafe fn slab_free_slow(
+        &self,
+        c: &KmemCacheCpu,
+        slab: *mut Page,
+        head: usize,
+        tail: usize,
+        cnt: u32,
+    ) {
         // SAFETY: a live slab of this cache (contract).
         let s = unsafe { &*slab };
         let n = self.node(s.node());
@@ -585,7 +612,8 @@ impl CacheInner {
     /// discarding empty ones beyond `min_partial`.
     pub(crate) fn unfreeze_partials(&self, c: &KmemCacheCpu, mut slab: *mut Page) {
         let mut discard: *mut Page = ptr::null_mut();
-        let mut locked: Option<(usize, crate::sync::SpinGuard<'_, crate::node::PartialList>)> = None;
+        let mut locked: Option<(usize, crate::sync::SpinGuard<'_, crate::node::PartialList>)> =
+            None;
         while !slab.is_null() {
             // SAFETY: a frozen slab on a list detached by (and so owned by) the caller.
             let s = unsafe { &*slab };
@@ -666,7 +694,9 @@ impl CacheInner {
                 (old_fl, old)
             };
             new = new.with_frozen(false);
-            let mode = if new.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
+            let mode = if new.inuse() == 0
+                && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial
+            {
                 Mode::Free
             } else if new_fl != 0 {
                 Mode::Partial
@@ -688,7 +718,11 @@ impl CacheInner {
                     let g = guard.as_mut().expect("locked for Partial");
                     // SAFETY: unfrozen, on no list; lock held.
                     unsafe { n.add_partial(g, slab, end) };
-                    c.stat(if end == ListEnd::Tail { DeactivateToTail } else { DeactivateToHead });
+                    c.stat(if end == ListEnd::Tail {
+                        DeactivateToTail
+                    } else {
+                        DeactivateToHead
+                    });
                 }
                 Mode::Free => {
                     c.stat(DeactivateEmpty);
@@ -860,7 +894,9 @@ impl CacheInner {
         for nid in 0..s.nr_nodes {
             s.discard_empty_partials(nid);
         }
-        let slabs: usize = (0..s.nr_nodes).map(|n| s.node(n).nr_slabs.load(Ordering::Relaxed)).sum();
+        let slabs: usize = (0..s.nr_nodes)
+            .map(|n| s.node(n).nr_slabs.load(Ordering::Relaxed))
+            .sum();
         if slabs == 0 {
             // SAFETY: no slab refers to the cache any more.
             unsafe { CacheInner::unmap(this) };
@@ -883,12 +919,19 @@ impl CacheInner {
 
     /// The exact slabinfo row (see [`SlabInfo`]).
     pub(crate) fn slabinfo(&self) -> SlabInfo {
+        self.slabinfo_raw().to_info()
+    }
+
+    /// The slabinfo figures, with the name copied inline: computing it allocates nothing, so
+    /// it may run under the registry lock.
+    pub(crate) fn slabinfo_raw(&self) -> SlabInfoRaw {
         let free_of = |slab: *mut Page| -> usize {
             // SAFETY: a live slab (the caller holds the lock that keeps it where it is).
             let (_, c) = unsafe { (*slab).slab_state() };
             (c.objects() - c.inuse()) as usize
         };
-        let (mut free, mut empty, mut cpu_partial, mut node_partial) = (0usize, 0usize, 0usize, 0usize);
+        let (mut free, mut empty, mut cpu_partial, mut node_partial) =
+            (0usize, 0usize, 0usize, 0usize);
         for i in 0..self.nr_cpus {
             let c = self.cpu(i);
             let _g = c.lock.lock();
@@ -944,8 +987,11 @@ impl CacheInner {
             num_slabs += n.nr_slabs.load(Ordering::Relaxed);
             num_objs += n.total_objects.load(Ordering::Relaxed);
         }
-        SlabInfo {
-            name: self.name().to_owned(),
+        let mut name = [0u8; crate::MAX_CACHE_NAME];
+        name[..self.name().len()].copy_from_slice(self.name().as_bytes());
+        SlabInfoRaw {
+            name,
+            name_len: self.name().len(),
             active_objs: num_objs.saturating_sub(free),
             num_objs,
             objsize: self.geo.size,
@@ -955,6 +1001,40 @@ impl CacheInner {
             num_slabs,
             node_partial_slabs: node_partial,
             cpu_partial_slabs: cpu_partial,
+        }
+    }
+}
+
+/// A slabinfo row before its name becomes a `String` (no allocation to build it).
+#[derive(Clone, Copy)]
+pub(crate) struct SlabInfoRaw {
+    name: [u8; crate::MAX_CACHE_NAME],
+    name_len: usize,
+    active_objs: usize,
+    num_objs: usize,
+    objsize: usize,
+    objperslab: usize,
+    pagesperslab: usize,
+    active_slabs: usize,
+    num_slabs: usize,
+    node_partial_slabs: usize,
+    cpu_partial_slabs: usize,
+}
+
+impl SlabInfoRaw {
+    /// The public row.
+    pub(crate) fn to_info(self) -> SlabInfo {
+        SlabInfo {
+            name: String::from_utf8_lossy(&self.name[..self.name_len]).into_owned(),
+            active_objs: self.active_objs,
+            num_objs: self.num_objs,
+            objsize: self.objsize,
+            objperslab: self.objperslab,
+            pagesperslab: self.pagesperslab,
+            active_slabs: self.active_slabs,
+            num_slabs: self.num_slabs,
+            node_partial_slabs: self.node_partial_slabs,
+            cpu_partial_slabs: self.cpu_partial_slabs,
         }
     }
 }

@@ -578,7 +578,10 @@ impl<T> OnceSlot<T> {
         use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
         let me = thread_token();
         // BUSY states carry the initialising thread's token (never 0, 1 or 2: an address).
-        match self.state.compare_exchange(Self::EMPTY, me, Acquire, Acquire) {
+        match self
+            .state
+            .compare_exchange(Self::EMPTY, me, Acquire, Acquire)
+        {
             Ok(_) => {
                 let v = init();
                 match v {

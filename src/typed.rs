@@ -52,10 +52,19 @@ impl<T> Cache<T> {
     /// assert_eq!(&*b as *const Padded as usize % 128, 0);
     /// # Ok::<(), kmem::KmemError>(())
     /// ```
-    pub fn with_config(kmem: &Kmem, name: &str, config: CacheConfig) -> Result<Cache<T>, KmemError> {
-        let config = config.clone().align(align_of::<T>().max(config_align(&config)));
+    pub fn with_config(
+        kmem: &Kmem,
+        name: &str,
+        config: CacheConfig,
+    ) -> Result<Cache<T>, KmemError> {
+        let config = config
+            .clone()
+            .align(align_of::<T>().max(config_align(&config)));
         let raw = kmem.create_cache(name, size_of::<T>().max(1), config)?;
-        Ok(Cache { raw, _t: PhantomData })
+        Ok(Cache {
+            raw,
+            _t: PhantomData,
+        })
     }
 
     /// Moves `value` into a new object. On out-of-memory the value is given back.
@@ -66,7 +75,10 @@ impl<T> Cache<T> {
                 let p = p.cast::<T>();
                 // SAFETY: a fresh object of at least size_of::<T>() bytes aligned for T.
                 unsafe { p.as_ptr().write(value) };
-                Ok(SlabBox { ptr: p, cache: self })
+                Ok(SlabBox {
+                    ptr: p,
+                    cache: self,
+                })
             }
             None => Err(value),
         }

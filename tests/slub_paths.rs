@@ -13,14 +13,24 @@ fn pin(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}");
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU {cpu}"
+        );
     }
     // The rseq cpu_id is updated on return to user space; the affinity call itself migrates us.
-    assert_eq!(kmem::cpu::current_cpu(), cpu, "not running on CPU {cpu} after pinning");
+    assert_eq!(
+        kmem::cpu::current_cpu(),
+        cpu,
+        "not running on CPU {cpu} after pinning"
+    );
 }
 
 fn have_two_cpus() -> bool {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if n < 2 {
         eprintln!("SKIPPED: this test needs two CPUs (found {n})");
     }
@@ -93,14 +103,20 @@ fn remote_free_into_a_frozen_cpu_slab() {
     let per = c.objects_per_slab();
     let again = on_cpu(0, || alloc_n(&c, per));
     assert!(c.stats().alloc_refill >= 1, "{:?}", c.stats());
-    assert_eq!(c.info().num_slabs, 1, "the remotely freed objects were reused, not a new slab");
+    assert_eq!(
+        c.info().num_slabs,
+        1,
+        "the remotely freed objects were reused, not a new slab"
+    );
     on_cpu(0, || free_all(&c, again));
 }
 
 #[test]
 fn full_slab_freezes_onto_the_cpu_partial_list() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
-    let c = k.create_cache("full", 512, CacheConfig::new().cpu_partial_slabs(4)).unwrap();
+    let c = k
+        .create_cache("full", 512, CacheConfig::new().cpu_partial_slabs(4))
+        .unwrap();
     let per = c.objects_per_slab();
     let first = alloc_n(&c, per); // slab 1 exactly full
     let second = alloc_n(&c, 1); // slab 1 found full (bypass), slab 2 becomes the CPU slab
@@ -118,7 +134,13 @@ fn full_slab_freezes_onto_the_cpu_partial_list() {
 #[test]
 fn cpu_partial_list_drains_to_the_node() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
-    let c = k.create_cache("drain", 512, CacheConfig::new().cpu_partial_slabs(2).min_partial(10)).unwrap();
+    let c = k
+        .create_cache(
+            "drain",
+            512,
+            CacheConfig::new().cpu_partial_slabs(2).min_partial(10),
+        )
+        .unwrap();
     let per = c.objects_per_slab();
     let slabs: Vec<Ptrs> = (0..4).map(|_| alloc_n(&c, per)).collect();
     let _extra = alloc_n(&c, 1);
@@ -133,7 +155,11 @@ fn cpu_partial_list_drains_to_the_node() {
     assert_eq!(s.cpu_partial_drain, 1, "{s:?}");
     assert_eq!(s.free_add_partial, 2, "{s:?}");
     let info = c.info();
-    assert_eq!((info.node_partial_slabs, info.cpu_partial_slabs), (2, 1), "{info:?}");
+    assert_eq!(
+        (info.node_partial_slabs, info.cpu_partial_slabs),
+        (2, 1),
+        "{info:?}"
+    );
     for (i, s) in slabs.into_iter().enumerate() {
         let from = if i < 3 { 1 } else { 0 };
         free_all(&c, Ptrs(s.0[from..].to_vec()));
@@ -148,12 +174,14 @@ fn cpu_partial_list_drains_to_the_node() {
 fn node_partial_refill_and_cpu_partial_node() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
     // No CPU partial lists: frees into full slabs put them on the node list.
-    let c = k.create_cache("refill", 512, CacheConfig::new().cpu_partial_slabs(0)).unwrap();
+    let c = k
+        .create_cache("refill", 512, CacheConfig::new().cpu_partial_slabs(0))
+        .unwrap();
     let per = c.objects_per_slab();
     let a = alloc_n(&c, per);
     let b = alloc_n(&c, per);
     let _cur = alloc_n(&c, 1); // slab 3 is the CPU slab now
-    // SAFETY: from `c`, once each.
+                               // SAFETY: from `c`, once each.
     unsafe {
         c.free(a.0[0]);
         c.free(b.0[0]);
@@ -168,7 +196,9 @@ fn node_partial_refill_and_cpu_partial_node() {
     assert_eq!(c.info().num_slabs, slabs_before);
 
     // With CPU partial lists, get_partial_node also moves extra slabs to the CPU list.
-    let d = k.create_cache("refill-cpu", 512, CacheConfig::new().cpu_partial_slabs(8)).unwrap();
+    let d = k
+        .create_cache("refill-cpu", 512, CacheConfig::new().cpu_partial_slabs(8))
+        .unwrap();
     let per = d.objects_per_slab();
     let full: Vec<Ptrs> = (0..4).map(|_| alloc_n(&d, per)).collect();
     let _cur2 = alloc_n(&d, 1);
@@ -198,7 +228,13 @@ fn node_partial_refill_and_cpu_partial_node() {
 #[test]
 fn empty_slabs_beyond_min_partial_are_discarded() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
-    let c = k.create_cache("discard", 1024, CacheConfig::new().min_partial(1).cpu_partial_slabs(0)).unwrap();
+    let c = k
+        .create_cache(
+            "discard",
+            1024,
+            CacheConfig::new().min_partial(1).cpu_partial_slabs(0),
+        )
+        .unwrap();
     let per = c.objects_per_slab();
     let objs = alloc_n(&c, per * 5);
     assert_eq!(c.info().num_slabs, 5);
@@ -213,10 +249,24 @@ fn empty_slabs_beyond_min_partial_are_discarded() {
 
 #[test]
 fn order_fallback_under_a_memory_limit() {
-    let k = Kmem::builder().cpus(1).nodes(1).memory_limit(4 << 20).build().unwrap();
+    let k = Kmem::builder()
+        .cpus(1)
+        .nodes(1)
+        .memory_limit(4 << 20)
+        .build()
+        .unwrap();
     // Fill the only chunk with order-0 slabs, then free every other slab: no order >= 1 block
     // remains anywhere.
-    let small = k.create_cache("frag", 2048, CacheConfig::new().max_order(0).min_partial(0).cpu_partial_slabs(0)).unwrap();
+    let small = k
+        .create_cache(
+            "frag",
+            2048,
+            CacheConfig::new()
+                .max_order(0)
+                .min_partial(0)
+                .cpu_partial_slabs(0),
+        )
+        .unwrap();
     let mut objs = Vec::new();
     while let Some(p) = small.alloc() {
         objs.push(p);
@@ -228,7 +278,11 @@ fn order_fallback_under_a_memory_limit() {
             unsafe { small.free(*p) };
         }
     }
-    assert!(k.page_stats().free_blocks[1..].iter().all(|&n| n == 0), "{:?}", k.page_stats());
+    assert!(
+        k.page_stats().free_blocks[1..].iter().all(|&n| n == 0),
+        "{:?}",
+        k.page_stats()
+    );
     assert!(k.page_stats().free_blocks[0] > 0);
     let big = k.create_cache("big", 4096, CacheConfig::new()).unwrap();
     assert_eq!((big.order(), big.min_order()), (3, 0));
@@ -253,7 +307,9 @@ fn other_node_fallback_with_fake_nodes() {
     }
     let k = two_slots(2);
     assert_eq!((k.slot_node(0), k.slot_node(1)), (0, 1));
-    let c = k.create_cache("numa", 512, CacheConfig::new().cpu_partial_slabs(0)).unwrap();
+    let c = k
+        .create_cache("numa", 512, CacheConfig::new().cpu_partial_slabs(0))
+        .unwrap();
     let per = c.objects_per_slab();
     // On node 0: two full slabs, then one free in each -> two node-0 partial slabs.
     let (a, b, cur) = on_cpu(0, || (alloc_n(&c, per), alloc_n(&c, per), alloc_n(&c, 1)));
@@ -293,7 +349,10 @@ fn shrink_returns_every_slab_and_resident_memory() {
     assert_eq!((info.num_slabs, info.active_objs), (0, 0), "{info:?}");
     let after = k.page_stats();
     assert_eq!(after.free_bytes, after.mapped_bytes);
-    assert!(after.resident_bytes + (24 << 20) < before.resident_bytes, "{before:?} -> {after:?}");
+    assert!(
+        after.resident_bytes + (24 << 20) < before.resident_bytes,
+        "{before:?} -> {after:?}"
+    );
 }
 
 #[test]
@@ -359,8 +418,14 @@ fn typed_cache_drops_values_before_returning_memory() {
 
 #[test]
 fn typed_cache_gives_the_value_back_when_memory_runs_out() {
-    let k = Kmem::builder().cpus(1).nodes(1).memory_limit(1 << 20).build().unwrap();
-    let c: kmem::Cache<[u8; 4000]> = kmem::Cache::with_config(&k, "oom", CacheConfig::new()).unwrap();
+    let k = Kmem::builder()
+        .cpus(1)
+        .nodes(1)
+        .memory_limit(1 << 20)
+        .build()
+        .unwrap();
+    let c: kmem::Cache<[u8; 4000]> =
+        kmem::Cache::with_config(&k, "oom", CacheConfig::new()).unwrap();
     let mut boxes = Vec::new();
     let back = loop {
         match c.alloc([7; 4000]) {
@@ -377,16 +442,52 @@ fn typed_cache_gives_the_value_back_when_memory_runs_out() {
 fn bad_parameters_give_errors() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
     let cfg = CacheConfig::new;
-    assert!(matches!(k.create_cache("z", 0, cfg()), Err(KmemError::InvalidSize { size: 0, .. })));
-    assert!(matches!(k.create_cache("huge", 1 << 40, cfg()), Err(KmemError::InvalidSize { .. })));
-    assert!(matches!(k.create_cache("a", 64, cfg().align(48)), Err(KmemError::InvalidAlignment { align: 48, .. })));
-    assert!(matches!(k.create_cache("a", 64, cfg().align(1 << 20)), Err(KmemError::InvalidAlignment { .. })));
-    assert!(matches!(k.create_cache("", 64, cfg()), Err(KmemError::InvalidName { .. })));
-    assert!(matches!(k.create_cache(&"n".repeat(65), 64, cfg()), Err(KmemError::InvalidName { .. })));
-    assert!(matches!(Kmem::builder().cpus(0).build(), Err(KmemError::InvalidConfig { parameter: "cpus", .. })));
-    assert!(matches!(Kmem::builder().nodes(0).build(), Err(KmemError::InvalidConfig { parameter: "nodes", .. })));
-    let e = k.create_cache("msg", 64, cfg().align(48)).unwrap_err().to_string();
-    assert_eq!(e, "invalid alignment 48 for cache \"msg\": must be a power of two");
+    assert!(matches!(
+        k.create_cache("z", 0, cfg()),
+        Err(KmemError::InvalidSize { size: 0, .. })
+    ));
+    assert!(matches!(
+        k.create_cache("huge", 1 << 40, cfg()),
+        Err(KmemError::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        k.create_cache("a", 64, cfg().align(48)),
+        Err(KmemError::InvalidAlignment { align: 48, .. })
+    ));
+    assert!(matches!(
+        k.create_cache("a", 64, cfg().align(1 << 20)),
+        Err(KmemError::InvalidAlignment { .. })
+    ));
+    assert!(matches!(
+        k.create_cache("", 64, cfg()),
+        Err(KmemError::InvalidName { .. })
+    ));
+    assert!(matches!(
+        k.create_cache(&"n".repeat(65), 64, cfg()),
+        Err(KmemError::InvalidName { .. })
+    ));
+    assert!(matches!(
+        Kmem::builder().cpus(0).build(),
+        Err(KmemError::InvalidConfig {
+            parameter: "cpus",
+            ..
+        })
+    ));
+    assert!(matches!(
+        Kmem::builder().nodes(0).build(),
+        Err(KmemError::InvalidConfig {
+            parameter: "nodes",
+            ..
+        })
+    ));
+    let e = k
+        .create_cache("msg", 64, cfg().align(48))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "invalid alignment 48 for cache \"msg\": must be a power of two"
+    );
 }
 
 /// Runs this test binary again as a child executing only `name` with `KMEM_CHILD=1`, and
@@ -397,7 +498,10 @@ fn child(name: &str) -> (std::process::ExitStatus, String) {
         .env("KMEM_CHILD", "1")
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn in_child() -> bool {
@@ -406,8 +510,15 @@ fn in_child() -> bool {
 
 fn assert_aborted(status: std::process::ExitStatus, stderr: &str, needle: &str) {
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "child did not abort; stderr:\n{stderr}");
-    assert!(stderr.contains(needle), "missing {needle:?} in stderr:\n{stderr}");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "child did not abort; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "missing {needle:?} in stderr:\n{stderr}"
+    );
 }
 
 #[test]
@@ -423,7 +534,11 @@ fn freeing_an_object_of_another_cache_aborts_naming_both() {
         unreachable!();
     }
     let (st, err) = child("freeing_an_object_of_another_cache_aborts_naming_both");
-    assert_aborted(st, &err, "freed to cache \"cache-b\" belongs to cache \"cache-a\"");
+    assert_aborted(
+        st,
+        &err,
+        "freed to cache \"cache-b\" belongs to cache \"cache-a\"",
+    );
 }
 
 #[test]
@@ -454,5 +569,8 @@ fn destroy_with_live_objects_reports_and_leaks() {
     }
     let (st, err) = child("destroy_with_live_objects_reports_and_leaks");
     assert!(st.success(), "{err}");
-    assert!(err.contains("cache \"leaky\" destroyed with 3 object(s) still allocated in 1 slab(s)"), "{err}");
+    assert!(
+        err.contains("cache \"leaky\" destroyed with 3 object(s) still allocated in 1 slab(s)"),
+        "{err}"
+    );
 }

@@ -21,10 +21,16 @@ impl LiveSet {
         &self.0[(p >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58]
     }
     fn insert(&self, p: usize) {
-        assert!(self.shard(p).lock().unwrap().insert(p), "object {p:#x} handed out twice");
+        assert!(
+            self.shard(p).lock().unwrap().insert(p),
+            "object {p:#x} handed out twice"
+        );
     }
     fn remove(&self, p: usize) {
-        assert!(self.shard(p).lock().unwrap().remove(&p), "object {p:#x} freed but not live");
+        assert!(
+            self.shard(p).lock().unwrap().remove(&p),
+            "object {p:#x} freed but not live"
+        );
     }
 }
 
@@ -53,7 +59,11 @@ fn check(ptr: usize, len: usize, v: u64) {
     unsafe {
         let p = ptr as *const u64;
         for i in 0..len / 8 {
-            assert_eq!(p.add(i).read(), v ^ i as u64, "stamp lost at word {i} of {ptr:#x}");
+            assert_eq!(
+                p.add(i).read(),
+                v ^ i as u64,
+                "stamp lost at word {i} of {ptr:#x}"
+            );
         }
         if len < 8 {
             assert_eq!((ptr as *const u8).read(), v as u8);
@@ -85,7 +95,8 @@ fn run(k: &Kmem, threads: usize, rounds: usize) {
         })
         .collect();
     let live = LiveSet::new();
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<Vec<Obj>>()).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| mpsc::channel::<Vec<Obj>>()).unzip();
 
     std::thread::scope(|s| {
         for (t, rx) in receivers.into_iter().enumerate() {
@@ -112,7 +123,11 @@ fn run(k: &Kmem, threads: usize, rounds: usize) {
                         live.insert(p);
                         let v = (t as u64) << 48 | (round as u64) << 16 | j as u64;
                         stamp(p, c.object_size(), v);
-                        mine.push(Obj { cache: ci, ptr: p, stamp: v });
+                        mine.push(Obj {
+                            cache: ci,
+                            ptr: p,
+                            stamp: v,
+                        });
                     }
                     // Pass some to another thread; free some of ours; take what others sent.
                     if mine.len() > 32 {
@@ -166,7 +181,9 @@ fn free(caches: &[KmemCache], live: &LiveSet, o: Obj) {
 }
 
 fn threads() -> usize {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     (cores * 8).clamp(8, 32)
 }
 
@@ -189,7 +206,12 @@ fn stress_one_shared_slot() {
 #[cfg_attr(miri, ignore)]
 fn stress_fake_numa_under_a_limit() {
     // Four slots on two fake nodes, under a memory limit that forces reuse of freed pages.
-    let k = Kmem::builder().cpus(4).nodes(2).memory_limit(64 << 20).build().unwrap();
+    let k = Kmem::builder()
+        .cpus(4)
+        .nodes(2)
+        .memory_limit(64 << 20)
+        .build()
+        .unwrap();
     run(&k, threads(), 1500);
     assert!(k.page_stats().mapped_bytes <= 64 << 20);
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The test command of README.md, and what CI runs (.ci/run calls this file).
+#
+#   bash scripts/test.sh            # everything below
+#   KMEM_QUICK=1 bash scripts/test.sh   # skip loom mutants, Miri and TSAN (a quick local check)
+#
+# 1. unit, integration and doc tests of every workspace member (debug, then the stress tests
+#    again in release so the fast paths race at full speed);
+# 2. the loom models (loom-tests/run.sh) and the proof that each catches its planted bug
+#    (loom-tests/mutants.sh);
+# 3. Miri on the library's unit tests and ThreadSanitizer on the stress test (each prints a loud
+#    SKIPPED line and passes when its nightly component cannot be installed here);
+# 4. kmem-bench --quick: the main job must keep working.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+section() { printf '\n==== %s ====\n' "$*"; }
+t0=$SECONDS
+
+section "cargo test --workspace"
+cargo test --workspace
+section "stress tests in release"
+cargo test --release -p kmem --test stress
+
+if [ -x loom-tests/run.sh ] || [ -f loom-tests/run.sh ]; then
+  section "loom models"
+  bash loom-tests/run.sh
+  if [ -z "${KMEM_QUICK:-}" ] && [ -f loom-tests/mutants.sh ]; then
+    section "loom mutants: every planted bug must be caught"
+    bash loom-tests/mutants.sh
+  fi
+fi
+
+if [ -z "${KMEM_QUICK:-}" ]; then
+  if [ -f scripts/miri.sh ]; then section "Miri"; bash scripts/miri.sh; fi
+  if [ -f scripts/tsan.sh ]; then section "ThreadSanitizer"; bash scripts/tsan.sh; fi
+fi
+
+section "kmem-bench --quick"
+cargo run --release -p kmem-bench -- --quick --quiet
+
+section "done in $((SECONDS - t0)) s"
