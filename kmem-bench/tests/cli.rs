@@ -35,10 +35,17 @@ fn tiny_run_writes_table_csv_json_svg() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("machine:"), "{stdout}");
-    assert!(stdout.contains("== fastpath") && stdout.contains("== larson"), "{stdout}");
+    assert!(
+        stdout.contains("== fastpath") && stdout.contains("== larson"),
+        "{stdout}"
+    );
     let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
     // Header + 2 sizes x 2 allocators (fastpath) + 2 allocators (larson).
     assert_eq!(csv.lines().count(), 1 + 4 + 2, "{csv}");
@@ -75,7 +82,11 @@ fn child_reports_json_under_each_global_allocator() {
             .env("KMEM_BENCH_GLOBAL", alloc)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{alloc}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{alloc}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let r = &v["results"][0];
         assert_eq!(r["allocator"], alloc);
