@@ -747,6 +747,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // 32 threads x 4000 calls: a stress run, too slow interpreted
     fn current_cpu_is_below_possible_cpus_on_many_threads() {
         let n = possible_cpus();
         assert!(n >= 1);

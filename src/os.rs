@@ -255,10 +255,8 @@ mod tests {
     #[cfg_attr(miri, ignore)]
     fn page_size_matches_os() {
         // SAFETY: sysconf has no preconditions.
-        assert_eq!(
-            unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize,
-            OS_PAGE
-        );
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        assert_eq!(page as usize, OS_PAGE);
         assert!(resident_pages_of_process() > 0);
     }
 

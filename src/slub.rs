@@ -60,7 +60,7 @@ impl CacheInner {
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
         loop {
             let c = self.this_cpu();
-            let (object, tid) = c.freelist_tid.load();
+            let (object, tid) = c.freelist_tid.load_tag_then_word();
             if object == 0 || !self.cpu_node_matches(c, node) {
                 return self.slab_alloc_slow(c, node);
             }
@@ -89,8 +89,18 @@ impl CacheInner {
     pub(crate) unsafe fn do_slab_free(&self, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
         loop {
             let c = self.this_cpu();
-            let (freelist, tid) = c.freelist_tid.load();
-            if c.slab.load(Ordering::Acquire) != slab {
+            // The order matters: `{freelist, tid}` first, then `slab`. A slab change after the
+            // load advances the tid (the CAS fails); one before it is seen by the slab check.
+            let (freelist, tid, cur_slab) = if cfg!(kmem_mutant = "free_reads_slab_before_tid") {
+                // Planted bug (loom-tests): a refill between the two loads goes unnoticed.
+                let cur_slab = c.slab.load(Ordering::Acquire);
+                let (freelist, tid) = c.freelist_tid.load();
+                (freelist, tid, cur_slab)
+            } else {
+                let (freelist, tid) = c.freelist_tid.load_tag_then_word();
+                (freelist, tid, c.slab.load(Ordering::Acquire))
+            };
+            if cur_slab != slab {
                 c.stat_add(FreeSlowpath, cnt as u64);
                 // SAFETY: forwarded contract.
                 unsafe { self.slab_free_slow(c, slab, head, tail, cnt) };
@@ -145,8 +155,8 @@ impl CacheInner {
     #[cold]
     #[inline(never)]
     fn bad_free(&self, obj: *mut u8, page: Option<&Page>) -> ! {
-        let mut hex = crate::Hex::new();
-        let addr = hex.fmt(obj as usize);
+        let hex = crate::os::Num::hex(obj as u64);
+        let addr = hex.as_str();
         let Some(page) = page else {
             crate::abort_msg(&[
                 "kmem: free of ",
@@ -423,7 +433,7 @@ impl CacheInner {
     fn init_slab(&self, page: NonNull<Page>, order: u32, objects: u32, nid: usize) -> Refill {
         // SAFETY: a block just handed to us by the page allocator.
         let p = unsafe { page.as_ref() };
-        let base = p.address() as usize;
+        let base = crate::page::page_address(p) as usize;
         let size = self.geo.size;
         for i in 0..objects as usize {
             let obj = base + i * size;
@@ -621,11 +631,14 @@ impl CacheInner {
             let next = unsafe { s.next.get() };
             let nid = s.node();
             let n = self.node(nid);
-            if locked.as_ref().is_none_or(|(l, _)| *l != nid) {
+            let mutant = cfg!(kmem_mutant = "unfreeze_cas_before_list_lock");
+            if mutant {
+                // Planted bug (loom-tests): unfreeze first, take list_lock afterwards.
+                drop(locked.take());
+            } else if locked.as_ref().is_none_or(|(l, _)| *l != nid) {
                 drop(locked.take());
                 locked = Some((nid, n.list_lock.lock()));
             }
-            let g = &mut locked.as_mut().expect("locked above").1;
             let new = loop {
                 let old = s.slab_state();
                 let new = old.1.with_frozen(false);
@@ -635,6 +648,10 @@ impl CacheInner {
                 c.stat(CmpxchgDoubleFail);
                 retry_hint();
             };
+            if mutant {
+                locked = Some((nid, n.list_lock.lock()));
+            }
+            let g = &mut locked.as_mut().expect("locked above").1;
             if new.1.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
                 // SAFETY: ours; reuse `next` to chain the discard list.
                 unsafe { s.next.set(discard) };
@@ -704,7 +721,9 @@ impl CacheInner {
                 Mode::Full
             };
             let mut guard = match mode {
-                Mode::Partial => Some(n.list_lock.lock()),
+                Mode::Partial if !cfg!(kmem_mutant = "deactivate_decides_without_lock") => {
+                    Some(n.list_lock.lock())
+                }
                 _ => None,
             };
             if !s.slab_cas((old_fl, old), (new_fl, new)) {
@@ -712,6 +731,12 @@ impl CacheInner {
                 c.stat(CmpxchgDoubleFail);
                 retry_hint();
                 continue;
+            }
+            if cfg!(kmem_mutant = "deactivate_decides_without_lock")
+                && matches!(mode, Mode::Partial)
+            {
+                // Planted bug (loom-tests): the slab is unfrozen before list_lock is taken.
+                guard = Some(n.list_lock.lock());
             }
             match mode {
                 Mode::Partial => {
@@ -819,8 +844,23 @@ impl CacheInner {
         }
         let c = self.this_cpu();
         let _guard = c.lock.lock();
-        let (mut slab, mut freelist, tid) = c.detach(self.tid_step);
         let mut i = 0;
+        if cfg!(kmem_mutant = "bulk_pop_without_tid_cas") {
+            // Planted bug (loom-tests): pops the CPU freelist with plain stores and no tid bump,
+            // trusting the slot lock, which the lockless fast paths do not take.
+            while i < out.len() {
+                let (fl, tid) = c.freelist_tid.load();
+                if fl == 0 {
+                    break;
+                }
+                // SAFETY: as in slab_alloc (a speculative read of an object on the freelist).
+                let next = unsafe { get_freepointer(fl, self.offset) };
+                c.freelist_tid.store(next, tid);
+                out[i] = fl as *mut u8;
+                i += 1;
+            }
+        }
+        let (mut slab, mut freelist, tid) = c.detach(self.tid_step);
         while i < out.len() {
             if freelist == 0 {
                 c.stat(AllocSlowpath);
@@ -903,15 +943,17 @@ impl CacheInner {
             return;
         }
         let info = s.slabinfo();
-        let mut a = crate::Hex::new();
-        let mut b = crate::Hex::new();
-        crate::warn_msg(&[
+        let (a, b) = (
+            crate::os::Num::dec(info.active_objs as u64),
+            crate::os::Num::dec(info.num_slabs as u64),
+        );
+        crate::os::write_stderr(&[
             "kmem: cache \"",
             s.name(),
             "\" destroyed with ",
-            a.dec(info.active_objs),
+            a.as_str(),
             " object(s) still allocated in ",
-            b.dec(info.num_slabs),
+            b.as_str(),
             " slab(s); those slabs are leaked, not freed under their users",
         ]);
         s.kmem().mark_leaked();

@@ -179,12 +179,6 @@ impl Page {
         self.info.store(info.0, Ordering::Release)
     }
 
-    /// The address of the memory this page describes.
-    #[inline(always)]
-    pub(crate) fn address(&self) -> *mut u8 {
-        self.addr as *mut u8
-    }
-
     /// The node this page belongs to.
     #[inline]
     pub(crate) fn node(&self) -> usize {

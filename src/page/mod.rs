@@ -104,7 +104,13 @@ pub(crate) const PAGES_PER_CHUNK: usize = 1 << MAX_ORDER;
 const NR_ORDERS: usize = MAX_ORDER as usize + 1;
 /// Free blocks of this order or larger are returned to the OS as soon as they form.
 pub(crate) const RELEASE_ORDER: u32 = if MAX_ORDER < 9 { MAX_ORDER } else { 9 };
-/// Length of [`PageStats::free_blocks`].
+/// Length of [`PageStats::free_blocks`]: one entry per block order `0..=10` (4 KiB pages up to
+/// 4 MiB blocks).
+///
+/// ```
+/// let s = kmem::PageStats::default();
+/// assert_eq!(s.free_blocks.len(), kmem::STATS_ORDERS);
+/// ```
 pub const STATS_ORDERS: usize = 11;
 
 const _: () = assert!(NR_ORDERS <= STATS_ORDERS);
@@ -305,21 +311,21 @@ impl ChunkMeta {
 
 /// The chunk metadata and page index of a genuine descriptor.
 ///
+/// Goes through the radix table rather than stepping back from `p`: a descriptor pointer made
+/// from a `&Page` only has provenance over those 64 bytes, while the table's pointer covers the
+/// whole metadata mapping.
+///
 /// # Safety
-/// `p` points into the `pages` array of a live `ChunkMeta`.
+/// `p` is a descriptor of a registered (live) chunk.
 #[inline(always)]
 unsafe fn chunk_of(p: *const Page) -> (*mut ChunkMeta, usize) {
     // SAFETY: `p` is a live descriptor (caller contract); `addr` is immutable.
     let addr = unsafe { (*p).addr };
     let idx = (addr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
-    // SAFETY: descriptor `idx` is `p`, so stepping back `idx` stays inside the array, and the
-    // array sits at a fixed offset inside the header allocation.
-    let meta = unsafe {
-        p.sub(idx)
-            .cast::<u8>()
-            .sub(core::mem::offset_of!(ChunkMeta, pages))
-    };
-    (meta as *mut ChunkMeta, idx)
+    match radix::lookup(addr) {
+        Some(meta) => (meta.as_ptr(), idx),
+        None => crate::abort_msg(&["kmem: internal error: descriptor of an unregistered chunk"]),
+    }
 }
 
 /// The descriptor of the page containing `ptr` if it lies in a registered chunk.
@@ -356,6 +362,26 @@ pub(crate) fn virt_to_page(ptr: *const u8) -> Option<&'static Page> {
     Some(unsafe { &*p })
 }
 
+/// The memory described by a descriptor of a live chunk, derived from the chunk's base pointer
+/// (so it keeps the mapping's provenance, unlike [`Page::address`], which casts an integer).
+#[allow(dead_code)] // for the slab layer (Miri runs it with strict provenance checks)
+pub(crate) fn page_address(page: &Page) -> *mut u8 {
+    // SAFETY: `page` is a descriptor of a live chunk (the only way to get a `&Page` outside
+    // chunk set-up), so its chunk header is initialised.
+    unsafe {
+        let (meta, idx) = chunk_of(page);
+        (*meta).base.add(idx << PAGE_SHIFT)
+    }
+}
+
+/// Why `take_free` found nothing.
+enum Empty {
+    /// The free lists are empty.
+    Empty,
+    /// The free lists are empty but blocks are in transit and will be back shortly.
+    InTransit,
+}
+
 /// The free lists and counters of one node.
 struct BuddyState {
     free: [*mut Page; NR_ORDERS],
@@ -369,6 +395,11 @@ struct BuddyState {
     released_total: u64,
     allocs: u64,
     frees: u64,
+    /// Free blocks detached while the lock is dropped for `madvise` ("in transit"). While
+    /// non-zero, an allocation that finds the free lists empty waits for them instead of
+    /// mapping a new chunk (found by loom model m8: a spare chunk, or a spurious failure under
+    /// the limit).
+    transit: usize,
 }
 
 // SAFETY: the raw pointers name descriptors and chunks owned by this node; the state is only
@@ -428,6 +459,9 @@ impl BuddyState {
     }
 }
 
+/// The owner of a chunk leaked by a dropped allocator (never a real, aligned budget address).
+const LEAKED_OWNER: *const PageBudget = core::ptr::dangling::<PageBudget>();
+
 /// The marker of a block detached from the lists while it is being freed or released.
 #[inline]
 fn in_transit(node: usize) -> PageInfo {
@@ -484,6 +518,7 @@ impl PageAllocator {
                     released_total: 0,
                     allocs: 0,
                     frees: 0,
+                    transit: 0,
                 },
             ),
             failed: AtomicU64::new(0),
@@ -529,11 +564,21 @@ impl PageAllocator {
             return self.fail(true);
         }
         let mut reclaimed = false;
+        let mut backoff = crate::sync::Backoff::new();
         loop {
-            if let Some((page, released)) = self.take_free(order) {
-                self.finish_alloc(page, order, released, flags);
-                // SAFETY: descriptors are never null.
-                return Some(unsafe { NonNull::new_unchecked(page) });
+            match self.take_free(order) {
+                Ok((page, released)) => {
+                    self.finish_alloc(page, order, released, flags);
+                    // SAFETY: descriptors are never null.
+                    return Some(unsafe { NonNull::new_unchecked(page) });
+                }
+                Err(Empty::InTransit) => {
+                    // Free memory is on its way back to the lists (a concurrent madvise):
+                    // wait for it rather than mapping a chunk we do not need.
+                    backoff.snooze();
+                    continue;
+                }
+                Err(Empty::Empty) => {}
             }
             match self.grow() {
                 Grow::Grown => continue,
@@ -555,14 +600,16 @@ impl PageAllocator {
 
     /// Takes a free block of exactly `order` (splitting a larger one), marks its head
     /// `Block`, and says whether its memory is released (zero).
-    fn take_free(&self, order: u32) -> Option<(*mut Page, bool)> {
+    fn take_free(&self, order: u32) -> Result<(*mut Page, bool), Empty> {
         let mut st = self.state.lock();
         let mut o = order;
         while (o as usize) < NR_ORDERS && st.free[o as usize].is_null() {
             o += 1;
         }
         if o as usize >= NR_ORDERS {
-            return None;
+            // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
+            let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
+            return Err(if wait { Empty::InTransit } else { Empty::Empty });
         }
         let p = st.free[o as usize];
         // SAFETY: `p` is a free head on list `o` of this node; the lock is held.
@@ -582,7 +629,7 @@ impl PageAllocator {
         // SAFETY: `p` is ours now.
         unsafe { (*p).set_info(PageInfo::head(PageKind::Block, order, self.node, false)) };
         st.allocs += 1;
-        Some((p, released))
+        Ok((p, released))
     }
 
     /// Writes the tail descriptors and zeroes if asked; runs without the lock (the block is
@@ -722,22 +769,27 @@ impl PageAllocator {
         // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor; a
         // garbage pointer is the caller's bug and is caught by the check below when readable.
         let addr = unsafe { (*p).addr };
-        match page_of(addr) {
-            Some(q) if q == p => {}
+        let p = match page_of(addr) {
+            // From here on use the table's pointer: it carries the metadata's provenance.
+            Some(q) if q == p => q,
             _ => bad_free(
                 "not a kmem page descriptor (no registered chunk describes it)",
                 addr,
                 order,
                 None,
             ),
-        }
+        };
         // SAFETY: `p` is a genuine descriptor of a registered chunk (checked above).
         let (meta, _) = unsafe { chunk_of(p) };
         // SAFETY: registered chunk headers are initialised and immutable (except `next`).
         let (owner, node) = unsafe { ((*meta).budget, (*meta).node) };
         if owner != self.budget {
             bad_free(
-                "block belongs to another allocator instance",
+                if owner == LEAKED_OWNER {
+                    "block belongs to a dropped allocator (its chunk was leaked)"
+                } else {
+                    "block belongs to another allocator instance"
+                },
                 addr,
                 order,
                 None,
@@ -836,7 +888,10 @@ impl PageAllocator {
                 let b = unsafe { ChunkMeta::page(meta, bidx) };
                 // SAFETY: genuine descriptor.
                 let bi = unsafe { &*b }.info();
-                if bi.kind() != PageKind::Free || bi.order() != order {
+                // (Planted bug for loom-tests: merging with a free buddy of another order.)
+                if bi.kind() != PageKind::Free
+                    || (bi.order() != order && !cfg!(kmem_mutant = "buddy_merge_skips_order_check"))
+                {
                     break;
                 }
                 // SAFETY: a Free head of this node's chunk is on list `order`; lock held.
@@ -848,10 +903,12 @@ impl PageAllocator {
                 if released != bi.released() {
                     if new_order >= RELEASE_ORDER {
                         let dirty = if released { bidx } else { idx };
+                        st.transit += 1;
                         drop(st);
                         // SAFETY: the dirty half is a detached free block of ours.
                         unsafe { os::release(base.add(dirty << PAGE_SHIFT), PAGE_SIZE << order) };
                         st = self.state.lock();
+                        st.transit -= 1;
                         st.released_total += (PAGE_SIZE << order) as u64;
                         released = true;
                     } else {
@@ -869,10 +926,12 @@ impl PageAllocator {
                 order = new_order;
             }
             if order >= RELEASE_ORDER && !released {
+                st.transit += 1;
                 drop(st);
                 // SAFETY: a detached free block of ours.
                 unsafe { os::release(base.add(idx << PAGE_SHIFT), PAGE_SIZE << order) };
                 st = self.state.lock();
+                st.transit -= 1;
                 st.released_total += (PAGE_SIZE << order) as u64;
                 released = true;
                 // A buddy may have been freed while we were unlocked.
@@ -903,6 +962,7 @@ impl PageAllocator {
                         let next = (*p).lru_next.get();
                         if !(*p).info().released() {
                             st.unlink(p, o);
+                            st.transit += 1;
                             (*p).set_info(in_transit(self.node));
                             (*p).slabs.set(o);
                             (*p).next.set(detached);
@@ -926,6 +986,7 @@ impl PageAllocator {
                 (*p).next.set(null_mut());
                 (*p).slabs.set(0);
                 let mut st = self.state.lock();
+                st.transit -= 1;
                 st.released_total += (PAGE_SIZE << order) as u64;
                 self.insert_merging(st, p, order, true);
                 p = next;
@@ -984,7 +1045,10 @@ impl Drop for PageAllocator {
                     Self::destroy_chunk(chunk);
                     self.budget().unreserve(usable << PAGE_SHIFT);
                 } else {
-                    // Someone may still point into it: leak it, registered, forever.
+                    // Someone may still point into it: leak it, registered and mapped,
+                    // forever. Its owner becomes a sentinel no live budget can equal, so a late
+                    // free into it is refused even if a new budget reuses this one's address.
+                    ptr::addr_of_mut!((*chunk).budget).write(LEAKED_OWNER);
                     leaked_chunks += 1;
                     leaked_bytes += (usable << PAGE_SHIFT) as u64;
                 }

@@ -6,19 +6,23 @@ use std::vec::Vec;
 
 const NORETRY: GfpFlags = GfpFlags::NORETRY;
 
-/// A budget and one node; the budget is boxed so its address is stable.
+/// A budget and its nodes; the budget is a leaked-then-reclaimed box so its address is stable
+/// (a raw pointer: moving a `Box` would invalidate the nodes' pointers under Stacked Borrows).
 struct Fixture {
     nodes: Vec<PageAllocator>,
-    _budget: Box<PageBudget>,
+    budget: *mut PageBudget,
 }
+
+// SAFETY: the budget is Sync (atomics) and outlives the nodes; the raw pointer is only a
+// stable address.
+unsafe impl Sync for Fixture {}
 
 impl Fixture {
     fn new(limit: usize, fault: FaultInjection, nodes: usize) -> Self {
-        let budget = Box::new(PageBudget::new(limit, fault));
-        let b: *const PageBudget = &*budget;
+        let budget = Box::into_raw(Box::new(PageBudget::new(limit, fault)));
         Fixture {
-            nodes: (0..nodes).map(|n| PageAllocator::new(n, b)).collect(),
-            _budget: budget,
+            nodes: (0..nodes).map(|n| PageAllocator::new(n, budget)).collect(),
+            budget,
         }
     }
     fn one(limit: usize) -> Self {
@@ -40,12 +44,17 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // Nodes first: they reference the budget.
         self.nodes.clear();
+        // SAFETY: from Box::into_raw in `new`; no node refers to it any more.
+        drop(unsafe { Box::from_raw(self.budget) });
     }
 }
 
 fn mem(p: NonNull<Page>) -> *mut u8 {
     // SAFETY: descriptors handed out by alloc_pages are live.
-    unsafe { p.as_ref() }.address()
+    let page = unsafe { p.as_ref() };
+    let m = page_address(page);
+    assert_eq!(m as usize, page.addr);
+    m
 }
 
 struct Rng(u64);
@@ -97,6 +106,7 @@ fn split_and_coalesce_a_whole_chunk() {
     for &p in &pages {
         // SAFETY: our page.
         unsafe { mem(p).write_bytes(0x5a, PAGE_SIZE) };
+        // SAFETY: a live descriptor.
         let info = unsafe { p.as_ref() }.info();
         assert_eq!(info.kind(), PageKind::Block);
         assert_eq!(info.order(), 0);
@@ -129,11 +139,15 @@ fn interior_pointers_find_the_head_and_foreign_pointers_none() {
     }
     let local = 0u64;
     assert!(virt_to_page(&local as *const u64 as *const u8).is_none());
-    assert!(virt_to_page(Box::into_raw(Box::new(0u8)) as *const u8).is_none());
+    let boxed = Box::new(0u8);
+    assert!(virt_to_page(&*boxed).is_none());
     assert!(virt_to_page(core::ptr::null()).is_none());
-    assert!(virt_to_page(usize::MAX as *const u8).is_none());
+    assert!(virt_to_page(ptr::null::<u8>().wrapping_add(usize::MAX)).is_none());
+    // Free through the descriptor found from an interior pointer, as kfree does (its `&Page`
+    // only has provenance over 64 bytes; free_pages must not step outside it).
+    let found = NonNull::from(virt_to_page(base.wrapping_add(PAGE_SIZE + 1)).unwrap());
     // SAFETY: allocated above.
-    unsafe { f.pa().free_pages(p, order) };
+    unsafe { f.pa().free_pages(found, order) };
     // A pointer into free memory finds a free head.
     // SAFETY: still mapped (chunks stay mapped while the allocator lives).
     let h = virt_to_page(unsafe { base.add(PAGE_SIZE) }).unwrap();
@@ -186,8 +200,8 @@ fn partial_last_chunk_respects_the_limit() {
     assert!(f.pa().alloc_pages(0, NORETRY).is_none());
     assert!(f.pa().alloc_pages(1, NORETRY).is_none());
     // Pages past the usable end are Absent.
-    let chunk = mem(a) as usize & !(CHUNK_SIZE - 1);
-    let absent = virt_to_page((chunk + 6 * PAGE_SIZE) as *const u8).unwrap();
+    let chunk = mem(a).wrapping_sub(mem(a) as usize & (CHUNK_SIZE - 1));
+    let absent = virt_to_page(chunk.wrapping_add(6 * PAGE_SIZE)).unwrap();
     assert_eq!(absent.info().kind(), PageKind::Absent);
     // SAFETY: allocated above.
     unsafe {
@@ -207,23 +221,25 @@ fn partial_last_chunk_respects_the_limit() {
 fn limit_is_never_exceeded_under_concurrency() {
     let limit = 3 * CHUNK_SIZE + CHUNK_SIZE / 2;
     let f = Fixture::new(limit, FaultInjection::None, 2);
-    let iters = if cfg!(miri) { 60 } else { 20_000 };
+    let iters = if cfg!(miri) { 60 } else { 50_000 };
     let f = &f;
     std::thread::scope(|s| {
         for t in 0..4u64 {
             s.spawn(move || {
-                let pa = &f.nodes[t as usize % 2];
                 let mut rng = Rng(0x9e37_79b9 + t * 7919);
-                let mut held: Vec<(NonNull<Page>, u32)> = Vec::new();
+                let mut held: Vec<(NonNull<Page>, u32, usize)> = Vec::new();
+                let mut want_free = false;
                 for i in 0..iters {
-                    if held.is_empty() || rng.below(3) != 0 {
+                    if !want_free && (held.is_empty() || rng.below(3) != 0) {
                         let order = (rng.next() % (MAX_ORDER as u64 + 1)) as u32;
                         let order = if rng.below(4) == 0 {
                             order
                         } else {
                             order.min(2)
                         };
-                        if let Some(p) = pa.alloc_pages(order, NORETRY) {
+                        // Either node: a node cannot use the budget another node has mapped.
+                        let node = rng.below(2);
+                        if let Some(p) = f.nodes[node].alloc_pages(order, NORETRY) {
                             let m = mem(p) as *mut usize;
                             let tag = m as usize ^ order as usize;
                             // SAFETY: our block of at least one page.
@@ -231,17 +247,21 @@ fn limit_is_never_exceeded_under_concurrency() {
                                 m.write(tag);
                                 m.add((PAGE_SIZE << order) / 8 - 1).write(tag);
                             }
-                            held.push((p, order));
+                            held.push((p, order, node));
+                        } else {
+                            // At the limit: free something next, so the test keeps cycling.
+                            want_free = !held.is_empty();
                         }
                     } else {
-                        let (p, order) = held.swap_remove(rng.below(held.len()));
+                        want_free = false;
+                        let (p, order, node) = held.swap_remove(rng.below(held.len()));
                         let m = mem(p) as *mut usize;
                         let tag = m as usize ^ order as usize;
                         // SAFETY: our block; tags detect overlapping allocations.
                         unsafe {
                             assert_eq!(m.read(), tag);
                             assert_eq!(m.add((PAGE_SIZE << order) / 8 - 1).read(), tag);
-                            pa.free_pages(p, order);
+                            f.nodes[node].free_pages(p, order);
                         }
                     }
                     if i % 64 == 0 {
@@ -253,9 +273,9 @@ fn limit_is_never_exceeded_under_concurrency() {
                         assert!(st.resident_bytes <= st.mapped_bytes);
                     }
                 }
-                for (p, order) in held {
+                for (p, order, node) in held {
                     // SAFETY: still ours.
-                    unsafe { pa.free_pages(p, order) };
+                    unsafe { f.nodes[node].free_pages(p, order) };
                 }
             });
         }
@@ -263,6 +283,12 @@ fn limit_is_never_exceeded_under_concurrency() {
     let s = f.stats();
     assert!(s.mapped_bytes <= limit);
     assert_eq!(s.free_bytes, s.mapped_bytes, "{s:?}");
+    assert_eq!(s.allocs, s.frees);
+    assert!(
+        s.allocs >= iters as u64,
+        "too few successful allocations: {s:?}"
+    );
+    assert!(s.failed_allocs > 0, "the limit was never reached: {s:?}");
     // Every full chunk coalesced back into one block; the partial one into its carving.
     for n in &f.nodes {
         let mut one = PageStats::default();
