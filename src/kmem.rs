@@ -106,6 +106,61 @@ impl KmemShared {
         r.count -= 1;
     }
 
+    /// Fork support (the `pthread_atfork` prepare handler in `kmalloc.rs`): takes every lock of
+    /// this instance, in lock order, and returns with all of them held and no guard:
+    /// the registry lock, then every slot lock of every cache, then every node `list_lock` of
+    /// every cache, then every node's page lock. Taking a whole level before the next keeps the
+    /// walk consistent with the lock order (no kmem path holds a lower-level lock while waiting
+    /// for a higher-level one), so the walk cannot deadlock with running allocations.
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) fn fork_lock_all(&self) {
+        let r = self.registry.lock();
+        let each = |f: &dyn Fn(&CacheInner)| {
+            let mut p = r.head;
+            while !p.is_null() {
+                // SAFETY: registered caches stay alive while the registry lock is held.
+                let c = unsafe { &*p };
+                f(c);
+                // SAFETY: as above.
+                p = unsafe { c.reg_next.get() };
+            }
+        };
+        each(&|c| (0..c.nr_cpus).for_each(|i| c.cpu(i).lock.raw_lock()));
+        each(&|c| (0..c.nr_nodes).for_each(|n| c.node(n).list_lock.raw_lock()));
+        for nid in 0..self.nr_nodes {
+            self.node_pages(nid).fork_lock();
+        }
+        core::mem::forget(r);
+    }
+
+    /// Fork support (parent and child handlers): releases every lock [`Self::fork_lock_all`]
+    /// took.
+    ///
+    /// # Safety
+    /// The calling thread ran `fork_lock_all` on this instance (in the child: the forking thread
+    /// did) and has not released the locks since.
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) unsafe fn fork_unlock_all(&self) {
+        for nid in 0..self.nr_nodes {
+            // SAFETY: taken by fork_lock_all (contract).
+            unsafe { self.node_pages(nid).fork_unlock() };
+        }
+        // SAFETY: the registry lock was taken by fork_lock_all (contract); dropping `r` at the
+        // end releases it.
+        let r = unsafe { self.registry.adopt_raw() };
+        let mut p = r.head;
+        while !p.is_null() {
+            // SAFETY: registered caches stay alive while the registry lock is held; their slot
+            // and list locks were taken by fork_lock_all (contract).
+            unsafe {
+                let c = &*p;
+                (0..c.nr_nodes).for_each(|n| c.node(n).list_lock.raw_unlock());
+                (0..c.nr_cpus).for_each(|i| c.cpu(i).lock.raw_unlock());
+                p = c.reg_next.get();
+            }
+        }
+    }
+
     /// Calls `f` on every registered cache, under the registry lock.
     fn for_each_cache(&self, mut f: impl FnMut(&CacheInner)) {
         let r = self.registry.lock();
@@ -208,11 +263,22 @@ impl Kmem {
             return Some(k);
         }
         GLOBAL.get_or_try_init(|| {
-            KmemBuilder::default()
+            let k = KmemBuilder::default()
                 .build_shared()
                 .ok()
-                .map(|shared| Kmem { shared })
+                .map(|shared| Kmem { shared })?;
+            // kmalloc.rs: lock every lock of the global instance across fork() (once).
+            #[cfg(not(any(loom, miri)))]
+            crate::kmalloc::register_fork_handlers();
+            Some(k)
         })
+    }
+
+    /// The global instance if it has been built (never builds it: for the fork handlers).
+    #[cfg(not(any(loom, miri)))]
+    #[inline]
+    pub(crate) fn global_if_ready() -> Option<&'static Kmem> {
+        GLOBAL.get()
     }
 
     /// A builder for a private instance.

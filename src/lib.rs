@@ -43,6 +43,8 @@ mod cache;
 pub mod cpu;
 mod cpu_slab;
 mod error;
+#[cfg(not(loom))]
+mod kmalloc;
 mod kmem;
 mod node;
 mod os;
@@ -55,6 +57,14 @@ mod typed;
 
 pub use cache::{CacheConfig, CacheFlags, KmemCache, CACHE_LINE_SIZE};
 pub use error::KmemError;
+#[cfg(all(feature = "debug-reentrancy", not(loom)))]
+#[doc(hidden)]
+pub use kmalloc::kmalloc_reentrancy_simulate_enter;
+#[cfg(not(loom))]
+pub use kmalloc::{
+    kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc,
+    KMALLOC_MAX_CACHE_SIZE,
+};
 pub use kmem::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
 pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};

@@ -519,6 +519,34 @@ impl<T> SpinLock<T> {
     pub(crate) unsafe fn force_unlock(&self) {
         self.owner.store(0, Ordering::Release);
     }
+
+    /// Takes the lock and keeps it held with no guard: for `pthread_atfork` prepare handlers
+    /// (see `kmalloc.rs`), which cannot hand a guard to the parent/child handlers. Release it
+    /// with [`SpinLock::raw_unlock`] or adopt it with [`SpinLock::adopt_raw`].
+    #[cfg(not(loom))]
+    pub(crate) fn raw_lock(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`SpinLock::raw_lock`].
+    ///
+    /// # Safety
+    /// The calling thread took the lock with `raw_lock` (in a forked child: the forking thread
+    /// did, in its prepare handler) and no guard of it exists.
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn raw_unlock(&self) {
+        self.owner.store(0, Ordering::Release);
+    }
+
+    /// A guard for a lock taken with [`SpinLock::raw_lock`], so that its data can be read and
+    /// the lock released by dropping the guard.
+    ///
+    /// # Safety
+    /// As [`SpinLock::raw_unlock`].
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn adopt_raw(&self) -> SpinGuard<'_, T> {
+        SpinGuard { lock: self }
+    }
 }
 
 impl<T> Deref for SpinGuard<'_, T> {

@@ -995,6 +995,23 @@ impl PageAllocator {
         total
     }
 
+    /// Fork support (`kmalloc.rs`): takes this node's page lock and keeps it held with no guard,
+    /// so that a `fork` cannot copy it in a locked state. Undo with [`PageAllocator::fork_unlock`].
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) fn fork_lock(&self) {
+        self.state.raw_lock();
+    }
+
+    /// Fork support: releases the page lock taken by [`PageAllocator::fork_lock`].
+    ///
+    /// # Safety
+    /// The calling thread took it with `fork_lock` (in the child: the forking thread did).
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) unsafe fn fork_unlock(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.state.raw_unlock() }
+    }
+
     /// Adds this node's figures into `out` (`limit_bytes` is set, not added: it is shared).
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) fn add_stats(&self, out: &mut PageStats) {
