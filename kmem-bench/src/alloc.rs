@@ -114,29 +114,10 @@ impl Backend {
 
 /// kmem's backend: the one place that names kmem's API.
 pub mod kmem_backend {
-    #[cfg(feature = "kmem-wired")]
-    mod global {
-        /// Whether kmem's real allocator is behind this module.
-        pub const WIRED: bool = true;
-        /// The `GlobalAlloc` value for kmem.
-        pub type Alloc = kmem::Kmalloc;
-        /// The value itself.
-        pub const ALLOC: Alloc = kmem::Kmalloc::new();
-    }
-
-    /// Stand-in while kmem's library does not yet export `Kmalloc`: the kmem allocator is
-    /// reported as not wired and left out of every run.
-    #[cfg(not(feature = "kmem-wired"))]
-    mod global {
-        /// Whether kmem's real allocator is behind this module.
-        pub const WIRED: bool = false;
-        /// Placeholder type (never measured: the runner skips kmem while `WIRED` is false).
-        pub type Alloc = std::alloc::System;
-        /// The value itself.
-        pub const ALLOC: Alloc = std::alloc::System;
-    }
-
-    pub use global::{Alloc, ALLOC, WIRED};
+    /// The `GlobalAlloc` value for kmem.
+    pub type Alloc = kmem::Kmalloc;
+    /// The value itself.
+    pub const ALLOC: Alloc = kmem::Kmalloc::new();
 
     /// Flushes every cache's CPU slabs, discards empty slabs and returns free pages to the OS.
     pub fn release() -> &'static str {

@@ -306,11 +306,7 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
     let mut params = cli.params(cores);
     let workloads = cli.workloads();
     let mut notes: Vec<String> = Vec::new();
-    let mut allocs = cli.allocators();
-    if !kmem_backend::WIRED && allocs.contains(&Backend::Kmem) {
-        allocs.retain(|&b| b != Backend::Kmem);
-        notes.push("kmem is not wired into this build (library lacks Kmalloc): skipped".into());
-    }
+    let allocs = cli.allocators();
     if allocs.is_empty() {
         return Err("no allocator left to measure".into());
     }
