@@ -23,7 +23,7 @@ fn tiny_run_writes_table_csv_json_svg() {
             "-w",
             "fastpath,larson",
             "-a",
-            "system,mimalloc",
+            "kmem,system",
             "--runs",
             "2",
             "--duration",
@@ -74,7 +74,7 @@ fn tiny_run_writes_table_csv_json_svg() {
 
 #[test]
 fn child_reports_json_under_each_global_allocator() {
-    for alloc in ["system", "mimalloc", "jemalloc"] {
+    for alloc in ["kmem", "system", "mimalloc", "jemalloc"] {
         let params = r#"{"duration_ms":10,"runs":1,"threads":2,"sizes":[64],"working_set":20,
             "frag_mib":4,"seed":1,"slabinfo":false,"cache_host":null}"#;
         let out = exe()
@@ -104,4 +104,30 @@ fn unknown_global_allocator_aborts() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("KMEM_BENCH_GLOBAL"));
+}
+
+#[test]
+fn kmem_child_measures_typed_cache_and_reports_slabinfo() {
+    let params = r#"{"duration_ms":10,"runs":1,"threads":2,"sizes":[64],"working_set":20,
+        "frag_mib":4,"seed":1,"slabinfo":true,"cache_host":"kmem"}"#;
+    let out = exe()
+        .args(["--child", "objects", "--child-params", params])
+        .env("KMEM_BENCH_GLOBAL", "kmem")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let allocs: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["allocator"].as_str().unwrap())
+        .collect();
+    assert_eq!(allocs, ["kmem", "kmem-cache", "kmem", "kmem-cache"]);
+    let slabinfo = v["slabinfo"].as_str().unwrap();
+    assert!(slabinfo.contains("kmalloc-64"), "{slabinfo}");
 }
