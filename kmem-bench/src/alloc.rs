@@ -1,0 +1,339 @@
+//! The allocators under test, behind one enum, and the dispatching `#[global_allocator]`.
+//!
+//! Every allocator is measured through the same code path: a value implementing
+//! [`GlobalAlloc`] (`kmem::Kmalloc`, `std::alloc::System`, `mimalloc::MiMalloc`,
+//! `tikv_jemallocator::Jemalloc`). Workloads are generic over `A: GlobalAlloc`, and
+//! [`with_backend!`](crate::with_backend) monomorphises them for the chosen one, so no workload
+//! pays a dynamic dispatch that another does not.
+//!
+//! The binary's own global allocator is [`Dispatch`]: on its first call it reads
+//! [`GLOBAL_ENV`] with `libc::getenv` (which does not allocate) and forwards every later call
+//! to that backend. The parent process runs with the default (`system`); child processes are
+//! started with the variable set, so that whole-program behaviour (RSS, thread stacks'
+//! allocations, the harness's own vectors) belongs to the allocator under test.
+//!
+//! This is the only module that names kmem's allocator API.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that selects the global allocator of a (child) process.
+pub const GLOBAL_ENV: &str = "KMEM_BENCH_GLOBAL";
+
+/// One allocator under test.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// kmem's `Kmalloc` (the kmalloc size classes over SLUB caches).
+    Kmem,
+    /// glibc malloc through `std::alloc::System`.
+    System,
+    /// mimalloc through `mimalloc::MiMalloc`.
+    Mimalloc,
+    /// jemalloc through `tikv_jemallocator::Jemalloc`.
+    Jemalloc,
+}
+
+impl Backend {
+    /// All backends, kmem first (the reference for ratios).
+    pub const ALL: [Backend; 4] = [
+        Backend::Kmem,
+        Backend::System,
+        Backend::Mimalloc,
+        Backend::Jemalloc,
+    ];
+
+    /// The name used on the command line, in `KMEM_BENCH_GLOBAL` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kmem => "kmem",
+            Backend::System => "system",
+            Backend::Mimalloc => "mimalloc",
+            Backend::Jemalloc => "jemalloc",
+        }
+    }
+
+    /// Parses a name as written by [`Backend::name`].
+    pub fn from_name(s: &[u8]) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name().as_bytes() == s)
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Backend::Kmem => 1,
+            Backend::System => 2,
+            Backend::Mimalloc => 3,
+            Backend::Jemalloc => 4,
+        }
+    }
+
+    /// Returns memory that the allocator holds but no longer uses to the OS, with the
+    /// allocator's own release call. Returns a description of the call made.
+    pub fn release(self) -> &'static str {
+        match self {
+            Backend::Kmem => kmem_backend::release(),
+            Backend::System => {
+                // SAFETY: malloc_trim has no preconditions; it only takes glibc's arena locks.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+                "malloc_trim(0)"
+            }
+            Backend::Mimalloc => {
+                // SAFETY: mi_collect has no preconditions.
+                unsafe { libmimalloc_sys::mi_collect(true) };
+                "mi_collect(true)"
+            }
+            Backend::Jemalloc => {
+                // "arena.<MALLCTL_ARENAS_ALL>.purge": purge every arena's unused dirty pages.
+                let name = c"arena.4096.purge";
+                // SAFETY: a void mallctl: no old or new value, NUL-terminated name.
+                let rc = unsafe {
+                    tikv_jemalloc_sys::mallctl(
+                        name.as_ptr(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        0,
+                    )
+                };
+                if rc == 0 {
+                    "mallctl(arena.all.purge)"
+                } else {
+                    "mallctl(arena.all.purge) failed"
+                }
+            }
+        }
+    }
+}
+
+/// kmem's backend: the one place that names kmem's API.
+pub mod kmem_backend {
+    /// The `GlobalAlloc` value for kmem.
+    pub type Alloc = kmem::Kmalloc;
+    /// The value itself.
+    pub const ALLOC: Alloc = kmem::Kmalloc::new();
+
+    /// Flushes every cache's CPU slabs, discards empty slabs and returns free pages to the OS.
+    pub fn release() -> &'static str {
+        kmem::Kmem::global().shrink_all();
+        "Kmem::global().shrink_all()"
+    }
+
+    /// kmem's `/proc/slabinfo`-style table of the global instance.
+    pub fn slabinfo() -> String {
+        kmem::SlabInfoTable(kmem::Kmem::global().slabinfo()).to_string()
+    }
+
+    /// `objects` with a typed `kmem::Cache<T>`: allocate 1000 objects, then drop them.
+    /// `None` when the cache cannot be created.
+    pub fn objects_cache<T: Send>(
+        name: &str,
+        make: fn(u64) -> T,
+        duration: std::time::Duration,
+    ) -> Option<crate::workloads::Sample> {
+        use crate::workloads::{timed_threads, BATCH};
+        use std::sync::atomic::Ordering;
+        let cache: kmem::Cache<T> = kmem::Cache::new(name).ok()?;
+        let cache = &cache;
+        Some(timed_threads(
+            1,
+            duration,
+            |_| Vec::<kmem::SlabBox<'_, T>>::with_capacity(BATCH),
+            |_, v, stop| {
+                let mut ops = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for i in 0..BATCH as u64 {
+                        match cache.alloc(make(i)) {
+                            Ok(b) => v.push(b),
+                            Err(_) => {
+                                std::alloc::handle_alloc_error(std::alloc::Layout::new::<T>())
+                            }
+                        }
+                    }
+                    std::hint::black_box(&mut *v);
+                    v.clear();
+                    ops += BATCH as u64;
+                }
+                ops
+            },
+        ))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn typed_cache_and_slabinfo() {
+            let s = super::objects_cache(
+                "bench-test-obj64",
+                crate::workloads::make64,
+                crate::workloads::MIN_SAMPLE,
+            )
+            .expect("cache created");
+            assert!(s.ops >= crate::workloads::BATCH as u64);
+            let c: kmem::Cache<[u64; 4]> = kmem::Cache::new("bench-test-live").unwrap();
+            let b = c.alloc([1; 4]).unwrap();
+            let info = super::slabinfo();
+            assert!(info.contains("bench-test-live"), "{info}");
+            drop(b);
+            assert_eq!(super::release(), "Kmem::global().shrink_all()");
+        }
+    }
+}
+
+/// Runs `$body` with `$a` bound to a `&'static` value of the backend's `GlobalAlloc` type.
+#[macro_export]
+macro_rules! with_backend {
+    ($backend:expr, |$a:ident| $body:expr) => {
+        match $backend {
+            $crate::alloc::Backend::Kmem => {
+                let $a: &'static $crate::alloc::kmem_backend::Alloc = &$crate::alloc::KMEM;
+                $body
+            }
+            $crate::alloc::Backend::System => {
+                let $a: &'static ::std::alloc::System = &::std::alloc::System;
+                $body
+            }
+            $crate::alloc::Backend::Mimalloc => {
+                let $a: &'static ::mimalloc::MiMalloc = &::mimalloc::MiMalloc;
+                $body
+            }
+            $crate::alloc::Backend::Jemalloc => {
+                let $a: &'static ::tikv_jemallocator::Jemalloc = &::tikv_jemallocator::Jemalloc;
+                $body
+            }
+        }
+    };
+}
+
+/// kmem's allocator value (a static so that `with_backend!` can lend it out as `&'static`).
+pub static KMEM: kmem_backend::Alloc = kmem_backend::ALLOC;
+static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// 0: not chosen yet; otherwise `Backend::code`.
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// The global allocator of this binary: forwards to the backend named by `KMEM_BENCH_GLOBAL`.
+pub struct Dispatch;
+
+/// The backend this process's global allocator forwards to.
+pub fn global_backend() -> Backend {
+    match CHOSEN.load(Ordering::Relaxed) {
+        1 => Backend::Kmem,
+        2 => Backend::System,
+        3 => Backend::Mimalloc,
+        4 => Backend::Jemalloc,
+        _ => choose(),
+    }
+}
+
+#[cold]
+fn choose() -> Backend {
+    // SAFETY: the name is NUL-terminated; getenv neither allocates nor keeps the pointer.
+    let p = unsafe { libc::getenv(c"KMEM_BENCH_GLOBAL".as_ptr()) };
+    let backend = if p.is_null() {
+        Backend::System
+    } else {
+        // SAFETY: getenv returned a NUL-terminated string owned by the environment.
+        let bytes = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
+        match Backend::from_name(bytes) {
+            Some(b) => b,
+            None => {
+                let msg =
+                    b"kmem-bench: KMEM_BENCH_GLOBAL must be kmem, system, mimalloc or jemalloc\n";
+                // SAFETY: writing a valid buffer to stderr, then aborting: no allocation.
+                unsafe {
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                    libc::abort();
+                }
+            }
+        }
+    };
+    // Every racing first caller computes the same value from the same environment.
+    CHOSEN.store(backend.code(), Ordering::Relaxed);
+    backend
+}
+
+macro_rules! forward {
+    (|$a:ident| $body:expr) => {
+        match global_backend() {
+            Backend::Kmem => {
+                let $a = &KMEM;
+                $body
+            }
+            Backend::System => {
+                let $a = &System;
+                $body
+            }
+            Backend::Mimalloc => {
+                let $a = &MIMALLOC;
+                $body
+            }
+            Backend::Jemalloc => {
+                let $a = &JEMALLOC;
+                $body
+            }
+        }
+    };
+}
+
+// SAFETY: every method forwards to one backend, chosen once and never changed, so each block
+// is freed by the allocator that handed it out; the backends uphold GlobalAlloc's contract.
+unsafe impl GlobalAlloc for Dispatch {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: caller upholds GlobalAlloc::alloc's contract.
+        forward!(|a| unsafe { a.alloc(layout) })
+    }
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr came from the same backend (see the impl's SAFETY comment).
+        forward!(|a| unsafe { a.dealloc(ptr, layout) })
+    }
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: caller upholds GlobalAlloc::alloc_zeroed's contract.
+        forward!(|a| unsafe { a.alloc_zeroed(layout) })
+    }
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: ptr came from the same backend; caller upholds realloc's contract.
+        forward!(|a| unsafe { a.realloc(ptr, layout, new_size) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for b in Backend::ALL {
+            assert_eq!(Backend::from_name(b.name().as_bytes()), Some(b));
+        }
+        assert_eq!(Backend::from_name(b"tcmalloc"), None);
+    }
+
+    #[test]
+    fn every_backend_allocates_and_frees() {
+        let layout = Layout::from_size_align(256, 16).unwrap();
+        for b in Backend::ALL {
+            crate::with_backend!(b, |a| {
+                // SAFETY: non-zero layout; freed with the same allocator and layout.
+                unsafe {
+                    let p = a.alloc(layout);
+                    assert!(!p.is_null(), "{}", b.name());
+                    assert_eq!(p as usize % 16, 0);
+                    p.write_bytes(0xa5, 256);
+                    a.dealloc(p, layout);
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,855 @@
+//! The workloads, what each measures, and the timing harness they share.
+//!
+//! Every workload is generic over `A: GlobalAlloc` and is handed the allocator under test as a
+//! value, so all allocators go through the same code. One *operation* is always one allocation
+//! plus one free; `ns/op` is wall-clock time divided by operations completed, over all threads
+//! (so for multi-threaded workloads it is the inverse of aggregate throughput).
+//!
+//! | workload | where | what it measures |
+//! |---|---|---|
+//! | `fastpath` | in process | alloc+free pairs of one size, one thread: the per-CPU fast path, the object never leaves its slab |
+//! | `batch` | in process | alloc 1000 then free 1000, on one thread and on one thread per core: freelist refill from partial/new slabs and returning whole slabs |
+//! | `remote-free` | in process | producer threads allocate, consumer threads free every object (passed in batches of 64 through a bounded SPSC ring): the cross-CPU free path |
+//! | `many-threads` | child | 16x more threads than cores, each churning its own working set of random sizes 16–512 B: throughput and peak RSS under heavy oversubscription |
+//! | `larson` | child | server churn after Larson & Krishnan: random sizes 8–1000 B, each thread hands its fresh objects to the next thread, which swaps them into a random slot of its working set and frees what it evicts |
+//! | `fragmentation` | child | fill with random sizes 8–1000 B, free a random 90%, then call the allocator's release (kmem shrink, `mi_collect`, jemalloc purge, `malloc_trim`): RSS before and after, how much goes back to the OS |
+//! | `objects` | child | alloc 1000 typed objects then drop them: `kmem::Cache<T>` against `Box<T>` on each global allocator |
+//!
+//! "In process" workloads call the `GlobalAlloc` value directly from the parent (whose global
+//! allocator stays `system`). "Child" workloads run in a re-executed copy of this binary whose
+//! `#[global_allocator]` is the allocator under test, so RSS and whole-program behaviour
+//! belong to it.
+//!
+//! Timed samples are time-bound: threads work until the main thread, after sleeping for the
+//! sample duration (at least 10 ms), raises a stop flag; threads check it every few dozen
+//! operations. Setup (filling working sets) and teardown happen outside the timed window.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::UnsafeCell;
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Smallest sample duration accepted.
+pub const MIN_SAMPLE: Duration = Duration::from_millis(10);
+/// Objects per batch in `batch` and `objects`.
+pub const BATCH: usize = 1000;
+
+/// One workload of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub enum Workload {
+    /// alloc+free pairs, one thread.
+    Fastpath,
+    /// alloc 1000 then free 1000; one thread and one per core.
+    Batch,
+    /// producers allocate, consumers free.
+    RemoteFree,
+    /// 16x threads per core churning working sets (child process).
+    ManyThreads,
+    /// Larson-style server churn with cross-thread frees (child process).
+    Larson,
+    /// fill, free 90%, release: RSS (child process).
+    Fragmentation,
+    /// kmem::Cache<T> against Box<T> (child process).
+    Objects,
+}
+
+impl Workload {
+    /// Every workload, in report order.
+    pub const ALL: [Workload; 7] = [
+        Workload::Fastpath,
+        Workload::Batch,
+        Workload::RemoteFree,
+        Workload::ManyThreads,
+        Workload::Larson,
+        Workload::Fragmentation,
+        Workload::Objects,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Fastpath => "fastpath",
+            Workload::Batch => "batch",
+            Workload::RemoteFree => "remote-free",
+            Workload::ManyThreads => "many-threads",
+            Workload::Larson => "larson",
+            Workload::Fragmentation => "fragmentation",
+            Workload::Objects => "objects",
+        }
+    }
+
+    /// One line on what the workload measures.
+    pub fn description(self) -> &'static str {
+        match self {
+            Workload::Fastpath => "alloc+free pairs, one thread (per-CPU fast path)",
+            Workload::Batch => "alloc 1000 then free 1000 (slab refill and release)",
+            Workload::RemoteFree => "producers allocate, consumers free (every free remote)",
+            Workload::ManyThreads => "16x threads per core churn working sets of 16-512 B",
+            Workload::Larson => "server churn, 8-1000 B, objects freed by the next thread",
+            Workload::Fragmentation => "fill, free random 90%, release: RSS returned to the OS",
+            Workload::Objects => "1000 typed objects: kmem::Cache<T> vs Box<T>",
+        }
+    }
+
+    /// Whether it runs in a child process with the allocator as the global allocator.
+    pub fn in_child(self) -> bool {
+        matches!(
+            self,
+            Workload::ManyThreads | Workload::Larson | Workload::Fragmentation | Workload::Objects
+        )
+    }
+}
+
+/// Resolved parameters of a run (also handed to child processes as JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    /// Duration of one timed sample, in milliseconds.
+    pub duration_ms: u64,
+    /// Repetitions of each measurement.
+    pub runs: usize,
+    /// Threads for "one per core" workloads (many-threads uses 16x this).
+    pub threads: usize,
+    /// Object sizes for fastpath, batch and remote-free.
+    pub sizes: Vec<usize>,
+    /// Objects per thread in many-threads and larson.
+    pub working_set: usize,
+    /// Bytes requested by the fragmentation fill, in MiB.
+    pub frag_mib: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Whether children report kmem's slabinfo.
+    pub slabinfo: bool,
+    /// The child of this allocator also measures `kmem::Cache<T>` in `objects` (kmem's own
+    /// child when kmem is measured; typed caches do not use the global allocator).
+    pub cache_host: Option<crate::alloc::Backend>,
+}
+
+impl Params {
+    /// The sample duration (never below [`MIN_SAMPLE`]).
+    pub fn duration(&self) -> Duration {
+        Duration::from_millis(self.duration_ms).max(MIN_SAMPLE)
+    }
+}
+
+/// One in-process measurement case of a workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Case {
+    /// Label within the workload ("64 B", "2 threads, 256 B", ...).
+    pub variant: String,
+    /// Object size in bytes.
+    pub size: usize,
+    /// Worker threads (for remote-free: producer/consumer pairs).
+    pub threads: usize,
+}
+
+/// The in-process cases of a workload (empty for child workloads).
+pub fn cases(w: Workload, p: &Params) -> Vec<Case> {
+    let mut out = Vec::new();
+    for &size in &p.sizes {
+        match w {
+            Workload::Fastpath => out.push(Case {
+                variant: format!("{size} B"),
+                size,
+                threads: 1,
+            }),
+            Workload::Batch => {
+                let mut counts = vec![1];
+                if p.threads > 1 {
+                    counts.push(p.threads);
+                }
+                for t in counts {
+                    out.push(Case {
+                        variant: format!("{size} B, {t} thr"),
+                        size,
+                        threads: t,
+                    });
+                }
+            }
+            Workload::RemoteFree => {
+                let pairs = (p.threads / 2).max(1);
+                out.push(Case {
+                    variant: format!("{size} B, {pairs}P+{pairs}C"),
+                    size,
+                    threads: pairs,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Operations completed in a timed window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// Operations (alloc+free pairs) completed.
+    pub ops: u64,
+    /// Wall-clock length of the window.
+    pub elapsed: Duration,
+}
+
+impl Sample {
+    /// Nanoseconds per operation.
+    pub fn ns_per_op(&self) -> f64 {
+        if self.ops == 0 {
+            f64::INFINITY
+        } else {
+            self.elapsed.as_nanos() as f64 / self.ops as f64
+        }
+    }
+}
+
+/// Result of one child-process case (one JSON object of the child's output line).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChildResult {
+    /// Label within the workload.
+    pub variant: String,
+    /// Allocator label ("kmem", "system", ..., or "kmem-cache" for typed caches).
+    pub allocator: String,
+    /// Operations completed.
+    pub ops: u64,
+    /// Length of the timed window in nanoseconds.
+    pub elapsed_ns: u64,
+    /// Peak RSS of the child at the end of the case, KiB.
+    pub peak_rss_kib: u64,
+    /// Workload-specific figures (fragmentation's RSS stages).
+    pub extra: BTreeMap<String, f64>,
+}
+
+/// What a child process prints: one JSON line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChildReport {
+    /// One entry per case.
+    pub results: Vec<ChildResult>,
+    /// kmem's slabinfo at exit, when asked for and kmem is the global allocator.
+    pub slabinfo: Option<String>,
+    /// Remarks for the report (e.g. which release call was made).
+    pub notes: Vec<String>,
+}
+
+#[cold]
+fn oom(layout: Layout) -> ! {
+    std::alloc::handle_alloc_error(layout)
+}
+
+fn layout_for(size: usize) -> Layout {
+    let align = if size >= 8 { 8 } else { 1 };
+    Layout::from_size_align(size.max(1), align).expect("valid layout")
+}
+
+/// Runs `n` threads for `duration`: each builds its state with `setup` (untimed), then `work`
+/// runs until the stop flag rises and returns its operation count; the state is dropped
+/// (untimed) after every thread has left `work`.
+pub fn timed_threads<S, Setup, Work>(
+    n: usize,
+    duration: Duration,
+    setup: Setup,
+    work: Work,
+) -> Sample
+where
+    Setup: Fn(usize) -> S + Sync,
+    Work: Fn(usize, &mut S, &AtomicBool) -> u64 + Sync,
+{
+    // `ready`: every worker has built its state; `go`: the timed window opens. The clock starts
+    // between the two, while every worker is parked, so no work precedes it even when the main
+    // thread is descheduled (heavy oversubscription); it stops after every worker has left
+    // `work`, so the window covers all counted operations.
+    let ready = Barrier::new(n + 1);
+    let go = Barrier::new(n + 1);
+    let end = Barrier::new(n + 1);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|t| {
+                let (ready, go, end, stop, setup, work) = (&ready, &go, &end, &stop, &setup, &work);
+                s.spawn(move || {
+                    let mut state = setup(t);
+                    ready.wait();
+                    go.wait();
+                    let ops = work(t, &mut state, stop);
+                    end.wait();
+                    drop(state);
+                    ops
+                })
+            })
+            .collect();
+        ready.wait();
+        let t0 = Instant::now();
+        go.wait();
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+        end.wait();
+        let elapsed = t0.elapsed();
+        let ops = handles
+            .into_iter()
+            .map(|h| h.join().expect("worker panicked"))
+            .sum();
+        Sample { ops, elapsed }
+    })
+}
+
+/// `fastpath`: alloc+free pairs of `size` bytes on one thread.
+pub fn fastpath<A: GlobalAlloc + Sync>(a: &A, size: usize, duration: Duration) -> Sample {
+    let layout = layout_for(size);
+    timed_threads(
+        1,
+        duration,
+        |_| (),
+        |_, _, stop| {
+            let mut ops = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..256 {
+                    // SAFETY: non-zero layout; the block is freed with the same allocator and
+                    // layout right after.
+                    unsafe {
+                        let p = a.alloc(layout);
+                        if p.is_null() {
+                            oom(layout);
+                        }
+                        black_box(p);
+                        a.dealloc(p, layout);
+                    }
+                }
+                ops += 256;
+            }
+            ops
+        },
+    )
+}
+
+/// `batch`: each of `threads` threads allocates [`BATCH`] objects, then frees them in order.
+pub fn batch<A: GlobalAlloc + Sync>(
+    a: &A,
+    size: usize,
+    threads: usize,
+    duration: Duration,
+) -> Sample {
+    let layout = layout_for(size);
+    timed_threads(
+        threads,
+        duration,
+        |_| vec![std::ptr::null_mut::<u8>(); BATCH],
+        |_, ptrs, stop| {
+            let mut ops = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for slot in ptrs.iter_mut() {
+                    // SAFETY: non-zero layout.
+                    let p = unsafe { a.alloc(layout) };
+                    if p.is_null() {
+                        oom(layout);
+                    }
+                    *slot = p;
+                }
+                black_box(&mut *ptrs);
+                for &p in ptrs.iter() {
+                    // SAFETY: allocated above with this allocator and layout, freed once.
+                    unsafe { a.dealloc(p, layout) };
+                }
+                ops += BATCH as u64;
+            }
+            ops
+        },
+    )
+}
+
+/// Pointers per ring slot in `remote-free`.
+const RING_BATCH: usize = 64;
+/// Slots per ring.
+const RING_SLOTS: usize = 16;
+
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A bounded single-producer single-consumer ring of pointer batches.
+struct Ring {
+    slots: [UnsafeCell<[*mut u8; RING_BATCH]>; RING_SLOTS],
+    head: Padded<AtomicUsize>,
+    tail: Padded<AtomicUsize>,
+    done: AtomicBool,
+}
+
+// SAFETY: a slot is written only by the producer while it is outside [head, tail) and read only
+// by the consumer while inside it; the Release/Acquire pairs on head and tail order the
+// accesses. The pointers are plain addresses handed from one thread to the other.
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    fn new() -> Ring {
+        Ring {
+            slots: std::array::from_fn(|_| UnsafeCell::new([std::ptr::null_mut(); RING_BATCH])),
+            head: Padded(AtomicUsize::new(0)),
+            tail: Padded(AtomicUsize::new(0)),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// Producer side; false when full.
+    fn push(&self, batch: &[*mut u8; RING_BATCH]) -> bool {
+        let t = self.tail.0.load(Ordering::Relaxed);
+        if t - self.head.0.load(Ordering::Acquire) == RING_SLOTS {
+            return false;
+        }
+        // SAFETY: slot t is outside [head, tail): only the (single) producer touches it.
+        unsafe { *self.slots[t % RING_SLOTS].get() = *batch };
+        self.tail.0.store(t + 1, Ordering::Release);
+        true
+    }
+
+    /// Consumer side; false when empty.
+    fn pop(&self, out: &mut [*mut u8; RING_BATCH]) -> bool {
+        let h = self.head.0.load(Ordering::Relaxed);
+        if h == self.tail.0.load(Ordering::Acquire) {
+            return false;
+        }
+        // SAFETY: slot h is inside [head, tail): published by the producer, only we read it.
+        *out = unsafe { *self.slots[h % RING_SLOTS].get() };
+        self.head.0.store(h + 1, Ordering::Release);
+        true
+    }
+}
+
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// `remote-free`: `pairs` producers allocate `size`-byte objects and pass them, 64 at a time,
+/// through a bounded ring to their consumer, which frees them.
+pub fn remote_free<A: GlobalAlloc + Sync>(
+    a: &A,
+    size: usize,
+    pairs: usize,
+    duration: Duration,
+) -> Sample {
+    let layout = layout_for(size);
+    let rings: Vec<Ring> = (0..pairs).map(|_| Ring::new()).collect();
+    timed_threads(
+        2 * pairs,
+        duration,
+        |_| [std::ptr::null_mut::<u8>(); RING_BATCH],
+        |t, buf, stop| {
+            let ring = &rings[t / 2];
+            if t % 2 == 0 {
+                // Producer.
+                'outer: while !stop.load(Ordering::Relaxed) {
+                    for slot in buf.iter_mut() {
+                        // SAFETY: non-zero layout.
+                        let p = unsafe { a.alloc(layout) };
+                        if p.is_null() {
+                            oom(layout);
+                        }
+                        *slot = p;
+                    }
+                    let mut spins = 0;
+                    while !ring.push(buf) {
+                        if stop.load(Ordering::Relaxed) {
+                            for &p in buf.iter() {
+                                // SAFETY: ours, never published.
+                                unsafe { a.dealloc(p, layout) };
+                            }
+                            break 'outer;
+                        }
+                        backoff(&mut spins);
+                    }
+                }
+                ring.done.store(true, Ordering::Release);
+                0
+            } else {
+                // Consumer: frees everything the producer published, then stops.
+                let mut ops = 0;
+                let mut spins = 0;
+                loop {
+                    if ring.pop(buf) {
+                        spins = 0;
+                        for &p in buf.iter() {
+                            // SAFETY: allocated by the producer with this allocator and layout,
+                            // handed over once through the ring.
+                            unsafe { a.dealloc(p, layout) };
+                        }
+                        ops += RING_BATCH as u64;
+                    } else if ring.done.load(Ordering::Acquire) {
+                        if !ring.pop(buf) {
+                            break;
+                        }
+                        for &p in buf.iter() {
+                            // SAFETY: as above.
+                            unsafe { a.dealloc(p, layout) };
+                        }
+                        ops += RING_BATCH as u64;
+                    } else {
+                        backoff(&mut spins);
+                    }
+                }
+                ops
+            }
+        },
+    )
+}
+
+/// An object owned by a workload: address and size (for its layout).
+#[derive(Clone, Copy)]
+struct Obj(*mut u8, usize);
+// SAFETY: an Obj is a plain heap block address; whoever holds it owns the block exclusively.
+unsafe impl Send for Obj {}
+
+/// Allocates `size` bytes and touches the first and last byte, as a user would.
+fn alloc_obj<A: GlobalAlloc>(a: &A, size: usize) -> Obj {
+    let layout = layout_for(size);
+    // SAFETY: non-zero layout.
+    let p = unsafe { a.alloc(layout) };
+    if p.is_null() {
+        oom(layout);
+    }
+    // SAFETY: p points to at least `size` bytes.
+    unsafe {
+        p.write(size as u8);
+        p.add(size - 1).write(1);
+    }
+    Obj(p, size)
+}
+
+fn free_obj<A: GlobalAlloc>(a: &A, o: Obj) {
+    // SAFETY: `o` came from alloc_obj with this allocator and is owned by the caller.
+    unsafe { a.dealloc(o.0, layout_for(o.1)) }
+}
+
+/// A working set that frees its objects when dropped.
+struct Working<'a, A: GlobalAlloc> {
+    a: &'a A,
+    objs: Vec<Obj>,
+    rng: SmallRng,
+}
+
+impl<A: GlobalAlloc> Drop for Working<'_, A> {
+    fn drop(&mut self) {
+        for o in self.objs.drain(..) {
+            free_obj(self.a, o);
+        }
+    }
+}
+
+/// `many-threads`: `threads` threads each churn a working set of `working_set` objects of
+/// random sizes 16–512 B (free a random one, allocate a new one).
+pub fn many_threads<A: GlobalAlloc + Sync>(
+    a: &A,
+    threads: usize,
+    working_set: usize,
+    seed: u64,
+    duration: Duration,
+) -> Sample {
+    timed_threads(
+        threads,
+        duration,
+        |t| {
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let objs = (0..working_set.max(1))
+                .map(|_| alloc_obj(a, rng.random_range(16..=512)))
+                .collect();
+            Working { a, objs, rng }
+        },
+        |_, w, stop| {
+            let mut ops = 0;
+            let n = w.objs.len();
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    let i = w.rng.random_range(0..n);
+                    free_obj(a, w.objs[i]);
+                    w.objs[i] = alloc_obj(a, w.rng.random_range(16..=512));
+                }
+                ops += 64;
+            }
+            ops
+        },
+    )
+}
+
+/// Objects a thread allocates before handing them to the next thread in `larson`.
+const LARSON_BATCH: usize = 64;
+/// Objects a mailbox holds at most.
+const LARSON_MAILBOX: usize = 8 * LARSON_BATCH;
+
+/// `larson`: server churn. Each of `threads` threads allocates batches of random sizes 8–1000 B
+/// and posts them to the next thread's bounded mailbox; it takes what the previous thread
+/// posted, swaps each object into a random slot of its `working_set`, and frees the evicted
+/// object (allocated by another thread once the initial set has turned over).
+pub fn larson<A: GlobalAlloc + Sync>(
+    a: &A,
+    threads: usize,
+    working_set: usize,
+    seed: u64,
+    duration: Duration,
+) -> Sample {
+    let mailboxes: Vec<Mutex<Vec<Obj>>> = (0..threads)
+        .map(|_| Mutex::new(Vec::with_capacity(LARSON_MAILBOX)))
+        .collect();
+    struct State<'a, A: GlobalAlloc> {
+        working: Working<'a, A>,
+        outbox: Vec<Obj>,
+        inbox: Vec<Obj>,
+    }
+    impl<A: GlobalAlloc> Drop for State<'_, A> {
+        fn drop(&mut self) {
+            for o in self.outbox.drain(..).chain(self.inbox.drain(..)) {
+                free_obj(self.working.a, o);
+            }
+        }
+    }
+    let sample = timed_threads(
+        threads,
+        duration,
+        |t| {
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let objs = (0..working_set.max(1))
+                .map(|_| alloc_obj(a, rng.random_range(8..=1000)))
+                .collect();
+            State {
+                working: Working { a, objs, rng },
+                outbox: Vec::with_capacity(LARSON_BATCH),
+                inbox: Vec::with_capacity(LARSON_MAILBOX),
+            }
+        },
+        |t, st, stop| {
+            let next = &mailboxes[(t + 1) % threads];
+            let mine = &mailboxes[t];
+            let n = st.working.objs.len();
+            let mut ops = 0;
+            // Takes what the previous thread posted and churns it into the working set.
+            let drain = |st: &mut State<'_, A>| {
+                std::mem::swap(&mut *mine.lock().unwrap(), &mut st.inbox);
+                let mut k = 0;
+                for o in st.inbox.drain(..) {
+                    let i = st.working.rng.random_range(0..n);
+                    free_obj(a, std::mem::replace(&mut st.working.objs[i], o));
+                    k += 1;
+                }
+                k
+            };
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..LARSON_BATCH {
+                    let size = st.working.rng.random_range(8..=1000);
+                    st.outbox.push(alloc_obj(a, size));
+                }
+                let mut spins = 0;
+                loop {
+                    {
+                        let mut m = next.lock().unwrap();
+                        if m.len() + LARSON_BATCH <= LARSON_MAILBOX {
+                            m.append(&mut st.outbox);
+                            break;
+                        }
+                    }
+                    // The next thread is behind: make progress on our own mailbox meanwhile.
+                    ops += drain(st);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    backoff(&mut spins);
+                }
+                ops += drain(st);
+            }
+            ops
+        },
+    );
+    for m in mailboxes {
+        for o in m.into_inner().unwrap() {
+            free_obj(a, o);
+        }
+    }
+    sample
+}
+
+/// Figures of one `fragmentation` run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fragmentation {
+    /// Time of the fill plus the free of 90%, over the objects allocated.
+    pub sample: Sample,
+    /// RSS before the fill, KiB.
+    pub rss_base_kib: u64,
+    /// RSS after the fill.
+    pub rss_filled_kib: u64,
+    /// RSS after freeing 90%.
+    pub rss_freed_kib: u64,
+    /// RSS after the release call.
+    pub rss_released_kib: u64,
+}
+
+/// `fragmentation`: allocates random sizes 8–1000 B until `bytes` are requested, frees a
+/// random 90% of the objects, then calls `release` (the allocator's trim); records RSS at each
+/// stage. The surviving 10% are freed afterwards.
+pub fn fragmentation<A: GlobalAlloc>(
+    a: &A,
+    bytes: usize,
+    seed: u64,
+    release: impl FnOnce(),
+) -> Fragmentation {
+    use crate::sys::current_rss_kib;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    // Sizes drawn up front so the object table's own growth is not in the measurement.
+    let mut sizes = Vec::new();
+    let mut total = 0;
+    while total < bytes {
+        let s = rng.random_range(8..=1000);
+        sizes.push(s);
+        total += s;
+    }
+    let mut objs: Vec<Obj> = Vec::with_capacity(sizes.len());
+    // The order in which objects die: a random permutation, the first 90% are freed.
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let victims = sizes.len() * 9 / 10;
+    let rss_base_kib = current_rss_kib();
+    let t0 = Instant::now();
+    for &s in &sizes {
+        objs.push(alloc_obj(a, s));
+    }
+    let fill = t0.elapsed();
+    let rss_filled_kib = current_rss_kib();
+    let t1 = Instant::now();
+    for &i in &order[..victims] {
+        free_obj(a, objs[i]);
+    }
+    let free = t1.elapsed();
+    let rss_freed_kib = current_rss_kib();
+    release();
+    let rss_released_kib = current_rss_kib();
+    for &i in &order[victims..] {
+        free_obj(a, objs[i]);
+    }
+    Fragmentation {
+        sample: Sample {
+            ops: sizes.len() as u64,
+            elapsed: fill + free,
+        },
+        rss_base_kib,
+        rss_filled_kib,
+        rss_freed_kib,
+        rss_released_kib,
+    }
+}
+
+/// `objects` with `Box<T>`: allocate [`BATCH`] boxed `T`s into a vector, then drop them.
+/// Runs in a child whose global allocator is the one under test.
+pub fn objects_box<T>(make: fn(u64) -> T, duration: Duration) -> Sample {
+    timed_threads(
+        1,
+        duration,
+        |_| Vec::<Box<T>>::with_capacity(BATCH),
+        |_, v, stop| {
+            let mut ops = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..BATCH as u64 {
+                    v.push(Box::new(make(i)));
+                }
+                black_box(&mut *v);
+                v.clear();
+                ops += BATCH as u64;
+            }
+            ops
+        },
+    )
+}
+
+/// A 64-byte object for `objects` (the payload only gives it its size).
+#[derive(Clone, Copy)]
+#[allow(dead_code)]
+pub struct Obj64(pub [u64; 8]);
+/// A 256-byte object for `objects` (the payload only gives it its size).
+#[derive(Clone, Copy)]
+#[allow(dead_code)]
+pub struct Obj256(pub [u64; 32]);
+
+/// Builds an [`Obj64`] from a counter.
+pub fn make64(i: u64) -> Obj64 {
+    Obj64([i; 8])
+}
+/// Builds an [`Obj256`] from a counter.
+pub fn make256(i: u64) -> Obj256 {
+    Obj256([i; 32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::System;
+
+    fn params() -> Params {
+        Params {
+            duration_ms: 10,
+            runs: 1,
+            threads: 2,
+            sizes: vec![64, 256],
+            working_set: 100,
+            frag_mib: 4,
+            seed: 1,
+            slabinfo: false,
+            cache_host: None,
+        }
+    }
+
+    #[test]
+    fn cases_follow_params() {
+        let p = params();
+        let v: Vec<_> = cases(Workload::Batch, &p)
+            .into_iter()
+            .map(|c| c.variant)
+            .collect();
+        assert_eq!(
+            v,
+            ["64 B, 1 thr", "64 B, 2 thr", "256 B, 1 thr", "256 B, 2 thr"]
+        );
+        assert_eq!(cases(Workload::RemoteFree, &p)[0].threads, 1);
+        assert_eq!(cases(Workload::Fastpath, &p).len(), 2);
+        assert!(cases(Workload::Larson, &p).is_empty());
+    }
+
+    #[test]
+    fn workloads_do_work() {
+        let d = MIN_SAMPLE;
+        assert!(fastpath(&System, 64, d).ops > 0);
+        assert!(batch(&System, 64, 2, d).ops >= BATCH as u64);
+        let s = remote_free(&System, 64, 1, d);
+        assert!(s.ops > 0 && s.ops.is_multiple_of(RING_BATCH as u64));
+        assert!(many_threads(&System, 4, 50, 1, d).ops > 0);
+        assert!(larson(&System, 3, 50, 1, d).ops > 0);
+        assert!(objects_box(make64, d).ops > 0);
+    }
+
+    #[test]
+    fn fragmentation_measures_rss() {
+        let f = fragmentation(&System, 16 << 20, 7, || {});
+        assert!(f.sample.ops > 16_000);
+        // 16 MiB of objects must show up in RSS.
+        assert!(f.rss_filled_kib > f.rss_base_kib + 8 * 1024, "{f:?}");
+    }
+
+    #[test]
+    fn sample_rate() {
+        let s = Sample {
+            ops: 1000,
+            elapsed: Duration::from_micros(20),
+        };
+        assert_eq!(s.ns_per_op(), 20.0);
+        assert!(Sample {
+            ops: 0,
+            elapsed: Duration::ZERO
+        }
+        .ns_per_op()
+        .is_infinite());
+    }
+}
