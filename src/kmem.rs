@@ -346,6 +346,45 @@ impl Kmem {
         raw.iter().map(|r| r.to_info()).collect()
     }
 
+    /// Every live cache's name and event counters ([`CacheStats`](crate::CacheStats)), including
+    /// the kmalloc caches behind [`Kmalloc`](crate::Kmalloc), which have no handle of their own.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("counted", 64, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// unsafe { c.free(p) };
+    /// let all = k.cache_stats();
+    /// assert_eq!(all.len(), 1);
+    /// assert_eq!(all[0].0, "counted");
+    /// assert_eq!(all[0].1, c.stats());
+    /// ```
+    pub fn cache_stats(&self) -> Vec<(String, crate::CacheStats)> {
+        // As in `slabinfo`: nothing allocates while the registry lock is held.
+        let mut raw: Vec<([u8; crate::MAX_CACHE_NAME], usize, crate::CacheStats)> = Vec::new();
+        loop {
+            let want = self.shared().registry.lock().count + 4;
+            raw.reserve(want);
+            let mut complete = true;
+            self.shared().for_each_cache(|c| {
+                if raw.len() < raw.capacity() {
+                    let mut name = [0u8; crate::MAX_CACHE_NAME];
+                    name[..c.name().len()].copy_from_slice(c.name().as_bytes());
+                    raw.push((name, c.name().len(), c.stats()));
+                } else {
+                    complete = false;
+                }
+            });
+            if complete {
+                break;
+            }
+            raw.clear();
+        }
+        raw.iter()
+            .map(|(n, len, s)| (String::from_utf8_lossy(&n[..*len]).into_owned(), *s))
+            .collect()
+    }
+
     /// Shrinks every cache of this instance (see [`KmemCache::shrink`]) and returns every free
     /// page to the OS.
     pub fn shrink_all(&self) {
