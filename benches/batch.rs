@@ -110,9 +110,10 @@ fn batch(c: &mut Criterion<ThreadTime>) {
             let n = bulk.alloc_bulk(&mut objs);
             assert_eq!(n, N, "kmem: out of memory");
             black_box(&mut objs);
-            // SAFETY: every element is non-null (alloc_bulk filled all N), and NonNull<u8> is
+            // Every element is non-null (alloc_bulk filled all N), and NonNull<u8> is
             // repr(transparent) over *mut u8, so the slice can be viewed as NonNull<u8>.
             let nn: &[NonNull<u8>] =
+                // SAFETY: all `n` elements are non-null, and NonNull<u8> has the layout of *mut u8.
                 unsafe { core::slice::from_raw_parts(objs.as_ptr().cast(), n) };
             // SAFETY: allocated from `bulk` above, each freed once.
             unsafe { bulk.free_bulk(nn) };

@@ -34,8 +34,9 @@ fn cpu_id(c: &mut Criterion) {
         b.iter(|| {
             let mut cpu: libc::c_uint = 0;
             let mut node: libc::c_uint = 0;
-            // SAFETY: getcpu writes one c_uint through each non-null pointer; both point to
-            // live locals. The third argument (the obsolete tcache) may be null.
+            // getcpu writes one c_uint through each non-null pointer; the third argument (the
+            // obsolete tcache) may be null.
+            // SAFETY: both non-null pointers point to live c_uint locals (`cpu`, `node`).
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_getcpu,

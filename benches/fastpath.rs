@@ -137,8 +137,8 @@ fn fastpath_size(
 #[inline(always)]
 fn vmovdqa_load(w: &AtomicU128) -> u128 {
     let (lo, hi): (u64, u64);
-    // SAFETY: `w` is a live, 16-byte-aligned AtomicU128; the caller checked AVX is available.
     // The load is only used single-threaded here, so atomicity is not at stake.
+    // SAFETY: `w` is a live, 16-byte-aligned AtomicU128; the caller checked AVX is available.
     unsafe {
         core::arch::asm!(
             "vmovdqa {x}, xmmword ptr [{p}]",
@@ -159,8 +159,8 @@ fn vmovdqa_load(w: &AtomicU128) -> u128 {
 #[inline(always)]
 fn split_load(w: &AtomicU128) -> u128 {
     let p = w.as_ptr().cast::<core::sync::atomic::AtomicU64>();
-    // SAFETY: `p` points to the 16 live, 16-byte-aligned bytes of `w`; both halves are
-    // 8-byte aligned. Single-threaded here, so no mixed-size race can occur.
+    // Both halves are 8-byte aligned. Single-threaded here, so no mixed-size race can occur.
+    // SAFETY: `p` points to the 16 live, 16-byte-aligned bytes of `w`.
     let (hi, lo) = unsafe {
         let hi = (*p.add(1)).load(core::sync::atomic::Ordering::Acquire);
         let lo = (*p).load(core::sync::atomic::Ordering::Acquire);

@@ -156,8 +156,9 @@ fn run(a: &dyn Alloc, iters: u64, report: bool) -> Duration {
                 wait_for(1);
                 let t0 = thread_cpu_time();
                 for slot in &buf[..n] {
-                    // SAFETY: each pointer was stored once by the producer, which got it from
-                    // `a.alloc()`; the buffer is refilled only after we hand it back.
+                    // Each pointer was stored once by the producer, which got it from `a.alloc()`;
+                    // the buffer is refilled only after we hand it back.
+                    // SAFETY: each pointer came from `a.alloc()` and is freed exactly once.
                     unsafe { a.free(slot.load(Ordering::Relaxed) as *mut u8) };
                 }
                 cpu += thread_cpu_time() - t0;

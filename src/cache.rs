@@ -501,9 +501,10 @@ impl CacheInner {
             })?
             .as_ptr();
         let tid_step = kmem.tid_step;
-        // SAFETY: `base` is a fresh, page-aligned, zeroed mapping of `map_size` bytes; every write
-        // below lands inside it at an offset aligned for its type (128-byte multiples for the
+        // `base` is a fresh, page-aligned, zeroed mapping of `map_size` bytes; every write below
+        // lands inside it at an offset aligned for its type (128-byte multiples for the
         // 64-byte-aligned slot and node types).
+        // SAFETY: each write below stays inside the fresh `base` mapping, aligned for its type.
         unsafe {
             let cpus = base.add(cpu_off) as *mut KmemCacheCpu;
             for i in 0..nr_cpus {
@@ -545,8 +546,8 @@ impl CacheInner {
     /// # Safety
     /// No slab of this cache exists any more and no one will touch the cache again.
     pub(crate) unsafe fn unmap(this: NonNull<CacheInner>) {
-        // SAFETY: the caller guarantees exclusivity; drop the slots and nodes (loom objects need
-        // it) before the mapping goes.
+        // Drop the slots and nodes (loom objects need it) before the mapping goes.
+        // SAFETY: the caller guarantees exclusivity (no slab left, no further use of the cache).
         unsafe {
             let inner = this.as_ref();
             let size = inner.map_size;
@@ -635,7 +636,9 @@ impl CacheInner {
 /// let k = Kmem::builder().cpus(2).nodes(1).build()?;
 /// let cache = k.create_cache("conn", 192, CacheConfig::new().align(64))?;
 /// let p = cache.alloc().expect("memory");
+/// // SAFETY: `p` is a live 192-byte object of `cache`.
 /// unsafe { p.as_ptr().write_bytes(0xab, 192) };
+/// // SAFETY: `p` came from `cache` and is freed once.
 /// unsafe { cache.free(p) };
 /// assert_eq!(cache.name(), "conn");
 /// assert_eq!(cache.size(), 192);
@@ -669,6 +672,7 @@ impl KmemCache {
     /// ```
     /// let cache = kmem::KmemCache::new("global-objs", 48, kmem::CacheConfig::new())?;
     /// let p = cache.alloc().unwrap();
+    /// // SAFETY: `p` came from `cache` and is freed once.
     /// unsafe { cache.free(p) };
     /// # Ok::<(), kmem::KmemError>(())
     /// ```
@@ -702,6 +706,7 @@ impl KmemCache {
     /// let c = k.create_cache("per-node", 64, kmem::CacheConfig::new()).unwrap();
     /// let p = c.alloc_node(1).unwrap();
     /// assert_eq!(c.node_of(p), 1);
+    /// // SAFETY: `p` came from `c` and is freed once.
     /// unsafe { c.free(p) };
     /// ```
     #[inline]
@@ -742,6 +747,7 @@ impl KmemCache {
     /// let mut objs = [core::ptr::null_mut(); 100];
     /// assert_eq!(c.alloc_bulk(&mut objs), 100);
     /// let objs: Vec<_> = objs.iter().map(|&p| core::ptr::NonNull::new(p).unwrap()).collect();
+    /// // SAFETY: every pointer in `objs` came from `c` and is freed once.
     /// unsafe { c.free_bulk(&objs) };
     /// assert_eq!(c.info().active_objs, 0);
     /// ```

@@ -456,8 +456,9 @@ fn rseq_offset_from_glibc() -> Option<isize> {
     if size.is_null() || offset.is_null() {
         return None;
     }
-    // SAFETY: glibc defines `const unsigned int __rseq_size`, initialised before any user code
-    // runs and never written again; the symbol's address is valid for the process lifetime.
+    // glibc defines `const unsigned int __rseq_size`, initialised before any user code runs and
+    // never written again.
+    // SAFETY: the symbol's address is valid for the process lifetime.
     let size = unsafe { core::ptr::read_volatile(size as *const u32) };
     if size == 0 {
         // Registration failed or was disabled (GLIBC_TUNABLES=glibc.pthread.rseq=0).
@@ -489,12 +490,13 @@ fn rseq_offset_from_glibc() -> Option<isize> {
 #[inline(always)]
 fn rseq_read(offset: isize) -> Option<usize> {
     let cpu: u32;
-    // SAFETY: on x86_64 glibc, %fs holds the thread pointer (the TCB), and the rseq area of
-    // every thread glibc created lives at thread pointer + `__rseq_offset` for the thread's
-    // whole life (it is inside glibc's `struct pthread`); `cpu_id` is an aligned u32 at byte 4.
-    // A `%fs`-relative load is the same access as `*(u32*)(fs:0 + offset + 4)` without first
-    // loading `fs:0`. The asm is not `pure`, so each call reads afresh (it is volatile: the
-    // kernel rewrites the field on migration).
+    // On x86_64 glibc, %fs holds the thread pointer (the TCB), and the rseq area of every thread
+    // glibc created lives at thread pointer + `__rseq_offset` for the thread's whole life (it is
+    // inside glibc's `struct pthread`); `cpu_id` is an aligned u32 at byte 4. A `%fs`-relative load
+    // is the same access as `*(u32*)(fs:0 + offset + 4)` without first loading `fs:0`. The asm is
+    // not `pure`, so each call reads afresh (it is volatile: the kernel rewrites the field on
+    // migration).
+    // SAFETY: fs:[`offset` + 4] is this thread's rseq `cpu_id`: an aligned u32, live for its life.
     unsafe {
         core::arch::asm!(
             "mov {cpu:e}, dword ptr fs:[{off} + {field}]",
@@ -517,8 +519,8 @@ fn rseq_read(offset: isize) -> Option<usize> {
         core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags));
     }
     let p = tp.wrapping_add_signed(offset + RSEQ_CPU_ID_OFFSET) as *const u32;
-    // SAFETY: glibc keeps every thread's rseq area at thread pointer + `__rseq_offset` for the
-    // thread's life; `cpu_id` is an aligned u32 at byte 4. Volatile: the kernel rewrites it.
+    // `cpu_id` is an aligned u32 at byte 4. Volatile: the kernel rewrites it.
+    // SAFETY: every thread's rseq area stays at thread pointer + `__rseq_offset` for its life.
     let cpu = unsafe { core::ptr::read_volatile(p) };
     valid_cpu_id(cpu)
 }
@@ -880,8 +882,8 @@ mod tests {
     fn pin_to(cpu: usize) {
         // SAFETY: an all-zero cpu_set_t is a valid empty set.
         let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-        // SAFETY: `cpu` is below CPU_SETSIZE (it came from `allowed_cpus`); `set` is valid;
         // pid 0 names the calling thread.
+        // SAFETY: `cpu` is below CPU_SETSIZE (it came from `allowed_cpus`); `set` is valid.
         let r = unsafe {
             libc::CPU_SET(cpu, &mut set);
             libc::sched_setaffinity(0, core::mem::size_of_val(&set), &set)

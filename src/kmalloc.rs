@@ -250,8 +250,8 @@ static KMALLOC_INIT: OnceSlot<()> = OnceSlot::new();
 fn kmalloc_cache(idx: usize) -> Option<&'static CacheInner> {
     let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
     if !p.is_null() {
-        // SAFETY: published once with Release after creation; kmalloc caches are never
-        // destroyed.
+        // Published once with Release after creation (the Acquire load above pairs with it).
+        // SAFETY: a published kmalloc cache is fully created and never destroyed.
         return Some(unsafe { &*p });
     }
     kmalloc_cache_slow(idx)
@@ -443,8 +443,8 @@ unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
     match large_kind(layout.size(), layout.align()) {
         Kind::Pages(order) => {
             let (page, s) = page_block(ptr, layout, order);
-            // SAFETY: a live block head of this order (checked above); `free_pages` re-checks
-            // ownership, node and order under its lock.
+            // `free_pages` re-checks ownership, node and order under its lock.
+            // SAFETY: `page` is a live block head of this order (checked above).
             unsafe {
                 s.node_pages(page.node())
                     .free_pages(NonNull::from(page), order)
@@ -465,8 +465,9 @@ unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
                     "expected an OS mapping, but the pointer is misaligned for one",
                 );
             }
-            // SAFETY: `ptr` is a mapping made by `kmalloc_large` with exactly these
-            // arguments (derived from the same layout), unused from now on.
+            // The arguments are derived from the same layout that `kmalloc_large` mapped `ptr`
+            // with.
+            // SAFETY: `ptr` is a `kmalloc_large` mapping with exactly these arguments, now unused.
             unsafe { os::unmap(NonNull::new_unchecked(ptr), bytes, align) }
         }
         Kind::Class(_) => {}
@@ -617,8 +618,8 @@ pub(crate) fn register_fork_handlers() {
     if REGISTERED.swap(1, Ordering::AcqRel) != 0 {
         return;
     }
-    // SAFETY: the three handlers are `extern "C"` functions with no arguments that live
-    // forever; pthread_atfork only records them (with libc's own allocator, not ours).
+    // pthread_atfork only records the handlers (with libc's own allocator, not ours).
+    // SAFETY: the three handlers are `extern "C"` functions with no arguments that live forever.
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
@@ -637,8 +638,8 @@ extern "C" fn fork_prepare() {
 extern "C" fn fork_release() {
     let s = FORK_LOCKED.swap(ptr::null_mut(), Ordering::Relaxed);
     if !s.is_null() {
-        // SAFETY: this thread's prepare handler took every lock of `s` (the global instance,
-        // which lives forever); in the child only this thread exists.
+        // `s` is the global instance, which lives forever; in the child only this thread exists.
+        // SAFETY: this thread's prepare handler took every lock of `s`.
         unsafe { (*s).fork_unlock_all() };
     }
 }
@@ -719,8 +720,7 @@ unsafe impl GlobalAlloc for Kmalloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let _g = reentry::enter();
-        // SAFETY: GlobalAlloc contract: `new_size` rounded up to `layout.align()` does not
-        // overflow isize.
+        // SAFETY: GlobalAlloc contract: `new_size` rounded up to `layout.align()` fits in isize.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         // SAFETY: GlobalAlloc contract: `ptr` is ours with `layout`; `new_size > 0`.
         unsafe { krealloc(ptr, layout, new) }

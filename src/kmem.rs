@@ -74,8 +74,8 @@ impl KmemShared {
 
     fn register(&self, c: NonNull<CacheInner>) {
         let mut r = self.registry.lock();
-        // SAFETY: `c` is a new cache; the registry links of it and of the list's members are
-        // ours under the registry lock.
+        // `c` is a new cache.
+        // SAFETY: the registry links of `c` and of the list's members are ours under the lock.
         unsafe {
             let cr = c.as_ref();
             cr.reg_prev.set(ptr::null());
@@ -145,13 +145,13 @@ impl KmemShared {
             // SAFETY: taken by fork_lock_all (contract).
             unsafe { self.node_pages(nid).fork_unlock() };
         }
-        // SAFETY: the registry lock was taken by fork_lock_all (contract); dropping `r` at the
-        // end releases it.
+        // Dropping `r` at the end releases it.
+        // SAFETY: the registry lock was taken by fork_lock_all (contract).
         let r = unsafe { self.registry.adopt_raw() };
         let mut p = r.head;
         while !p.is_null() {
-            // SAFETY: registered caches stay alive while the registry lock is held; their slot
-            // and list locks were taken by fork_lock_all (contract).
+            // Registered caches stay alive while the registry lock is held.
+            // SAFETY: `p` is registered; fork_lock_all took its slot and list locks (contract).
             unsafe {
                 let c = &*p;
                 (0..c.nr_nodes).for_each(|n| c.node(n).list_lock.raw_unlock());
@@ -166,8 +166,8 @@ impl KmemShared {
         let r = self.registry.lock();
         let mut p = r.head;
         while !p.is_null() {
-            // SAFETY: registered caches stay alive while the registry lock is held (destroy
-            // unregisters first, under this lock).
+            // Destroy unregisters a cache first, under this lock.
+            // SAFETY: registered caches stay alive while the registry lock is held.
             let c = unsafe { &*p };
             f(c);
             // SAFETY: as above.
@@ -188,6 +188,7 @@ impl KmemShared {
 /// let k = Kmem::builder().memory_limit(64 << 20).nodes(2).cpus(4).build()?;
 /// let cache = k.create_cache("conn", 192, CacheConfig::new().align(64))?;
 /// let p = cache.alloc().unwrap();
+/// // SAFETY: `p` came from `cache` and is freed once.
 /// unsafe { cache.free(p) };
 /// assert_eq!((k.nodes(), k.cpus()), (2, 4));
 /// assert!(k.page_stats().mapped_bytes <= 64 << 20);
@@ -320,6 +321,7 @@ impl Kmem {
     /// let rows = k.slabinfo();
     /// assert_eq!(rows.len(), 1);
     /// assert_eq!((rows[0].name.as_str(), rows[0].active_objs), ("rows", 1));
+    /// // SAFETY: `p` came from `c` and is freed once.
     /// unsafe { c.free(p) };
     /// ```
     pub fn slabinfo(&self) -> Vec<SlabInfo> {
@@ -353,6 +355,7 @@ impl Kmem {
     /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
     /// let c = k.create_cache("counted", 64, kmem::CacheConfig::new()).unwrap();
     /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` came from `c` and is freed once.
     /// unsafe { c.free(p) };
     /// let all = k.cache_stats();
     /// assert_eq!(all.len(), 1);
@@ -558,9 +561,10 @@ impl KmemBuilder {
                 bytes: map_size,
             })?
             .as_ptr();
-        // SAFETY: `base` is a fresh zeroed mapping of `map_size` bytes; each write lands inside
-        // it at an offset aligned for its type; the budget's address is final before the page
-        // allocators take a pointer to it.
+        // `base` is a fresh zeroed mapping of `map_size` bytes; each write lands inside it at an
+        // offset aligned for its type; the budget's address is final before the page allocators
+        // take a pointer to it.
+        // SAFETY: each write below stays inside the fresh `base` mapping, aligned for its type.
         unsafe {
             let shared = base as *mut KmemShared;
             let nodes = base.add(nodes_off) as *mut PageAllocator;
@@ -615,8 +619,9 @@ unsafe fn destroy_shared(shared: NonNull<KmemShared>) {
         // A cache leaked slabs that users may still point into: keep every mapping.
         return;
     }
-    // SAFETY: exclusive; each page allocator unmaps its chunks (or leaks them if any page is
-    // still allocated), then the metadata mapping goes.
+    // Each page allocator unmaps its chunks (or leaks them if any page is still allocated), then
+    // the metadata mapping goes.
+    // SAFETY: exclusive: no handle or cache refers to `shared` any more (contract).
     unsafe {
         for nid in 0..s.nr_nodes {
             ptr::drop_in_place(s.nodes.add(nid) as *mut PageAllocator);

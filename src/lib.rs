@@ -12,6 +12,7 @@
 //! let k = Kmem::builder().memory_limit(64 << 20).nodes(2).cpus(4).build()?;
 //! let cache = k.create_cache("conn", 192, CacheConfig::new().align(64))?;
 //! let p = cache.alloc().unwrap();
+//! // SAFETY: `p` came from `cache` and is freed once.
 //! unsafe { cache.free(p) };
 //! println!("{:?}", cache.stats());
 //! let typed: kmem::Cache<[u64; 8]> = kmem::Cache::new("block")?;

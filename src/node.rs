@@ -85,8 +85,8 @@ impl KmemCacheNode {
         slab: *mut Page,
         end: ListEnd,
     ) {
-        // SAFETY: `slab` is live (contract) and its links are ours under `list_lock`; the list's
-        // other members are live slabs on this list.
+        // The list's other members are live slabs on this list.
+        // SAFETY: `slab` is live (contract) and its links are ours under `list_lock`.
         unsafe {
             let s = &*slab;
             match end {
@@ -127,8 +127,8 @@ impl KmemCacheNode {
         guard: &mut SpinGuard<'_, PartialList>,
         slab: *mut Page,
     ) {
-        // SAFETY: `slab` and its neighbours are on this list (contract), whose links we own
-        // under `list_lock`.
+        // We hold `list_lock`.
+        // SAFETY: `slab` and its neighbours are on this list (contract), whose links we own.
         unsafe {
             let s = &*slab;
             let (prev, next) = (s.lru_prev.get(), s.lru_next.get());

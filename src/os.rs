@@ -50,8 +50,8 @@ pub(crate) fn map_partial(reserve: usize, usable: usize, align: usize) -> Option
     } else {
         libc::PROT_NONE
     };
-    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
-    // existing memory; the result is checked for MAP_FAILED.
+    // The result is checked for MAP_FAILED.
+    // SAFETY: an anonymous private mapping at a kernel-chosen address touches no existing memory.
     let raw = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
@@ -139,8 +139,8 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, reserve: usize, align: usize) {
 pub(crate) unsafe fn release(ptr: *mut u8, size: usize) {
     #[cfg(not(miri))]
     {
-        // SAFETY: the caller guarantees the range is ours and dead; MADV_DONTNEED on a private
-        // anonymous mapping only drops its pages.
+        // MADV_DONTNEED on a private anonymous mapping only drops its pages.
+        // SAFETY: the caller guarantees the range is ours and dead.
         unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
     }
     #[cfg(miri)]

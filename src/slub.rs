@@ -64,9 +64,10 @@ impl CacheInner {
             if object == 0 || !self.cpu_node_matches(c, node) {
                 return self.slab_alloc_slow(c, node);
             }
-            // SAFETY: `object` was on this slot's freelist when the pair was loaded, so it is an
-            // object of this cache in mapped slab memory; the value read may be stale, and the
-            // tid CAS below rejects it if so.
+            // `object` was on this slot's freelist when the pair was loaded, so it is an object of
+            // this cache in mapped slab memory; the value read may be stale, and the tid CAS below
+            // rejects it if so.
+            // SAFETY: `object` is an object of this cache in slab memory, which stays mapped.
             let next = unsafe { get_freepointer(object, self.offset) };
             if c.freelist_tid
                 .compare_exchange((object, tid), (next, self.tid_step.next_tid(tid)))
@@ -106,8 +107,8 @@ impl CacheInner {
                 unsafe { self.slab_free_slow(c, slab, head, tail, cnt) };
                 return;
             }
-            // SAFETY: `tail` is owned by the caller (contract); linking it is published by the
-            // CAS below.
+            // Linking it is published by the CAS below.
+            // SAFETY: `tail` is owned by the caller (contract).
             unsafe { set_freepointer(tail, self.offset, freelist) };
             if c.freelist_tid
                 .compare_exchange((freelist, tid), (head, self.tid_step.next_tid(tid)))
@@ -128,8 +129,8 @@ impl CacheInner {
             None => true,
             Some(n) => {
                 let slab = c.slab.load(Ordering::Acquire);
-                // SAFETY: page descriptors live as long as the allocator; a stale slab pointer
-                // still names a descriptor whose `info` is an atomic.
+                // A stale slab pointer still names a descriptor whose `info` is an atomic.
+                // SAFETY: page descriptors live as long as the allocator.
                 !slab.is_null() && unsafe { (*slab).node() } == n
             }
         }
@@ -169,8 +170,8 @@ impl CacheInner {
         let owner = page.cache.load(Ordering::Acquire) as *const CacheInner;
         match page.info().kind() {
             PageKind::Slab if !owner.is_null() => {
-                // SAFETY: a slab's owner pointer names a live cache (caches with slabs are
-                // never unmapped).
+                // Caches with slabs are never unmapped.
+                // SAFETY: a slab's owner pointer names a live cache.
                 let other = unsafe { (*owner).name() };
                 crate::abort_msg(&[
                     "kmem: object ",
@@ -597,8 +598,8 @@ impl CacheInner {
     /// Pushes `slab` onto `c`'s partial list (caller holds `c.lock`). With `drain`, a full list
     /// is detached first and returned for the caller to unfreeze after dropping the lock.
     fn put_cpu_partial_locked(&self, slab: *mut Page, c: &KmemCacheCpu, drain: bool) -> *mut Page {
-        // SAFETY: the partial list and the `next`/`slabs` fields of slabs on it (and of `slab`,
-        // which the caller froze) are ours under `c.lock`.
+        // This includes `slab`, which the caller froze.
+        // SAFETY: the partial list and its slabs' `next`/`slabs` fields are ours under `c.lock`.
         unsafe {
             let mut old = c.partial.get();
             let mut to_unfreeze = ptr::null_mut();
@@ -797,9 +798,9 @@ impl CacheInner {
             while !slab.is_null() {
                 // SAFETY: on the list `g` protects.
                 let next = unsafe { KmemCacheNode::next_of(&g, slab) };
-                // SAFETY: a live unfrozen slab on our list. With list_lock held and no object
-                // of it allocated, nobody can change it: no frees (nothing is out), no
-                // allocation (only via this list).
+                // With list_lock held and no object of it allocated, nobody can change it: no frees
+                // (nothing is out), no allocation (only via this list).
+                // SAFETY: `slab` is a live unfrozen slab on our list.
                 let s = unsafe { &*slab };
                 if s.slab_state().1.inuse() == 0 {
                     // SAFETY: on this list, lock held; then ours.

@@ -55,6 +55,7 @@ pub(crate) const NR_STAT_ITEMS: usize = StatItem::CpuPartialDrain as usize + 1;
 /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
 /// let cache = k.create_cache("stats-demo", 64, kmem::CacheConfig::new()).unwrap();
 /// let p = cache.alloc().unwrap();
+/// // SAFETY: `p` came from `cache` and is freed once.
 /// unsafe { cache.free(p) };
 /// let s = cache.stats();
 /// if cfg!(feature = "stats") {
@@ -163,6 +164,7 @@ impl CacheStats {
 /// assert_eq!(info.active_objs, 10);
 /// assert_eq!(info.num_objs, info.num_slabs * info.objperslab);
 /// for p in objs {
+///     // SAFETY: each `p` came from `cache` and is freed once.
 ///     unsafe { cache.free(p) };
 /// }
 /// assert_eq!(cache.info().active_objs, 0);

@@ -145,9 +145,9 @@ impl DWord {
         #[cfg(all(not(loom), not(miri), target_arch = "x86_64"))]
         {
             let halves = self.0.as_ptr().cast::<core::sync::atomic::AtomicU64>();
-            // SAFETY: the AtomicU128 is 16-byte aligned and lives as long as `self`; its high
-            // half (the tag, little-endian) and low half (the word) are each an aligned u64 that
-            // is only ever accessed atomically (see the mixed-size note above).
+            // The high half (the tag, little-endian) and low half (the word) are each an aligned
+            // u64 that is only ever accessed atomically (see the mixed-size note above).
+            // SAFETY: the AtomicU128 is 16-byte aligned and lives as long as `self`.
             let (tag, word) = unsafe {
                 let tag = (*halves.add(1)).load(core::sync::atomic::Ordering::Acquire);
                 let word = (*halves).load(core::sync::atomic::Ordering::Acquire);
@@ -289,8 +289,9 @@ unsafe impl<T: Send> Send for Cell<T> {}
 /// slab memory while the allocator that owns it lives).
 #[inline(always)]
 pub(crate) unsafe fn load_free_ptr(addr: *const usize) -> usize {
-    // SAFETY: aligned and mapped per the contract; an atomic access makes the race with the
-    // owner's writes a benign, discarded read rather than a torn one.
+    // An atomic access makes the race with the owner's writes a benign, discarded read rather than
+    // a torn one.
+    // SAFETY: `addr` is aligned and mapped per the contract.
     unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr as *mut usize) }
         .load(core::sync::atomic::Ordering::Relaxed)
 }
@@ -560,8 +561,9 @@ impl<T> Deref for SpinGuard<'_, T> {
         }
         #[cfg(loom)]
         {
-            // SAFETY: as above. loom's `with` cannot lend a reference past the closure, so the
-            // guard reads through the raw pointer; the lock itself is modelled by the mutex.
+            // loom's `with` cannot lend a reference past the closure, so the guard reads through
+            // the raw pointer; the lock itself is modelled by the mutex.
+            // SAFETY: as above: the guard proves the lock is held, so no one else accesses `data`.
             unsafe { &*self.lock.data.0.with(|p| p) }
         }
     }

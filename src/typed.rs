@@ -118,8 +118,9 @@ impl<T> SlabBox<'_, T> {
     /// Moves the value out and returns the object to the cache.
     pub fn into_inner(b: Self) -> T {
         let b = ManuallyDrop::new(b);
-        // SAFETY: the box owns an initialised `T`; after reading it out, only the memory is
-        // returned (ManuallyDrop stops the drop of the value).
+        // After reading the value out, only the memory is returned (ManuallyDrop stops the drop of
+        // the value).
+        // SAFETY: the box owns an initialised `T` and the object of its cache that holds it.
         unsafe {
             let v = ptr::read(b.ptr.as_ptr());
             b.cache.raw.free(b.ptr.cast());
@@ -153,8 +154,8 @@ impl<T> DerefMut for SlabBox<'_, T> {
 impl<T> Drop for SlabBox<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the box owns an initialised `T`; drop it, then return the object it lived in
-        // (an object of this cache, freed once).
+        // Drop the value, then return the object it lived in (an object of this cache, freed once).
+        // SAFETY: the box owns an initialised `T` and the object of its cache that holds it.
         unsafe {
             ptr::drop_in_place(self.ptr.as_ptr());
             self.cache.raw.free(self.ptr.cast());

@@ -246,8 +246,9 @@ fn large_allocations_alloc_realloc_free() {
 
 /// Forks a child that runs `f` and exits with its result; returns the child's wait status.
 fn fork_and_wait(f: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child only runs `f` (which allocates through kmem, whose locks the atfork
-    // handlers released) and then `_exit`s without running destructors or atexit handlers.
+    // `f` may allocate through kmem: the atfork handlers released kmem's locks in the child.
+    // `_exit` runs no destructors or atexit handlers.
+    // SAFETY: the child only runs `f` and then `_exit`s.
     unsafe {
         let pid = libc::fork();
         assert!(pid >= 0, "fork failed");

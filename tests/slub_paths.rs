@@ -528,8 +528,8 @@ fn freeing_an_object_of_another_cache_aborts_naming_both() {
         let a = k.create_cache("cache-a", 64, CacheConfig::new()).unwrap();
         let b = k.create_cache("cache-b", 64, CacheConfig::new()).unwrap();
         let p = a.alloc().unwrap();
-        // SAFETY: deliberately wrong — the point of the test; kmem must abort before touching
-        // any freelist.
+        // kmem must abort before touching any freelist.
+        // SAFETY: deliberately wrong (`p` belongs to cache `a`) — the point of the test.
         unsafe { b.free(p) };
         unreachable!();
     }

@@ -6,8 +6,9 @@ use std::alloc::Layout;
 
 /// Pins the calling thread to `cpu` with `sched_setaffinity`; returns whether it worked.
 pub fn pin_to_cpu(cpu: usize) -> bool {
-    // SAFETY: `set` is a zeroed, properly sized cpu_set_t on our stack; CPU_SET writes inside
-    // it, and sched_setaffinity(0, ..) only reads it.
+    // `set` is a zeroed, properly sized cpu_set_t on our stack; CPU_SET writes inside it, and
+    // sched_setaffinity(0, ..) only reads it.
+    // SAFETY: `set` is a valid local cpu_set_t, and both calls stay within it.
     unsafe {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);

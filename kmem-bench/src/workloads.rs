@@ -307,8 +307,8 @@ pub fn fastpath<A: GlobalAlloc + Sync>(a: &A, size: usize, duration: Duration) -
             let mut ops = 0;
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..256 {
-                    // SAFETY: non-zero layout; the block is freed with the same allocator and
-                    // layout right after.
+                    // The block is freed with the same allocator and layout right after.
+                    // SAFETY: non-zero `layout`; `p` is freed once, with the same `a` and `layout`.
                     unsafe {
                         let p = a.alloc(layout);
                         if p.is_null() {
@@ -474,8 +474,9 @@ pub fn remote_free<A: GlobalAlloc + Sync>(
                     if ring.pop(buf) {
                         spins = 0;
                         for &p in buf.iter() {
-                            // SAFETY: allocated by the producer with this allocator and layout,
-                            // handed over once through the ring.
+                            // Allocated by the producer with this allocator and layout, handed over
+                            // once through the ring.
+                            // SAFETY: `p` came from `a` with `layout` and is freed once.
                             unsafe { a.dealloc(p, layout) };
                         }
                         ops += RING_BATCH as u64;

@@ -17,6 +17,7 @@ fn alloc_alloc_aba() {
         // A CPU freelist x -> y.
         let x = c.alloc().unwrap();
         let y = c.alloc().unwrap();
+        // SAFETY: `x` and `y` were just allocated from `c`; each is freed once.
         unsafe {
             c.free(y);
             c.free(x);

@@ -28,6 +28,7 @@ fn bulk_vs_single() {
             for &p in &objs {
                 l1.remove(p);
             }
+            // SAFETY: `objs` were allocated from `c1` above and each is freed once.
             unsafe { c1.free_bulk(&objs) };
         });
         let (c2, l2) = (c.clone(), live.clone());

@@ -357,8 +357,8 @@ pub(crate) fn virt_to_page(ptr: *const u8) -> Option<&'static Page> {
         // SAFETY: a tail's offset stays inside its chunk's descriptor array.
         p = unsafe { p.sub(info.head_offset()) };
     }
-    // SAFETY: descriptors of registered chunks live as long as the chunk (callers must not use
-    // the reference past their allocator instance).
+    // Callers must not use the reference past their allocator instance.
+    // SAFETY: descriptors of registered chunks live as long as the chunk.
     Some(unsafe { &*p })
 }
 
@@ -366,8 +366,8 @@ pub(crate) fn virt_to_page(ptr: *const u8) -> Option<&'static Page> {
 /// (so it keeps the mapping's provenance, unlike [`Page::address`], which casts an integer).
 #[allow(dead_code)] // for the slab layer (Miri runs it with strict provenance checks)
 pub(crate) fn page_address(page: &Page) -> *mut u8 {
-    // SAFETY: `page` is a descriptor of a live chunk (the only way to get a `&Page` outside
-    // chunk set-up), so its chunk header is initialised.
+    // Outside chunk set-up, a `&Page` can only come from a descriptor of a live chunk.
+    // SAFETY: `page` is a descriptor of a live chunk, so its chunk header is initialised.
     unsafe {
         let (meta, idx) = chunk_of(page);
         (*meta).base.add(idx << PAGE_SHIFT)
@@ -668,8 +668,8 @@ impl PageAllocator {
         };
         let meta = meta_raw.as_ptr().cast::<ChunkMeta>();
         let usable_pages = usable >> PAGE_SHIFT;
-        // SAFETY: `meta` is a fresh, private, page-aligned mapping of at least
-        // size_of::<ChunkMeta>() bytes; every field is written before the chunk is published.
+        // Every field is written before the chunk is published.
+        // SAFETY: `meta` is a fresh, private, page-aligned mapping large enough for a `ChunkMeta`.
         unsafe {
             ptr::addr_of_mut!((*meta).base).write(base.as_ptr());
             ptr::addr_of_mut!((*meta).usable_pages).write(usable_pages);
@@ -713,8 +713,8 @@ impl PageAllocator {
         }
         // SAFETY: `meta` is non-null (from a NonNull mapping).
         if !radix::register(base_addr, unsafe { NonNull::new_unchecked(meta) }) {
-            // SAFETY: neither mapping was published; drop the descriptors (loom atomics) and
-            // unmap both.
+            // Drop the descriptors (loom atomics) and unmap both.
+            // SAFETY: neither mapping was published, so both are still ours alone.
             unsafe {
                 Self::destroy_chunk(meta);
             }
@@ -722,8 +722,8 @@ impl PageAllocator {
             return Grow::Os;
         }
         let mut st = self.state.lock();
-        // SAFETY: `meta` is ours; its blocks are detached and described as free heads; the
-        // lock is held.
+        // Its blocks are detached and described as free heads.
+        // SAFETY: `meta` is ours and the state lock is held.
         unsafe {
             (*meta).next.set(st.chunks);
             st.chunks = meta;
@@ -766,8 +766,8 @@ impl PageAllocator {
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) unsafe fn free_pages(&self, page: NonNull<Page>, order: u32) {
         let p = page.as_ptr();
-        // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor; a
-        // garbage pointer is the caller's bug and is caught by the check below when readable.
+        // A garbage pointer is the caller's bug and is caught by the check below when readable.
+        // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor.
         let addr = unsafe { (*p).addr };
         let p = match page_of(addr) {
             // From here on use the table's pointer: it carries the metadata's provenance.
@@ -849,8 +849,8 @@ impl PageAllocator {
                 Some(info),
             );
         }
-        // SAFETY: the block is ours (validated under the lock); clear the slab owner so stale
-        // slab frees see no cache.
+        // Clear the slab owner so stale slab frees see no cache.
+        // SAFETY: the block is ours (validated under the lock).
         unsafe {
             (*p).cache.store(null_mut(), Ordering::Relaxed);
             (*p).set_info(in_transit(self.node));
@@ -1124,8 +1124,8 @@ impl Drop for PageAllocator {
         let mut leaked_bytes = 0u64;
         let mut chunk = self.state.lock().chunks;
         while !chunk.is_null() {
-            // SAFETY: chunks of this node are live until unmapped here; `&mut self` excludes
-            // every other user of this node.
+            // `&mut self` excludes every other user of this node.
+            // SAFETY: chunks of this node are live until unmapped here, and no one else uses them.
             unsafe {
                 let next = (*chunk).next.get();
                 let usable = (*chunk).usable_pages;

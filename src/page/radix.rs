@@ -42,8 +42,9 @@ pub(super) fn lookup(addr: usize) -> Option<NonNull<ChunkMeta>> {
     if leaf.is_null() {
         return None;
     }
-    // SAFETY: leaves are never freed once published, and were fully zero-initialised (a valid
-    // array of null AtomicPtrs) before the Release CAS that published them.
+    // Leaves were fully zero-initialised (a valid array of null AtomicPtrs) before the Release CAS
+    // that published them.
+    // SAFETY: published leaves are never freed and were initialised before publication.
     NonNull::new(unsafe { &*leaf }.0[j].load(Ordering::Acquire))
 }
 
