@@ -20,6 +20,8 @@ section "cargo test --workspace"
 cargo test --workspace
 section "stress tests in release"
 cargo test --release -p kmem --test stress
+section "without the stats feature"
+cargo test -p kmem --no-default-features --lib --test slub_paths --test stress
 
 if [ -x loom-tests/run.sh ] || [ -f loom-tests/run.sh ]; then
   section "loom models"

@@ -324,3 +324,60 @@ fn reentrancy_guard_aborts_on_nested_entry() {
     );
     assert_eq!(libc::WTERMSIG(status), libc::SIGABRT);
 }
+
+/// Runs before `main` (an ELF `.init_array` constructor): the very first allocation of the
+/// process may come from here, so it builds the global instance and the kmalloc caches.
+#[used]
+#[link_section = ".init_array"]
+static BEFORE_MAIN: extern "C" fn() = before_main;
+
+static BEFORE_MAIN_SUM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn before_main() {
+    let v: Vec<usize> = (0..1000).collect();
+    let s = String::from("allocated before main");
+    BEFORE_MAIN_SUM.store(
+        v.iter().sum::<usize>() + s.len(),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+#[test]
+fn allocation_before_main_works() {
+    assert_eq!(
+        BEFORE_MAIN_SUM.load(std::sync::atomic::Ordering::SeqCst),
+        499_500 + "allocated before main".len()
+    );
+}
+
+#[test]
+fn allocation_during_thread_local_destruction_works() {
+    struct AllocOnDrop(Vec<u64>);
+    impl Drop for AllocOnDrop {
+        fn drop(&mut self) {
+            // Runs in the thread's TLS destructors, after other thread-locals may be gone: kmem
+            // must not depend on any thread-local with a destructor.
+            let v: Vec<u64> = self.0.iter().map(|x| x * 2).collect();
+            let b = Box::new([7u8; 300]);
+            DONE.fetch_add(v.len() + b.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    thread_local! {
+        static T: std::cell::RefCell<Option<AllocOnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(|| {
+                T.with(|t| *t.borrow_mut() = Some(AllocOnDrop((0..100).collect())));
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        DONE.load(std::sync::atomic::Ordering::SeqCst),
+        8 * (100 + 300)
+    );
+}

@@ -71,6 +71,7 @@ fn free_all(c: &KmemCache, p: Ptrs) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn fast_paths() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
     let c = k.create_cache("fast", 64, CacheConfig::new()).unwrap();
@@ -88,6 +89,7 @@ fn fast_paths() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn remote_free_into_a_frozen_cpu_slab() {
     if !have_two_cpus() {
         return;
@@ -112,6 +114,7 @@ fn remote_free_into_a_frozen_cpu_slab() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn full_slab_freezes_onto_the_cpu_partial_list() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
     let c = k
@@ -132,6 +135,7 @@ fn full_slab_freezes_onto_the_cpu_partial_list() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn cpu_partial_list_drains_to_the_node() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
     let c = k
@@ -171,6 +175,7 @@ fn cpu_partial_list_drains_to_the_node() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn node_partial_refill_and_cpu_partial_node() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
     // No CPU partial lists: frees into full slabs put them on the node list.
@@ -226,6 +231,7 @@ fn node_partial_refill_and_cpu_partial_node() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn empty_slabs_beyond_min_partial_are_discarded() {
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
     let c = k
@@ -248,6 +254,7 @@ fn empty_slabs_beyond_min_partial_are_discarded() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn order_fallback_under_a_memory_limit() {
     let k = Kmem::builder()
         .cpus(1)
@@ -301,6 +308,7 @@ fn order_fallback_under_a_memory_limit() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "stats"), ignore = "needs the stats feature")]
 fn other_node_fallback_with_fake_nodes() {
     if !have_two_cpus() {
         return;
