@@ -23,6 +23,15 @@ use core::ptr::{self, NonNull};
 /// The slab order the kernel calls `PAGE_ALLOC_COSTLY_ORDER`: the default `max_order`.
 pub(crate) const DEFAULT_MAX_ORDER: u32 = if MAX_ORDER < 3 { MAX_ORDER } else { 3 };
 /// Assumed cache-line size for [`CacheFlags::HWCACHE_ALIGN`].
+///
+/// ```
+/// use kmem::{CacheConfig, CacheFlags, CACHE_LINE_SIZE};
+/// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+/// let cfg = CacheConfig::new().flags(CacheFlags::HWCACHE_ALIGN);
+/// let c = k.create_cache("lines", 100, cfg).unwrap();
+/// assert_eq!(c.align(), CACHE_LINE_SIZE);
+/// assert_eq!(c.size(), 2 * CACHE_LINE_SIZE); // 100 bytes take two whole lines
+/// ```
 pub const CACHE_LINE_SIZE: usize = 64;
 const MIN_PARTIAL: usize = 5;
 const MAX_PARTIAL: usize = 10;
@@ -42,24 +51,67 @@ pub struct CacheFlags(u32);
 impl CacheFlags {
     /// Align objects to cache lines; small objects are packed so that none straddles a line
     /// (the alignment is halved while the object still fits twice), as `SLAB_HWCACHE_ALIGN`.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let hw = CacheConfig::new().flags(CacheFlags::HWCACHE_ALIGN);
+    /// // 40 bytes would straddle a line at word alignment: a whole line each.
+    /// assert_eq!(k.create_cache("hw40", 40, hw.clone()).unwrap().size(), 64);
+    /// // 20 bytes fit twice in half a line: packed two per 32 bytes, never straddling.
+    /// assert_eq!(k.create_cache("hw20", 20, hw).unwrap().size(), 32);
+    /// ```
     pub const HWCACHE_ALIGN: CacheFlags = CacheFlags(1 << 0);
     /// Never merge this cache with a compatible one. kmem does not merge caches at all, so this
     /// is accepted for source compatibility and always holds.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let cfg = CacheConfig::new().flags(CacheFlags::NO_MERGE);
+    /// let a = k.create_cache("private-a", 64, cfg.clone()).unwrap();
+    /// let b = k.create_cache("private-b", 64, cfg).unwrap();
+    /// // Two caches of the same geometry stay two caches.
+    /// assert_eq!(k.slabinfo().len(), 2);
+    /// assert_eq!((a.name(), b.name()), ("private-a", "private-b"));
+    /// ```
     pub const NO_MERGE: CacheFlags = CacheFlags(1 << 1);
 
     const ALL: u32 = (1 << 2) - 1;
 
     /// No flags.
+    ///
+    /// ```
+    /// use kmem::CacheFlags;
+    /// assert_eq!(CacheFlags::empty(), CacheFlags::default());
+    /// assert_eq!(CacheFlags::empty().bits(), 0);
+    /// assert!(CacheFlags::HWCACHE_ALIGN.contains(CacheFlags::empty()));
+    /// ```
     pub const fn empty() -> Self {
         CacheFlags(0)
     }
 
     /// The raw bits.
+    ///
+    /// ```
+    /// use kmem::CacheFlags;
+    /// let f = CacheFlags::HWCACHE_ALIGN | CacheFlags::NO_MERGE;
+    /// assert_eq!(f.bits(), CacheFlags::HWCACHE_ALIGN.bits() | CacheFlags::NO_MERGE.bits());
+    /// assert_ne!(CacheFlags::HWCACHE_ALIGN.bits(), CacheFlags::NO_MERGE.bits());
+    /// ```
     pub const fn bits(self) -> u32 {
         self.0
     }
 
     /// Whether every flag of `other` is set.
+    ///
+    /// ```
+    /// use kmem::CacheFlags;
+    /// let both = CacheFlags::HWCACHE_ALIGN | CacheFlags::NO_MERGE;
+    /// assert!(both.contains(CacheFlags::NO_MERGE));
+    /// assert!(both.contains(both));
+    /// assert!(!CacheFlags::HWCACHE_ALIGN.contains(both));
+    /// ```
     pub const fn contains(self, other: CacheFlags) -> bool {
         self.0 & other.0 == other.0
     }
@@ -134,22 +186,55 @@ impl fmt::Debug for CacheConfig {
 
 impl CacheConfig {
     /// The defaults: word alignment, no flags, orders and limits as the kernel computes them.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("defaults", 24, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(c.align(), core::mem::size_of::<usize>()); // word alignment
+    /// assert_eq!(c.size(), 24);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Minimum object alignment (a power of two, at most a page). Default: word size.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, KmemError};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("aligned", 24, CacheConfig::new().align(32)).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// assert_eq!(p.as_ptr() as usize % 32, 0);
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// let err = k.create_cache("odd", 24, CacheConfig::new().align(48)).unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidAlignment { align: 48, .. }));
+    /// ```
     pub fn align(mut self, align: usize) -> Self {
         self.align = align;
         self
     }
 
     /// The alignment set with [`CacheConfig::align`] (0 if none).
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// assert_eq!(CacheConfig::new().align_value(), 0);
+    /// assert_eq!(CacheConfig::new().align(64).align_value(), 64);
+    /// ```
     pub fn align_value(&self) -> usize {
         self.align
     }
 
     /// Creation flags.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let cfg = CacheConfig::new().flags(CacheFlags::HWCACHE_ALIGN);
+    /// let c = k.create_cache("flagged", 40, cfg).unwrap();
+    /// assert_eq!((c.align(), c.size()), (64, 64));
+    /// ```
     pub fn flags(mut self, flags: CacheFlags) -> Self {
         self.flags = flags;
         self
@@ -158,12 +243,35 @@ impl CacheConfig {
     /// A constructor run once on every object when its slab is created (not on every
     /// allocation, as in the kernel). Objects must be returned in their constructed state; the
     /// free pointer is then kept outside the object so it never overwrites constructed fields.
+    ///
+    /// ```
+    /// use core::ptr::NonNull;
+    /// use kmem::CacheConfig;
+    /// fn init(obj: NonNull<u8>) {
+    ///     // SAFETY: the constructor gets a whole, suitably aligned 16-byte object.
+    ///     unsafe { obj.cast::<u64>().write(0x5eed) };
+    /// }
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("constructed", 16, CacheConfig::new().ctor(init)).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` is a live object of `c`, constructed when its slab was made.
+    /// assert_eq!(unsafe { p.cast::<u64>().read() }, 0x5eed);
+    /// // SAFETY: `p` came from `c`, still in its constructed state, and is freed once.
+    /// unsafe { c.free(p) };
+    /// ```
     pub fn ctor(mut self, ctor: fn(NonNull<u8>)) -> Self {
         self.ctor = Some(ctor);
         self
     }
 
     /// Smallest slab order to use (`slub_min_order`). Default 0.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("big-slabs", 64, CacheConfig::new().min_order(1)).unwrap();
+    /// assert!(c.order() >= 1 && c.min_order() >= 1); // every slab is at least 2 pages
+    /// ```
     pub fn min_order(mut self, order: u32) -> Self {
         self.min_order = order;
         self
@@ -171,12 +279,28 @@ impl CacheConfig {
 
     /// Largest preferred slab order (`slub_max_order`). Default 3. An object too big for it
     /// still gets the smallest order that holds one object.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, KmemError};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("one-page", 3000, CacheConfig::new().max_order(0)).unwrap();
+    /// assert_eq!((c.order(), c.objects_per_slab()), (0, 1));
+    /// let err = k.create_cache("huge", 64, CacheConfig::new().max_order(11)).unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidConfig { parameter: "max_order", .. }));
+    /// ```
     pub fn max_order(mut self, order: u32) -> Self {
         self.max_order = Some(order);
         self
     }
 
     /// Objects per slab to aim for (`slub_min_objects`). Default `4 * (fls(cpus) + 1)`.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("many", 256, CacheConfig::new().min_objects(32)).unwrap();
+    /// assert!(c.objects_per_slab() >= 32);
+    /// ```
     pub fn min_objects(mut self, n: usize) -> Self {
         self.min_objects = n;
         self
@@ -184,6 +308,13 @@ impl CacheConfig {
 
     /// Empty slabs each node keeps on its partial list instead of freeing them. Default
     /// `clamp(ilog2(size) / 2, 5, 10)`.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("lean", 64, CacheConfig::new().min_partial(1)).unwrap();
+    /// assert_eq!(c.min_partial(), 1);
+    /// ```
     pub fn min_partial(mut self, n: usize) -> Self {
         self.min_partial = Some(n);
         self
@@ -191,6 +322,13 @@ impl CacheConfig {
 
     /// Slabs each CPU slot may keep on its partial list before draining it to the node; 0
     /// disables per-CPU partial lists. Default from the object size, as `slub_set_cpu_partial`.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("no-cpu-partial", 64, CacheConfig::new().cpu_partial_slabs(0)).unwrap();
+    /// assert_eq!(c.cpu_partial_slabs(), 0);
+    /// ```
     pub fn cpu_partial_slabs(mut self, n: usize) -> Self {
         self.cpu_partial_slabs = Some(n);
         self
@@ -690,6 +828,27 @@ impl KmemCache {
     /// memory limit, the OS, or injected faults).
     ///
     /// The object is uninitialised (or as the constructor left it).
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("objs", 32, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc().expect("memory");
+    /// // SAFETY: `p` is a live 32-byte object of `c`.
+    /// unsafe { p.as_ptr().write_bytes(0, 32) };
+    /// assert_eq!(c.info().active_objs, 1);
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    ///
+    /// // Every page allocation fails: no slab, so no object.
+    /// let failing = kmem::Kmem::builder()
+    ///     .cpus(1)
+    ///     .nodes(1)
+    ///     .fault_injection(kmem::FaultInjection::EveryNth(1))
+    ///     .build()
+    ///     .unwrap();
+    /// let c = failing.create_cache("starved", 32, kmem::CacheConfig::new()).unwrap();
+    /// assert!(c.alloc().is_none());
+    /// ```
     #[inline]
     pub fn alloc(&self) -> Option<NonNull<u8>> {
         NonNull::new(self.inner().slab_alloc(None))
@@ -729,6 +888,20 @@ impl KmemCache {
     /// # Safety
     /// `obj` was returned by this cache's `alloc`/`alloc_node`/`alloc_bulk`, is not used after
     /// this call, and is not freed twice.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("reuse", 64, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` came from `c`, is not used afterwards, and is freed once.
+    /// unsafe { c.free(p) };
+    /// assert_eq!(c.info().active_objs, 0);
+    /// // With one CPU slot the freed object is the next one handed out (LIFO, cache-hot).
+    /// let q = c.alloc().unwrap();
+    /// assert_eq!(q, p);
+    /// // SAFETY: `q` came from `c` and is freed once.
+    /// unsafe { c.free(q) };
+    /// ```
     #[inline]
     pub unsafe fn free(&self, obj: NonNull<u8>) {
         let inner = self.inner();
@@ -760,6 +933,16 @@ impl KmemCache {
     ///
     /// # Safety
     /// As [`KmemCache::free`] for every element; no element appears twice.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("batch", 48, kmem::CacheConfig::new()).unwrap();
+    /// let objs: Vec<_> = (0..50).map(|_| c.alloc().unwrap()).collect();
+    /// assert_eq!(c.info().active_objs, 50);
+    /// // SAFETY: every pointer came from `c`, appears once, and is not used afterwards.
+    /// unsafe { c.free_bulk(&objs) };
+    /// assert_eq!(c.info().active_objs, 0);
+    /// ```
     pub unsafe fn free_bulk(&self, objs: &[NonNull<u8>]) {
         // SAFETY: forwarded contract.
         unsafe { self.inner().free_bulk(objs) }
@@ -767,71 +950,203 @@ impl KmemCache {
 
     /// Flushes every CPU slot's slabs and partial lists to the nodes, frees every empty slab
     /// (ignoring `min_partial`), and returns free pages to the OS (`kmem_cache_shrink`).
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("shrinkable", 512, kmem::CacheConfig::new()).unwrap();
+    /// let objs: Vec<_> = (0..200).map(|_| c.alloc().unwrap()).collect();
+    /// assert!(c.info().num_slabs > 0);
+    /// // SAFETY: every pointer came from `c`, appears once, and is not used afterwards.
+    /// unsafe { c.free_bulk(&objs) };
+    /// c.shrink();
+    /// assert_eq!(c.info().num_slabs, 0); // every (now empty) slab went back to the pages
+    /// ```
     pub fn shrink(&self) {
         self.inner().shrink()
     }
 
     /// Event counters summed over the CPU slots (zero without the `stats` feature).
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("counted", 64, kmem::CacheConfig::new()).unwrap();
+    /// let objs: Vec<_> = (0..10).map(|_| c.alloc().unwrap()).collect();
+    /// for p in objs {
+    ///     // SAFETY: each `p` came from `c` and is freed once.
+    ///     unsafe { c.free(p) };
+    /// }
+    /// let s = c.stats();
+    /// if cfg!(feature = "stats") {
+    ///     assert_eq!(s.alloc_fastpath + s.alloc_slowpath, 10);
+    ///     assert_eq!(s.free_fastpath + s.free_slowpath, 10);
+    /// } else {
+    ///     assert_eq!(s, kmem::CacheStats::default());
+    /// }
+    /// ```
     pub fn stats(&self) -> CacheStats {
         self.inner().stats()
     }
 
     /// This cache's exact slabinfo row.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("rowed", 128, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// let row = c.info();
+    /// assert_eq!((row.name.as_str(), row.active_objs, row.num_slabs), ("rowed", 1, 1));
+    /// assert_eq!((row.objsize, row.objperslab), (c.size(), c.objects_per_slab()));
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// ```
     pub fn info(&self) -> SlabInfo {
         self.inner().slabinfo()
     }
 
     /// The name given at creation.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("dentry", 192, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(c.name(), "dentry");
+    /// ```
     pub fn name(&self) -> &str {
         self.inner().name()
     }
 
     /// The object size asked for.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("odd-size", 20, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(c.object_size(), 20);
+    /// assert_eq!(c.size(), 24); // rounded up to a whole word
+    /// ```
     pub fn object_size(&self) -> usize {
         self.inner().geo.object_size
     }
 
     /// Bytes each object takes in a slab, with alignment and metadata.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("padded", 100, CacheConfig::new().align(64)).unwrap();
+    /// assert_eq!(c.size(), 128); // 100 bytes, padded to the alignment
+    /// assert!(c.size() >= c.object_size());
+    /// ```
     pub fn size(&self) -> usize {
         self.inner().geo.size
     }
 
     /// Object alignment.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("al", 40, CacheConfig::new().align(16)).unwrap();
+    /// assert_eq!(c.align(), 16);
+    /// let p = c.alloc().unwrap();
+    /// assert_eq!(p.as_ptr() as usize % c.align(), 0);
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// ```
     pub fn align(&self) -> usize {
         self.inner().geo.align
     }
 
     /// The preferred slab order (`oo`): slabs are `2^order` pages.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("pages", 4096, kmem::CacheConfig::new()).unwrap();
+    /// assert!(c.order() > 0); // several page-sized objects per slab
+    /// assert_eq!(c.objects_per_slab(), (4096 << c.order()) / c.size());
+    /// ```
     pub fn order(&self) -> u32 {
         self.inner().geo.oo.order
     }
 
     /// The fallback slab order (`min`) used when the preferred order is not available.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("fallback", 4096, kmem::CacheConfig::new()).unwrap();
+    /// // A single page still holds one object if no larger block is free.
+    /// assert_eq!(c.min_order(), 0);
+    /// assert!(c.min_order() <= c.order());
+    /// ```
     pub fn min_order(&self) -> u32 {
         self.inner().geo.min.order
     }
 
     /// Objects per slab at the preferred order.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("small", 64, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(c.order(), 0);
+    /// assert_eq!(c.objects_per_slab(), 4096 / 64);
+    /// ```
     pub fn objects_per_slab(&self) -> usize {
         self.inner().geo.oo.objects as usize
     }
 
     /// Empty slabs kept per node.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let default = k.create_cache("dflt", 64, CacheConfig::new()).unwrap();
+    /// assert!((5..=10).contains(&default.min_partial()));
+    /// let tuned = k.create_cache("tuned", 64, CacheConfig::new().min_partial(2)).unwrap();
+    /// assert_eq!(tuned.min_partial(), 2);
+    /// ```
     pub fn min_partial(&self) -> usize {
         self.inner().geo.min_partial
     }
 
     /// Slabs kept per CPU partial list (0: disabled).
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("cp", 64, CacheConfig::new()).unwrap();
+    /// assert!(c.cpu_partial_slabs() > 0); // on by default
+    /// let off = k.create_cache("cp-off", 64, CacheConfig::new().cpu_partial_slabs(0)).unwrap();
+    /// assert_eq!(off.cpu_partial_slabs(), 0);
+    /// ```
     pub fn cpu_partial_slabs(&self) -> usize {
         self.inner().geo.cpu_partial_slabs
     }
 
     /// The allocator this cache belongs to.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(3).nodes(1).build().unwrap();
+    /// let c = k.create_cache("child", 64, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(c.kmem().cpus(), 3);
+    /// // A sibling cache on the same instance, from the cache alone.
+    /// let sib = c.kmem().create_cache("sibling", 32, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(k.slabinfo().len(), 2);
+    /// # drop(sib);
+    /// ```
     pub fn kmem(&self) -> &Kmem {
         &self.kmem
     }
 
     /// The node whose memory holds `obj` (an object of this cache).
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(2).build().unwrap();
+    /// let c = k.create_cache("numa", 64, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc_node(0).unwrap();
+    /// let q = c.alloc().unwrap();
+    /// assert_eq!(c.node_of(p), 0);
+    /// assert!(c.node_of(q) < k.nodes());
+    /// // SAFETY: `p` and `q` came from `c` and are each freed once.
+    /// unsafe { c.free_bulk(&[p, q]) };
+    /// ```
     pub fn node_of(&self, obj: NonNull<u8>) -> usize {
         // SAFETY: owning_slab checked the pointer and returned a live slab descriptor.
         unsafe { (*self.inner().owning_slab(obj.as_ptr())).node() }

@@ -77,6 +77,16 @@ use core::ptr::{self, NonNull};
 const NR_KMALLOC: usize = 13;
 
 /// The largest size served by a kmalloc slab cache; larger requests get page blocks.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use kmem::{kmalloc_class_for, KMALLOC_MAX_CACHE_SIZE};
+/// assert_eq!(kmem::kmalloc_size_classes().last(), Some(&KMALLOC_MAX_CACHE_SIZE));
+/// let largest = Layout::from_size_align(KMALLOC_MAX_CACHE_SIZE, 8).unwrap();
+/// assert_eq!(kmalloc_class_for(largest), Some(KMALLOC_MAX_CACHE_SIZE));
+/// let block = Layout::from_size_align(KMALLOC_MAX_CACHE_SIZE + 1, 8).unwrap();
+/// assert_eq!(kmalloc_class_for(block), None); // served by a page block
+/// ```
 pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 
 /// The class sizes.
@@ -689,6 +699,17 @@ pub struct Kmalloc;
 
 impl Kmalloc {
     /// The allocator (a zero-sized handle to [`Kmem::global()`]'s kmalloc caches).
+    ///
+    /// ```
+    /// use core::alloc::{GlobalAlloc, Layout};
+    /// let a = kmem::Kmalloc::new();
+    /// let layout = Layout::from_size_align(100, 16).unwrap();
+    /// // SAFETY: `layout` has a non-zero size.
+    /// let p = unsafe { a.alloc(layout) };
+    /// assert!(!p.is_null() && p as usize % 16 == 0);
+    /// // SAFETY: `p` came from `a.alloc(layout)` and is freed once with the same layout.
+    /// unsafe { a.dealloc(p, layout) };
+    /// ```
     pub const fn new() -> Self {
         Kmalloc
     }

@@ -17,8 +17,18 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 /// The most CPU slots an instance may have.
+///
+/// ```
+/// let err = kmem::Kmem::builder().cpus(kmem::MAX_CPUS + 1).build().unwrap_err();
+/// assert!(matches!(err, kmem::KmemError::InvalidConfig { parameter: "cpus", .. }));
+/// ```
 pub const MAX_CPUS: usize = 8192;
 /// The most nodes an instance may have.
+///
+/// ```
+/// let err = kmem::Kmem::builder().nodes(kmem::MAX_NODES + 1).build().unwrap_err();
+/// assert!(matches!(err, kmem::KmemError::InvalidConfig { parameter: "nodes", .. }));
+/// ```
 pub const MAX_NODES: usize = 1024;
 
 /// The registry of an instance's caches: an intrusive list through `CacheInner::reg_*`.
@@ -283,6 +293,13 @@ impl Kmem {
     }
 
     /// A builder for a private instance.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().memory_limit(8 << 20).cpus(2).nodes(1).build()?;
+    /// assert_eq!((k.cpus(), k.nodes()), (2, 1));
+    /// assert_eq!(k.page_stats().limit_bytes, 8 << 20);
+    /// # Ok::<(), kmem::KmemError>(())
+    /// ```
     pub fn builder() -> KmemBuilder {
         KmemBuilder::default()
     }
@@ -297,6 +314,18 @@ impl Kmem {
     ///
     /// Errors name the bad input: a zero or too-large size, a bad alignment, a knob out of
     /// range, an empty or over-long name (see [`KmemError`]).
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, KmemError};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("inode", 600, CacheConfig::new().align(8))?;
+    /// assert_eq!((c.name(), c.object_size()), ("inode", 600));
+    /// let err = k.create_cache("", 600, CacheConfig::new()).unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidName { .. }));
+    /// let err = k.create_cache("zero", 0, CacheConfig::new()).unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidSize { size: 0, .. }));
+    /// # Ok::<(), KmemError>(())
+    /// ```
     pub fn create_cache(
         &self,
         name: &str,
@@ -390,6 +419,18 @@ impl Kmem {
 
     /// Shrinks every cache of this instance (see [`KmemCache::shrink`]) and returns every free
     /// page to the OS.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("burst", 256, kmem::CacheConfig::new()).unwrap();
+    /// let objs: Vec<_> = (0..1000).map(|_| c.alloc().unwrap()).collect();
+    /// let peak = k.page_stats().resident_bytes;
+    /// // SAFETY: every pointer came from `c`, appears once, and is not used afterwards.
+    /// unsafe { c.free_bulk(&objs) };
+    /// k.shrink_all();
+    /// assert_eq!(c.info().num_slabs, 0);
+    /// assert!(k.page_stats().resident_bytes < peak);
+    /// ```
     pub fn shrink_all(&self) {
         self.shared().for_each_cache(|c| c.shrink());
         for nid in 0..self.nodes() {
@@ -398,6 +439,18 @@ impl Kmem {
     }
 
     /// Page allocator figures summed over the nodes.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().memory_limit(4 << 20).cpus(2).nodes(2).build().unwrap();
+    /// let c = k.create_cache("paged", 1024, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// let s = k.page_stats();
+    /// assert!(s.allocs >= 1 && s.mapped_bytes > 0);
+    /// assert!(s.mapped_bytes <= s.limit_bytes);
+    /// assert_eq!(s.limit_bytes, 4 << 20);
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// ```
     pub fn page_stats(&self) -> PageStats {
         let mut out = PageStats::default();
         for nid in 0..self.nodes() {
@@ -410,6 +463,17 @@ impl Kmem {
     ///
     /// # Panics
     /// If `node >= self.nodes()`.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(2).build().unwrap();
+    /// let c = k.create_cache("on-node-1", 64, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc_node(1).unwrap();
+    /// assert!(k.node_page_stats(1).allocs >= 1);
+    /// let total = k.node_page_stats(0).allocs + k.node_page_stats(1).allocs;
+    /// assert_eq!(total, k.page_stats().allocs);
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// ```
     pub fn node_page_stats(&self, node: usize) -> PageStats {
         assert!(
             node < self.nodes(),
@@ -422,11 +486,23 @@ impl Kmem {
     }
 
     /// Number of (possibly fake) NUMA nodes.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(4).nodes(2).build().unwrap();
+    /// assert_eq!(k.nodes(), 2);
+    /// assert!(kmem::Kmem::global().nodes() >= 1);
+    /// ```
     pub fn nodes(&self) -> usize {
         self.shared().nr_nodes
     }
 
     /// Number of per-CPU slots in every cache.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(4).nodes(1).build().unwrap();
+    /// assert_eq!(k.cpus(), 4);
+    /// assert!(k.current_slot() < k.cpus());
+    /// ```
     pub fn cpus(&self) -> usize {
         self.shared().nr_cpus
     }
@@ -435,6 +511,13 @@ impl Kmem {
     ///
     /// # Panics
     /// If `slot >= self.cpus()`.
+    ///
+    /// ```
+    /// // Fake nodes get contiguous blocks of slots.
+    /// let k = kmem::Kmem::builder().cpus(4).nodes(2).build().unwrap();
+    /// let nodes: Vec<_> = (0..k.cpus()).map(|s| k.slot_node(s)).collect();
+    /// assert_eq!(nodes, [0, 0, 1, 1]);
+    /// ```
     pub fn slot_node(&self, slot: usize) -> usize {
         assert!(
             slot < self.cpus(),
@@ -445,6 +528,13 @@ impl Kmem {
     }
 
     /// The CPU slot the calling thread uses now.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// assert!(k.current_slot() < 2);
+    /// let one = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// assert_eq!(one.current_slot(), 0); // every CPU shares the only slot
+    /// ```
     pub fn current_slot(&self) -> usize {
         let cpu = cpu::current_cpu();
         let n = self.cpus();
@@ -481,6 +571,20 @@ impl KmemBuilder {
     /// The page allocator never maps more than `bytes` of slab and page memory (rounded down to
     /// whole pages; metadata is counted apart, see [`PageStats::metadata_bytes`]). Default: no
     /// limit.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().memory_limit(1 << 20).cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("capped", 4096, kmem::CacheConfig::new()).unwrap();
+    /// let mut objs = Vec::new();
+    /// while let Some(p) = c.alloc() {
+    ///     objs.push(p);
+    /// }
+    /// // Out of memory at the limit, not before the OS runs out.
+    /// assert!(!objs.is_empty() && objs.len() * 4096 <= 1 << 20);
+    /// assert!(k.page_stats().mapped_bytes <= 1 << 20);
+    /// // SAFETY: every pointer came from `c`, appears once, and is not used afterwards.
+    /// unsafe { c.free_bulk(&objs) };
+    /// ```
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -488,6 +592,12 @@ impl KmemBuilder {
 
     /// Fake NUMA nodes: `n` nodes with their own page allocators and partial lists; CPU slots
     /// are split between them in contiguous blocks. Default: the machine's nodes.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().nodes(4).cpus(8).build().unwrap();
+    /// assert_eq!(k.nodes(), 4);
+    /// assert_eq!((k.slot_node(0), k.slot_node(7)), (0, 3));
+    /// ```
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = Some(n);
         self
@@ -495,18 +605,46 @@ impl KmemBuilder {
 
     /// Per-CPU slots in every cache. A thread on CPU `c` uses slot `c % n`. Default: the
     /// machine's possible CPUs.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(3).nodes(1).build().unwrap();
+    /// assert_eq!(k.cpus(), 3);
+    /// assert!(kmem::Kmem::builder().cpus(0).build().is_err());
+    /// ```
     pub fn cpus(mut self, n: usize) -> Self {
         self.cpus = Some(n);
         self
     }
 
     /// Makes page allocations fail on purpose (see [`FaultInjection`]). Default: none.
+    ///
+    /// ```
+    /// use kmem::FaultInjection;
+    /// let k = kmem::Kmem::builder()
+    ///     .cpus(1)
+    ///     .nodes(1)
+    ///     .fault_injection(FaultInjection::EveryNth(1)) // every page allocation fails
+    ///     .build()
+    ///     .unwrap();
+    /// let c = k.create_cache("doomed", 64, kmem::CacheConfig::new()).unwrap();
+    /// assert!(c.alloc().is_none());
+    /// assert!(k.page_stats().injected_failures >= 1);
+    /// ```
     pub fn fault_injection(mut self, f: FaultInjection) -> Self {
         self.fault = f;
         self
     }
 
     /// Builds the instance, validating every parameter.
+    ///
+    /// ```
+    /// use kmem::KmemError;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build()?;
+    /// assert_eq!(k.cpus(), 2);
+    /// let err = kmem::Kmem::builder().memory_limit(100).build().unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidConfig { parameter: "memory_limit", .. }));
+    /// # Ok::<(), KmemError>(())
+    /// ```
     pub fn build(self) -> Result<Kmem, KmemError> {
         self.build_shared().map(|shared| Kmem { shared })
     }

@@ -72,6 +72,15 @@ pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
 pub use typed::{Cache, SlabBox};
 
 /// The longest cache name accepted.
+///
+/// ```
+/// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+/// let longest = "n".repeat(kmem::MAX_CACHE_NAME);
+/// assert!(k.create_cache(&longest, 8, kmem::CacheConfig::new()).is_ok());
+/// let too_long = "n".repeat(kmem::MAX_CACHE_NAME + 1);
+/// let err = k.create_cache(&too_long, 8, kmem::CacheConfig::new()).unwrap_err();
+/// assert!(matches!(err, kmem::KmemError::InvalidName { .. }));
+/// ```
 pub const MAX_CACHE_NAME: usize = 64;
 
 /// Writes each part to stderr without allocating, then aborts the process.

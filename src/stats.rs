@@ -197,6 +197,17 @@ pub struct SlabInfo {
 
 impl SlabInfo {
     /// The column header matching [`SlabInfo`]'s `Display` rows.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("hdr", 32, kmem::CacheConfig::new()).unwrap();
+    /// let header = kmem::SlabInfo::header();
+    /// assert!(header.starts_with("# name"));
+    /// assert!(header.contains("<active_objs>") && header.contains(": slabdata"));
+    /// let row = c.info().to_string();
+    /// // The same columns as the header, which adds its leading `#`.
+    /// assert_eq!(header.split_whitespace().count(), row.split_whitespace().count() + 1);
+    /// ```
     pub fn header() -> &'static str {
         "# name                      <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : slabdata <active_slabs> <num_slabs> <node_partial> <cpu_partial>"
     }

@@ -36,6 +36,18 @@ unsafe impl<T: Send> Sync for Cache<T> {}
 
 impl<T> Cache<T> {
     /// A cache of `T` on [`Kmem::global()`], sized and aligned for `T`.
+    ///
+    /// ```
+    /// struct Conn {
+    ///     fd: i32,
+    ///     peer: [u8; 16],
+    /// }
+    /// let conns: kmem::Cache<Conn> = kmem::Cache::new("typed-conn")?;
+    /// let c = conns.alloc(Conn { fd: 3, peer: [0; 16] }).ok().unwrap();
+    /// assert_eq!((c.fd, c.peer.len()), (3, 16));
+    /// assert_eq!(conns.raw().object_size(), core::mem::size_of::<Conn>());
+    /// # Ok::<(), kmem::KmemError>(())
+    /// ```
     pub fn new(name: &str) -> Result<Cache<T>, KmemError> {
         Self::with_config(Kmem::global(), name, CacheConfig::new())
     }
@@ -68,6 +80,24 @@ impl<T> Cache<T> {
     }
 
     /// Moves `value` into a new object. On out-of-memory the value is given back.
+    ///
+    /// ```
+    /// use kmem::{Cache, CacheConfig, FaultInjection, Kmem};
+    /// let k = Kmem::builder().cpus(1).nodes(1).build()?;
+    /// let names: Cache<String> = Cache::with_config(&k, "names", CacheConfig::new())?;
+    /// let b = names.alloc(String::from("slab")).unwrap();
+    /// assert_eq!(b.len(), 4);
+    ///
+    /// // On out-of-memory the value comes back.
+    /// let starved = Kmem::builder()
+    ///     .cpus(1)
+    ///     .nodes(1)
+    ///     .fault_injection(FaultInjection::EveryNth(1))
+    ///     .build()?;
+    /// let none: Cache<String> = Cache::with_config(&starved, "none", CacheConfig::new())?;
+    /// assert_eq!(none.alloc(String::from("kept")).unwrap_err(), "kept");
+    /// # Ok::<(), kmem::KmemError>(())
+    /// ```
     #[inline]
     pub fn alloc(&self, value: T) -> Result<SlabBox<'_, T>, T> {
         match self.raw.alloc() {
@@ -85,6 +115,17 @@ impl<T> Cache<T> {
     }
 
     /// The untyped cache underneath.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build()?;
+    /// let c: kmem::Cache<u64> = kmem::Cache::with_config(&k, "words", kmem::CacheConfig::new())?;
+    /// let b = c.alloc(7).unwrap();
+    /// assert_eq!(c.raw().name(), "words");
+    /// assert_eq!(c.raw().info().active_objs, 1);
+    /// drop(b);
+    /// assert_eq!(c.raw().info().active_objs, 0);
+    /// # Ok::<(), kmem::KmemError>(())
+    /// ```
     pub fn raw(&self) -> &KmemCache {
         &self.raw
     }
@@ -104,6 +145,18 @@ fn config_align(c: &CacheConfig) -> usize {
 
 /// A `T` living in a slab object of a [`Cache<T>`]. Derefs to `T`; dropping it drops the `T`
 /// and returns the object to the cache.
+///
+/// ```
+/// let k = kmem::Kmem::builder().cpus(1).nodes(1).build()?;
+/// let c: kmem::Cache<Vec<u32>> = kmem::Cache::with_config(&k, "vecs", kmem::CacheConfig::new())?;
+/// let mut b: kmem::SlabBox<'_, Vec<u32>> = c.alloc(vec![1, 2]).unwrap();
+/// b.push(3); // DerefMut to the `Vec`
+/// assert_eq!(*b, [1, 2, 3]);
+/// assert_eq!(c.raw().info().active_objs, 1);
+/// drop(b); // drops the `Vec` and frees the object
+/// assert_eq!(c.raw().info().active_objs, 0);
+/// # Ok::<(), kmem::KmemError>(())
+/// ```
 pub struct SlabBox<'a, T> {
     ptr: NonNull<T>,
     cache: &'a Cache<T>,
@@ -116,6 +169,16 @@ unsafe impl<T: Sync> Sync for SlabBox<'_, T> {}
 
 impl<T> SlabBox<'_, T> {
     /// Moves the value out and returns the object to the cache.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build()?;
+    /// let c: kmem::Cache<String> = kmem::Cache::with_config(&k, "strs", kmem::CacheConfig::new())?;
+    /// let b = c.alloc(String::from("moved out")).unwrap();
+    /// let s: String = kmem::SlabBox::into_inner(b);
+    /// assert_eq!(s, "moved out");
+    /// assert_eq!(c.raw().info().active_objs, 0); // the object went back; the `String` lives on
+    /// # Ok::<(), kmem::KmemError>(())
+    /// ```
     pub fn into_inner(b: Self) -> T {
         let b = ManuallyDrop::new(b);
         // After reading the value out, only the memory is returned (ManuallyDrop stops the drop of
@@ -129,6 +192,16 @@ impl<T> SlabBox<'_, T> {
     }
 
     /// The value's address.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build()?;
+    /// let c: kmem::Cache<u128> = kmem::Cache::with_config(&k, "wide", kmem::CacheConfig::new())?;
+    /// let b = c.alloc(42).unwrap();
+    /// let p = kmem::SlabBox::as_ptr(&b);
+    /// assert_eq!(p, &*b as *const u128);
+    /// assert_eq!(p as usize % core::mem::align_of::<u128>(), 0);
+    /// # Ok::<(), kmem::KmemError>(())
+    /// ```
     pub fn as_ptr(b: &Self) -> *const T {
         b.ptr.as_ptr()
     }
