@@ -6,6 +6,14 @@
 //! makes a stale id harmless — the CAS fails and the operation retries — so kmem's
 //! *correctness* never depends on this module, only its *speed* does.
 //!
+//! ```
+//! use kmem::cpu;
+//! let id = cpu::current_cpu();
+//! assert!(id < cpu::possible_cpus());
+//! assert!(cpu::cpu_to_node(id) < cpu::possible_nodes());
+//! println!("CPU {id} via {:?}", cpu::method());
+//! ```
+//!
 //! # How the id is found (the fallback chain)
 //!
 //! 1. [`CpuIdMethod::Rseq`]: glibc ≥ 2.35 registers a restartable-sequences area (`struct rseq`)
