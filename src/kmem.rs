@@ -171,6 +171,29 @@ impl KmemShared {
         }
     }
 
+    /// `f` of every registered cache, computed under the registry lock into space reserved
+    /// before taking it: nothing may allocate while the lock is held (a kmalloc cache created
+    /// lazily by that allocation would need the registry lock itself), so `f` must not either.
+    fn collect_caches<T>(&self, mut f: impl FnMut(&CacheInner) -> T) -> Vec<T> {
+        let mut out = Vec::new();
+        loop {
+            let want = self.registry.lock().count + 4;
+            out.reserve(want);
+            let mut complete = true;
+            self.for_each_cache(|c| {
+                if out.len() < out.capacity() {
+                    out.push(f(c));
+                } else {
+                    complete = false;
+                }
+            });
+            if complete {
+                return out;
+            }
+            out.clear();
+        }
+    }
+
     /// Calls `f` on every registered cache, under the registry lock.
     fn for_each_cache(&self, mut f: impl FnMut(&CacheInner)) {
         let r = self.registry.lock();
@@ -354,26 +377,7 @@ impl Kmem {
     /// unsafe { c.free(p) };
     /// ```
     pub fn slabinfo(&self) -> Vec<SlabInfo> {
-        // Rows are computed under the registry lock into space reserved beforehand: nothing
-        // may allocate while it is held (a kmalloc cache created lazily by that allocation
-        // would need the registry lock itself).
-        let mut raw = Vec::new();
-        loop {
-            let want = self.shared().registry.lock().count + 4;
-            raw.reserve(want);
-            let mut complete = true;
-            self.shared().for_each_cache(|c| {
-                if raw.len() < raw.capacity() {
-                    raw.push(c.slabinfo_raw());
-                } else {
-                    complete = false;
-                }
-            });
-            if complete {
-                break;
-            }
-            raw.clear();
-        }
+        let raw = self.shared().collect_caches(|c| c.slabinfo_raw());
         raw.iter().map(|r| r.to_info()).collect()
     }
 
@@ -392,26 +396,11 @@ impl Kmem {
     /// assert_eq!(all[0].1, c.stats());
     /// ```
     pub fn cache_stats(&self) -> Vec<(String, crate::CacheStats)> {
-        // As in `slabinfo`: nothing allocates while the registry lock is held.
-        let mut raw: Vec<([u8; crate::MAX_CACHE_NAME], usize, crate::CacheStats)> = Vec::new();
-        loop {
-            let want = self.shared().registry.lock().count + 4;
-            raw.reserve(want);
-            let mut complete = true;
-            self.shared().for_each_cache(|c| {
-                if raw.len() < raw.capacity() {
-                    let mut name = [0u8; crate::MAX_CACHE_NAME];
-                    name[..c.name().len()].copy_from_slice(c.name().as_bytes());
-                    raw.push((name, c.name().len(), c.stats()));
-                } else {
-                    complete = false;
-                }
-            });
-            if complete {
-                break;
-            }
-            raw.clear();
-        }
+        let raw = self.shared().collect_caches(|c| {
+            let mut name = [0u8; crate::MAX_CACHE_NAME];
+            name[..c.name().len()].copy_from_slice(c.name().as_bytes());
+            (name, c.name().len(), c.stats())
+        });
         raw.iter()
             .map(|(n, len, s)| (String::from_utf8_lossy(&n[..*len]).into_owned(), *s))
             .collect()
