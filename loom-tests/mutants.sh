@@ -8,10 +8,7 @@
 # (RUSTFLAGS would). Builds go to target/loom-mutants; LOOM_MAX_PREEMPTIONS as in run.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
-export RUSTFLAGS="--cfg loom"
-export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0
-export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
+. loom-tests/env.sh
 export RUSTC_WRAPPER="$PWD/loom-tests/rustc-mutant.sh"
 TARGET_DIR=target/loom-mutants
 

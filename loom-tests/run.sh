@@ -6,10 +6,7 @@
 # counter underflows into panics), --cfg loom, separate target dir target/loom.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
-export RUSTFLAGS="--cfg loom"
-export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0
-export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
+. loom-tests/env.sh
 TARGET_DIR="${LOOM_TARGET_DIR:-target/loom}"
 models="${MODELS:-$(cd loom-tests/tests && ls *.rs | sed 's/\.rs$//' | sort)}"
 cargo test --release -q -p kmem-loom-tests --target-dir "$TARGET_DIR" --tests --no-run
