@@ -8,15 +8,13 @@
 //! - `kmem_global`: a `KmemCache` created on `Kmem::global()`;
 //! - `mimalloc`: `<mimalloc::MiMalloc as GlobalAlloc>::alloc` + `dealloc`, called directly;
 //! - `system`: `<std::alloc::System as GlobalAlloc>::alloc` + `dealloc` (glibc malloc);
-//! - `cmpxchg16b_pair`: the floor of this design — two successful LOCKed `cmpxchg16b`
-//!   (`portable_atomic::AtomicU128::compare_exchange`) on one 16-byte word, which is the
-//!   minimum an alloc+free pair of the `{freelist, tid}` protocol must execute;
-//! - `load_cmpxchg16b_pair`: the same plus the two 16-byte atomic loads the protocol also
-//!   needs (each CAS must be preceded by a load of the pair), i.e. the floor including loads;
-//!   portable-atomic's load is a run-time-dispatched call to a `vmovdqa` (without `+avx`);
-//! - `vmovdqa_cmpxchg16b_pair`: the same with the `vmovdqa` inlined (what `+avx` would give);
+//! - `cmpxchg16b_pair`: the floor of this design — two successful LOCKed `cmpxchg16b` (kmem's
+//!   own inline-assembly double word, exactly what the fast paths execute) on one 16-byte word,
+//!   which is the minimum an alloc+free pair of the `{freelist, tid}` protocol must execute;
+//! - `load_cmpxchg16b_pair`: the same plus the two 16-byte atomic loads (`vmovdqa` on AVX
+//!   CPUs, inlined) a protocol that reads the pair whole would need;
 //! - `split_load_cmpxchg16b_pair`: the same with the kernel's two 8-byte loads (`tid`, then
-//!   `freelist`) instead of one 16-byte load.
+//!   `freelist`) instead of one 16-byte load — what kmem's fast paths do.
 //!
 //! The main thread is pinned to CPU 0 so that kmem's slot does not change during the run.
 //! After the groups, each kmem cache's `stats()` is printed to stderr: it must be
@@ -33,13 +31,11 @@ use std::alloc::{GlobalAlloc, System};
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+/// kmem's own double word (the very `lock cmpxchg16b` / loads of the fast paths), alone on its
+/// cache line like a `KmemCacheCpu`.
+use kmem::__BenchDWord as DWord;
 use kmem::{CacheConfig, Kmem, KmemCache};
 use mimalloc::MiMalloc;
-use portable_atomic::{AtomicU128, Ordering};
-
-/// The 16-byte word of the floor benches, alone on its cache line like a `KmemCacheCpu`.
-#[repr(C, align(64))]
-struct Word(AtomicU128);
 
 fn kmem_pair(b: &mut criterion::Bencher<'_, ThreadTime>, cache: &KmemCache) {
     b.iter(|| {
@@ -78,95 +74,41 @@ fn fastpath_size(
     g.bench_function("mimalloc", |b| global_alloc_pair(b, &MiMalloc, size));
     g.bench_function("system", |b| global_alloc_pair(b, &System, size));
     g.bench_function("cmpxchg16b_pair", |b| {
-        let w = Word(AtomicU128::new(0));
-        let mut v: u128 = 0;
+        let w = DWord::new();
+        let mut v: usize = 0;
         b.iter(|| {
-            let w = black_box(&w.0);
+            let w = black_box(&w);
             // Two successful CAS, like alloc ({obj, tid} -> {next, tid'}) and free.
-            let r1 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
-            let r2 = w.compare_exchange(v + 1, v + 2, Ordering::AcqRel, Ordering::Acquire);
-            debug_assert!(r1.is_ok() && r2.is_ok());
+            let r1 = w.compare_exchange((v, v as u64), (v + 1, v as u64 + 1));
+            let r2 = w.compare_exchange((v + 1, v as u64 + 1), (v + 2, v as u64 + 2));
+            debug_assert!(r1 && r2);
             let _ = black_box((r1, r2));
             v += 2;
         })
     });
     g.bench_function("load_cmpxchg16b_pair", |b| {
-        let w = Word(AtomicU128::new(0));
+        let w = DWord::new();
         b.iter(|| {
-            let w = black_box(&w.0);
-            let v = w.load(Ordering::Acquire);
-            let r1 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
-            let v = w.load(Ordering::Acquire);
-            let r2 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+            let w = black_box(&w);
+            let v = w.load();
+            let r1 = w.compare_exchange(v, (v.0 + 1, v.1 + 1));
+            let v = w.load();
+            let r2 = w.compare_exchange(v, (v.0 + 1, v.1 + 1));
             let _ = black_box((r1, r2));
         })
     });
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        g.bench_function("vmovdqa_cmpxchg16b_pair", |b| {
-            let w = Word(AtomicU128::new(0));
-            b.iter(|| {
-                let w = black_box(&w.0);
-                let v = vmovdqa_load(w);
-                let r1 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
-                let v = vmovdqa_load(w);
-                let r2 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
-                let _ = black_box((r1, r2));
-            })
-        });
-    }
     g.bench_function("split_load_cmpxchg16b_pair", |b| {
-        let w = Word(AtomicU128::new(0));
+        let w = DWord::new();
         b.iter(|| {
-            let w = black_box(&w.0);
-            let v = split_load(w);
-            let r1 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
-            let v = split_load(w);
-            let r2 = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+            let w = black_box(&w);
+            let v = w.load_tag_then_word();
+            let r1 = w.compare_exchange(v, (v.0 + 1, v.1 + 1));
+            let v = w.load_tag_then_word();
+            let r2 = w.compare_exchange(v, (v.0 + 1, v.1 + 1));
             let _ = black_box((r1, r2));
         })
     });
     g.finish();
-}
-
-/// The 16-byte load that portable-atomic inlines when AVX is enabled at compile time
-/// (`-C target-feature=+avx`): one `vmovdqa`, single-copy atomic on AVX CPUs of Intel and AMD.
-/// Without that flag portable-atomic reaches the same instruction through a run-time-detected
-/// function pointer (an indirect call per load).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn vmovdqa_load(w: &AtomicU128) -> u128 {
-    let (lo, hi): (u64, u64);
-    // The load is only used single-threaded here, so atomicity is not at stake.
-    // SAFETY: `w` is a live, 16-byte-aligned AtomicU128; the caller checked AVX is available.
-    unsafe {
-        core::arch::asm!(
-            "vmovdqa {x}, xmmword ptr [{p}]",
-            "vmovq {lo}, {x}",
-            "vpextrq {hi}, {x}, 1",
-            p = in(reg) w.as_ptr(),
-            x = out(xmm_reg) _,
-            lo = out(reg) lo,
-            hi = out(reg) hi,
-            options(nostack, readonly, preserves_flags),
-        );
-    }
-    (lo as u128) | ((hi as u128) << 64)
-}
-
-/// What `mm/slub.c` does instead of a 16-byte load: read `tid` (the high half), then
-/// `freelist` (the low half), as two 8-byte loads; the 16-byte CAS rejects a torn pair.
-#[inline(always)]
-fn split_load(w: &AtomicU128) -> u128 {
-    let p = w.as_ptr().cast::<core::sync::atomic::AtomicU64>();
-    // Both halves are 8-byte aligned. Single-threaded here, so no mixed-size race can occur.
-    // SAFETY: `p` points to the 16 live, 16-byte-aligned bytes of `w`.
-    let (hi, lo) = unsafe {
-        let hi = (*p.add(1)).load(core::sync::atomic::Ordering::Acquire);
-        let lo = (*p).load(core::sync::atomic::Ordering::Acquire);
-        (hi, lo)
-    };
-    (lo as u128) | ((hi as u128) << 64)
 }
 
 fn fastpath(c: &mut Criterion<ThreadTime>) {
@@ -174,10 +116,10 @@ fn fastpath(c: &mut Criterion<ThreadTime>) {
     eprintln!("fastpath: clock: {}", ThreadTime::default().describe());
     eprintln!(
         "fastpath: pinned to CPU 0: {pinned}; kmem::cpu::method() = {:?}; current_cpu() = {}; \
-         AtomicU128 lock-free: {}",
+         built with +cmpxchg16b: {}",
         kmem::cpu::method(),
         kmem::cpu::current_cpu(),
-        AtomicU128::is_lock_free()
+        cfg!(target_feature = "cmpxchg16b")
     );
     let k = Kmem::builder().build().expect("private kmem instance");
     eprintln!(

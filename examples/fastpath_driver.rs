@@ -8,13 +8,13 @@
 //! ```
 //!
 //! Runs `N` (default 1 000 000) alloc+free pairs of 64 B on a private instance, then the same
-//! number of two-CAS pairs on one `AtomicU128` (the floor), so the annotation shows the
+//! number of two-CAS pairs on kmem's own double word (the floor), so the annotation shows the
 //! instructions per pair of each.
 
 use std::hint::black_box;
 
+use kmem::__BenchDWord as DWord;
 use kmem::{CacheConfig, Kmem};
-use portable_atomic::{AtomicU128, Ordering};
 
 #[inline(never)]
 fn kmem_pairs(cache: &kmem::KmemCache, n: u64) {
@@ -26,12 +26,12 @@ fn kmem_pairs(cache: &kmem::KmemCache, n: u64) {
 }
 
 #[inline(never)]
-fn cas_pairs(w: &AtomicU128, n: u64) {
-    let mut v = w.load(Ordering::Relaxed);
+fn cas_pairs(w: &DWord, n: u64) {
+    let (mut v, _) = w.load();
     for _ in 0..n {
         let w = black_box(w);
-        let _ = black_box(w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire));
-        let _ = black_box(w.compare_exchange(v + 1, v + 2, Ordering::AcqRel, Ordering::Acquire));
+        let _ = black_box(w.compare_exchange((v, v as u64), (v + 1, v as u64 + 1)));
+        let _ = black_box(w.compare_exchange((v + 1, v as u64 + 1), (v + 2, v as u64 + 2)));
         v += 2;
     }
 }
@@ -46,7 +46,7 @@ fn main() {
         .create_cache("driver-64", 64, CacheConfig::new())
         .expect("cache");
     kmem_pairs(&cache, n);
-    let w = AtomicU128::new(0);
+    let w = DWord::new();
     cas_pairs(&w, n);
     eprintln!("{:?}", cache.stats());
 }

@@ -8,20 +8,29 @@
 #    again in release so the fast paths race at full speed);
 # 2. the loom models (loom-tests/run.sh) and the proof that each catches its planted bug
 #    (loom-tests/mutants.sh);
+# 2b. kmem as a dependency of a fresh crate outside the repository (scripts/consumer.sh), and
+#    `cargo check` for aarch64 (scripts/check-targets.sh);
 # 3. Miri on the library's unit tests and ThreadSanitizer on the stress test (each prints a loud
-#    SKIPPED line and passes when its nightly component cannot be installed here);
+#    SKIPPED line when its nightly component cannot be installed here: a pass locally, a failure
+#    under CI=true);
 # 4. kmem-bench --quick: the main job must keep working.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 section() { printf '\n==== %s ====\n' "$*"; }
 t0=$SECONDS
 
-section "cargo test --workspace"
-cargo test --workspace
+section "cargo test --workspace (with the global allocator's re-entrancy guard)"
+cargo test --workspace --features kmem/debug-reentrancy
 section "stress tests in release"
 cargo test --release -p kmem --test stress
 section "without the stats feature"
 cargo test -p kmem --no-default-features --lib --test slub_paths --test stress
+
+section "kmem as a dependency: a throwaway crate outside the repository (scripts/consumer.sh)"
+bash scripts/consumer.sh
+
+section "other targets: cargo check --target aarch64-unknown-linux-gnu"
+bash scripts/check-targets.sh
 
 if [ -x loom-tests/run.sh ] || [ -f loom-tests/run.sh ]; then
   section "loom models"

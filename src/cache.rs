@@ -792,6 +792,11 @@ unsafe impl Send for KmemCache {}
 // SAFETY: as above.
 unsafe impl Sync for KmemCache {}
 
+// Unwind safety: see the note on `Kmem`'s impls (a panicking constructor leaks the slab it was
+// building and nothing else).
+impl core::panic::UnwindSafe for KmemCache {}
+impl core::panic::RefUnwindSafe for KmemCache {}
+
 impl fmt::Debug for KmemCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KmemCache")

@@ -236,6 +236,15 @@ unsafe impl Send for Kmem {}
 // SAFETY: as above.
 unsafe impl Sync for Kmem {}
 
+// Unwind safety, as std's `Mutex` has it: kmem runs no user code while one of its structures is
+// half updated except a cache's constructor, and a constructor that panics leaves every list,
+// counter and lock as before the slab it was building, which is simply never used (its pages
+// stay mapped and are reported by `page_stats` until the instance is dropped). A panic in the
+// caller's own code between kmem calls cannot break an invariant of kmem's either. So a `Kmem`
+// and the caches built on it may be used after a caught panic.
+impl core::panic::UnwindSafe for Kmem {}
+impl core::panic::RefUnwindSafe for Kmem {}
+
 impl Clone for Kmem {
     fn clone(&self) -> Self {
         self.shared().refs.fetch_add(1, Ordering::Relaxed);

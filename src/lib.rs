@@ -71,6 +71,17 @@ pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
 pub use typed::{Cache, SlabBox};
 
+/// kmem's own 16-byte double word, for `benches/fastpath.rs` to measure the `{freelist, tid}`
+/// protocol's floor with the very instructions the fast paths run; not part of the API.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use sync::BenchDWord as __BenchDWord;
+
+#[cfg(all(not(loom), not(target_os = "linux")))]
+compile_error!(
+    "kmem runs on Linux only (it uses mmap/madvise, sched_getcpu, rseq and sysfs topology)"
+);
+
 /// The longest cache name accepted.
 ///
 /// ```

@@ -1,6 +1,7 @@
 //! The synchronisation facade: the only module that names atomics, cells and locks.
 //!
-//! Normal builds use `core::sync::atomic` and portable-atomic's `AtomicU128`; `--cfg loom`
+//! Normal builds use `core::sync::atomic` and, for the double word, kmem's own `lock cmpxchg16b`
+//! on x86_64 (portable-atomic's `AtomicU128` on aarch64, under Miri and under TSAN); `--cfg loom`
 //! builds swap in loom's types so that `loom-tests/` can explore every interleaving of the
 //! protocols that are built on them. Everything else in the crate imports from here.
 //!
@@ -8,8 +9,10 @@
 //!
 //! [`DWord`] is the 16-byte `{word, tag}` pair that SLUB swaps with one compare-and-swap:
 //! `{freelist, tid}` in a CPU slot and `{freelist, counters}` in a slab. Normally it is a
-//! lock-free `AtomicU128` (a LOCKed `cmpxchg16b` on x86_64; loads use an atomic 16-byte vector
-//! load where the CPU guarantees one). Under loom it is a `loom::sync::Mutex<(usize, u64)>`.
+//! lock-free 16-byte atomic (an inlined LOCKed `cmpxchg16b` on x86_64, whatever the build flags;
+//! loads use an atomic 16-byte vector load where the CPU guarantees one): `sync/dword.rs` picks
+//! the backend once per build and explains why. Under loom it is a
+//! `loom::sync::Mutex<(usize, u64)>`.
 //!
 //! What the loom model of the double word does **not** check:
 //! - A mutex makes every `load` and `compare_exchange` sequentially consistent with respect to
@@ -17,7 +20,7 @@
 //!   between *different* locations are still modelled (loom tracks the mutex's happens-before
 //!   edges), but a bug that needs a weaker ordering on the double word itself is not found.
 //! - Tearing: the model cannot tear the pair; the real hardware cannot either (cmpxchg16b and
-//!   the vector load are single-copy atomic), which is what portable-atomic guarantees.
+//!   the vector load are single-copy atomic).
 //!
 //! # Object memory
 //!
@@ -57,155 +60,13 @@ pub(crate) mod global {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The 16-byte double word
+// The 16-byte double word (backend chosen once per build: see `sync/dword.rs`)
 // ---------------------------------------------------------------------------------------------
 
-/// A `{word, tag}` pair swapped as one 16-byte unit.
-///
-/// `word` is a pointer-sized value (a freelist head); `tag` is 64 bits (a `tid` or packed
-/// slab counters).
+mod dword;
 #[cfg(not(loom))]
-#[repr(transparent)]
-pub(crate) struct DWord(portable_atomic::AtomicU128);
-
-#[cfg(loom)]
-pub(crate) struct DWord(loom::sync::Mutex<(usize, u64)>);
-
-#[cfg(not(loom))]
-#[inline(always)]
-const fn pack(word: usize, tag: u64) -> u128 {
-    (word as u128) | ((tag as u128) << 64)
-}
-
-#[cfg(not(loom))]
-#[inline(always)]
-const fn unpack(v: u128) -> (usize, u64) {
-    (v as u64 as usize, (v >> 64) as u64)
-}
-
-impl DWord {
-    /// A new double word.
-    #[cfg(not(loom))]
-    pub(crate) const fn new(word: usize, tag: u64) -> Self {
-        DWord(portable_atomic::AtomicU128::new(pack(word, tag)))
-    }
-
-    /// A new double word.
-    #[cfg(loom)]
-    pub(crate) fn new(word: usize, tag: u64) -> Self {
-        DWord(loom::sync::Mutex::new((word, tag)))
-    }
-
-    /// Whether the 16-byte CAS is lock-free on this CPU (always true under loom, where it is
-    /// modelled).
-    pub(crate) fn is_lock_free() -> bool {
-        #[cfg(not(loom))]
-        {
-            portable_atomic::AtomicU128::is_lock_free()
-        }
-        #[cfg(loom)]
-        {
-            true
-        }
-    }
-
-    /// Loads both halves in one single-copy-atomic read (Acquire).
-    #[inline(always)]
-    pub(crate) fn load(&self) -> (usize, u64) {
-        #[cfg(not(loom))]
-        {
-            unpack(self.0.load(Ordering::Acquire))
-        }
-        #[cfg(loom)]
-        {
-            *self.0.lock().unwrap()
-        }
-    }
-
-    /// The fast paths' read of `{word, tag}`: the tag, then the word, as two 8-byte Acquire
-    /// loads — the kernel's `READ_ONCE(c->tid)` then `READ_ONCE(c->freelist)`.
-    ///
-    /// The pair may be torn (the word newer than the tag); callers use it only as the expected
-    /// value of [`DWord::compare_exchange`], which then fails: the tag is read first and every
-    /// change of the word changes the tag, so a CAS that finds the tag unchanged also finds the
-    /// word read after it. (A word read this way is still a value the word really held, so the
-    /// alloc fast path's speculative read through it stays inside mapped slab memory.)
-    ///
-    /// Why not [`DWord::load`]: a 16-byte vector load right after a LOCK CMPXCHG16B to the same
-    /// line costs ~2.5 ns more than two 8-byte loads on the reference machine (AMD Zen 3,
-    /// `benches/fastpath.rs`: alloc+free 14.9 ns with 16-byte loads, 12.8 ns with these).
-    ///
-    /// **The one mixed-size access in kmem.** These 8-byte atomic loads read halves of a
-    /// 16-byte atomic that other threads CAS. x86_64 defines it (each half is naturally aligned
-    /// and single-copy atomic; loads are not reordered with older loads, and a LOCKed write is
-    /// seen whole), the Rust abstract machine does not: so it is used on x86_64 only, and Miri,
-    /// loom and other targets get the 16-byte load, where the same argument is checked.
-    #[inline(always)]
-    pub(crate) fn load_tag_then_word(&self) -> (usize, u64) {
-        #[cfg(all(not(loom), not(miri), target_arch = "x86_64"))]
-        {
-            let halves = self.0.as_ptr().cast::<core::sync::atomic::AtomicU64>();
-            // The high half (the tag, little-endian) and low half (the word) are each an aligned
-            // u64 that is only ever accessed atomically (see the mixed-size note above).
-            // SAFETY: the AtomicU128 is 16-byte aligned and lives as long as `self`.
-            let (tag, word) = unsafe {
-                let tag = (*halves.add(1)).load(core::sync::atomic::Ordering::Acquire);
-                let word = (*halves).load(core::sync::atomic::Ordering::Acquire);
-                (tag, word)
-            };
-            (word as usize, tag)
-        }
-        #[cfg(not(all(not(loom), not(miri), target_arch = "x86_64")))]
-        {
-            self.load()
-        }
-    }
-
-    /// Replaces `current` with `new` if both halves still equal `current` (AcqRel).
-    /// On failure returns the value found.
-    #[inline(always)]
-    pub(crate) fn compare_exchange(
-        &self,
-        current: (usize, u64),
-        new: (usize, u64),
-    ) -> Result<(), (usize, u64)> {
-        #[cfg(not(loom))]
-        {
-            self.0
-                .compare_exchange(
-                    pack(current.0, current.1),
-                    pack(new.0, new.1),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .map(|_| ())
-                .map_err(unpack)
-        }
-        #[cfg(loom)]
-        {
-            let mut g = self.0.lock().unwrap();
-            if *g == current {
-                *g = new;
-                Ok(())
-            } else {
-                Err(*g)
-            }
-        }
-    }
-
-    /// Stores both halves (Release). Only for states no other thread can race with.
-    #[inline]
-    pub(crate) fn store(&self, word: usize, tag: u64) {
-        #[cfg(not(loom))]
-        {
-            self.0.store(pack(word, tag), Ordering::Release)
-        }
-        #[cfg(loom)]
-        {
-            *self.0.lock().unwrap() = (word, tag);
-        }
-    }
-}
+pub use dword::BenchDWord;
+pub(crate) use dword::DWord;
 
 // ---------------------------------------------------------------------------------------------
 // Cells
@@ -687,25 +548,6 @@ impl<T> OnceSlot<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dword_cas_swaps_both_halves() {
-        let d = DWord::new(0x1000, 7);
-        assert_eq!(d.load(), (0x1000, 7));
-        assert_eq!(d.compare_exchange((0x1000, 6), (0, 0)), Err((0x1000, 7)));
-        assert_eq!(d.compare_exchange((0x1000, 7), (0x2000, u64::MAX)), Ok(()));
-        assert_eq!(d.load(), (0x2000, u64::MAX));
-        d.store(usize::MAX, 1);
-        assert_eq!(d.load(), (usize::MAX, 1));
-    }
-
-    #[test]
-    fn dword_is_lock_free_here() {
-        assert!(
-            DWord::is_lock_free(),
-            "this CPU lacks a lock-free 16-byte CAS"
-        );
-    }
 
     #[test]
     fn spinlock_excludes_and_try_lock_fails_when_held() {

@@ -34,6 +34,11 @@ unsafe impl<T: Send> Send for Cache<T> {}
 // which `T: Send` permits; no `&T` is shared by the cache itself.
 unsafe impl<T: Send> Sync for Cache<T> {}
 
+// Unwind safety: a `Cache<T>` holds no `T` (values live in the objects it hands out, owned by
+// `SlabBox`es), and its `KmemCache` is unwind safe (see `Kmem`'s impls).
+impl<T> core::panic::UnwindSafe for Cache<T> {}
+impl<T> core::panic::RefUnwindSafe for Cache<T> {}
+
 impl<T> Cache<T> {
     /// A cache of `T` on [`Kmem::global()`], sized and aligned for `T`.
     ///

@@ -1,8 +1,9 @@
 //! kmem as the process's `#[global_allocator]`, under real std workloads.
 //!
 //! Everything in this binary (the test harness, its threads, std's collections) allocates
-//! through `kmem::Kmalloc`, with the re-entrancy guard compiled in (the crate's self
-//! dev-dependency turns on the `debug-reentrancy` feature).
+//! through `kmem::Kmalloc`. `scripts/test.sh` runs it with `--features kmem/debug-reentrancy`,
+//! which compiles the re-entrancy guard in; the two tests about the guard need that feature and
+//! are compiled only with it (a plain `cargo test` runs the rest).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 #[global_allocator]
 static G: kmem::Kmalloc = kmem::Kmalloc::new();
 
+#[cfg(feature = "debug-reentrancy")]
 #[test]
 fn reentrancy_guard_is_active() {
     assert!(
@@ -305,6 +307,7 @@ fn fork_from_a_multithreaded_process_child_allocates() {
     }
 }
 
+#[cfg(feature = "debug-reentrancy")]
 #[test]
 fn reentrancy_guard_aborts_on_nested_entry() {
     let status = fork_and_wait(|| {
