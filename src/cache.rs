@@ -859,8 +859,16 @@ impl KmemCache {
         NonNull::new(self.inner().slab_alloc(None))
     }
 
-    /// Allocates one object from memory on `node` (`kmem_cache_alloc_node`), falling back to
+    /// Allocates one object from a slab of `node` (`kmem_cache_alloc_node`), falling back to
     /// allocating a new slab there, and `None` only if that node has no memory.
+    ///
+    /// What "of `node`" means: the slab comes from node `node`'s partial lists and page
+    /// allocator, so [`KmemCache::node_of`] reports `node` and the node's accounting holds it.
+    /// kmem maps each node's memory without a NUMA memory policy (no `mbind`), so on a real
+    /// NUMA machine the kernel places each page where it is first touched — by default on the
+    /// node of the CPU that first writes it, usually a CPU of that node when threads allocate
+    /// locally, but not guaranteed. With fake nodes ([`crate::KmemBuilder::nodes`]) a node is an
+    /// accounting and locking domain only.
     ///
     /// # Panics
     /// If `node >= self.kmem().nodes()`.
