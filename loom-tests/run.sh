@@ -21,7 +21,7 @@ for m in $models; do
         status=1
     fi
     t=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-    n=$(echo "$out" | grep -o 'loom: [0-9]* interleavings' | awk '{print $2}' | paste -sd+ -)
+    n=$(echo "$out" | grep -o 'loom: [0-9]* interleavings' | awk '{print $2}' | paste -sd+ - || true)
     printf '%-40s %-6s %10.2f  %s\n' "$m" "$r" "$t" "${n:-?}"
     if [ "$r" = FAIL ]; then echo "$out" | tail -40; fi
 done

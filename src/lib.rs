@@ -101,8 +101,7 @@ pub const MAX_CACHE_NAME: usize = 64;
 #[cold]
 #[inline(never)]
 pub(crate) fn abort_msg(parts: &[&str]) -> ! {
-    os::write_stderr(parts);
-    std::process::abort()
+    os::abort_msg(parts)
 }
 /// Internals exposed to `loom-tests/` only (built with `--cfg loom`); not part of the API.
 #[cfg(loom)]

@@ -197,6 +197,17 @@ pub(crate) fn write_stderr(parts: &[&str]) {
     unsafe { libc::write(2, b"\n".as_ptr().cast(), 1) };
 }
 
+/// Writes each part to stderr without allocating, then aborts the process.
+///
+/// Used where memory is already corrupt (a double free, a foreign pointer) or where continuing
+/// could corrupt it: unwinding out of an allocator is not an option.
+#[cold]
+#[inline(never)]
+pub(crate) fn abort_msg(parts: &[&str]) -> ! {
+    write_stderr(parts);
+    std::process::abort()
+}
+
 /// A number formatted into a stack buffer, for messages that must not allocate.
 pub(crate) struct Num {
     buf: [u8; 24],

@@ -1,0 +1,160 @@
+//! The `--cfg loom` backend: loom's atomics, `UnsafeCell`, `Mutex` and `yield_now`, with the
+//! same items as `sync/native.rs`, so that `loom-tests/` explores every interleaving of the
+//! protocols built on them. Chosen once by `sync/mod.rs`.
+//!
+//! What this model does not check (the TTAS lock itself, orderings on the double word) is listed
+//! in `sync/mod.rs` and `docs/verification.md`.
+
+use core::ops::{Deref, DerefMut};
+
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+
+/// An `UnsafeCell` whose accesses loom checks for data races.
+pub(crate) struct Cell<T>(loom::cell::UnsafeCell<T>);
+
+impl<T> Cell<T> {
+    /// A new cell.
+    pub(crate) fn new(v: T) -> Self {
+        Cell(loom::cell::UnsafeCell::new(v))
+    }
+
+    /// Reads the value.
+    ///
+    /// # Safety
+    /// The caller holds whatever lock protects this cell (or otherwise excludes writers).
+    pub(crate) unsafe fn get(&self) -> T
+    where
+        T: Copy,
+    {
+        // SAFETY: the caller excludes concurrent writers; loom checks the claim.
+        self.0.with(|p| unsafe { *p })
+    }
+
+    /// Writes the value.
+    ///
+    /// # Safety
+    /// The caller holds whatever lock protects this cell (no concurrent readers or writers).
+    pub(crate) unsafe fn set(&self, v: T) {
+        // SAFETY: the caller has exclusive access; loom checks the claim.
+        self.0.with_mut(|p| unsafe { *p = v })
+    }
+}
+
+// SAFETY: every access goes through `get`/`set`, whose callers must hold the protecting lock.
+unsafe impl<T: Send> Sync for Cell<T> {}
+// SAFETY: moving the cell moves the value; `T: Send` makes that sound.
+unsafe impl<T: Send> Send for Cell<T> {}
+
+/// Backoff under loom: every snooze is a scheduling point.
+pub(crate) struct Backoff;
+
+impl Backoff {
+    /// A fresh backoff.
+    pub(crate) const fn new() -> Self {
+        Backoff
+    }
+
+    /// Lets the model schedule another thread.
+    pub(crate) fn snooze(&mut self) {
+        loom::thread::yield_now();
+    }
+}
+
+/// A scheduling point inside a retry loop.
+pub(crate) fn retry_hint() {
+    loom::thread::yield_now();
+}
+
+/// A non-zero token unique to the calling (loom) thread.
+pub(crate) fn thread_token() -> usize {
+    loom::thread_local! {
+        static TOKEN: u8 = 0;
+    }
+    TOKEN.with(|t| t as *const u8 as usize)
+}
+
+/// The spin lock, modelled as a loom `Mutex` (its `try_lock` fallbacks are explored, not the
+/// TTAS loop of the normal build).
+pub(crate) struct SpinLock<T> {
+    inner: loom::sync::Mutex<()>,
+    owner: AtomicUsize,
+    what: &'static str,
+    data: Cell<T>,
+}
+
+// SAFETY: the lock serialises every access to `data`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: moving the lock moves `data`; `T: Send` makes that sound.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+/// Proof that a [`SpinLock`] is held; unlocks on drop.
+pub(crate) struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+    _g: loom::sync::MutexGuard<'a, ()>,
+}
+
+impl<T> SpinLock<T> {
+    /// A new, unlocked lock. `what` names it in the re-entry message.
+    pub(crate) fn new(what: &'static str, v: T) -> Self {
+        SpinLock {
+            inner: loom::sync::Mutex::new(()),
+            owner: AtomicUsize::new(0),
+            what,
+            data: Cell::new(v),
+        }
+    }
+
+    /// Takes the lock if it is free, without waiting.
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        match self.inner.try_lock() {
+            Ok(g) => {
+                self.owner.store(thread_token(), Ordering::Relaxed);
+                Some(SpinGuard { lock: self, _g: g })
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Takes the lock; panics (failing the model) on re-entry by its holder.
+    pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+        if let Some(g) = self.try_lock() {
+            return g;
+        }
+        if self.owner.load(Ordering::Relaxed) == thread_token() {
+            panic!("kmem: {} re-entered by its holder", self.what);
+        }
+        let g = self.inner.lock().unwrap();
+        self.owner.store(thread_token(), Ordering::Relaxed);
+        SpinGuard { lock: self, _g: g }
+    }
+
+    /// Whether the lock is held by anyone right now.
+    pub(crate) fn is_locked(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) != 0
+    }
+}
+
+impl<T> Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // loom's `with` cannot lend a reference past the closure, so the guard reads through
+        // the raw pointer; the lock itself is modelled by the mutex.
+        // SAFETY: the guard proves the lock is held, so no one else accesses `data`.
+        unsafe { &*self.lock.data.0.with(|p| p) }
+    }
+}
+
+impl<T> DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`.
+        unsafe { &mut *self.lock.data.0.with_mut(|p| p) }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.owner.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,158 @@
+//! The synchronisation facade: the only module that names atomics, cells and locks.
+//!
+//! The backend is chosen **once**, for the whole build, as sharded-slab and crossbeam-epoch do:
+//! `sync/native.rs` (core atomics, `UnsafeCell`, a TTAS spin lock) normally, `sync/loom.rs`
+//! (loom's atomics, cells and mutexes) under `--cfg loom`. Both export the same names, and the
+//! rest of the crate imports only from here. The double word has a backend choice of its own
+//! (`sync/dword.rs`: kmem's inline `cmpxchg16b`, portable-atomic, or loom), and two things are
+//! the same in every build: [`OnceSlot`] (`sync/once.rs`, statics only) and the free-pointer
+//! accessors below (object memory that loom did not allocate).
+//!
+//! Normal builds use `core::sync::atomic` and, for the double word, kmem's own `lock cmpxchg16b`
+//! on x86_64 (portable-atomic's `AtomicU128` on aarch64, under Miri and under TSAN); `--cfg loom`
+//! builds swap in loom's types so that `loom-tests/` can explore every interleaving of the
+//! protocols that are built on them. Everything else in the crate imports from here.
+//!
+//! # The double word
+//!
+//! [`DWord`] is the 16-byte `{word, tag}` pair that SLUB swaps with one compare-and-swap:
+//! `{freelist, tid}` in a CPU slot and `{freelist, counters}` in a slab. Normally it is a
+//! lock-free 16-byte atomic (an inlined LOCKed `cmpxchg16b` on x86_64, whatever the build flags;
+//! loads use an atomic 16-byte vector load where the CPU guarantees one): `sync/dword.rs` picks
+//! the backend once per build and explains why. Under loom it is a
+//! `loom::sync::Mutex<(usize, u64)>`.
+//!
+//! What the loom model of the double word does **not** check:
+//! - A mutex makes every `load` and `compare_exchange` sequentially consistent with respect to
+//!   the other operations on the same word; the real `AtomicU128` uses Acquire/AcqRel. Orderings
+//!   between *different* locations are still modelled (loom tracks the mutex's happens-before
+//!   edges), but a bug that needs a weaker ordering on the double word itself is not found.
+//! - Tearing: the model cannot tear the pair; the real hardware cannot either (cmpxchg16b and
+//!   the vector load are single-copy atomic).
+//!
+//! # Object memory
+//!
+//! The free pointer stored inside a free object is read speculatively by the allocation fast
+//! path while the object may already belong to another thread (the read is then discarded
+//! because the `tid` CAS fails, exactly like a seqlock reader). [`load_free_ptr`] and
+//! [`store_free_ptr`] therefore use relaxed atomic accesses on the object's memory. They are
+//! plain `core` atomics in every build: loom cannot model memory that it did not allocate, so
+//! the models rely on the `tid`/`counters` CAS (which loom does model) to reject stale reads.
+//!
+//! # Locks
+//!
+//! [`SpinLock`] spins briefly and then yields (user space cannot disable preemption, so the
+//! holder may be descheduled). It records its owner so that re-entry from the same thread (a
+//! signal handler that allocates while the interrupted code holds the lock) aborts with a
+//! precise message instead of deadlocking silently.
+
+#![allow(dead_code)]
+
+#[cfg(not(loom))]
+#[path = "native.rs"]
+mod backend;
+
+#[cfg(loom)]
+#[path = "loom.rs"]
+mod backend;
+
+mod dword;
+mod once;
+
+pub(crate) use backend::{
+    fence, retry_hint, thread_token, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+    Backoff, Cell, Ordering, SpinGuard, SpinLock,
+};
+#[cfg(not(loom))]
+pub use dword::BenchDWord;
+pub(crate) use dword::DWord;
+pub(crate) use once::OnceSlot;
+
+/// Atomics for process-wide tables that live in `static`s (the chunk radix table, the
+/// global-instance state, the CPU-id cache). They are never modelled by loom: loom objects
+/// cannot live in statics, and these tables are only written under a page-allocator lock or
+/// during single-threaded initialisation, or hold idempotent caches.
+pub(crate) mod global {
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Object memory: the free pointer inside a free object
+// ---------------------------------------------------------------------------------------------
+
+/// Reads the free pointer stored at `addr` (Relaxed). May race with the object's new owner;
+/// the caller must validate the value with a CAS before using it.
+///
+/// # Safety
+/// `addr` is aligned to `usize` and lies in mapped memory that stays mapped (kmem never unmaps
+/// slab memory while the allocator that owns it lives).
+#[inline(always)]
+pub(crate) unsafe fn load_free_ptr(addr: *const usize) -> usize {
+    // An atomic access makes the race with the owner's writes a benign, discarded read rather than
+    // a torn one.
+    // SAFETY: `addr` is aligned and mapped per the contract.
+    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr as *mut usize) }
+        .load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes the free pointer at `addr` (Relaxed; published by the CAS that links the object).
+///
+/// # Safety
+/// `addr` is aligned, mapped, and the object is owned by the caller (being freed).
+#[inline(always)]
+pub(crate) unsafe fn store_free_ptr(addr: *mut usize, v: usize) {
+    // SAFETY: aligned, mapped and owned per the contract.
+    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr) }
+        .store(v, core::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spinlock_excludes_and_try_lock_fails_when_held() {
+        let l = SpinLock::new("test lock", 0u64);
+        {
+            let mut g = l.lock();
+            *g += 1;
+            assert!(l.is_locked());
+            let other = std::thread::scope(|s| s.spawn(|| l.try_lock().is_none()).join().unwrap());
+            assert!(other);
+        }
+        assert!(!l.is_locked());
+        let l = &l;
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        *l.lock() += 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(*l.lock(), 40_001);
+    }
+
+    #[test]
+    fn thread_tokens_differ_between_threads() {
+        let a = thread_token();
+        let b = std::thread::spawn(thread_token).join().unwrap();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(a, thread_token());
+    }
+
+    #[test]
+    fn free_ptr_round_trips() {
+        let mut slot = 0usize;
+        // One mutable raw pointer for both accesses: the atomic load forms an `&AtomicUsize`,
+        // which needs write permission (Miri rejects a pointer derived from `&slot`).
+        let p: *mut usize = &mut slot;
+        // SAFETY: `slot` is an aligned, live local.
+        unsafe {
+            store_free_ptr(p, 0xdead_beef);
+            assert_eq!(load_free_ptr(p), 0xdead_beef);
+        }
+    }
+}
