@@ -1,5 +1,9 @@
 //! Which CPU slot am I on: the CPU id behind the per-CPU fast path, and the CPU/NUMA topology.
 //!
+//! Files: this one (the method chain and the cached state), `rseq.rs` (glibc's rseq area: finding
+//! it and reading `cpu_id`), `topology.rs` (possible CPUs and nodes from sysfs, without
+//! allocating).
+//!
 //! kmem indexes its per-CPU slots (`KmemCacheCpu`) with [`current_cpu`]. The answer is a hint:
 //! a thread may migrate the instant after reading it, or two threads may read the same id. The
 //! per-slot transaction id (`tid`), swapped together with the freelist by one double-word CAS,
@@ -44,6 +48,17 @@
 
 // Miri and loom builds skip the rseq/getcpu machinery that uses some helpers below.
 #![cfg_attr(any(miri, loom), allow(dead_code, unused_imports))]
+
+mod rseq;
+mod topology;
+
+#[cfg(not(any(miri, loom)))]
+use rseq::{rseq_probe, rseq_read};
+#[cfg(all(test, not(loom), not(miri)))]
+use topology::ByteWriter;
+pub use topology::{cpu_to_node, possible_cpus, possible_nodes};
+#[cfg(test)]
+use topology::{parse_id_list, IdList};
 
 use crate::sync::global::{AtomicUsize, Ordering};
 
@@ -245,110 +260,6 @@ loom::thread_local! {
     static MODEL_CPU: core::cell::Cell<usize> = core::cell::Cell::new(0);
 }
 
-/// Number of possible CPUs: one more than the highest id in
-/// `/sys/devices/system/cpu/possible` (the size of an array indexed by CPU id), else
-/// `sysconf(_SC_NPROCESSORS_CONF)`, else 1. Cached after the first call; under Miri, 4.
-///
-/// # Example
-/// ```
-/// let n = kmem::cpu::possible_cpus();
-/// assert!(n >= 1);
-/// ```
-pub fn possible_cpus() -> usize {
-    #[cfg(miri)]
-    {
-        4
-    }
-    #[cfg(not(miri))]
-    {
-        static CPUS: AtomicUsize = AtomicUsize::new(0);
-        let n = CPUS.load(Ordering::Relaxed);
-        if n != 0 {
-            return n;
-        }
-        let n = read_id_list(c"/sys/devices/system/cpu/possible")
-            .map(|l| l.end)
-            .unwrap_or_else(|| {
-                // SAFETY: sysconf has no preconditions and does not allocate.
-                let c = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-                if c > 0 {
-                    c as usize
-                } else {
-                    1
-                }
-            });
-        CPUS.store(n, Ordering::Relaxed);
-        n
-    }
-}
-
-/// NUMA node count: one more than the highest id in `/sys/devices/system/node/possible` (or
-/// `.../online`), else 1. Cached after the first call; under Miri, 1.
-///
-/// # Example
-/// ```
-/// assert!(kmem::cpu::possible_nodes() >= 1);
-/// ```
-pub fn possible_nodes() -> usize {
-    #[cfg(miri)]
-    {
-        1
-    }
-    #[cfg(not(miri))]
-    {
-        static NODES: AtomicUsize = AtomicUsize::new(0);
-        let n = NODES.load(Ordering::Relaxed);
-        if n != 0 {
-            return n;
-        }
-        let n = read_id_list(c"/sys/devices/system/node/possible")
-            .or_else(|| read_id_list(c"/sys/devices/system/node/online"))
-            .map_or(1, |l| l.end);
-        NODES.store(n, Ordering::Relaxed);
-        n
-    }
-}
-
-/// The NUMA node of `cpu`: the `M` of the `/sys/devices/system/cpu/cpuN/nodeM` link, else 0.
-///
-/// Always below [`possible_nodes`]. Cached per CPU for the first 1024 CPUs; under Miri, 0.
-///
-/// # Example
-/// ```
-/// use kmem::cpu::{cpu_to_node, current_cpu, possible_nodes};
-/// assert!(cpu_to_node(current_cpu()) < possible_nodes());
-/// ```
-pub fn cpu_to_node(cpu: usize) -> usize {
-    #[cfg(miri)]
-    {
-        let _ = cpu;
-        0
-    }
-    #[cfg(not(miri))]
-    {
-        const CACHED: usize = 1024;
-        // node + 1; 0 = not looked up yet.
-        static NODE_OF: [AtomicUsize; CACHED] = [const { AtomicUsize::new(0) }; CACHED];
-        let nodes = possible_nodes();
-        if nodes <= 1 {
-            return 0;
-        }
-        if let Some(c) = NODE_OF.get(cpu) {
-            let v = c.load(Ordering::Relaxed);
-            if v != 0 {
-                return v - 1;
-            }
-        }
-        let node = (0..nodes)
-            .find(|&m| cpu_node_link_exists(cpu, m))
-            .unwrap_or(0);
-        if let Some(c) = NODE_OF.get(cpu) {
-            c.store(node + 1, Ordering::Relaxed);
-        }
-        node
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The methods
 // ---------------------------------------------------------------------------------------------
@@ -428,279 +339,6 @@ fn thread_hash() -> usize {
     // Multiply-shift range reduction (Lemire): `h * n / 2^32` is below `n` for a 32-bit `h`,
     // and avoids a division on every call.
     ((h * possible_cpus() as u64) >> 32) as usize
-}
-
-// ---------------------------------------------------------------------------------------------
-// rseq
-// ---------------------------------------------------------------------------------------------
-
-/// The cached rseq probe (see [`RSEQ`]); runs `dlsym` on first use.
-#[cfg(not(any(miri, loom)))]
-#[inline]
-fn rseq_probe() -> usize {
-    let r = RSEQ.load(Ordering::Relaxed);
-    if r != TAG_UNKNOWN {
-        return r;
-    }
-    let r = match rseq_offset_from_glibc() {
-        Some(off) => pack(off, TAG_RSEQ),
-        None => TAG_HASH,
-    };
-    RSEQ.store(r, Ordering::Relaxed);
-    r
-}
-
-/// Looks up `__rseq_size` and `__rseq_offset`; `Some(offset)` when glibc registered rseq.
-#[cfg(all(
-    not(any(miri, loom)),
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-#[cold]
-fn rseq_offset_from_glibc() -> Option<isize> {
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other preconditions.
-    let size = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) };
-    // SAFETY: as above.
-    let offset = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) };
-    if size.is_null() || offset.is_null() {
-        return None;
-    }
-    // glibc defines `const unsigned int __rseq_size`, initialised before any user code runs and
-    // never written again.
-    // SAFETY: the symbol's address is valid for the process lifetime.
-    let size = unsafe { core::ptr::read_volatile(size as *const u32) };
-    if size == 0 {
-        // Registration failed or was disabled (GLIBC_TUNABLES=glibc.pthread.rseq=0).
-        return None;
-    }
-    // SAFETY: glibc defines `const ptrdiff_t __rseq_offset`, set at startup, read-only after.
-    let offset = unsafe { core::ptr::read_volatile(offset as *const isize) };
-    // The packed encoding keeps 62 bits of offset; a real one is a few KiB.
-    if offset.unsigned_abs() >= 1 << 60 {
-        return None;
-    }
-    Some(offset)
-}
-
-#[cfg(all(
-    not(any(miri, loom)),
-    not(any(target_arch = "x86_64", target_arch = "aarch64"))
-))]
-fn rseq_offset_from_glibc() -> Option<isize> {
-    None
-}
-
-/// Reads `cpu_id` from the calling thread's rseq area at `thread pointer + offset`; `None`
-/// when the area is uninitialised or its registration failed.
-///
-/// `offset` must come from [`rseq_offset_from_glibc`] (possibly packed and unpacked): every
-/// caller passes a value whose tag said `TAG_RSEQ`.
-#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
-#[inline(always)]
-fn rseq_read(offset: isize) -> Option<usize> {
-    let cpu: u32;
-    // On x86_64 glibc, %fs holds the thread pointer (the TCB), and the rseq area of every thread
-    // glibc created lives at thread pointer + `__rseq_offset` for the thread's whole life (it is
-    // inside glibc's `struct pthread`); `cpu_id` is an aligned u32 at byte 4. A `%fs`-relative load
-    // is the same access as `*(u32*)(fs:0 + offset + 4)` without first loading `fs:0`. The asm is
-    // not `pure`, so each call reads afresh (it is volatile: the kernel rewrites the field on
-    // migration).
-    // SAFETY: fs:[`offset` + 4] is this thread's rseq `cpu_id`: an aligned u32, live for its life.
-    unsafe {
-        core::arch::asm!(
-            "mov {cpu:e}, dword ptr fs:[{off} + {field}]",
-            off = in(reg) offset,
-            field = const RSEQ_CPU_ID_OFFSET,
-            cpu = lateout(reg) cpu,
-            options(nostack, preserves_flags, readonly),
-        );
-    }
-    valid_cpu_id(cpu)
-}
-
-/// As the x86_64 version: `tpidr_el0` is the thread pointer.
-#[cfg(all(not(any(miri, loom)), target_arch = "aarch64"))]
-#[inline(always)]
-fn rseq_read(offset: isize) -> Option<usize> {
-    let tp: usize;
-    // SAFETY: reading tpidr_el0 (the user thread pointer) has no side effects.
-    unsafe {
-        core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags));
-    }
-    let p = tp.wrapping_add_signed(offset + RSEQ_CPU_ID_OFFSET) as *const u32;
-    // `cpu_id` is an aligned u32 at byte 4. Volatile: the kernel rewrites it.
-    // SAFETY: every thread's rseq area stays at thread pointer + `__rseq_offset` for its life.
-    let cpu = unsafe { core::ptr::read_volatile(p) };
-    valid_cpu_id(cpu)
-}
-
-#[cfg(all(
-    not(any(miri, loom)),
-    not(any(target_arch = "x86_64", target_arch = "aarch64"))
-))]
-#[inline(always)]
-fn rseq_read(_offset: isize) -> Option<usize> {
-    None
-}
-
-#[cfg(not(any(miri, loom)))]
-#[inline(always)]
-fn valid_cpu_id(cpu: u32) -> Option<usize> {
-    if cpu == RSEQ_CPU_ID_UNINITIALIZED || cpu == RSEQ_CPU_ID_REGISTRATION_FAILED {
-        None
-    } else {
-        Some(cpu as usize)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// sysfs, without allocating
-// ---------------------------------------------------------------------------------------------
-
-/// A parsed id list such as `0-3,8-11`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct IdList {
-    /// How many ids the list names.
-    count: usize,
-    /// One more than the highest id (the length of an array indexed by id).
-    end: usize,
-}
-
-/// Parses a kernel id list (`cpulist` format: `0`, `0-3`, `0-3,8-11`, optional trailing
-/// newline). `None` for anything else, including an empty list.
-fn parse_id_list(s: &[u8]) -> Option<IdList> {
-    let s = match s {
-        [rest @ .., b'\n'] => rest,
-        _ => s,
-    };
-    if s.is_empty() {
-        return None;
-    }
-    let mut count = 0usize;
-    let mut end = 0usize;
-    for item in s.split(|&b| b == b',') {
-        let mut bounds = item.splitn(2, |&b| b == b'-');
-        let lo = parse_decimal(bounds.next()?)?;
-        let hi = match bounds.next() {
-            Some(h) => parse_decimal(h)?,
-            None => lo,
-        };
-        if hi < lo {
-            return None;
-        }
-        count = count.checked_add(hi - lo + 1)?;
-        end = end.max(hi.checked_add(1)?);
-    }
-    Some(IdList { count, end })
-}
-
-fn parse_decimal(s: &[u8]) -> Option<usize> {
-    if s.is_empty() || s.len() > 9 {
-        return None;
-    }
-    let mut v = 0usize;
-    for &b in s {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + usize::from(b - b'0');
-    }
-    Some(v)
-}
-
-/// Reads a small file into `buf` with raw `open`/`read`; the number of bytes read.
-#[cfg(not(miri))]
-fn read_small_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
-    // SAFETY: `path` is NUL-terminated; open does not allocate.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    let mut len = 0;
-    let ok = loop {
-        let rest = &mut buf[len..];
-        if rest.is_empty() {
-            break false; // too long for us: treat as unreadable
-        }
-        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes; `fd` is open.
-        let n = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
-        if n > 0 {
-            len += n as usize;
-        } else if n == 0 {
-            break true;
-        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break false;
-        }
-    };
-    // SAFETY: `fd` is a descriptor we opened and have not closed.
-    unsafe {
-        libc::close(fd);
-    }
-    ok.then_some(len)
-}
-
-/// Reads and parses a sysfs id list file.
-#[cfg(not(miri))]
-fn read_id_list(path: &core::ffi::CStr) -> Option<IdList> {
-    let mut buf = [0u8; 1024];
-    let n = read_small_file(path, &mut buf)?;
-    parse_id_list(&buf[..n])
-}
-
-/// Whether `/sys/devices/system/cpu/cpu{cpu}/node{node}` exists.
-#[cfg(not(miri))]
-fn cpu_node_link_exists(cpu: usize, node: usize) -> bool {
-    let mut path = [0u8; 96];
-    let mut w = ByteWriter {
-        buf: &mut path,
-        len: 0,
-    };
-    w.push(b"/sys/devices/system/cpu/cpu");
-    w.push_decimal(cpu);
-    w.push(b"/node");
-    w.push_decimal(node);
-    w.push(b"\0");
-    let Some(path) = w.as_cstr() else {
-        return false;
-    };
-    // SAFETY: `path` is NUL-terminated; access does not allocate.
-    unsafe { libc::access(path.as_ptr(), libc::F_OK) == 0 }
-}
-
-/// Builds a string in a fixed stack buffer (no allocation); overflow marks it invalid.
-#[cfg(not(miri))]
-struct ByteWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-#[cfg(not(miri))]
-impl ByteWriter<'_> {
-    fn push(&mut self, s: &[u8]) {
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + s.len()) {
-            dst.copy_from_slice(s);
-            self.len += s.len();
-        } else {
-            self.len = usize::MAX / 2; // poison: as_cstr will fail
-        }
-    }
-
-    fn push_decimal(&mut self, mut v: usize) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
-    }
-
-    fn as_cstr(&self) -> Option<&core::ffi::CStr> {
-        core::ffi::CStr::from_bytes_with_nul(self.buf.get(..self.len)?).ok()
-    }
 }
 
 #[cfg(all(test, not(loom)))]
