@@ -59,6 +59,12 @@ pub enum KmemError {
     },
     /// This CPU has no lock-free 16-byte compare-and-swap, which kmem's fast path needs.
     NoDoubleWordCas,
+    /// The OS page size (`sysconf(_SC_PAGESIZE)`) is not a power of two or is larger than
+    /// kmem's 4 MiB chunk. (Larger pages than kmem's 4 KiB are supported: 16 KiB, 64 KiB.)
+    UnsupportedPageSize {
+        /// The OS page size found.
+        os_page_size: usize,
+    },
 }
 
 impl fmt::Display for KmemError {
@@ -94,6 +100,11 @@ impl fmt::Display for KmemError {
             KmemError::OutOfMemory { what, bytes } => {
                 write!(f, "out of memory allocating {bytes} bytes for {what}")
             }
+            KmemError::UnsupportedPageSize { os_page_size } => write!(
+                f,
+                "unsupported OS page size {os_page_size}: kmem needs a power of two no larger \
+                 than its 4 MiB chunk"
+            ),
             KmemError::NoDoubleWordCas => f.write_str(
                 "this CPU has no lock-free 16-byte compare-and-swap (cmpxchg16b); kmem's \
                  per-CPU fast path cannot run without it",

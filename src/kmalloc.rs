@@ -56,8 +56,9 @@
 //! and child handlers release them. So the child of a multi-threaded parent never inherits a
 //! lock held by a thread that does not exist in it, and can allocate. What the child can
 //! inherit is a lock-free operation cut in half by the fork (another thread between two of its
-//! CASes, or a page block detached for `madvise`): at worst that leaks a slab or a block in the
-//! child, never corrupts a list.
+//! CASes): at worst that leaks a slab in the child, never corrupts a list. Page blocks other
+//! threads had detached for `madvise` are taken back by the child handler
+//! (`KmemShared::fork_child_reclaim`; see the page module docs).
 //!
 //! kmalloc is not async-signal-safe. The lock-free fast paths are safe against a signal handler
 //! that allocates (the interrupted CAS fails on the advanced `tid` and retries), but if the
@@ -663,7 +664,13 @@ extern "C" fn fork_parent() {
 
 #[cfg(not(miri))]
 extern "C" fn fork_child() {
+    let s = FORK_LOCKED.load(Ordering::Relaxed);
     fork_release();
+    if !s.is_null() {
+        // Blocks other threads were releasing are still detached: take them back.
+        // SAFETY: `s` is the global instance, which lives forever.
+        unsafe { (*s).fork_child_reclaim() };
+    }
 }
 
 // =============================================================================================

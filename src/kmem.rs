@@ -9,7 +9,7 @@
 use crate::cache::{CacheConfig, CacheInner, KmemCache};
 use crate::cpu_slab::TidStep;
 use crate::error::KmemError;
-use crate::page::{FaultInjection, PageAllocator, PageBudget, PageStats, PAGE_SIZE};
+use crate::page::{FaultInjection, PageAllocator, PageBudget, PageStats, CHUNK_SIZE, PAGE_SIZE};
 use crate::stats::SlabInfo;
 use crate::sync::{AtomicBool, AtomicUsize, Cell, OnceSlot, Ordering, SpinLock};
 use crate::{cpu, os};
@@ -169,6 +169,53 @@ impl KmemShared {
                 p = c.reg_next.get();
             }
         }
+    }
+
+    /// Fork support, in the child after [`Self::fork_unlock_all`]: every node takes over the
+    /// page blocks that other threads had detached for `madvise` when the process forked
+    /// ([`PageAllocator::fork_child_reclaim`]).
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) fn fork_child_reclaim(&self) {
+        for nid in 0..self.nr_nodes {
+            self.node_pages(nid).fork_child_reclaim();
+        }
+    }
+
+    /// Memory reclaim, run by a page allocator of this instance that reached the memory limit
+    /// (its reclaim hook; the kernel's `shrink_slab` under direct reclaim): discards the empty
+    /// partial slabs of every cache on every node, returning their pages to the buddy lists.
+    /// Returns the number of slabs discarded.
+    ///
+    /// Runs with no page lock held, but possibly with a CPU slot lock held (`new_slab`), so it
+    /// must not wait for the registry lock, which comes before slot locks in the lock order:
+    /// like `shrink_slab`'s `down_read_trylock(&shrinker_rwsem)`, it only tries it, for a
+    /// bounded time, and reclaims nothing if it stays busy. Node `list_lock`s come after slot
+    /// locks and are taken normally. Nothing is released to the OS here: the limit counts
+    /// mapped bytes, which `madvise` does not lower, and releasing would detach the very
+    /// blocks the retry needs.
+    pub(crate) fn reclaim(&self) -> usize {
+        let mut wait = crate::page::BoundedWait::new();
+        let r = loop {
+            if let Some(r) = self.registry.try_lock() {
+                break r;
+            }
+            if !wait.again() {
+                return 0;
+            }
+        };
+        let mut discarded = 0;
+        let mut p = r.head;
+        while !p.is_null() {
+            // Destroy unregisters a cache first, under this lock.
+            // SAFETY: registered caches stay alive while the registry lock is held.
+            let c = unsafe { &*p };
+            for nid in 0..c.nr_nodes {
+                discarded += c.discard_empty_partials(nid);
+            }
+            // SAFETY: as above.
+            p = unsafe { c.reg_next.get() };
+        }
+        discarded
     }
 
     /// `f` of every registered cache, computed under the registry lock into space reserved
@@ -665,6 +712,7 @@ impl KmemBuilder {
         if nr_nodes == 0 || nr_nodes > MAX_NODES {
             return Err(cfg("nodes", nr_nodes, "must be between 1 and 1024"));
         }
+        check_os_page_size(os::page_size())?;
         let limit = self.memory_limit.unwrap_or(usize::MAX);
         if limit < PAGE_SIZE {
             return Err(cfg(
@@ -737,9 +785,49 @@ impl KmemBuilder {
             let budget = &(*shared).budget as *const PageBudget;
             for nid in 0..nr_nodes {
                 ptr::write(nodes.add(nid), PageAllocator::new(nid, budget));
+                // The instance outlives its page allocators (they live inside it).
+                (*nodes.add(nid)).set_reclaim_hook(reclaim_hook, shared as *const ());
             }
             Ok(NonNull::new_unchecked(shared))
         }
+    }
+}
+
+/// The reclaim hook of every page allocator of an instance: `arg` is the instance.
+fn reclaim_hook(arg: *const ()) {
+    // SAFETY: registered by `build_shared` with the address of the instance that contains the
+    // calling page allocator, so it is alive while that allocator runs.
+    let s = unsafe { &*(arg as *const KmemShared) };
+    s.reclaim();
+}
+
+/// Refuses an OS page size kmem cannot work with. kmem's page (`PAGE_SIZE`, 4 KiB) is its own
+/// unit; the OS page may be larger (16 KiB, 64 KiB): then only free blocks of at least one OS
+/// page are returned to the OS. A chunk must be a whole number of OS pages (mappings are
+/// trimmed and protected in OS pages), and every power of two up to `CHUNK_SIZE` is.
+fn check_os_page_size(os_page_size: usize) -> Result<(), KmemError> {
+    if os_page_size.is_power_of_two() && os_page_size <= CHUNK_SIZE {
+        Ok(())
+    } else {
+        Err(KmemError::UnsupportedPageSize { os_page_size })
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_page_sizes_up_to_a_chunk_are_supported() {
+        for p in [4096, 16 << 10, 64 << 10, 2 << 20, CHUNK_SIZE] {
+            assert_eq!(check_os_page_size(p), Ok(()), "{p}");
+        }
+        for p in [0, 3000, 12 << 10, 2 * CHUNK_SIZE] {
+            let e = check_os_page_size(p).unwrap_err();
+            assert_eq!(e, KmemError::UnsupportedPageSize { os_page_size: p });
+            assert!(e.to_string().contains("page size"), "{e}");
+        }
+        assert_eq!(check_os_page_size(os::page_size()), Ok(()));
     }
 }
 

@@ -19,18 +19,111 @@
 //! taken page by page as memory is touched.
 //!
 //! [`release`] is `madvise(MADV_DONTNEED)`: the pages go back to the OS, the mapping stays (so a
-//! stale read never faults), and the next touch sees zero-filled pages.
+//! stale read never faults), and the next touch sees zero-filled pages. It returns whether the
+//! OS really dropped the range, and it only ever asks for whole OS pages: kmem's page
+//! (`PAGE_SIZE`, 4 KiB) is its own unit, while the OS page size is read at run time
+//! ([`page_size`]: `sysconf(_SC_PAGESIZE)`, once) and may be 16 KiB or 64 KiB (aarch64,
+//! ppc64). A range smaller than an OS page, or not aligned to one, is refused (`false`) rather
+//! than passed to `madvise`, which would either fail (`EINVAL`, unaligned start) or zap the
+//! whole OS pages around it, live neighbours included. The page allocator marks a block
+//! "released" (reads as zero) only when `release` returned `true`.
 //!
 //! # Miri
 //!
 //! Miri cannot `mmap`; under `cfg(miri)` mappings come from `std::alloc::System` (zeroed, with
 //! the requested alignment) and `release` writes zeroes, which keeps the "released memory reads
-//! as zero" contract that `GfpFlags::ZERO` relies on.
+//! as zero" contract that `GfpFlags::ZERO` relies on. The OS page size is taken as 4096.
+//!
+//! # Tests
+//!
+//! This crate's unit tests can emulate another OS page size and a failing `madvise` per
+//! allocator instance ([`OsPages`] with a `TestOs`), so that the 16 K / 64 K page cases and
+//! the failure path run on a 4 K machine.
 
+use crate::sync::global::{AtomicUsize, Ordering};
 use core::ptr::NonNull;
 
-/// The OS page size kmem assumes (checked against the real one in tests).
-const OS_PAGE: usize = 4096;
+/// The OS page size, read once (0: not read yet).
+static OS_PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The OS page size (`sysconf(_SC_PAGESIZE)`, read on first use and cached; no allocation).
+/// 4096 under Miri, or if `sysconf` fails.
+pub(crate) fn page_size() -> usize {
+    let cached = OS_PAGE_SIZE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    #[cfg(miri)]
+    let v = 4096;
+    #[cfg(not(miri))]
+    // SAFETY: sysconf has no preconditions and does not allocate.
+    let v = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    };
+    OS_PAGE_SIZE.store(v, Ordering::Relaxed);
+    v
+}
+
+/// How one allocator instance returns memory to the OS: the OS page size, and (in this
+/// crate's unit tests only) an emulated kernel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OsPages {
+    /// The OS page size: a power of two (the `Kmem` builder refuses anything else).
+    pub(crate) size: usize,
+    /// Test-only emulation (see [`TestOs`]).
+    #[cfg(test)]
+    pub(crate) test: TestOs,
+}
+
+impl OsPages {
+    /// The running kernel's page size.
+    pub(crate) fn current() -> Self {
+        OsPages {
+            size: page_size(),
+            #[cfg(test)]
+            test: TestOs::default(),
+        }
+    }
+}
+
+/// Unit tests only: an emulated kernel behind [`release`].
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TestOs {
+    /// Emulate `madvise(MADV_DONTNEED)` of a kernel whose page size is [`OsPages::size`]
+    /// instead of calling it: an unaligned start fails (`EINVAL`, nothing dropped); otherwise
+    /// the length is rounded up to whole pages, which are zeroed (dropped).
+    pub(crate) emulate: bool,
+    /// Every `madvise` fails (as with `EAGAIN` or `ENOMEM`) and drops nothing.
+    pub(crate) fail_madvise: bool,
+}
+
+/// `madvise(ptr, len, MADV_DONTNEED)`: whether it succeeded (the unit tests' emulated kernel
+/// when asked).
+#[cfg(not(miri))]
+fn madvise_dontneed(ptr: *mut u8, len: usize, os: &OsPages) -> bool {
+    #[cfg(test)]
+    {
+        if os.test.fail_madvise {
+            return false;
+        }
+        if os.test.emulate {
+            if ptr as usize % os.size != 0 {
+                return false; // EINVAL
+            }
+            let len = len.next_multiple_of(os.size);
+            // SAFETY: the emulated kernel drops whole pages; tests only emulate ranges inside
+            // their own mappings (the chunk is CHUNK_SIZE-aligned, a multiple of the page).
+            unsafe { core::ptr::write_bytes(ptr, 0, len) };
+            return true;
+        }
+    }
+    let _ = os;
+    // MADV_DONTNEED on a private anonymous mapping only drops its pages.
+    // SAFETY: the caller guarantees the range is ours and dead.
+    unsafe { libc::madvise(ptr.cast(), len, libc::MADV_DONTNEED) == 0 }
+}
 
 /// Maps `size` bytes aligned to `align` (a power of two), zeroed, readable and writable.
 pub(crate) fn map(size: usize, align: usize) -> Option<NonNull<u8>> {
@@ -43,8 +136,9 @@ pub(crate) fn map(size: usize, align: usize) -> Option<NonNull<u8>> {
 #[cfg(not(miri))]
 pub(crate) fn map_partial(reserve: usize, usable: usize, align: usize) -> Option<NonNull<u8>> {
     debug_assert!(align.is_power_of_two() && usable <= reserve);
-    let align = align.max(OS_PAGE);
-    let over = reserve.checked_add(align - OS_PAGE)?;
+    let page = page_size();
+    let align = align.max(page);
+    let over = reserve.checked_add(align - page)?;
     let prot = if usable == reserve {
         libc::PROT_READ | libc::PROT_WRITE
     } else {
@@ -100,7 +194,7 @@ pub(crate) fn map_partial(reserve: usize, usable: usize, align: usize) -> Option
 pub(crate) fn map_partial(reserve: usize, usable: usize, align: usize) -> Option<NonNull<u8>> {
     use std::alloc::{GlobalAlloc, Layout, System};
     let _ = usable;
-    let layout = Layout::from_size_align(reserve, align.max(OS_PAGE)).ok()?;
+    let layout = Layout::from_size_align(reserve, align.max(4096)).ok()?;
     // SAFETY: the layout has a non-zero size (callers never map zero bytes).
     NonNull::new(unsafe { System.alloc_zeroed(layout) })
 }
@@ -124,30 +218,49 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, reserve: usize, align: usize) {
         unsafe {
             System.dealloc(
                 ptr.as_ptr(),
-                Layout::from_size_align_unchecked(reserve, align.max(OS_PAGE)),
+                Layout::from_size_align_unchecked(reserve, align.max(4096)),
             )
         };
     }
 }
 
-/// Returns the pages of `[ptr, ptr + size)` to the OS; the range stays mapped and reads as
-/// zero afterwards.
+/// Returns the pages of `[ptr, ptr + size)` to the OS; on `true` the range stays mapped and
+/// reads as zero afterwards. Returns `false`, with the memory untouched, when the range is not
+/// made of whole OS pages (`os.size`), or when `madvise` fails: the caller must then treat the
+/// memory as still holding its old contents.
 ///
 /// # Safety
-/// The range is page-aligned, lies inside a readable/writable mapping of ours, and no one uses
-/// its contents any more.
-pub(crate) unsafe fn release(ptr: *mut u8, size: usize) {
+/// The range lies inside a readable/writable mapping of ours, and no one uses its contents any
+/// more.
+pub(crate) unsafe fn release(ptr: *mut u8, size: usize, os: &OsPages) -> bool {
+    if size == 0 || (ptr as usize | size) & (os.size - 1) != 0 {
+        // Part of an OS page: madvise would fail or drop the neighbours sharing that page.
+        return false;
+    }
     #[cfg(not(miri))]
     {
-        // MADV_DONTNEED on a private anonymous mapping only drops its pages.
-        // SAFETY: the caller guarantees the range is ours and dead.
-        unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
+        madvise_dontneed(ptr, size, os)
     }
     #[cfg(miri)]
     {
         // SAFETY: the range is ours and writable (caller contract).
         unsafe { core::ptr::write_bytes(ptr, 0, size) };
+        true
     }
+}
+
+/// Monotonic time in nanoseconds (`CLOCK_MONOTONIC`; no allocation), for bounded waits.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// Resident pages of this process according to the OS (`/proc/self/statm`, second field);
@@ -264,25 +377,63 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore)]
-    fn page_size_matches_os() {
+    fn page_size_is_read_from_the_os() {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        assert_eq!(page as usize, OS_PAGE);
+        assert_eq!(page as usize, page_size());
+        assert!(page_size().is_power_of_two());
         assert!(resident_pages_of_process() > 0);
     }
 
     #[test]
     fn map_is_aligned_zeroed_and_partial_reservations_work() {
-        let align = 1 << 20;
-        let p = map_partial(align, 3 * OS_PAGE, align).unwrap();
+        let page = page_size();
+        let align = 1 << 22;
+        let p = map_partial(align, 3 * page, align).unwrap();
         assert_eq!(p.as_ptr() as usize % align, 0);
-        // SAFETY: the first three pages are usable.
+        let os = OsPages::current();
+        // SAFETY: the first three OS pages are usable.
         unsafe {
-            assert_eq!(*p.as_ptr().add(3 * OS_PAGE - 1), 0);
+            assert_eq!(*p.as_ptr().add(3 * page - 1), 0);
             p.as_ptr().write(7);
-            release(p.as_ptr(), OS_PAGE);
+            p.as_ptr().add(page).write(8);
+            assert!(release(p.as_ptr(), page, &os));
             assert_eq!(*p.as_ptr(), 0);
+            // Part of an OS page is never released: the neighbour's byte survives.
+            assert!(!release(p.as_ptr().add(page), page / 2, &os));
+            assert!(!release(p.as_ptr().add(page + page / 2), page / 2, &os));
+            assert_eq!(*p.as_ptr().add(page), 8);
             unmap(p, align, align);
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // Miri's `release` writes zeroes instead of emulating a kernel
+    fn emulated_large_pages_and_madvise_failures() {
+        let align = 1 << 22;
+        let p = map_partial(align, 1 << 20, align).unwrap().as_ptr();
+        let mut os = OsPages {
+            size: 64 << 10,
+            test: TestOs {
+                emulate: true,
+                fail_madvise: false,
+            },
+        };
+        // SAFETY: the first MiB is ours and usable.
+        unsafe {
+            p.write_bytes(1, 1 << 20);
+            // 4 KiB inside a 64 KiB page: refused, nothing dropped.
+            assert!(!release(p.add(4096), 4096, &os));
+            assert!(!release(p, 4096, &os));
+            assert_eq!((*p, *p.add(4096)), (1, 1));
+            // A whole emulated page is dropped.
+            assert!(release(p, 64 << 10, &os));
+            assert_eq!((*p, *p.add((64 << 10) - 1), *p.add(64 << 10)), (0, 0, 1));
+            // A failing madvise drops nothing and says so.
+            os.test.fail_madvise = true;
+            assert!(!release(p.add(64 << 10), 64 << 10, &os));
+            assert_eq!(*p.add(64 << 10), 1);
+            unmap(NonNull::new(p).unwrap(), align, align);
         }
     }
 }

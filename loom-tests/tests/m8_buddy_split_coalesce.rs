@@ -63,8 +63,8 @@ fn buddy_split_coalesce() {
         assert_eq!(free, mapped, "pages lost");
         // Exactly one chunk: an allocation that finds the free lists empty while the other
         // thread's coalesced block is "in transit" (detached for madvise with the node lock
-        // dropped) waits for it instead of mapping a spare chunk (docs/verification.md,
-        // finding 1, fixed).
+        // dropped) waits for it (bounded: a few yields under loom, 100 ms otherwise) instead of
+        // mapping a spare chunk (docs/verification.md, finding 1, fixed).
         let chunk = PAGE_SIZE << MAX_ORDER;
         assert_eq!(mapped, chunk, "a spare chunk was mapped");
         assert_eq!(

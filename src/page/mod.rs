@@ -60,13 +60,45 @@
 //!
 //! `madvise` and `memset` run without the node lock: the block is detached first (its head is
 //! marked with a zero-offset `Tail`, "in transit", so that it cannot be merged or freed twice),
-//! then re-inserted, merging again in case a buddy became free meanwhile.
+//! then re-inserted, merging again in case a buddy became free meanwhile. A block is marked
+//! released only if `madvise` really dropped it ([`os::release`] returns `true`); a failure
+//! leaves it dirty. Only blocks of at least one OS page are released (the OS page size is read
+//! at run time and may exceed kmem's 4 KiB `PAGE_SIZE`); smaller ones stay dirty. Blocks are
+//! aligned to their size inside a chunk aligned to `CHUNK_SIZE`, so a block of at least one OS
+//! page is made of whole OS pages.
+//!
+//! # Blocks in transit, waiting, and fork
+//!
+//! Every block detached for `madvise` is recorded on its node's *transit list* (under the node
+//! lock, through the head's `lru_*` links, its order in `slabs`), so that it is always reachable.
+//! An allocation that finds the free lists empty while blocks are in transit waits for them
+//! (rather than mapping a chunk it does not need, loom model m8), but only
+//!
+//! - for at most `WAIT_NS` (100 ms) in all: then it grows, or fails by the limit rules;
+//! - if the calling thread is not itself releasing ([`PageReleaseScope`]): a signal handler
+//!   that allocates while its thread is inside `madvise` never waits for itself.
+//!
+//! After a `fork`, the child's node states are copied with blocks in transit whose releasing
+//! threads do not exist in the child. The child handler ([`PageAllocator::fork_child_reclaim`])
+//! empties each transit list, zeroes the count and bumps a generation number; the blocks go back
+//! to the free lists as dirty (whether their `madvise` ran is unknown). If the forking thread was
+//! itself inside a release (a `fork` from a signal handler that interrupted it), the blocks are
+//! leaked in the child instead, since the interrupted release resumes after the handler: it
+//! sees the new generation on re-locking and forgets its blocks.
+//!
+//! # Reaching the limit
+//!
+//! When the limit refuses a new chunk, memory may still be on its way: a chunk another thread is
+//! mapping (the budget counts mappings under way, `growing`), or blocks in transit. The
+//! allocation waits for those (bounded as above), then re-checks the free lists once, then,
+//! unless `NORETRY`, calls the reclaim hook once (the `Kmem` instance registers one that
+//! discards every cache's empty partial slabs) and retries; only then does it fail.
 //!
 //! # Locking
 //!
 //! One [`SpinLock`] per node protects the free lists, the chunk list and the counters. It is the
 //! innermost lock of kmem (slot lock -> node list_lock -> page lock); nothing is called while
-//! holding it (no syscalls, no hooks). Page `info` words are atomic so that lock-free readers
+//! holding it (no syscalls, no hooks). The reclaim hook runs with no page lock held. Page `info` words are atomic so that lock-free readers
 //! (`virt_to_page`, the slab free path) see whole values.
 
 mod desc;
@@ -78,7 +110,10 @@ mod tests;
 pub(crate) use desc::{Page, PageInfo, PageKind};
 
 use crate::os::{self, Num};
-use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Cell, Ordering, SpinGuard, SpinLock};
+use crate::sync::{
+    AtomicPtr, AtomicU64, AtomicUsize, Backoff, Cell, Ordering, PageReleaseScope, SpinGuard,
+    SpinLock,
+};
 use core::ptr::{self, null_mut, NonNull};
 
 /// log2 of the page size.
@@ -216,19 +251,31 @@ pub struct PageStats {
 pub(crate) struct PageBudget {
     limit: usize,
     reserved: AtomicUsize,
+    /// Chunk mappings under way (counted before their reservation is attempted, so that an
+    /// allocation that finds the limit reached also sees every chunk still being set up).
+    growing: AtomicUsize,
     fault: FaultInjection,
     calls: AtomicU64,
+    /// The OS page size (and, in unit tests, the emulated kernel) for releases.
+    pub(crate) os: os::OsPages,
 }
 
 impl PageBudget {
     /// A budget of `limit` bytes of chunk data (`usize::MAX`: none).
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) fn new(limit: usize, fault: FaultInjection) -> Self {
+        Self::with_os(limit, fault, os::OsPages::current())
+    }
+
+    /// A budget whose releases follow `os` (unit tests: an emulated kernel).
+    pub(crate) fn with_os(limit: usize, fault: FaultInjection, os: os::OsPages) -> Self {
         PageBudget {
             limit,
             reserved: AtomicUsize::new(0),
+            growing: AtomicUsize::new(0),
             fault,
             calls: AtomicU64::new(0),
+            os,
         }
     }
 
@@ -382,6 +429,63 @@ enum Empty {
     InTransit,
 }
 
+/// How long an allocation may wait in all for memory on its way to the free lists (blocks in
+/// transit, chunks being mapped) before it grows or fails.
+#[cfg(not(loom))]
+const WAIT_NS: u64 = 100_000_000;
+/// Under loom: how many yields (each lets the other threads progress).
+#[cfg(loom)]
+const WAIT_YIELDS: u32 = 16;
+
+/// The bounded wait of one allocation (or of the reclaim hook for the registry lock).
+pub(crate) struct BoundedWait {
+    backoff: Backoff,
+    /// Deadline in `os::now_ns` time (0: not started); loom: yields left.
+    #[cfg(not(loom))]
+    deadline: u64,
+    #[cfg(loom)]
+    left: u32,
+}
+
+impl BoundedWait {
+    pub(crate) fn new() -> Self {
+        BoundedWait {
+            backoff: Backoff::new(),
+            #[cfg(not(loom))]
+            deadline: 0,
+            #[cfg(loom)]
+            left: WAIT_YIELDS,
+        }
+    }
+
+    /// Snoozes and returns true if the caller may keep waiting; false once the budget is
+    /// spent, or at once when this thread is itself releasing (a signal handler must not wait
+    /// for the thread it interrupted).
+    pub(crate) fn again(&mut self) -> bool {
+        if PageReleaseScope::active() {
+            return false;
+        }
+        #[cfg(not(loom))]
+        {
+            let now = os::now_ns();
+            if self.deadline == 0 {
+                self.deadline = now.saturating_add(WAIT_NS);
+            } else if now >= self.deadline {
+                return false;
+            }
+        }
+        #[cfg(loom)]
+        {
+            if self.left == 0 {
+                return false;
+            }
+            self.left -= 1;
+        }
+        self.backoff.snooze();
+        true
+    }
+}
+
 /// The free lists and counters of one node.
 struct BuddyState {
     free: [*mut Page; NR_ORDERS],
@@ -395,11 +499,17 @@ struct BuddyState {
     released_total: u64,
     allocs: u64,
     frees: u64,
-    /// Free blocks detached while the lock is dropped for `madvise` ("in transit"). While
-    /// non-zero, an allocation that finds the free lists empty waits for them instead of
-    /// mapping a new chunk (found by loom model m8: a spare chunk, or a spurious failure under
-    /// the limit).
+    /// Free blocks detached while the lock is dropped for `madvise` ("in transit"): the length
+    /// of `isolated`. While non-zero, an allocation that finds the free lists empty waits
+    /// (bounded) for them instead of mapping a new chunk (found by loom model m8: a spare
+    /// chunk, or a spurious failure under the limit).
     transit: usize,
+    /// The blocks in transit, linked through their heads' `lru_prev`/`lru_next`, each head's
+    /// `slabs` holding its order: reachable by the fork child handler.
+    isolated: *mut Page,
+    /// Bumped when a fork child takes the transit list over: a release that began before the
+    /// fork (in the forking thread) then forgets its blocks.
+    generation: u64,
 }
 
 // SAFETY: the raw pointers name descriptors and chunks owned by this node; the state is only
@@ -407,6 +517,49 @@ struct BuddyState {
 unsafe impl Send for BuddyState {}
 
 impl BuddyState {
+    /// Records the detached block `p` of `order` (head already marked in transit) on the
+    /// transit list.
+    ///
+    /// # Safety
+    /// The node lock is held and `p` heads a detached block of ours.
+    unsafe fn isolate(&mut self, p: *mut Page, order: u32) {
+        // SAFETY: the links of a detached head are ours under the node lock.
+        unsafe {
+            (*p).slabs.set(order);
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(self.isolated);
+            if !self.isolated.is_null() {
+                (*self.isolated).lru_prev.set(p);
+            }
+        }
+        self.isolated = p;
+        self.transit += 1;
+    }
+
+    /// Removes `p` from the transit list.
+    ///
+    /// # Safety
+    /// The node lock is held and `p` is on the transit list.
+    unsafe fn unisolate(&mut self, p: *mut Page) {
+        // SAFETY: as in `isolate`.
+        unsafe {
+            let prev = (*p).lru_prev.get();
+            let next = (*p).lru_next.get();
+            if prev.is_null() {
+                self.isolated = next;
+            } else {
+                (*prev).lru_next.set(next);
+            }
+            if !next.is_null() {
+                (*next).lru_prev.set(prev);
+            }
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(null_mut());
+            (*p).slabs.set(0);
+        }
+        self.transit -= 1;
+    }
+
     /// Pushes free head `p` (info already `Free(order, released)`) on its list.
     ///
     /// # Safety
@@ -519,6 +672,8 @@ impl PageAllocator {
                     allocs: 0,
                     frees: 0,
                     transit: 0,
+                    isolated: null_mut(),
+                    generation: 0,
                 },
             ),
             failed: AtomicU64::new(0),
@@ -535,10 +690,10 @@ impl PageAllocator {
         unsafe { &*self.budget }
     }
 
-    /// Registers the function called (once, without any kmem page lock held) when an
-    /// allocation without `NORETRY` finds the limit reached; the allocation is then retried
-    /// once. The slab layer registers "discard empty slabs".
-    #[allow(dead_code)] // called by the slab layer
+    /// Registers the function called (once, without any kmem page lock held, possibly inside a
+    /// slot lock) when an allocation without `NORETRY` finds the limit reached; the allocation
+    /// is then retried. `Kmem` registers `KmemShared::reclaim` (every cache's empty partial
+    /// slabs back to the buddy lists).
     pub(crate) fn set_reclaim_hook(&self, hook: fn(*const ()), arg: *const ()) {
         self.hook_arg.store(arg as *mut (), Ordering::Relaxed);
         self.hook.store(hook as *mut (), Ordering::Release);
@@ -563,8 +718,9 @@ impl PageAllocator {
         if self.budget().inject() {
             return self.fail(true);
         }
+        let mut wait = BoundedWait::new();
+        let mut limit_hits = 0u32;
         let mut reclaimed = false;
-        let mut backoff = crate::sync::Backoff::new();
         loop {
             match self.take_free(order) {
                 Ok((page, released)) => {
@@ -572,24 +728,32 @@ impl PageAllocator {
                     // SAFETY: descriptors are never null.
                     return Some(unsafe { NonNull::new_unchecked(page) });
                 }
-                Err(Empty::InTransit) => {
-                    // Free memory is on its way back to the lists (a concurrent madvise):
-                    // wait for it rather than mapping a chunk we do not need.
-                    backoff.snooze();
-                    continue;
-                }
-                Err(Empty::Empty) => {}
+                // Free memory is on its way back to the lists (a concurrent madvise): wait for
+                // it (bounded) rather than mapping a chunk we do not need.
+                Err(Empty::InTransit) if wait.again() => continue,
+                Err(_) => {}
             }
             match self.grow() {
                 Grow::Grown => continue,
                 Grow::Os => return self.fail(false),
                 Grow::Limit => {
+                    // A chunk another thread is mapping will reach the lists shortly.
+                    if self.budget().growing.load(Ordering::Acquire) != 0 && wait.again() {
+                        continue;
+                    }
+                    limit_hits += 1;
+                    if limit_hits == 1 {
+                        // Re-check the free lists once: a concurrent free or grow may have
+                        // filled them since `take_free` looked.
+                        continue;
+                    }
                     let hook = self.hook.load(Ordering::Acquire);
                     if flags.contains(GfpFlags::NORETRY) || reclaimed || hook.is_null() {
                         return self.fail(false);
                     }
                     reclaimed = true;
                     self.reclaim_calls.fetch_add(1, Ordering::Relaxed);
+                    // No page lock is held here (take_free and grow released it).
                     // SAFETY: `hook` was stored from a `fn(*const ())` in set_reclaim_hook.
                     let f: fn(*const ()) = unsafe { core::mem::transmute(hook) };
                     f(self.hook_arg.load(Ordering::Relaxed));
@@ -651,6 +815,15 @@ impl PageAllocator {
     /// free lists.
     fn grow(&self) -> Grow {
         let budget = self.budget();
+        // Counted before reserving: whoever finds the limit reached after our reservation sees
+        // this mapping under way until its blocks are on the lists.
+        budget.growing.fetch_add(1, Ordering::AcqRel);
+        let r = self.grow_reserved(budget);
+        budget.growing.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    fn grow_reserved(&self, budget: &PageBudget) -> Grow {
         let usable = budget.reserve_chunk();
         if usable == 0 {
             return Grow::Limit;
@@ -943,12 +1116,55 @@ impl PageAllocator {
         true
     }
 
+    /// Whether a block of `order` spans whole OS pages (and so can be released).
+    #[inline]
+    fn releasable(&self, order: u32) -> bool {
+        PAGE_SIZE << order >= self.budget().os.size
+    }
+
+    /// Releases `[ptr, ptr + len)`, part or all of the detached block `(head, order)`, with the
+    /// node lock dropped: records the block on the transit list, unlocks, `madvise`s, re-locks.
+    /// Returns the guard and whether the OS dropped the range; `None` (lock released) when a
+    /// fork child took the transit list over meanwhile (only in the child of a `fork` made by a
+    /// signal handler that interrupted this call): the caller must then forget the block.
+    ///
+    /// # Safety
+    /// `head` heads a detached block of ours of `order`, marked in transit, that contains the
+    /// range; `st` guards this node's state.
+    unsafe fn release_detached<'a>(
+        &'a self,
+        mut st: SpinGuard<'a, BuddyState>,
+        head: *mut Page,
+        order: u32,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Option<(SpinGuard<'a, BuddyState>, bool)> {
+        let scope = PageReleaseScope::enter();
+        let generation = st.generation;
+        // SAFETY: forwarded contract.
+        unsafe { st.isolate(head, order) };
+        drop(st);
+        // SAFETY: the range lies in a detached free block of ours (contract).
+        let ok = unsafe { os::release(ptr, len, &self.budget().os) };
+        let mut st = self.state.lock();
+        drop(scope);
+        if st.generation != generation {
+            return None;
+        }
+        // SAFETY: still on the transit list (same generation); lock held.
+        unsafe { st.unisolate(head) };
+        if ok {
+            st.released_total += len as u64;
+        }
+        Some((st, ok))
+    }
+
     /// Merges the detached block `(head, order)` with free buddies and puts the result on a
     /// free list, releasing it (without the lock) if it reaches RELEASE_ORDER.
     ///
     /// # Safety
     /// `head` heads a detached block of ours whose head is marked in transit; `st` guards this
-    /// node's state.
+    /// node's state; `released` is true only if the block's memory reads as zero.
     unsafe fn insert_merging<'a>(
         &'a self,
         mut st: SpinGuard<'a, BuddyState>,
@@ -960,6 +1176,8 @@ impl PageAllocator {
         let (meta, mut idx) = unsafe { chunk_of(head) };
         // SAFETY: chunk headers are immutable after publication.
         let (usable, base) = unsafe { ((*meta).usable_pages, (*meta).base) };
+        // After a failed release, this call tries no other (the block stays dirty).
+        let mut may_release = true;
         loop {
             while order < MAX_ORDER {
                 let bidx = idx ^ (1 << order);
@@ -976,46 +1194,57 @@ impl PageAllocator {
                 {
                     break;
                 }
-                // SAFETY: a Free head of this node's chunk is on list `order`; lock held.
+                let (lo, hi) = if bidx < idx { (bidx, idx) } else { (idx, bidx) };
+                // SAFETY: a Free head of this node's chunk is on list `order`; lock held. Both
+                // halves are ours now: `hi` becomes an interior page of the merged block, `lo`
+                // its in-transit head.
                 unsafe {
                     st.unlink(b, order);
                     (*b).set_info(in_transit(self.node));
+                    (*ChunkMeta::page(meta, hi)).set_info(PageInfo::tail(hi - lo, self.node));
+                    head = ChunkMeta::page(meta, lo);
+                    (*head).set_info(in_transit(self.node));
                 }
                 let new_order = order + 1;
                 if released != bi.released() {
-                    if new_order >= RELEASE_ORDER {
+                    if new_order >= RELEASE_ORDER && may_release && self.releasable(order) {
                         let dirty = if released { bidx } else { idx };
-                        st.transit += 1;
-                        drop(st);
-                        // SAFETY: the dirty half is a detached free block of ours.
-                        unsafe { os::release(base.add(dirty << PAGE_SHIFT), PAGE_SIZE << order) };
-                        st = self.state.lock();
-                        st.transit -= 1;
-                        st.released_total += (PAGE_SIZE << order) as u64;
-                        released = true;
+                        // SAFETY: the dirty half lies in the detached merged block.
+                        let r = unsafe {
+                            self.release_detached(
+                                st,
+                                head,
+                                new_order,
+                                base.add(dirty << PAGE_SHIFT),
+                                PAGE_SIZE << order,
+                            )
+                        };
+                        let Some((g, ok)) = r else { return };
+                        st = g;
+                        released = ok;
+                        may_release &= ok;
                     } else {
                         released = false;
                     }
                 }
-                let (lo, hi) = if bidx < idx { (bidx, idx) } else { (idx, bidx) };
-                // SAFETY: both halves are ours; `hi` becomes an interior page of the merged block.
-                unsafe {
-                    (*ChunkMeta::page(meta, hi)).set_info(PageInfo::tail(hi - lo, self.node))
-                };
-                // SAFETY: lo < PAGES_PER_CHUNK.
-                head = unsafe { ChunkMeta::page(meta, lo) };
                 idx = lo;
                 order = new_order;
             }
-            if order >= RELEASE_ORDER && !released {
-                st.transit += 1;
-                drop(st);
+            if order >= RELEASE_ORDER && !released && may_release && self.releasable(order) {
                 // SAFETY: a detached free block of ours.
-                unsafe { os::release(base.add(idx << PAGE_SHIFT), PAGE_SIZE << order) };
-                st = self.state.lock();
-                st.transit -= 1;
-                st.released_total += (PAGE_SIZE << order) as u64;
-                released = true;
+                let r = unsafe {
+                    self.release_detached(
+                        st,
+                        head,
+                        order,
+                        base.add(idx << PAGE_SHIFT),
+                        PAGE_SIZE << order,
+                    )
+                };
+                let Some((g, ok)) = r else { return };
+                st = g;
+                released = ok;
+                may_release = ok;
                 // A buddy may have been freed while we were unlocked.
                 continue;
             }
@@ -1028,15 +1257,23 @@ impl PageAllocator {
         }
     }
 
-    /// `madvise(MADV_DONTNEED)`s every free block not yet released; returns the bytes
-    /// released. Blocks are detached while the lock is dropped, so a concurrent `NORETRY`
-    /// allocation may fail meanwhile.
+    /// `madvise(MADV_DONTNEED)`s every free block not yet released that spans whole OS pages;
+    /// returns the bytes the OS dropped. Blocks are detached (in transit) while the lock is
+    /// dropped, so a concurrent allocation may wait for them, or a `NORETRY` one fail.
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) fn release_free(&self) -> usize {
+        // Entered before any block is detached: a signal handler on this thread never waits
+        // for them.
+        let _scope = PageReleaseScope::enter();
         let mut detached: *mut Page = null_mut();
+        let generation;
         {
             let mut st = self.state.lock();
+            generation = st.generation;
             for o in 0..NR_ORDERS as u32 {
+                if !self.releasable(o) {
+                    continue;
+                }
                 let mut p = st.free[o as usize];
                 while !p.is_null() {
                     // SAFETY: free heads of this node; lock held.
@@ -1044,9 +1281,8 @@ impl PageAllocator {
                         let next = (*p).lru_next.get();
                         if !(*p).info().released() {
                             st.unlink(p, o);
-                            st.transit += 1;
                             (*p).set_info(in_transit(self.node));
-                            (*p).slabs.set(o);
+                            st.isolate(p, o);
                             (*p).next.set(detached);
                             detached = p;
                         }
@@ -1063,18 +1299,60 @@ impl PageAllocator {
                 let order = (*p).slabs.get();
                 let next = (*p).next.get();
                 let (meta, idx) = chunk_of(p);
-                os::release((*meta).base.add(idx << PAGE_SHIFT), PAGE_SIZE << order);
-                total += PAGE_SIZE << order;
-                (*p).next.set(null_mut());
-                (*p).slabs.set(0);
+                let len = PAGE_SIZE << order;
+                let ok = os::release((*meta).base.add(idx << PAGE_SHIFT), len, &self.budget().os);
                 let mut st = self.state.lock();
-                st.transit -= 1;
-                st.released_total += (PAGE_SIZE << order) as u64;
-                self.insert_merging(st, p, order, true);
+                if st.generation != generation {
+                    // A fork child took the rest over (see the module docs).
+                    return total;
+                }
+                st.unisolate(p);
+                (*p).next.set(null_mut());
+                if ok {
+                    total += len;
+                    st.released_total += len as u64;
+                }
+                self.insert_merging(st, p, order, ok);
                 p = next;
             }
         }
         total
+    }
+
+    /// Fork support, in the child: takes over the blocks that were in transit when the process
+    /// forked (their releasing threads do not exist here) and returns them to the free lists as
+    /// dirty, or leaks them if this thread was itself releasing (see the module docs). Call with
+    /// no lock of this node held.
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) fn fork_child_reclaim(&self) {
+        let mut st = self.state.lock();
+        if st.transit == 0 {
+            return;
+        }
+        let mut p = st.isolated;
+        st.isolated = null_mut();
+        st.transit = 0;
+        st.generation += 1;
+        if PageReleaseScope::active() {
+            // Our own interrupted release resumes after the handler and may still madvise one
+            // of these blocks: leak them all (in this child only).
+            return;
+        }
+        while !p.is_null() {
+            // SAFETY: blocks of the transit list are detached, in-transit heads of ours whose
+            // releasers are gone; the lock is held.
+            unsafe {
+                let next = (*p).lru_next.get();
+                let order = (*p).slabs.get();
+                (*p).lru_prev.set(null_mut());
+                (*p).lru_next.set(null_mut());
+                (*p).slabs.set(0);
+                (*p).next.set(null_mut());
+                self.insert_merging(st, p, order, false);
+                st = self.state.lock();
+                p = next;
+            }
+        }
     }
 
     /// Fork support (`kmalloc.rs`): takes this node's page lock and keeps it held with no guard,

@@ -10,6 +10,8 @@ use core::ops::{Deref, DerefMut};
 pub(crate) use loom::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
+/// Per-(model-)thread state.
+pub(crate) use loom::thread_local;
 
 /// An `UnsafeCell` whose accesses loom checks for data races.
 pub(crate) struct Cell<T>(loom::cell::UnsafeCell<T>);

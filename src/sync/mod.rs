@@ -106,6 +106,46 @@ pub(crate) unsafe fn store_free_ptr(addr: *mut usize, v: usize) {
         .store(v, core::sync::atomic::Ordering::Relaxed)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Per-thread "inside a page release" depth (no destructor, no allocation)
+// ---------------------------------------------------------------------------------------------
+
+backend::thread_local! {
+    // A `core::cell::Cell` on purpose: per-thread state, never shared between threads, so there
+    // is nothing for loom to check. Not `const { .. }`: loom's `thread_local!` does not take it
+    // (and a value without `Drop` registers no destructor either way).
+    #[allow(clippy::missing_const_for_thread_local)]
+    static PAGE_RELEASE_DEPTH: core::cell::Cell<u32> = core::cell::Cell::new(0);
+}
+
+/// Marks the calling thread as holding page blocks detached for `madvise` ("in transit",
+/// `page/mod.rs`) while it lives. An allocation on the same thread (a signal handler that
+/// interrupted the release) must not wait for those blocks, and a `fork` made by such a handler
+/// must not hand them out in the child (see [`PageReleaseScope::active`]).
+pub(crate) struct PageReleaseScope(());
+
+impl PageReleaseScope {
+    /// Enters the scope (nests).
+    #[inline]
+    pub(crate) fn enter() -> Self {
+        PAGE_RELEASE_DEPTH.with(|d| d.set(d.get() + 1));
+        PageReleaseScope(())
+    }
+
+    /// Whether the calling thread is inside a scope.
+    #[inline]
+    pub(crate) fn active() -> bool {
+        PAGE_RELEASE_DEPTH.with(|d| d.get() != 0)
+    }
+}
+
+impl Drop for PageReleaseScope {
+    #[inline]
+    fn drop(&mut self) {
+        PAGE_RELEASE_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@ use core::ops::{Deref, DerefMut};
 pub(crate) use core::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
+/// Per-thread state (std's; a value without `Drop` registers no destructor).
+pub(crate) use std::thread_local;
 
 // ---------------------------------------------------------------------------------------------
 // Cells

@@ -1,0 +1,103 @@
+//! Issue #10 item 5: no spurious out-of-memory under a memory limit. When the page allocator
+//! reaches the limit it reclaims (every cache's empty partial slabs go back to the buddy lists)
+//! and retries, so memory that one cache no longer uses can serve another.
+
+use kmem::{CacheConfig, Kmem, KmemCache};
+use std::ptr::NonNull;
+
+/// A cache that keeps every empty slab on its node partial list (a large `min_partial`) and
+/// none on its CPU partial lists, so that freed memory stays with the cache until reclaimed.
+fn hoarding_cache(k: &Kmem, name: &str, size: usize) -> KmemCache {
+    k.create_cache(
+        name,
+        size,
+        CacheConfig::new().min_partial(1 << 20).cpu_partial_slabs(0),
+    )
+    .unwrap()
+}
+
+fn fill(c: &KmemCache) -> Vec<NonNull<u8>> {
+    let mut v = Vec::new();
+    while let Some(p) = c.alloc() {
+        v.push(p);
+    }
+    v
+}
+
+#[test]
+fn limit_reclaims_other_caches_empty_slabs() {
+    let limit = 1 << 20;
+    let k = Kmem::builder()
+        .memory_limit(limit)
+        .cpus(1)
+        .nodes(1)
+        .build()
+        .unwrap();
+    let a = hoarding_cache(&k, "hoarder", 1024);
+    let b = hoarding_cache(&k, "latecomer", 512);
+    let objs = fill(&a);
+    assert!(objs.len() * 1024 > limit / 2, "{} objects", objs.len());
+    // SAFETY: every pointer came from `a`, appears once, and is not used afterwards.
+    unsafe { a.free_bulk(&objs) };
+    assert!(a.info().num_slabs > 0, "the empty slabs stay with `a`");
+    // All but `a`'s CPU slab is empty partial slabs of `a`: reclaim must hand them to `b`.
+    let got = fill(&b);
+    let s = k.page_stats();
+    assert!(
+        got.len() * 512 > limit / 2,
+        "`b` got only {} objects while `a` held empty slabs: {s:?}",
+        got.len()
+    );
+    assert!(s.reclaim_calls > 0, "{s:?}");
+    // SAFETY: as above, for `b`.
+    unsafe { b.free_bulk(&got) };
+}
+
+#[test]
+fn threads_churning_under_a_tight_limit_never_see_none() {
+    const LIMIT: usize = 8 << 20;
+    const THREADS: usize = 2;
+    const LIVE: usize = 3 << 19; // per thread and round: 3 MiB live at most, of 8 MiB
+    const ROUNDS: usize = 60;
+    let k = Kmem::builder()
+        .memory_limit(LIMIT)
+        .cpus(THREADS)
+        .nodes(1)
+        .build()
+        .unwrap();
+    let sizes = [256usize, 512, 1024, 2048, 4096];
+    let caches: Vec<KmemCache> = sizes
+        .iter()
+        .map(|&s| hoarding_cache(&k, &format!("churn-{s}"), s))
+        .collect();
+    std::thread::scope(|sc| {
+        for t in 0..THREADS {
+            let caches = &caches;
+            sc.spawn(move || {
+                let mut held = Vec::with_capacity(LIVE / 256);
+                for round in 0..ROUNDS {
+                    let ci = (round * 3 + t * 2) % caches.len();
+                    let c = &caches[ci];
+                    for i in 0..LIVE / sizes[ci] {
+                        match c.alloc() {
+                            Some(p) => held.push(p),
+                            None => panic!(
+                                "thread {t} round {round}: {} returned None after {i} objects \
+                                 (at most {} bytes live of {LIMIT}): {:?}",
+                                c.name(),
+                                THREADS * LIVE,
+                                c.kmem().page_stats()
+                            ),
+                        }
+                    }
+                    // SAFETY: every pointer came from `c` and is freed once.
+                    unsafe { c.free_bulk(&held) };
+                    held.clear();
+                }
+            });
+        }
+    });
+    let s = k.page_stats();
+    assert!(s.mapped_bytes <= LIMIT);
+    assert!(s.reclaim_calls > 0, "the limit was never reached: {s:?}");
+}
