@@ -13,7 +13,7 @@ use crate::error::KmemError;
 use crate::kmem::{Kmem, KmemShared};
 use crate::node::KmemCacheNode;
 use crate::page::{MAX_ORDER, PAGE_SIZE};
-use crate::slab::MAX_OBJS_PER_SLAB;
+use crate::slab::{ExactDiv, MAX_OBJS_PER_SLAB};
 use crate::stats::{CacheStats, SlabInfo, NR_STAT_ITEMS};
 use crate::sync::Cell;
 use crate::{os, MAX_CACHE_NAME};
@@ -264,13 +264,18 @@ impl CacheConfig {
         self
     }
 
-    /// Smallest slab order to use (`slub_min_order`). Default 0.
+    /// Smallest slab order to use (`slub_min_order`). Default 0. A slab holds at most 32767
+    /// objects (its counters have 15 bits for them), so for small objects the order is capped
+    /// below this when a slab of `min_order` would hold more, as Linux (6.7+) caps it.
     ///
     /// ```
     /// use kmem::CacheConfig;
     /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
     /// let c = k.create_cache("big-slabs", 64, CacheConfig::new().min_order(1)).unwrap();
     /// assert!(c.order() >= 1 && c.min_order() >= 1); // every slab is at least 2 pages
+    /// // 8-byte objects in 4 MiB slabs would be 524288 per slab: capped at 16384 (order 5).
+    /// let c = k.create_cache("tiny", 8, CacheConfig::new().min_order(10).max_order(10)).unwrap();
+    /// assert_eq!((c.order(), c.objects_per_slab()), (5, 16384));
     /// ```
     pub fn min_order(mut self, order: u32) -> Self {
         self.min_order = order;
@@ -294,12 +299,20 @@ impl CacheConfig {
     }
 
     /// Objects per slab to aim for (`slub_min_objects`). Default `4 * (fls(cpus) + 1)`.
+    /// Lowered to what a slab of `max_order` holds; never more than 32767 objects per slab
+    /// (the slab order is capped so that its object count fits the slab counters), and a
+    /// value above 32767 is refused.
     ///
     /// ```
     /// use kmem::CacheConfig;
     /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
     /// let c = k.create_cache("many", 256, CacheConfig::new().min_objects(32)).unwrap();
     /// assert!(c.objects_per_slab() >= 32);
+    /// // 20000 eight-byte objects want a 160 KB slab; 32 pages (16384 objects) is the most
+    /// // whose count fits the slab counters.
+    /// let cfg = CacheConfig::new().min_objects(20_000).max_order(10);
+    /// let c = k.create_cache("counted", 8, cfg).unwrap();
+    /// assert_eq!(c.objects_per_slab(), 16384);
     /// ```
     pub fn min_objects(mut self, n: usize) -> Self {
         self.min_objects = n;
@@ -361,18 +374,10 @@ fn get_order(size: usize) -> u32 {
     pages.next_power_of_two().trailing_zeros()
 }
 
-/// `calc_slab_order`.
-fn calc_slab_order(
-    size: usize,
-    min_objects: usize,
-    min_order: u32,
-    max_order: u32,
-    fract: usize,
-) -> u32 {
-    if order_objects(min_order, size) > MAX_OBJS_PER_SLAB {
-        return get_order(size * MAX_OBJS_PER_SLAB).saturating_sub(1);
-    }
-    let mut order = min_order.max(get_order(min_objects.saturating_mul(size)));
+/// `calc_slab_order` (Linux 6.7+): the first order from `min_order` up to `max_order` whose
+/// slab wastes at most `1/fract` of itself at its end, or `max_order + 1` if none does.
+fn calc_slab_order(size: usize, min_order: u32, max_order: u32, fract: usize) -> u32 {
+    let mut order = min_order;
     while order <= max_order {
         let slab_size = PAGE_SIZE << order;
         if slab_size % size <= slab_size / fract {
@@ -383,28 +388,35 @@ fn calc_slab_order(
     order
 }
 
-/// `calculate_order`: the preferred order for objects of `size`, trading objects per slab
-/// against the fraction of the slab wasted at its end.
+/// `calculate_order` (Linux 6.7+): the preferred order for objects of `size` (at least a
+/// word, at most `PAGE_SIZE << MAX_ORDER`), trading objects per slab against the fraction of
+/// the slab wasted at its end.
+///
+/// The order starts at `max(min_order, get_order(min_objects * size))`, with `min_objects`
+/// first lowered to what a slab of `max_order` holds. If a slab of that order would hold more
+/// than [`MAX_OBJS_PER_SLAB`] objects — more than the 15-bit `objects` field of the slab
+/// counters can count — the order is capped to the largest one whose slab holds fewer, as
+/// `calc_slab_order` has done since Linux 6.7 (`MAX_OBJS_PER_PAGE`), even below `min_order`.
 fn calculate_order(size: usize, min_objects: usize, min_order: u32, max_order: u32) -> Option<u32> {
     let max_objects = order_objects(max_order, size).max(1);
-    let mut min_objects = min_objects.min(max_objects);
-    while min_objects > 1 {
-        let mut fraction = 16;
-        while fraction >= 4 {
-            let order = calc_slab_order(size, min_objects, min_order, max_order, fraction);
-            if order <= max_order {
-                return Some(order);
-            }
-            fraction /= 2;
+    let min_objects = min_objects.clamp(1, max_objects);
+    // `min_objects * size <= PAGE_SIZE << max_order`: no overflow, and an order <= max_order.
+    let min_order = min_order.max(get_order(min_objects * size));
+    if order_objects(min_order, size) > MAX_OBJS_PER_SLAB {
+        // `size * MAX_OBJS_PER_SLAB` takes more than one page (size >= 8), so the order is at
+        // least 1 and one less holds fewer than MAX_OBJS_PER_SLAB objects.
+        return Some(get_order(size * MAX_OBJS_PER_SLAB) - 1);
+    }
+    let mut fraction = 16;
+    while fraction > 1 {
+        let order = calc_slab_order(size, min_order, max_order, fraction);
+        if order <= max_order {
+            return Some(order);
         }
-        min_objects -= 1;
+        fraction /= 2;
     }
-    // Unable to fit several objects: one object per slab, first within max_order, then at all.
-    let order = calc_slab_order(size, 1, min_order, max_order, 1);
-    if order <= max_order {
-        return Some(order);
-    }
-    let order = calc_slab_order(size, 1, min_order, MAX_ORDER, 1);
+    // Not even one object fits a slab of max_order: the smallest order that holds one.
+    let order = get_order(size);
     (order <= MAX_ORDER).then_some(order)
 }
 
@@ -539,7 +551,13 @@ impl Geometry {
             .ok_or_else(|| bad_size("no slab order holds it"))?;
         let oo = OrderObjects::new(order, size);
         let min = OrderObjects::new(get_order(size).max(cfg.min_order).min(order), size);
-        debug_assert!(oo.objects >= 1 && min.objects >= 1);
+        // What the slab counters must be able to hold (`calculate_order` guarantees it; this
+        // check keeps a future change from silently corrupting them again).
+        for o in [oo, min] {
+            if o.objects == 0 || o.objects as usize > MAX_OBJS_PER_SLAB {
+                return Err(bad_size("no slab order gives 1 to 32767 objects per slab"));
+            }
+        }
 
         let min_partial = cfg.min_partial.unwrap_or_else(|| {
             ((usize::BITS - 1 - size.leading_zeros()) as usize / 2).clamp(MIN_PARTIAL, MAX_PARTIAL)
@@ -581,6 +599,8 @@ pub(crate) struct CacheInner {
     /// Offset of the free pointer inside an object.
     pub(crate) offset: usize,
     pub(crate) tid_step: TidStep,
+    /// Exact division by `geo.size` for the free path's object-boundary check.
+    pub(crate) size_div: ExactDiv,
     // ---- slow paths ----
     pub(crate) geo: Geometry,
     pub(crate) flags: CacheFlags,
@@ -662,6 +682,7 @@ impl CacheInner {
                     nr_cpus,
                     offset: geo.offset,
                     tid_step,
+                    size_div: ExactDiv::new(geo.size),
                     geo,
                     flags: cfg.flags,
                     ctor: cfg.ctor,
@@ -716,6 +737,7 @@ impl CacheInner {
     /// Slot `i`.
     #[inline(always)]
     pub(crate) fn cpu(&self, i: usize) -> &KmemCacheCpu {
+        // Cannot fire: every caller passes `this_cpu`'s in-range slot or loops over `nr_cpus`.
         debug_assert!(i < self.nr_cpus);
         // SAFETY: `i < nr_cpus`; the slot array lives as long as the cache.
         unsafe { &*self.cpu_slab.add(i) }
@@ -727,6 +749,7 @@ impl CacheInner {
     pub(crate) fn this_cpu(&self) -> &KmemCacheCpu {
         let cpu = crate::cpu::current_cpu();
         let n = self.nr_cpus;
+        // `n >= 1` (the builder refuses 0 slots): no division by zero, and `slot < n`.
         let slot = if cpu < n { cpu } else { cpu % n };
         self.cpu(slot)
     }
@@ -740,6 +763,8 @@ impl CacheInner {
     /// Node `n`.
     #[inline]
     pub(crate) fn node(&self, n: usize) -> &KmemCacheNode {
+        // Cannot fire: `n` is a loop index below `nr_nodes`, a node checked against it, or the
+        // node of one of this cache's slabs, which `init_slab` set from such an index.
         debug_assert!(n < self.nr_nodes);
         // SAFETY: `n < nr_nodes`; the node array lives as long as the cache.
         unsafe { &*self.node.add(n) }
@@ -894,9 +919,13 @@ impl KmemCache {
 
     /// Returns an object to the cache (`kmem_cache_free`).
     ///
-    /// An O(1) check of the slab's owner runs on every free: a pointer that kmem never handed
-    /// out, one inside a free page, or one from another cache aborts the process with a message
-    /// naming both caches — the freelists are never corrupted by it.
+    /// O(1) checks run on every free: a pointer that kmem never handed out, one inside a free
+    /// page, or one from another cache aborts the process with a message naming both caches; a
+    /// pointer into one of this cache's slabs that is not the start of an object (an interior
+    /// pointer, or one past the last object) aborts naming the cache, the object size and the
+    /// slab base. A double free aborts (`double free of 0x…`) when it is cheap to see: the
+    /// object is already the head of the freelist it would be linked onto, or freeing it would
+    /// make its slab count fewer than zero objects in use. Other double frees are not detected.
     ///
     /// # Safety
     /// `obj` was returned by this cache's `alloc`/`alloc_node`/`alloc_bulk`, is not used after
@@ -1228,6 +1257,91 @@ mod tests {
             assert!(g.oo.objects >= 1 && g.min.objects >= 1, "size {size}");
             assert!(g.min.order <= g.oo.order);
         }
+    }
+
+    /// Issue #10 item 1: every accepted geometry fits the 15-bit `objects` field of a slab's
+    /// counters (and the slab it describes), across sizes, alignments, constructors,
+    /// `min_objects` and every `min_order`/`max_order` pair.
+    #[test]
+    // ~400k geometries: under a second natively, far too slow under Miri (pure arithmetic).
+    #[cfg_attr(miri, ignore)]
+    fn every_geometry_fits_the_objects_field() {
+        let mut sizes: Vec<usize> = (1..=64).chain((72..=8192).step_by(104)).collect();
+        sizes.extend([24, 96, 192, 4095, 4096, 4097, 65_536, 100_000, 1 << 20]);
+        sizes.extend([
+            (PAGE_SIZE << MAX_ORDER) - WORD,
+            (PAGE_SIZE << MAX_ORDER) / 3,
+        ]);
+        let min_objects = [0usize, 1, 7, 1000, 20_000, 22_000, MAX_OBJS_PER_SLAB];
+        let (mut accepted, mut capped) = (0usize, 0usize);
+        for &size in &sizes {
+            for align in [0usize, 8, 64, PAGE_SIZE] {
+                for ctor in [false, true] {
+                    for &mo in &min_objects {
+                        for max_order in 0..=MAX_ORDER {
+                            for min_order in 0..=max_order {
+                                let mut cfg = CacheConfig::new()
+                                    .align(align)
+                                    .min_objects(mo)
+                                    .min_order(min_order)
+                                    .max_order(max_order);
+                                if ctor {
+                                    cfg = cfg.ctor(|_| {});
+                                }
+                                let Ok(g) = Geometry::compute("t", size, &cfg, 2) else {
+                                    continue;
+                                };
+                                accepted += 1;
+                                let what = || {
+                                    format!("size {size} align {align} ctor {ctor} min_objects {mo} orders {min_order}..={max_order}: {g:?}")
+                                };
+                                for oo in [g.oo, g.min] {
+                                    let o = oo.objects as usize;
+                                    assert!((1..=MAX_OBJS_PER_SLAB).contains(&o), "{}", what());
+                                    assert_eq!(o, (PAGE_SIZE << oo.order) / g.size, "{}", what());
+                                    assert!(oo.order <= MAX_ORDER, "{}", what());
+                                    // What the slab counters will hold round-trips.
+                                    let c =
+                                        crate::slab::Counters::new(oo.objects, oo.objects, true);
+                                    assert_eq!(
+                                        (c.objects(), c.inuse()),
+                                        (oo.objects, oo.objects),
+                                        "{}",
+                                        what()
+                                    );
+                                }
+                                assert!(g.min.order <= g.oo.order, "{}", what());
+                                if g.oo.order < min_order {
+                                    // Only the cap may lower the order below min_order.
+                                    assert!(
+                                        (PAGE_SIZE << min_order) / g.size > MAX_OBJS_PER_SLAB,
+                                        "{}",
+                                        what()
+                                    );
+                                    capped += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            accepted > 100_000 && capped > 0,
+            "{accepted} accepted, {capped} capped"
+        );
+    }
+
+    /// The two configurations of issue #10 item 1.
+    #[test]
+    fn huge_min_objects_is_capped_to_the_objects_field() {
+        let cfg = CacheConfig::new().min_objects(20_000).max_order(MAX_ORDER);
+        let g = Geometry::compute("x", 8, &cfg, 2).unwrap();
+        assert!(g.oo.objects as usize <= MAX_OBJS_PER_SLAB, "{g:?}");
+        assert!(g.oo.objects >= 16_384, "{g:?}"); // the largest order that fits: 16384 x 8 B
+        let cfg = CacheConfig::new().min_objects(22_000).max_order(MAX_ORDER);
+        let g = Geometry::compute("x", 24, &cfg, 2).unwrap();
+        assert!(g.oo.objects as usize <= MAX_OBJS_PER_SLAB, "{g:?}");
     }
 
     #[test]

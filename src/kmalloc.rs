@@ -36,7 +36,8 @@
 //!
 //! `dealloc` derives the kind (class, block order, or OS mapping) from the layout alone and
 //! checks in O(1) that the pointer agrees: a class object's slab must belong to that class's
-//! cache; a block pointer must be the head of an allocated block of exactly that order; an OS
+//! cache and the pointer must start one of its objects (a double free that finds the object at
+//! a freelist head, or that would underflow its slab's `inuse`, is refused too); a block pointer must be the head of an allocated block of exactly that order; an OS
 //! pointer must lie outside every kmem chunk. A mismatch aborts with a message naming what was
 //! expected and what was found.
 //!
@@ -186,6 +187,9 @@ pub fn kmalloc_class_for(layout: Layout) -> Option<usize> {
 /// two) is.
 #[inline(always)]
 pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
+    // No panic on the allocator's hot path: `(s + 7) >> 3 <= 24` indexes the 25-entry table,
+    // `s - 1` runs only for `s > 192`, and the `ilog2` form gives 7..=12 for 193..=8192, so
+    // `idx < NR_KMALLOC` (and `idx + 1` is checked before use).
     let s = if size > align { size } else { align };
     let idx = if s <= 192 {
         SIZE_INDEX[(s + 7) >> 3] as usize
@@ -218,6 +222,8 @@ enum Kind {
 /// The smallest order whose block holds `bytes`.
 #[inline]
 fn order_for(bytes: usize) -> u32 {
+    // `bytes <= isize::MAX` (a `Layout`), so `pages < 2^52` and `next_power_of_two` cannot
+    // overflow (it would panic in debug builds).
     let pages = bytes.div_ceil(PAGE_SIZE).max(1);
     pages.next_power_of_two().trailing_zeros()
 }
@@ -231,6 +237,8 @@ fn large_kind(size: usize, align: usize) -> Kind {
         Kind::Pages(order)
     } else {
         Kind::Os {
+            // `size <= isize::MAX - (align - 1)` (a `Layout`): rounding up to a page cannot
+            // overflow.
             bytes: size.next_multiple_of(PAGE_SIZE),
             align: align.max(PAGE_SIZE),
         }
@@ -831,8 +839,11 @@ mod api2 {
             // SAFETY: as in `grow`.
             let p = unsafe { krealloc(ptr.as_ptr(), old, new) };
             if !p.is_null() {
+                // `grow_zeroed`'s contract gives `new.size() >= old.size()`; saturating anyway, so
+                // a broken caller cannot make the allocator panic.
+                let tail = new.size().saturating_sub(old.size());
                 // SAFETY: `p` holds `new.size()` bytes; the tail past the old contents is ours.
-                unsafe { ptr::write_bytes(p.add(old.size()), 0, new.size() - old.size()) };
+                unsafe { ptr::write_bytes(p.add(old.size()), 0, tail) };
             }
             slice(p, new.size())
         }

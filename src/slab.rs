@@ -106,6 +106,58 @@ impl Page {
     }
 }
 
+/// Exact division by a cache's object size, as one multiplication and one rotation: the
+/// free path's O(1) check that a pointer is the start of an object, without a `div` (the
+/// kernel computes `obj_to_index` with `reciprocal_divide` for the same reason).
+///
+/// Write the size as `d = q * 2^t` with `q` odd, and let `inv` be the inverse of `q` modulo
+/// 2^64. For every `n`, `index(n) = rotate_right(n * inv, t)` (wrapping) is `n / d` when `d`
+/// divides `n`, and is greater than `u64::MAX / d` when it does not (Granlund and Montgomery
+/// 1994, §9; Lemire, Kaser and Kurz 2019): if `n = k * d`, `n * inv = k * 2^t` exactly, which
+/// rotates to `k <= u64::MAX / d`; the map `n -> index(n)` is a bijection on `u64` taking the
+/// multiples of `d` onto `0..=u64::MAX / d`, so it takes every other `n` above that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ExactDiv {
+    inv: u64,
+    shift: u32,
+    limit: u64,
+}
+
+impl ExactDiv {
+    /// The divider for `d >= 1` (a cache's object size).
+    pub(crate) const fn new(d: usize) -> Self {
+        let d = if d == 0 { 1 } else { d as u64 };
+        let shift = d.trailing_zeros();
+        let q = d >> shift;
+        // Newton's iteration for the inverse modulo 2^64: `q * q == 1 (mod 8)` for odd `q`,
+        // so `inv = q` is right to 3 bits, and each step doubles the bits: 3, 6, 12, 24, 48, 96.
+        let mut inv = q;
+        let mut i = 0;
+        while i < 5 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(q.wrapping_mul(inv)));
+            i += 1;
+        }
+        ExactDiv {
+            inv,
+            shift,
+            limit: u64::MAX / d,
+        }
+    }
+
+    /// `n / d` if `d` divides `n`, else some value above `u64::MAX / d`; see
+    /// [`ExactDiv::is_index`].
+    #[inline(always)]
+    pub(crate) const fn index(self, n: usize) -> u64 {
+        (n as u64).wrapping_mul(self.inv).rotate_right(self.shift)
+    }
+
+    /// Whether `index` came from a multiple of `d`.
+    #[inline(always)]
+    pub(crate) const fn is_index(self, index: u64) -> bool {
+        index <= self.limit
+    }
+}
+
 /// Reads the free pointer of the free object at `object` (`offset` bytes in).
 ///
 /// # Safety
@@ -159,6 +211,52 @@ mod tests {
                 assert_eq!(c.inuse(), inuse);
                 assert!(!c.frozen());
             }
+        }
+    }
+
+    #[test]
+    // Millions of divisions: a second natively, far too slow under Miri (pure arithmetic).
+    #[cfg_attr(miri, ignore)]
+    fn exact_div_finds_exactly_the_multiples() {
+        // Every offset inside the largest slab: 4 MiB.
+        let max = crate::page::PAGE_SIZE << crate::page::MAX_ORDER;
+        // Object sizes are word multiples; a few odd divisors check the arithmetic itself.
+        let mut divisors: Vec<usize> = (8..=8192).step_by(8).collect();
+        divisors.extend([
+            1,
+            3,
+            7,
+            25,
+            4104,
+            12_288,
+            65_536,
+            100_000,
+            max / 3,
+            max - 8,
+            max,
+        ]);
+        for d in divisors {
+            let e = ExactDiv::new(d);
+            let check = |x: usize| {
+                let i = e.index(x);
+                if x % d == 0 {
+                    assert!(e.is_index(i) && i == (x / d) as u64, "{x} / {d}: {i} {e:?}");
+                } else {
+                    assert!(!e.is_index(i), "{x} / {d}: {i} {e:?}");
+                }
+            };
+            // Every multiple and its neighbours, plus a stride through the rest.
+            let mut n = 0;
+            while n < max {
+                for x in [n.saturating_sub(1), n, n + 1, n + d / 2] {
+                    check(x);
+                }
+                n += d;
+            }
+            for x in (0..max).step_by(4099) {
+                check(x);
+            }
+            check(usize::MAX);
         }
     }
 

@@ -107,6 +107,12 @@ impl CacheInner {
                 unsafe { self.slab_free_slow(c, slab, head, tail, cnt) };
                 return;
             }
+            if tail == freelist {
+                // `CONFIG_SLAB_FREELIST_HARDENED`'s check in `set_freepointer`: an object the
+                // caller owns is on no freelist, so one at the head of ours was freed before.
+                // (The load cannot be older than the caller's allocation of `tail`.)
+                self.double_free(tail, "it is already the first free object of its CPU slab");
+            }
             // Linking it is published by the CAS below.
             // SAFETY: `tail` is owned by the caller (contract).
             unsafe { set_freepointer(tail, self.offset, freelist) };
@@ -136,21 +142,72 @@ impl CacheInner {
         }
     }
 
-    /// The slab that owns `obj`, after the O(1) owner check that every free performs.
+    /// The slab that owns `obj`, after the O(1) checks that every free performs: the page is
+    /// a slab of this cache (`virt_to_slab` + the `slab->slab_cache` check) and `obj` is the
+    /// start of one of its objects (`check_valid_pointer`: `(obj - base) % size == 0` and
+    /// inside the slab's objects), computed with a multiply and a rotate, not a division.
     #[inline(always)]
     pub(crate) fn owning_slab(&self, obj: *mut u8) -> *mut Page {
-        match crate::page::virt_to_page(obj) {
-            Some(page) => {
-                let info = page.info();
-                let owner = page.cache.load(Ordering::Acquire);
-                if info.kind() == PageKind::Slab && core::ptr::eq(owner as *const CacheInner, self)
-                {
-                    return page as *const Page as *mut Page;
-                }
-                self.bad_free(obj, Some(page))
-            }
-            None => self.bad_free(obj, None),
+        let Some(page) = crate::page::virt_to_page(obj) else {
+            self.bad_free(obj, None)
+        };
+        let info = page.info();
+        let owner = page.cache.load(Ordering::Acquire);
+        if info.kind() != PageKind::Slab || !core::ptr::eq(owner as *const CacheInner, self) {
+            self.bad_free(obj, Some(page))
         }
+        // A slab is one buddy block, aligned to its own size (chunks are aligned to the largest
+        // block), so the offset of `obj` in it is its low bits.
+        let slab_bytes = crate::page::PAGE_SIZE << info.order();
+        let off = obj as usize & (slab_bytes - 1);
+        // `off` is a multiple of the size (the multiply-rotate test) and the object it starts
+        // ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
+        if !self.size_div.is_index(self.size_div.index(off)) || off + self.geo.size > slab_bytes {
+            self.bad_object(obj, off, slab_bytes)
+        }
+        page as *const Page as *mut Page
+    }
+
+    /// Aborts on a free of a pointer inside one of this cache's slabs that is not the start of
+    /// an object.
+    #[cold]
+    #[inline(never)]
+    fn bad_object(&self, obj: *mut u8, off: usize, slab_bytes: usize) -> ! {
+        let addr = crate::os::Num::hex(obj as u64);
+        let base = crate::os::Num::hex(obj as u64 - off as u64);
+        let size = crate::os::Num::dec(self.geo.size as u64);
+        let what = if off + self.geo.size > slab_bytes {
+            "\": free of a pointer past the last object "
+        } else {
+            "\": free of an interior pointer "
+        };
+        crate::abort_msg(&[
+            "kmem: cache \"",
+            self.name(),
+            what,
+            addr.as_str(),
+            " (object size ",
+            size.as_str(),
+            ", slab base ",
+            base.as_str(),
+            ")",
+        ])
+    }
+
+    /// Aborts on a detected double free of `obj`.
+    #[cold]
+    #[inline(never)]
+    fn double_free(&self, obj: usize, why: &str) -> ! {
+        let addr = crate::os::Num::hex(obj as u64);
+        crate::abort_msg(&[
+            "kmem: cache \"",
+            self.name(),
+            "\": double free of ",
+            addr.as_str(),
+            " (",
+            why,
+            ")",
+        ])
     }
 
     #[cold]
@@ -341,7 +398,9 @@ impl CacheInner {
                 result = Some((slab, freelist));
             } else {
                 self.acquire_slab(c, n, &mut g, slab, false);
-                // Never drains here: draining takes list_lock, which we hold.
+                // Never drains here: draining takes list_lock, which we hold. With
+                // `drain == false` the call returns null by construction, so this debug
+                // assertion cannot fire.
                 let drained = self.put_cpu_partial_locked(slab, c, false);
                 debug_assert!(drained.is_null());
                 c.stat(CpuPartialNode);
@@ -470,7 +529,18 @@ impl CacheInner {
         let s = unsafe { &*slab };
         let info = s.info();
         let (_, counters) = s.slab_state();
-        debug_assert_eq!(counters.inuse(), 0);
+        if counters.inuse() != 0 {
+            // Every caller saw `inuse == 0` on a slab no one else can reach; freeing it anyway
+            // would hand live objects to the page allocator.
+            let slab_addr = crate::os::Num::hex(crate::page::page_address(s) as u64);
+            crate::abort_msg(&[
+                "kmem: cache \"",
+                self.name(),
+                "\": discarding slab ",
+                slab_addr.as_str(),
+                " with objects in use (corrupt slab counters)",
+            ]);
+        }
         self.node(info.node())
             .dec_slabs(counters.objects() as usize);
         s.cache.store(ptr::null_mut(), Ordering::Release);
@@ -506,9 +576,20 @@ impl CacheInner {
         let (prior, was_frozen, new) = loop {
             guard = None;
             let (prior, old) = s.slab_state();
+            if tail == prior {
+                // As in `do_slab_free`: an object the caller owns is on no freelist.
+                self.double_free(tail, "it is already the first free object of its slab");
+            }
+            let Some(inuse) = old.inuse().checked_sub(cnt) else {
+                // More objects freed than the slab has out: one of them was freed before.
+                self.double_free(
+                    tail,
+                    "its slab has fewer objects in use than are being freed",
+                );
+            };
             // SAFETY: `tail` is ours (contract); published by the CAS.
             unsafe { set_freepointer(tail, self.offset, prior) };
-            let mut new = old.with_inuse(old.inuse() - cnt);
+            let mut new = old.with_inuse(inuse);
             let was_frozen = old.frozen();
             if (new.inuse() == 0 || prior == 0) && !was_frozen {
                 if self.has_cpu_partial() && prior == 0 {
@@ -612,6 +693,8 @@ impl CacheInner {
                     slabs = (*old).slabs.get();
                 }
             }
+            // At most `cpu_partial_slabs` (< 2^31, validated) plus the half that
+            // get_partial_node adds without draining: no u32 overflow.
             (*slab).slabs.set(slabs + 1);
             (*slab).next.set(old);
             c.partial.set(slab);
@@ -652,7 +735,10 @@ impl CacheInner {
             if mutant {
                 locked = Some((nid, n.list_lock.lock()));
             }
-            let g = &mut locked.as_mut().expect("locked above").1;
+            // Both branches above leave `locked` set; the abort is unreachable.
+            let Some((_, g)) = locked.as_mut() else {
+                crate::abort_msg(&["kmem: unfreeze_partials: list_lock not held"]);
+            };
             if new.1.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
                 // SAFETY: ours; reuse `next` to chain the discard list.
                 unsafe { s.next.set(discard) };
@@ -707,7 +793,19 @@ impl CacheInner {
             let (new_fl, mut new) = if tail != 0 {
                 // SAFETY: `tail` is ours; published by the CAS.
                 unsafe { set_freepointer(tail, self.offset, old_fl) };
-                (freelist, old.with_inuse(old.inuse() - free_delta))
+                let Some(inuse) = old.inuse().checked_sub(free_delta) else {
+                    // The CPU freelist holds more objects than the slab counts out: an object
+                    // was freed twice into it (a double free the head check did not see).
+                    let slab_addr = crate::os::Num::hex(crate::page::page_address(s) as u64);
+                    crate::abort_msg(&[
+                        "kmem: cache \"",
+                        self.name(),
+                        "\": double free into slab ",
+                        slab_addr.as_str(),
+                        " (its CPU freelist holds more objects than the slab has in use)",
+                    ]);
+                };
+                (freelist, old.with_inuse(inuse))
             } else {
                 (old_fl, old)
             };
@@ -741,7 +839,10 @@ impl CacheInner {
             }
             match mode {
                 Mode::Partial => {
-                    let g = guard.as_mut().expect("locked for Partial");
+                    // Mode::Partial always took the lock above; the abort is unreachable.
+                    let Some(g) = guard.as_mut() else {
+                        crate::abort_msg(&["kmem: deactivate_slab: list_lock not held"]);
+                    };
                     // SAFETY: unfrozen, on no list; lock held.
                     unsafe { n.add_partial(g, slab, end) };
                     c.stat(if end == ListEnd::Tail {
