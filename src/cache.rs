@@ -10,7 +10,7 @@
 
 use crate::cpu_slab::{KmemCacheCpu, TidStep};
 use crate::error::KmemError;
-use crate::kmem::{Kmem, KmemShared};
+use crate::instance::{Kmem, KmemShared};
 use crate::node::KmemCacheNode;
 use crate::page::{MAX_ORDER, PAGE_SIZE};
 use crate::slab::{ExactDiv, MAX_OBJS_PER_SLAB};

@@ -44,9 +44,9 @@ mod cache;
 pub mod cpu;
 mod cpu_slab;
 mod error;
+mod instance;
 #[cfg(not(loom))]
 mod kmalloc;
-mod kmem;
 mod node;
 mod os;
 mod page;
@@ -58,6 +58,7 @@ mod typed;
 
 pub use cache::{CacheConfig, CacheFlags, KmemCache, CACHE_LINE_SIZE};
 pub use error::KmemError;
+pub use instance::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
 #[cfg(all(feature = "debug-reentrancy", not(loom)))]
 #[doc(hidden)]
 pub use kmalloc::kmalloc_reentrancy_simulate_enter;
@@ -66,7 +67,6 @@ pub use kmalloc::{
     kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc,
     KMALLOC_MAX_CACHE_SIZE,
 };
-pub use kmem::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
 pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
 pub use typed::{Cache, SlabBox};

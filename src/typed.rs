@@ -2,7 +2,7 @@
 
 use crate::cache::{CacheConfig, KmemCache};
 use crate::error::KmemError;
-use crate::kmem::Kmem;
+use crate::instance::Kmem;
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of, ManuallyDrop};

@@ -1,0 +1,237 @@
+//! [`KmemBuilder`]: an instance's parameters, validated, and the construction of its shared
+//! state.
+
+use super::shared::reclaim_hook;
+use super::*;
+
+/// Configures a private [`Kmem`] instance.
+///
+/// ```
+/// use kmem::{FaultInjection, Kmem};
+/// let k = Kmem::builder()
+///     .memory_limit(16 << 20)
+///     .nodes(2)
+///     .cpus(4)
+///     .fault_injection(FaultInjection::EveryNth(1000))
+///     .build()?;
+/// assert_eq!(k.nodes(), 2);
+/// # Ok::<(), kmem::KmemError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct KmemBuilder {
+    memory_limit: Option<usize>,
+    nodes: Option<usize>,
+    cpus: Option<usize>,
+    fault: FaultInjection,
+}
+
+impl KmemBuilder {
+    /// The page allocator never maps more than `bytes` of slab and page memory (rounded down to
+    /// whole pages; metadata is counted apart, see [`PageStats::metadata_bytes`]). Default: no
+    /// limit.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().memory_limit(1 << 20).cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("capped", 4096, kmem::CacheConfig::new()).unwrap();
+    /// let mut objs = Vec::new();
+    /// while let Some(p) = c.alloc() {
+    ///     objs.push(p);
+    /// }
+    /// // Out of memory at the limit, not before the OS runs out.
+    /// assert!(!objs.is_empty() && objs.len() * 4096 <= 1 << 20);
+    /// assert!(k.page_stats().mapped_bytes <= 1 << 20);
+    /// // SAFETY: every pointer came from `c`, appears once, and is not used afterwards.
+    /// unsafe { c.free_bulk(&objs) };
+    /// ```
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Fake NUMA nodes: `n` nodes with their own page allocators and partial lists; CPU slots
+    /// are split between them in contiguous blocks. Default: the machine's nodes.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().nodes(4).cpus(8).build().unwrap();
+    /// assert_eq!(k.nodes(), 4);
+    /// assert_eq!((k.slot_node(0), k.slot_node(7)), (0, 3));
+    /// ```
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = Some(n);
+        self
+    }
+
+    /// Per-CPU slots in every cache. A thread on CPU `c` uses slot `c % n`. Default: the
+    /// machine's possible CPUs.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(3).nodes(1).build().unwrap();
+    /// assert_eq!(k.cpus(), 3);
+    /// assert!(kmem::Kmem::builder().cpus(0).build().is_err());
+    /// ```
+    pub fn cpus(mut self, n: usize) -> Self {
+        self.cpus = Some(n);
+        self
+    }
+
+    /// Makes page allocations fail on purpose (see [`FaultInjection`]). Default: none.
+    ///
+    /// ```
+    /// use kmem::FaultInjection;
+    /// let k = kmem::Kmem::builder()
+    ///     .cpus(1)
+    ///     .nodes(1)
+    ///     .fault_injection(FaultInjection::EveryNth(1)) // every page allocation fails
+    ///     .build()
+    ///     .unwrap();
+    /// let c = k.create_cache("doomed", 64, kmem::CacheConfig::new()).unwrap();
+    /// assert!(c.alloc().is_none());
+    /// assert!(k.page_stats().injected_failures >= 1);
+    /// ```
+    pub fn fault_injection(mut self, f: FaultInjection) -> Self {
+        self.fault = f;
+        self
+    }
+
+    /// Builds the instance, validating every parameter.
+    ///
+    /// ```
+    /// use kmem::KmemError;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build()?;
+    /// assert_eq!(k.cpus(), 2);
+    /// let err = kmem::Kmem::builder().memory_limit(100).build().unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidConfig { parameter: "memory_limit", .. }));
+    /// # Ok::<(), KmemError>(())
+    /// ```
+    pub fn build(self) -> Result<Kmem, KmemError> {
+        self.build_shared().map(|shared| Kmem { shared })
+    }
+
+    pub(super) fn build_shared(self) -> Result<NonNull<KmemShared>, KmemError> {
+        if !crate::sync::DWord::is_lock_free() {
+            return Err(KmemError::NoDoubleWordCas);
+        }
+        let cfg = |parameter, value, reason| KmemError::InvalidConfig {
+            parameter,
+            value,
+            reason,
+        };
+        let nr_cpus = self.cpus.unwrap_or_else(cpu::possible_cpus);
+        if nr_cpus == 0 || nr_cpus > MAX_CPUS {
+            return Err(cfg("cpus", nr_cpus, "must be between 1 and 8192"));
+        }
+        let fake_nodes = self.nodes.is_some();
+        let nr_nodes = self.nodes.unwrap_or_else(cpu::possible_nodes);
+        if nr_nodes == 0 || nr_nodes > MAX_NODES {
+            return Err(cfg("nodes", nr_nodes, "must be between 1 and 1024"));
+        }
+        check_os_page_size(os::page_size())?;
+        let limit = self.memory_limit.unwrap_or(usize::MAX);
+        if limit < PAGE_SIZE {
+            return Err(cfg(
+                "memory_limit",
+                limit,
+                "must be at least one page (4096 bytes)",
+            ));
+        }
+        match self.fault {
+            FaultInjection::EveryNth(0) => {
+                return Err(cfg("fault_injection EveryNth", 0, "n must be at least 1"));
+            }
+            FaultInjection::Probability { percent, .. } if percent > 100 => {
+                return Err(cfg(
+                    "fault_injection percent",
+                    percent as usize,
+                    "must be at most 100",
+                ));
+            }
+            _ => {}
+        }
+
+        let nodes_off = core::mem::size_of::<KmemShared>().next_multiple_of(128);
+        let slot_off =
+            (nodes_off + nr_nodes * core::mem::size_of::<PageAllocator>()).next_multiple_of(64);
+        let map_size = (slot_off + nr_cpus * 2).next_multiple_of(PAGE_SIZE);
+        let base = os::map(map_size, PAGE_SIZE)
+            .ok_or(KmemError::OutOfMemory {
+                what: "allocator metadata",
+                bytes: map_size,
+            })?
+            .as_ptr();
+        // `base` is a fresh zeroed mapping of `map_size` bytes; each write lands inside it at an
+        // offset aligned for its type; the budget's address is final before the page allocators
+        // take a pointer to it.
+        // SAFETY: each write below stays inside the fresh `base` mapping, aligned for its type.
+        unsafe {
+            let shared = base as *mut KmemShared;
+            let nodes = base.add(nodes_off) as *mut PageAllocator;
+            let slot_node = base.add(slot_off) as *mut u16;
+            for slot in 0..nr_cpus {
+                let nid = if fake_nodes {
+                    slot * nr_nodes / nr_cpus
+                } else {
+                    cpu::cpu_to_node(slot).min(nr_nodes - 1)
+                };
+                slot_node.add(slot).write(nid as u16);
+            }
+            ptr::write(
+                shared,
+                KmemShared {
+                    refs: AtomicUsize::new(1),
+                    nr_nodes,
+                    nr_cpus,
+                    tid_step: TidStep::new(nr_cpus),
+                    budget: PageBudget::new(limit, self.fault),
+                    nodes,
+                    slot_node,
+                    registry: SpinLock::new(
+                        "kmem cache registry lock",
+                        Registry {
+                            head: ptr::null(),
+                            count: 0,
+                        },
+                    ),
+                    leaked: AtomicBool::new(false),
+                    map_size,
+                },
+            );
+            let budget = &(*shared).budget as *const PageBudget;
+            for nid in 0..nr_nodes {
+                ptr::write(nodes.add(nid), PageAllocator::new(nid, budget));
+                // The instance outlives its page allocators (they live inside it).
+                (*nodes.add(nid)).set_reclaim_hook(reclaim_hook, shared as *const ());
+            }
+            Ok(NonNull::new_unchecked(shared))
+        }
+    }
+}
+
+/// Refuses an OS page size kmem cannot work with. kmem's page (`PAGE_SIZE`, 4 KiB) is its own
+/// unit; the OS page may be larger (16 KiB, 64 KiB): then only free blocks of at least one OS
+/// page are returned to the OS. A chunk must be a whole number of OS pages (mappings are
+/// trimmed and protected in OS pages), and every power of two up to `CHUNK_SIZE` is.
+fn check_os_page_size(os_page_size: usize) -> Result<(), KmemError> {
+    if os_page_size.is_power_of_two() && os_page_size <= CHUNK_SIZE {
+        Ok(())
+    } else {
+        Err(KmemError::UnsupportedPageSize { os_page_size })
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn os_page_sizes_up_to_a_chunk_are_supported() {
+        for p in [4096, 16 << 10, 64 << 10, 2 << 20, CHUNK_SIZE] {
+            assert_eq!(check_os_page_size(p), Ok(()), "{p}");
+        }
+        for p in [0, 3000, 12 << 10, 2 * CHUNK_SIZE] {
+            let e = check_os_page_size(p).unwrap_err();
+            assert_eq!(e, KmemError::UnsupportedPageSize { os_page_size: p });
+            assert!(e.to_string().contains("page size"), "{e}");
+        }
+        assert_eq!(check_os_page_size(os::page_size()), Ok(()));
+    }
+}

@@ -1,0 +1,249 @@
+//! The kmalloc paths: where an allocation goes (a class cache, a buddy block, an OS mapping),
+//! and how `kfree`/`krealloc` find their way back from a pointer and its layout.
+
+use super::*;
+use crate::os;
+use crate::page::{virt_to_page, GfpFlags, PageKind};
+use core::ptr::NonNull;
+
+/// `kmalloc`: memory for `layout` (size > 0), or null when memory is exhausted.
+#[inline(always)]
+pub(super) fn kmalloc(layout: Layout) -> *mut u8 {
+    match kmalloc_index(layout.size(), layout.align()) {
+        Some(idx) => match kmalloc_cache(idx) {
+            Some(c) => c.slab_alloc(None),
+            None => ptr::null_mut(),
+        },
+        None => kmalloc_large(layout, false),
+    }
+}
+
+/// `kzalloc`: as [`kmalloc`], zeroed. Page blocks and OS mappings skip the `memset` where the
+/// memory is known to be fresh.
+#[inline]
+pub(super) fn kzalloc(layout: Layout) -> *mut u8 {
+    match kmalloc_index(layout.size(), layout.align()) {
+        Some(idx) => {
+            let p = match kmalloc_cache(idx) {
+                Some(c) => c.slab_alloc(None),
+                None => return ptr::null_mut(),
+            };
+            if !p.is_null() {
+                // SAFETY: `p` is a fresh object of at least `layout.size()` bytes.
+                unsafe { ptr::write_bytes(p, 0, layout.size()) };
+            }
+            p
+        }
+        None => kmalloc_large(layout, true),
+    }
+}
+
+/// Page blocks and OS mappings.
+#[inline(never)]
+pub(super) fn kmalloc_large(layout: Layout, zero: bool) -> *mut u8 {
+    match large_kind(layout.size(), layout.align()) {
+        Kind::Pages(order) => alloc_block(order, zero),
+        // Fresh anonymous mappings are zero: `zero` needs nothing.
+        Kind::Os { bytes, align } => os::map(bytes, align).map_or(ptr::null_mut(), NonNull::as_ptr),
+        Kind::Class(_) => ptr::null_mut(),
+    }
+}
+
+/// A block of `2^order` pages from the calling slot's node, else from any other node.
+pub(super) fn alloc_block(order: u32, zero: bool) -> *mut u8 {
+    let Some(k) = Kmem::try_global() else {
+        return ptr::null_mut();
+    };
+    let s = k.shared();
+    let home = s.slot_node(k.current_slot());
+    let flags = if zero { GfpFlags::ZERO } else { GfpFlags::NONE };
+    for i in 0..s.nr_nodes {
+        let nid = (home + i) % s.nr_nodes;
+        if let Some(page) = s.node_pages(nid).alloc_pages(order, flags) {
+            // SAFETY: a descriptor returned by the page allocator lives as long as it does.
+            return crate::page::page_address(unsafe { page.as_ref() });
+        }
+    }
+    ptr::null_mut()
+}
+
+/// The checked page block at `ptr` that `layout` says is a block of `order` pages: its head
+/// descriptor and the instance. Aborts with a precise message if it is not.
+pub(super) fn page_block(
+    ptr: *mut u8,
+    layout: Layout,
+    order: u32,
+) -> (
+    &'static crate::page::Page,
+    &'static crate::instance::KmemShared,
+) {
+    let Some(page) = virt_to_page(ptr) else {
+        bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the pointer is not in any kmem memory",
+        );
+    };
+    if crate::page::page_address(page) != ptr {
+        bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the pointer is not the start of one",
+        );
+    }
+    let info = page.info();
+    match info.kind() {
+        PageKind::Block => {}
+        PageKind::Free => bad_kfree(ptr, layout, "the page block is already free (double free)"),
+        PageKind::Slab => bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the pointer is a slab object",
+        ),
+        _ => bad_kfree(
+            ptr,
+            layout,
+            "expected a page block, but the page is not a block head",
+        ),
+    }
+    if info.order() != order {
+        bad_kfree(
+            ptr,
+            layout,
+            "the page block has another order than the layout says",
+        );
+    }
+    let Some(k) = Kmem::try_global() else {
+        bad_kfree(ptr, layout, "the global kmem instance does not exist");
+    };
+    let s = k.shared();
+    if info.node() >= s.nr_nodes {
+        bad_kfree(
+            ptr,
+            layout,
+            "the page block belongs to another kmem instance",
+        );
+    }
+    (page, s)
+}
+
+/// `kfree` with the layout the memory was allocated with.
+///
+/// # Safety
+/// `ptr` came from [`kmalloc`]/[`kzalloc`]/[`krealloc`] with `layout`, and is not used again.
+#[inline(always)]
+pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout) {
+    match kmalloc_index(layout.size(), layout.align()) {
+        Some(idx) => {
+            let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
+            if p.is_null() {
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "no kmalloc cache exists yet, so Kmalloc did not allocate it",
+                );
+            }
+            // SAFETY: published kmalloc caches are never destroyed.
+            let c = unsafe { &*p };
+            // The O(1) check: the object's slab must belong to this class's cache (aborts
+            // naming both caches otherwise).
+            let slab = c.owning_slab(ptr);
+            // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
+            unsafe { c.do_slab_free(slab, ptr as usize, ptr as usize, 1) }
+        }
+        // SAFETY: forwarded contract.
+        None => unsafe { kfree_large(ptr, layout) },
+    }
+}
+
+/// Frees a page block or an OS mapping, after checking that the pointer is one.
+///
+/// # Safety
+/// As [`kfree`].
+#[inline(never)]
+pub(super) unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
+    match large_kind(layout.size(), layout.align()) {
+        Kind::Pages(order) => {
+            let (page, s) = page_block(ptr, layout, order);
+            // `free_pages` re-checks ownership, node and order under its lock.
+            // SAFETY: `page` is a live block head of this order (checked above).
+            unsafe {
+                s.node_pages(page.node())
+                    .free_pages(NonNull::from(page), order)
+            }
+        }
+        Kind::Os { bytes, align } => {
+            if virt_to_page(ptr).is_some() {
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "expected an OS mapping, but the pointer is in kmem page memory",
+                );
+            }
+            if ptr as usize & (align - 1) != 0 {
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "expected an OS mapping, but the pointer is misaligned for one",
+                );
+            }
+            // The arguments are derived from the same layout that `kmalloc_large` mapped `ptr`
+            // with.
+            // SAFETY: `ptr` is a `kmalloc_large` mapping with exactly these arguments, now unused.
+            unsafe { os::unmap(NonNull::new_unchecked(ptr), bytes, align) }
+        }
+        Kind::Class(_) => {}
+    }
+}
+
+/// `krealloc`: in place when the old and new layouts have the same kind (same class, same
+/// block order, same OS mapping size) or are both page blocks whose order the buddy system
+/// can change in place; otherwise allocate, copy, free. Null (with the old
+/// memory untouched) when memory is exhausted.
+///
+/// # Safety
+/// As [`kfree`] for `ptr` and `old`; `new.size() > 0`.
+pub(super) unsafe fn krealloc(ptr: *mut u8, old: Layout, new: Layout) -> *mut u8 {
+    let (old_kind, new_kind) = (kind_of(old), kind_of(new));
+    if old_kind == new_kind {
+        return ptr;
+    }
+    if let (Kind::Pages(o1), Kind::Pages(o2)) = (old_kind, new_kind) {
+        // A page block grows into free buddies above it, or gives its upper halves back.
+        let (page, s) = page_block(ptr, old, o1);
+        // SAFETY: `page` heads a block of order `o1` that the caller owns (checked above).
+        if unsafe {
+            s.node_pages(page.node())
+                .resize_in_place(NonNull::from(page), o1, o2)
+        } {
+            return ptr;
+        }
+    }
+    let p = kmalloc(new);
+    if !p.is_null() {
+        // SAFETY: both blocks are live, distinct, and at least this long.
+        unsafe { ptr::copy_nonoverlapping(ptr, p, old.size().min(new.size())) };
+        // SAFETY: caller contract.
+        unsafe { kfree(ptr, old) };
+    }
+    p
+}
+
+/// Aborts with a precise description of a bad `dealloc`.
+#[cold]
+#[inline(never)]
+pub(super) fn bad_kfree(ptr: *mut u8, layout: Layout, what: &str) -> ! {
+    let a = crate::os::Num::hex(ptr as u64);
+    let s = crate::os::Num::dec(layout.size() as u64);
+    let al = crate::os::Num::dec(layout.align() as u64);
+    crate::abort_msg(&[
+        "kmem: Kmalloc dealloc of ",
+        a.as_str(),
+        " (size ",
+        s.as_str(),
+        ", align ",
+        al.as_str(),
+        "): ",
+        what,
+    ])
+}

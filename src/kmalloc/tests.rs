@@ -1,0 +1,183 @@
+//! kmalloc's unit tests: the class table and the alignment rule, every path round-tripped.
+
+use super::*;
+use core::alloc::GlobalAlloc;
+
+/// The reference rule: the smallest class with size >= size and alignment >= align.
+fn reference(size: usize, align: usize) -> Option<usize> {
+    SIZE_CLASSES
+        .iter()
+        .position(|&c| c >= size && natural_align(c) >= align)
+}
+
+#[test]
+fn class_alignment_rule() {
+    let want = [8, 16, 32, 64, 32, 128, 64, 256, 512, 1024, 2048, 4096, 4096];
+    assert_eq!(CLASS_ALIGN, want);
+    assert_eq!(SIZE_CLASSES, SIZE_CLASSES_CONST);
+    assert_eq!(kmalloc_size_classes(), &SIZE_CLASSES[..]);
+}
+
+#[test]
+// Pure arithmetic over ~100k cases: nothing for Miri to check, and minutes under it.
+#[cfg_attr(miri, ignore)]
+fn every_size_maps_to_the_smallest_fitting_class() {
+    for size in 1..=KMALLOC_MAX_CACHE_SIZE {
+        let idx = kmalloc_index(size, 1).unwrap();
+        assert!(SIZE_CLASSES[idx] >= size, "size {size}");
+        assert!(
+            idx == 0 || SIZE_CLASSES[idx - 1] < size,
+            "size {size} wastes a class"
+        );
+        assert_eq!(Some(idx), reference(size, 1), "size {size}");
+    }
+    assert_eq!(kmalloc_index(0, 1), Some(0));
+    assert_eq!(kmalloc_index(KMALLOC_MAX_CACHE_SIZE + 1, 1), None);
+}
+
+#[test]
+// Pure arithmetic over ~100k cases: nothing for Miri to check, and minutes under it.
+#[cfg_attr(miri, ignore)]
+fn every_size_and_alignment_maps_to_the_smallest_fitting_class() {
+    for shift in 0..=14 {
+        let align = 1usize << shift;
+        for size in 1..=KMALLOC_MAX_CACHE_SIZE + 16 {
+            let got = kmalloc_index(size, align);
+            assert_eq!(got, reference(size, align), "size {size} align {align}");
+            if let Some(i) = got {
+                assert!(CLASS_ALIGN[i] >= align && SIZE_CLASSES[i] >= size);
+            }
+        }
+    }
+    assert_eq!(kmalloc_index(90, 64), Some(5)); // 96 is only 32-aligned -> 128
+    assert_eq!(kmalloc_index(150, 128), Some(7)); // 192 is only 64-aligned -> 256
+    assert_eq!(kmalloc_index(150, 64), Some(6)); // 192 is fine
+    assert_eq!(kmalloc_index(8, 8192), None);
+}
+
+#[test]
+fn large_kinds() {
+    let k = |s, a| kind_of(Layout::from_size_align(s, a).unwrap());
+    assert_eq!(k(8192, 8), Kind::Class(12));
+    assert_eq!(k(8193, 8), Kind::Pages(2));
+    assert_eq!(k(16384, 8), Kind::Pages(2));
+    assert_eq!(k(1, 8192), Kind::Pages(1));
+    // 1 MiB is order 8 where the page allocator goes that high (MAX_ORDER is 5 under Miri).
+    let mib = if MAX_ORDER >= 8 {
+        Kind::Pages(8)
+    } else {
+        Kind::Os {
+            bytes: 1 << 20,
+            align: PAGE_SIZE,
+        }
+    };
+    assert_eq!(k(1 << 20, 8), mib);
+    assert_eq!(k(PAGE_SIZE << MAX_ORDER, 8), Kind::Pages(MAX_ORDER));
+    assert_eq!(
+        k((PAGE_SIZE << MAX_ORDER) + 1, 8),
+        Kind::Os {
+            bytes: (PAGE_SIZE << MAX_ORDER) + PAGE_SIZE,
+            align: PAGE_SIZE
+        }
+    );
+    assert_eq!(
+        k(8 << 20, 8 << 20),
+        Kind::Os {
+            bytes: 8 << 20,
+            align: 8 << 20
+        }
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn global_alloc_paths_round_trip() {
+    let a = Kmalloc::new();
+    let sizes = [
+        1usize,
+        8,
+        24,
+        90,
+        96,
+        150,
+        192,
+        200,
+        4096,
+        8192,
+        8193,
+        100_000,
+        5 << 20,
+    ];
+    let aligns = [1usize, 8, 64, 4096, 8192, 1 << 20];
+    for &size in &sizes {
+        for &align in &aligns {
+            let l = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: non-zero layouts; every block is freed once with its layout.
+            unsafe {
+                let p = a.alloc(l);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                p.write_bytes(0xa5, size);
+                a.dealloc(p, l);
+                let z = a.alloc_zeroed(l);
+                assert!(
+                    (0..size).all(|i| *z.add(i) == 0),
+                    "size {size} align {align}"
+                );
+                let r = a.realloc(z, l, size * 2 + 1);
+                assert!(!r.is_null());
+                assert_eq!(r as usize % align, 0);
+                assert!((0..size).all(|i| *r.add(i) == 0));
+                a.dealloc(r, Layout::from_size_align(size * 2 + 1, align).unwrap());
+            }
+        }
+    }
+    let names: Vec<String> = Kmem::global()
+        .slabinfo()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    for n in CLASS_NAMES {
+        assert!(names.iter().any(|x| x == n), "{n} missing from slabinfo");
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn realloc_in_place_within_a_class_and_an_order() {
+    let a = Kmalloc::new();
+    let l = Layout::from_size_align(100, 8).unwrap();
+    // SAFETY: paired alloc/realloc/dealloc with matching layouts.
+    unsafe {
+        let p = a.alloc(l);
+        assert_eq!(a.realloc(p, l, 128), p);
+        let q = a.realloc(p, Layout::from_size_align(128, 8).unwrap(), 129);
+        assert_ne!(q, p);
+        let l2 = Layout::from_size_align(129, 8).unwrap();
+        a.dealloc(q, l2);
+        let big = Layout::from_size_align(20_000, 8).unwrap();
+        let p = a.alloc(big);
+        assert_eq!(a.realloc(p, big, 32_768), p);
+        // A page block shrinks in place (its upper halves go back to the buddy lists)...
+        let huge = Layout::from_size_align(32_768, 8).unwrap();
+        p.write_bytes(0x3c, 32_768);
+        let p2 = a.realloc(p, huge, 200_000);
+        assert!(!p2.is_null());
+        assert!(
+            (0..32_768).all(|i| *p2.add(i) == 0x3c),
+            "contents kept on growth"
+        );
+        let l200 = Layout::from_size_align(200_000, 8).unwrap();
+        assert_eq!(
+            a.realloc(p2, l200, 9_000),
+            p2,
+            "page blocks shrink in place"
+        );
+        // ... and grows in place when its buddies are free (whether they are depends on
+        // the other tests sharing the global instance, so only the contents are checked).
+        let l9k = Layout::from_size_align(9_000, 8).unwrap();
+        let p3 = a.realloc(p2, l9k, 60_000);
+        assert!((0..9_000).all(|i| *p3.add(i) == 0x3c), "contents kept");
+        a.dealloc(p3, Layout::from_size_align(60_000, 8).unwrap());
+    }
+}
