@@ -38,6 +38,8 @@
 //! with the node's `list_lock` held *before* the CAS whenever the outcome puts the slab on or
 //! takes it off a node list (see `node.rs` for the invariant).
 
+pub(crate) mod geometry;
+
 use crate::cache::CacheInner;
 use crate::cpu_slab::KmemCacheCpu;
 use crate::node::{KmemCacheNode, ListEnd};

@@ -1,6 +1,7 @@
 //! Typed caches: [`Cache<T>`] hands out [`SlabBox<T>`]s, boxes whose memory comes from a slab.
 
-use crate::cache::{CacheConfig, KmemCache};
+use crate::cache::KmemCache;
+use crate::config::CacheConfig;
 use crate::error::KmemError;
 use crate::instance::Kmem;
 use core::fmt;

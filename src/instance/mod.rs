@@ -19,7 +19,8 @@ pub use builder::KmemBuilder;
 use shared::destroy_shared;
 pub(crate) use shared::{KmemShared, Registry};
 
-use crate::cache::{CacheConfig, CacheInner, KmemCache};
+use crate::cache::{CacheInner, KmemCache};
+use crate::config::CacheConfig;
 use crate::cpu_slab::TidStep;
 use crate::error::KmemError;
 use crate::page::{FaultInjection, PageAllocator, PageBudget, PageStats, CHUNK_SIZE, PAGE_SIZE};

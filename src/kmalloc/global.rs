@@ -10,8 +10,8 @@ use core::ptr::{self, NonNull};
 /// kmalloc as a drop-in global allocator (`GlobalAlloc`) and as an
 /// [`allocator_api2`](allocator_api2::alloc::Allocator) allocator, on [`Kmem::global()`](crate::Kmem::global).
 ///
-/// Small layouts go to the `kmalloc-*` slab caches (see [`kmalloc_size_classes`] and the
-/// alignment rule in [`kmalloc_class_for`]), larger ones to buddy page blocks of the calling
+/// Small layouts go to the `kmalloc-*` slab caches (see [`kmalloc_size_classes`](crate::kmalloc_size_classes) and the
+/// alignment rule in [`kmalloc_class_for`](crate::kmalloc_class_for)), larger ones to buddy page blocks of the calling
 /// CPU's node, and those above 4 MiB to their own OS mappings. Allocation failure returns null
 /// (or `AllocError`); nothing on these paths allocates or panics. A `dealloc` whose layout
 /// does not match the memory (wrong class, wrong block order, foreign pointer, double free of

@@ -83,7 +83,8 @@ pub use reentry::kmalloc_reentrancy_guard;
 #[cfg(feature = "debug-reentrancy")]
 pub use reentry::kmalloc_reentrancy_simulate_enter;
 
-use crate::cache::{CacheConfig, CacheInner};
+use crate::cache::CacheInner;
+use crate::config::CacheConfig;
 use crate::instance::Kmem;
 use crate::page::{MAX_ORDER, PAGE_SIZE};
 use crate::sync::global::{AtomicPtr, Ordering};

@@ -1,0 +1,344 @@
+//! How a cache is asked for: [`CacheConfig`] (alignment, flags, constructor, slab-geometry
+//! knobs) and [`CacheFlags`]. `slub/geometry.rs` turns a configuration into a geometry, with
+//! the validation that names each bad parameter.
+
+use crate::page::MAX_ORDER;
+use core::fmt;
+use core::ptr::NonNull;
+
+/// The longest cache name accepted.
+///
+/// ```
+/// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+/// let longest = "n".repeat(kmem::MAX_CACHE_NAME);
+/// assert!(k.create_cache(&longest, 8, kmem::CacheConfig::new()).is_ok());
+/// let too_long = "n".repeat(kmem::MAX_CACHE_NAME + 1);
+/// let err = k.create_cache(&too_long, 8, kmem::CacheConfig::new()).unwrap_err();
+/// assert!(matches!(err, kmem::KmemError::InvalidName { .. }));
+/// ```
+pub const MAX_CACHE_NAME: usize = 64;
+
+/// The slab order the kernel calls `PAGE_ALLOC_COSTLY_ORDER`: the default `max_order`.
+pub(crate) const DEFAULT_MAX_ORDER: u32 = if MAX_ORDER < 3 { MAX_ORDER } else { 3 };
+/// Assumed cache-line size for [`CacheFlags::HWCACHE_ALIGN`].
+///
+/// ```
+/// use kmem::{CacheConfig, CacheFlags, CACHE_LINE_SIZE};
+/// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+/// let cfg = CacheConfig::new().flags(CacheFlags::HWCACHE_ALIGN);
+/// let c = k.create_cache("lines", 100, cfg).unwrap();
+/// assert_eq!(c.align(), CACHE_LINE_SIZE);
+/// assert_eq!(c.size(), 2 * CACHE_LINE_SIZE); // 100 bytes take two whole lines
+/// ```
+pub const CACHE_LINE_SIZE: usize = 64;
+
+/// Cache creation flags (`SLAB_*` in the kernel).
+///
+/// ```
+/// use kmem::CacheFlags;
+/// let f = CacheFlags::HWCACHE_ALIGN | CacheFlags::NO_MERGE;
+/// assert!(f.contains(CacheFlags::HWCACHE_ALIGN));
+/// assert!(!CacheFlags::empty().contains(CacheFlags::NO_MERGE));
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CacheFlags(pub(crate) u32);
+
+impl CacheFlags {
+    /// Align objects to cache lines; small objects are packed so that none straddles a line
+    /// (the alignment is halved while the object still fits twice), as `SLAB_HWCACHE_ALIGN`.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let hw = CacheConfig::new().flags(CacheFlags::HWCACHE_ALIGN);
+    /// // 40 bytes would straddle a line at word alignment: a whole line each.
+    /// assert_eq!(k.create_cache("hw40", 40, hw.clone()).unwrap().size(), 64);
+    /// // 20 bytes fit twice in half a line: packed two per 32 bytes, never straddling.
+    /// assert_eq!(k.create_cache("hw20", 20, hw).unwrap().size(), 32);
+    /// ```
+    pub const HWCACHE_ALIGN: CacheFlags = CacheFlags(1 << 0);
+    /// Never merge this cache with a compatible one. kmem does not merge caches at all, so this
+    /// is accepted for source compatibility and always holds.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let cfg = CacheConfig::new().flags(CacheFlags::NO_MERGE);
+    /// let a = k.create_cache("private-a", 64, cfg.clone()).unwrap();
+    /// let b = k.create_cache("private-b", 64, cfg).unwrap();
+    /// // Two caches of the same geometry stay two caches.
+    /// assert_eq!(k.slabinfo().len(), 2);
+    /// assert_eq!((a.name(), b.name()), ("private-a", "private-b"));
+    /// ```
+    pub const NO_MERGE: CacheFlags = CacheFlags(1 << 1);
+
+    pub(crate) const ALL: u32 = (1 << 2) - 1;
+
+    /// No flags.
+    ///
+    /// ```
+    /// use kmem::CacheFlags;
+    /// assert_eq!(CacheFlags::empty(), CacheFlags::default());
+    /// assert_eq!(CacheFlags::empty().bits(), 0);
+    /// assert!(CacheFlags::HWCACHE_ALIGN.contains(CacheFlags::empty()));
+    /// ```
+    pub const fn empty() -> Self {
+        CacheFlags(0)
+    }
+
+    /// The raw bits.
+    ///
+    /// ```
+    /// use kmem::CacheFlags;
+    /// let f = CacheFlags::HWCACHE_ALIGN | CacheFlags::NO_MERGE;
+    /// assert_eq!(f.bits(), CacheFlags::HWCACHE_ALIGN.bits() | CacheFlags::NO_MERGE.bits());
+    /// assert_ne!(CacheFlags::HWCACHE_ALIGN.bits(), CacheFlags::NO_MERGE.bits());
+    /// ```
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every flag of `other` is set.
+    ///
+    /// ```
+    /// use kmem::CacheFlags;
+    /// let both = CacheFlags::HWCACHE_ALIGN | CacheFlags::NO_MERGE;
+    /// assert!(both.contains(CacheFlags::NO_MERGE));
+    /// assert!(both.contains(both));
+    /// assert!(!CacheFlags::HWCACHE_ALIGN.contains(both));
+    /// ```
+    pub const fn contains(self, other: CacheFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for CacheFlags {
+    type Output = CacheFlags;
+    fn bitor(self, rhs: CacheFlags) -> CacheFlags {
+        CacheFlags(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for CacheFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut l = f.debug_set();
+        if self.contains(CacheFlags::HWCACHE_ALIGN) {
+            l.entry(&"HWCACHE_ALIGN");
+        }
+        if self.contains(CacheFlags::NO_MERGE) {
+            l.entry(&"NO_MERGE");
+        }
+        l.finish()
+    }
+}
+
+/// How a cache is built: alignment, flags, constructor, and the slab-geometry knobs that
+/// `mm/slub.c` exposes as boot parameters (`slub_min_order`, `slub_max_order`,
+/// `slub_min_objects`) and sysfs files (`min_partial`, `cpu_partial`).
+///
+/// Every knob is validated by [`Kmem::create_cache`](crate::Kmem::create_cache); out-of-range values give a
+/// [`KmemError`](crate::KmemError) naming the parameter.
+///
+/// ```
+/// use kmem::{CacheConfig, CacheFlags};
+/// let cfg = CacheConfig::new()
+///     .align(64)
+///     .flags(CacheFlags::HWCACHE_ALIGN)
+///     .max_order(2)
+///     .min_partial(2)
+///     .cpu_partial_slabs(0); // no per-CPU partial lists
+/// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+/// let c = k.create_cache("configured", 200, cfg).unwrap();
+/// assert_eq!(c.size() % 64, 0);
+/// assert!(c.order() <= 2);
+/// ```
+#[derive(Clone, Default)]
+pub struct CacheConfig {
+    pub(crate) align: usize,
+    pub(crate) flags: CacheFlags,
+    pub(crate) ctor: Option<fn(NonNull<u8>)>,
+    pub(crate) min_order: u32,
+    pub(crate) max_order: Option<u32>,
+    pub(crate) min_objects: usize,
+    pub(crate) min_partial: Option<usize>,
+    pub(crate) cpu_partial_slabs: Option<usize>,
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("align", &self.align)
+            .field("flags", &self.flags)
+            .field("ctor", &self.ctor.is_some())
+            .field("min_order", &self.min_order)
+            .field("max_order", &self.max_order)
+            .field("min_objects", &self.min_objects)
+            .field("min_partial", &self.min_partial)
+            .field("cpu_partial_slabs", &self.cpu_partial_slabs)
+            .finish()
+    }
+}
+
+impl CacheConfig {
+    /// The defaults: word alignment, no flags, orders and limits as the kernel computes them.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("defaults", 24, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(c.align(), core::mem::size_of::<usize>()); // word alignment
+    /// assert_eq!(c.size(), 24);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Minimum object alignment (a power of two, at most a page). Default: word size.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, KmemError};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("aligned", 24, CacheConfig::new().align(32)).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// assert_eq!(p.as_ptr() as usize % 32, 0);
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// let err = k.create_cache("odd", 24, CacheConfig::new().align(48)).unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidAlignment { align: 48, .. }));
+    /// ```
+    pub fn align(mut self, align: usize) -> Self {
+        self.align = align;
+        self
+    }
+
+    /// The alignment set with [`CacheConfig::align`] (0 if none).
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// assert_eq!(CacheConfig::new().align_value(), 0);
+    /// assert_eq!(CacheConfig::new().align(64).align_value(), 64);
+    /// ```
+    pub fn align_value(&self) -> usize {
+        self.align
+    }
+
+    /// Creation flags.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let cfg = CacheConfig::new().flags(CacheFlags::HWCACHE_ALIGN);
+    /// let c = k.create_cache("flagged", 40, cfg).unwrap();
+    /// assert_eq!((c.align(), c.size()), (64, 64));
+    /// ```
+    pub fn flags(mut self, flags: CacheFlags) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// A constructor run once on every object when its slab is created (not on every
+    /// allocation, as in the kernel). Objects must be returned in their constructed state; the
+    /// free pointer is then kept outside the object so it never overwrites constructed fields.
+    ///
+    /// ```
+    /// use core::ptr::NonNull;
+    /// use kmem::CacheConfig;
+    /// fn init(obj: NonNull<u8>) {
+    ///     // SAFETY: the constructor gets a whole, suitably aligned 16-byte object.
+    ///     unsafe { obj.cast::<u64>().write(0x5eed) };
+    /// }
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("constructed", 16, CacheConfig::new().ctor(init)).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` is a live object of `c`, constructed when its slab was made.
+    /// assert_eq!(unsafe { p.cast::<u64>().read() }, 0x5eed);
+    /// // SAFETY: `p` came from `c`, still in its constructed state, and is freed once.
+    /// unsafe { c.free(p) };
+    /// ```
+    pub fn ctor(mut self, ctor: fn(NonNull<u8>)) -> Self {
+        self.ctor = Some(ctor);
+        self
+    }
+
+    /// Smallest slab order to use (`slub_min_order`). Default 0. A slab holds at most 32767
+    /// objects (its counters have 15 bits for them), so for small objects the order is capped
+    /// below this when a slab of `min_order` would hold more, as Linux (6.7+) caps it.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("big-slabs", 64, CacheConfig::new().min_order(1)).unwrap();
+    /// assert!(c.order() >= 1 && c.min_order() >= 1); // every slab is at least 2 pages
+    /// // 8-byte objects in 4 MiB slabs would be 524288 per slab: capped at 16384 (order 5).
+    /// let c = k.create_cache("tiny", 8, CacheConfig::new().min_order(10).max_order(10)).unwrap();
+    /// assert_eq!((c.order(), c.objects_per_slab()), (5, 16384));
+    /// ```
+    pub fn min_order(mut self, order: u32) -> Self {
+        self.min_order = order;
+        self
+    }
+
+    /// Largest preferred slab order (`slub_max_order`). Default 3. An object too big for it
+    /// still gets the smallest order that holds one object.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, KmemError};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("one-page", 3000, CacheConfig::new().max_order(0)).unwrap();
+    /// assert_eq!((c.order(), c.objects_per_slab()), (0, 1));
+    /// let err = k.create_cache("huge", 64, CacheConfig::new().max_order(11)).unwrap_err();
+    /// assert!(matches!(err, KmemError::InvalidConfig { parameter: "max_order", .. }));
+    /// ```
+    pub fn max_order(mut self, order: u32) -> Self {
+        self.max_order = Some(order);
+        self
+    }
+
+    /// Objects per slab to aim for (`slub_min_objects`). Default `4 * (fls(cpus) + 1)`.
+    /// Lowered to what a slab of `max_order` holds; never more than 32767 objects per slab
+    /// (the slab order is capped so that its object count fits the slab counters), and a
+    /// value above 32767 is refused.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("many", 256, CacheConfig::new().min_objects(32)).unwrap();
+    /// assert!(c.objects_per_slab() >= 32);
+    /// // 20000 eight-byte objects want a 160 KB slab; 32 pages (16384 objects) is the most
+    /// // whose count fits the slab counters.
+    /// let cfg = CacheConfig::new().min_objects(20_000).max_order(10);
+    /// let c = k.create_cache("counted", 8, cfg).unwrap();
+    /// assert_eq!(c.objects_per_slab(), 16384);
+    /// ```
+    pub fn min_objects(mut self, n: usize) -> Self {
+        self.min_objects = n;
+        self
+    }
+
+    /// Empty slabs each node keeps on its partial list instead of freeing them. Default
+    /// `clamp(ilog2(size) / 2, 5, 10)`.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("lean", 64, CacheConfig::new().min_partial(1)).unwrap();
+    /// assert_eq!(c.min_partial(), 1);
+    /// ```
+    pub fn min_partial(mut self, n: usize) -> Self {
+        self.min_partial = Some(n);
+        self
+    }
+
+    /// Slabs each CPU slot may keep on its partial list before draining it to the node; 0
+    /// disables per-CPU partial lists. Default from the object size, as `slub_set_cpu_partial`.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("no-cpu-partial", 64, CacheConfig::new().cpu_partial_slabs(0)).unwrap();
+    /// assert_eq!(c.cpu_partial_slabs(), 0);
+    /// ```
+    pub fn cpu_partial_slabs(mut self, n: usize) -> Self {
+        self.cpu_partial_slabs = Some(n);
+        self
+    }
+}
