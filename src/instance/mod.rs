@@ -12,6 +12,7 @@
 //! handlers that keep the global instance usable in a child).
 
 mod builder;
+#[cfg(not(loom))]
 mod fork;
 mod shared;
 
@@ -145,7 +146,7 @@ impl Kmem {
                 .build_shared()
                 .ok()
                 .map(|shared| Kmem { shared })?;
-            // kmalloc.rs: lock every lock of the global instance across fork() (once).
+            // fork.rs: lock every lock of the global instance across fork() (once).
             #[cfg(not(any(loom, miri)))]
             fork::register_fork_handlers();
             Some(k)

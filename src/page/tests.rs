@@ -1,6 +1,11 @@
 //! Unit tests of the buddy allocator, built on `PageAllocator` + `PageBudget` directly.
 
+use super::buddy::*;
+use super::chunk::*;
 use super::*;
+use crate::os;
+use crate::sync::PageReleaseScope;
+use core::ptr::{self, NonNull};
 use std::boxed::Box;
 use std::vec::Vec;
 

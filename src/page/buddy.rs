@@ -1,0 +1,721 @@
+//! `PageAllocator`: one node's free lists — allocation with splitting, freeing with
+//! coalescing, in-place resizing. (Part of `impl PageAllocator`: see `page/mod.rs` for why it is
+//! split by concern.)
+
+use super::chunk::*;
+use super::*;
+use crate::os::Num;
+use crate::sync::{AtomicPtr, AtomicU64, Backoff, Ordering, PageReleaseScope, SpinGuard, SpinLock};
+use core::ptr::{self, null_mut, NonNull};
+
+/// Why `take_free` found nothing.
+pub(super) enum Empty {
+    /// The free lists are empty.
+    Empty,
+    /// The free lists are empty but blocks are in transit and will be back shortly.
+    InTransit,
+}
+
+/// How long an allocation may wait in all for memory on its way to the free lists (blocks in
+/// transit, chunks being mapped) before it grows or fails.
+#[cfg(not(loom))]
+pub(super) const WAIT_NS: u64 = 100_000_000;
+/// Under loom: how many yields (each lets the other threads progress).
+#[cfg(loom)]
+pub(super) const WAIT_YIELDS: u32 = 16;
+
+/// The bounded wait of one allocation (or of the reclaim hook for the registry lock).
+pub(crate) struct BoundedWait {
+    pub(super) backoff: Backoff,
+    /// Deadline in `os::now_ns` time (0: not started); loom: yields left.
+    #[cfg(not(loom))]
+    pub(super) deadline: u64,
+    #[cfg(loom)]
+    pub(super) left: u32,
+}
+
+impl BoundedWait {
+    pub(crate) fn new() -> Self {
+        BoundedWait {
+            backoff: Backoff::new(),
+            #[cfg(not(loom))]
+            deadline: 0,
+            #[cfg(loom)]
+            left: WAIT_YIELDS,
+        }
+    }
+
+    /// Snoozes and returns true if the caller may keep waiting; false once the budget is
+    /// spent, or at once when this thread is itself releasing (a signal handler must not wait
+    /// for the thread it interrupted).
+    pub(crate) fn again(&mut self) -> bool {
+        if PageReleaseScope::active() {
+            return false;
+        }
+        #[cfg(not(loom))]
+        {
+            let now = crate::os::now_ns();
+            if self.deadline == 0 {
+                self.deadline = now.saturating_add(WAIT_NS);
+            } else if now >= self.deadline {
+                return false;
+            }
+        }
+        #[cfg(loom)]
+        {
+            if self.left == 0 {
+                return false;
+            }
+            self.left -= 1;
+        }
+        self.backoff.snooze();
+        true
+    }
+}
+
+/// The free lists and counters of one node.
+pub(super) struct BuddyState {
+    pub(super) free: [*mut Page; NR_ORDERS],
+    pub(super) nr_free: [usize; NR_ORDERS],
+    pub(super) chunks: *mut ChunkMeta,
+    pub(super) nr_chunks: usize,
+    pub(super) mapped: usize,
+    pub(super) metadata: usize,
+    pub(super) free_bytes: usize,
+    pub(super) released_free: usize,
+    pub(super) released_total: u64,
+    pub(super) allocs: u64,
+    pub(super) frees: u64,
+    /// Free blocks detached while the lock is dropped for `madvise` ("in transit"): the length
+    /// of `isolated`. While non-zero, an allocation that finds the free lists empty waits
+    /// (bounded) for them instead of mapping a new chunk (found by loom model m8: a spare
+    /// chunk, or a spurious failure under the limit).
+    pub(super) transit: usize,
+    /// The blocks in transit, linked through their heads' `lru_prev`/`lru_next`, each head's
+    /// `slabs` holding its order: reachable by the fork child handler.
+    pub(super) isolated: *mut Page,
+    /// Bumped when a fork child takes the transit list over: a release that began before the
+    /// fork (in the forking thread) then forgets its blocks.
+    pub(super) generation: u64,
+}
+
+// SAFETY: the raw pointers name descriptors and chunks owned by this node; the state is only
+// reached through the node's SpinLock.
+unsafe impl Send for BuddyState {}
+
+impl BuddyState {
+    /// Records the detached block `p` of `order` (head already marked in transit) on the
+    /// transit list.
+    ///
+    /// # Safety
+    /// The node lock is held and `p` heads a detached block of ours.
+    pub(super) unsafe fn isolate(&mut self, p: *mut Page, order: u32) {
+        // SAFETY: the links of a detached head are ours under the node lock.
+        unsafe {
+            (*p).slabs.set(order);
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(self.isolated);
+            if !self.isolated.is_null() {
+                (*self.isolated).lru_prev.set(p);
+            }
+        }
+        self.isolated = p;
+        self.transit += 1;
+    }
+
+    /// Removes `p` from the transit list.
+    ///
+    /// # Safety
+    /// The node lock is held and `p` is on the transit list.
+    pub(super) unsafe fn unisolate(&mut self, p: *mut Page) {
+        // SAFETY: as in `isolate`.
+        unsafe {
+            let prev = (*p).lru_prev.get();
+            let next = (*p).lru_next.get();
+            if prev.is_null() {
+                self.isolated = next;
+            } else {
+                (*prev).lru_next.set(next);
+            }
+            if !next.is_null() {
+                (*next).lru_prev.set(prev);
+            }
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(null_mut());
+            (*p).slabs.set(0);
+        }
+        self.transit -= 1;
+    }
+
+    /// Pushes free head `p` (info already `Free(order, released)`) on its list.
+    ///
+    /// # Safety
+    /// The node lock is held (we are inside it) and `p` is a detached block of ours.
+    pub(super) unsafe fn push(&mut self, p: *mut Page, order: u32, released: bool) {
+        let o = order as usize;
+        let head = self.free[o];
+        // SAFETY: the node lock protects the list links of every free head of this node.
+        unsafe {
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(head);
+            if !head.is_null() {
+                (*head).lru_prev.set(p);
+            }
+        }
+        self.free[o] = p;
+        self.nr_free[o] += 1;
+        self.free_bytes += PAGE_SIZE << order;
+        if released {
+            self.released_free += PAGE_SIZE << order;
+        }
+    }
+
+    /// Unlinks free head `p` of `order` from its list.
+    ///
+    /// # Safety
+    /// The node lock is held and `p` is on list `order`.
+    pub(super) unsafe fn unlink(&mut self, p: *mut Page, order: u32) {
+        let o = order as usize;
+        // SAFETY: as in `push`.
+        unsafe {
+            let prev = (*p).lru_prev.get();
+            let next = (*p).lru_next.get();
+            if prev.is_null() {
+                self.free[o] = next;
+            } else {
+                (*prev).lru_next.set(next);
+            }
+            if !next.is_null() {
+                (*next).lru_prev.set(prev);
+            }
+            (*p).lru_prev.set(null_mut());
+            (*p).lru_next.set(null_mut());
+            if (*p).info().released() {
+                self.released_free -= PAGE_SIZE << order;
+            }
+        }
+        self.nr_free[o] -= 1;
+        self.free_bytes -= PAGE_SIZE << order;
+    }
+}
+
+/// The owner of a chunk leaked by a dropped allocator (never a real, aligned budget address).
+pub(super) const LEAKED_OWNER: *const PageBudget = core::ptr::dangling::<PageBudget>();
+
+/// The marker of a block detached from the lists while it is being freed or released.
+#[inline]
+pub(super) fn in_transit(node: usize) -> PageInfo {
+    PageInfo::tail(0, node)
+}
+
+/// Outcome of trying to map a chunk.
+pub(super) enum Grow {
+    Grown,
+    Limit,
+    Os,
+}
+
+/// One node's buddy allocator.
+pub(crate) struct PageAllocator {
+    pub(super) node: usize,
+    pub(super) budget: *const PageBudget,
+    pub(super) state: SpinLock<BuddyState>,
+    pub(super) failed: AtomicU64,
+    pub(super) injected: AtomicU64,
+    pub(super) reclaim_calls: AtomicU64,
+    pub(super) hook: AtomicPtr<()>,
+    pub(super) hook_arg: AtomicPtr<()>,
+}
+
+// SAFETY: `budget` points to a Sync PageBudget that outlives the allocator (constructor
+// contract); everything else is Sync/Send on its own.
+unsafe impl Send for PageAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for PageAllocator {}
+
+impl PageAllocator {
+    /// An empty allocator for `node`. `budget` outlives the allocator (it lives in the same
+    /// heap-less instance block).
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn new(node: usize, budget: *const PageBudget) -> Self {
+        if node > PageInfo::MAX_NODE {
+            crate::abort_msg(&["kmem: page allocator node id out of range"]);
+        }
+        PageAllocator {
+            node,
+            budget,
+            state: SpinLock::new(
+                "page allocator lock",
+                BuddyState {
+                    free: [null_mut(); NR_ORDERS],
+                    nr_free: [0; NR_ORDERS],
+                    chunks: null_mut(),
+                    nr_chunks: 0,
+                    mapped: 0,
+                    metadata: 0,
+                    free_bytes: 0,
+                    released_free: 0,
+                    released_total: 0,
+                    allocs: 0,
+                    frees: 0,
+                    transit: 0,
+                    isolated: null_mut(),
+                    generation: 0,
+                },
+            ),
+            failed: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+            reclaim_calls: AtomicU64::new(0),
+            hook: AtomicPtr::new(null_mut()),
+            hook_arg: AtomicPtr::new(null_mut()),
+        }
+    }
+
+    #[inline]
+    pub(super) fn budget(&self) -> &PageBudget {
+        // SAFETY: the budget outlives the allocator (constructor contract).
+        unsafe { &*self.budget }
+    }
+
+    /// Registers the function called (once, without any kmem page lock held, possibly inside a
+    /// slot lock) when an allocation without `NORETRY` finds the limit reached; the allocation
+    /// is then retried. `Kmem` registers `KmemShared::reclaim` (every cache's empty partial
+    /// slabs back to the buddy lists).
+    pub(crate) fn set_reclaim_hook(&self, hook: fn(*const ()), arg: *const ()) {
+        self.hook_arg.store(arg as *mut (), Ordering::Relaxed);
+        self.hook.store(hook as *mut (), Ordering::Release);
+    }
+
+    pub(super) fn fail(&self, injected: bool) -> Option<NonNull<Page>> {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if injected {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// Head descriptor of a block of `2^order` pages: kind `Block`, every tail page `Tail`
+    /// with its head offset. `None` on failure (order too large, limit, `NORETRY`, injected
+    /// fault, OS refusal), counted in `failed_allocs`.
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn alloc_pages(&self, order: u32, flags: GfpFlags) -> Option<NonNull<Page>> {
+        if order > MAX_ORDER {
+            return self.fail(false);
+        }
+        if self.budget().inject() {
+            return self.fail(true);
+        }
+        let mut wait = BoundedWait::new();
+        let mut limit_hits = 0u32;
+        let mut reclaimed = false;
+        loop {
+            match self.take_free(order) {
+                Ok((page, released)) => {
+                    self.finish_alloc(page, order, released, flags);
+                    // SAFETY: descriptors are never null.
+                    return Some(unsafe { NonNull::new_unchecked(page) });
+                }
+                // Free memory is on its way back to the lists (a concurrent madvise): wait for
+                // it (bounded) rather than mapping a chunk we do not need.
+                Err(Empty::InTransit) if wait.again() => continue,
+                Err(_) => {}
+            }
+            match self.grow() {
+                Grow::Grown => continue,
+                Grow::Os => return self.fail(false),
+                Grow::Limit => {
+                    // A chunk another thread is mapping will reach the lists shortly.
+                    if self.budget().growing.load(Ordering::Acquire) != 0 && wait.again() {
+                        continue;
+                    }
+                    limit_hits += 1;
+                    if limit_hits == 1 {
+                        // Re-check the free lists once: a concurrent free or grow may have
+                        // filled them since `take_free` looked.
+                        continue;
+                    }
+                    let hook = self.hook.load(Ordering::Acquire);
+                    if flags.contains(GfpFlags::NORETRY) || reclaimed || hook.is_null() {
+                        return self.fail(false);
+                    }
+                    reclaimed = true;
+                    self.reclaim_calls.fetch_add(1, Ordering::Relaxed);
+                    // No page lock is held here (take_free and grow released it).
+                    // SAFETY: `hook` was stored from a `fn(*const ())` in set_reclaim_hook.
+                    let f: fn(*const ()) = unsafe { core::mem::transmute(hook) };
+                    f(self.hook_arg.load(Ordering::Relaxed));
+                }
+            }
+        }
+    }
+
+    /// Takes a free block of exactly `order` (splitting a larger one), marks its head
+    /// `Block`, and says whether its memory is released (zero).
+    pub(super) fn take_free(&self, order: u32) -> Result<(*mut Page, bool), Empty> {
+        let mut st = self.state.lock();
+        let mut o = order;
+        while (o as usize) < NR_ORDERS && st.free[o as usize].is_null() {
+            o += 1;
+        }
+        if o as usize >= NR_ORDERS {
+            // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
+            let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
+            return Err(if wait { Empty::InTransit } else { Empty::Empty });
+        }
+        let p = st.free[o as usize];
+        // SAFETY: `p` is a free head on list `o` of this node; the lock is held.
+        let released = unsafe { (*p).info() }.released();
+        // SAFETY: as above.
+        unsafe { st.unlink(p, o) };
+        while o > order {
+            o -= 1;
+            // SAFETY: the upper half of a block of order o+1 lies inside the same chunk.
+            let hi = unsafe { p.add(1 << o) };
+            // SAFETY: `hi` is a descriptor of our detached block; the lock is held.
+            unsafe {
+                (*hi).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
+                st.push(hi, o, released);
+            }
+        }
+        // SAFETY: `p` is ours now.
+        unsafe { (*p).set_info(PageInfo::head(PageKind::Block, order, self.node, false)) };
+        st.allocs += 1;
+        Ok((p, released))
+    }
+
+    /// Writes the tail descriptors and zeroes if asked; runs without the lock (the block is
+    /// ours and no buddy check ever reads its interior descriptors).
+    pub(super) fn finish_alloc(&self, p: *mut Page, order: u32, released: bool, flags: GfpFlags) {
+        for i in 1..(1usize << order) {
+            // SAFETY: the block's pages are descriptors i < 2^order after the head, same chunk.
+            unsafe { (*p.add(i)).set_info(PageInfo::tail(i, self.node)) };
+        }
+        if flags.contains(GfpFlags::ZERO) && !released {
+            // SAFETY: `p` is a genuine descriptor (from our free list).
+            let (meta, idx) = unsafe { chunk_of(p) };
+            // SAFETY: the block's memory is mapped, writable, and exclusively ours.
+            unsafe { ptr::write_bytes((*meta).base.add(idx << PAGE_SHIFT), 0, PAGE_SIZE << order) };
+        }
+    }
+
+    /// Frees a block of `2^order` pages whose head is `page`.
+    ///
+    /// Validates in O(1), in every build: `page` must be a descriptor of a registered chunk of
+    /// this node and allocator instance, of kind `Block` or `Slab`, of order `order`. Anything
+    /// else (double free, wrong order, tail page, foreign descriptor) aborts with a message
+    /// naming the failed check. Coalesces with free buddies.
+    ///
+    /// # Safety
+    /// The caller no longer uses the block's memory.
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) unsafe fn free_pages(&self, page: NonNull<Page>, order: u32) {
+        let p = page.as_ptr();
+        // A garbage pointer is the caller's bug and is caught by the check below when readable.
+        // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor.
+        let addr = unsafe { (*p).addr };
+        let p = match page_of(addr) {
+            // From here on use the table's pointer: it carries the metadata's provenance.
+            Some(q) if q == p => q,
+            _ => bad_free(
+                "not a kmem page descriptor (no registered chunk describes it)",
+                addr,
+                order,
+                None,
+            ),
+        };
+        // SAFETY: `p` is a genuine descriptor of a registered chunk (checked above).
+        let (meta, _) = unsafe { chunk_of(p) };
+        // SAFETY: registered chunk headers are initialised and immutable (except `next`).
+        let (owner, node) = unsafe { ((*meta).budget, (*meta).node) };
+        if owner != self.budget {
+            bad_free(
+                if owner == LEAKED_OWNER {
+                    "block belongs to a dropped allocator (its chunk was leaked)"
+                } else {
+                    "block belongs to another allocator instance"
+                },
+                addr,
+                order,
+                None,
+            );
+        }
+        if node != self.node {
+            bad_free("block belongs to another node", addr, order, None);
+        }
+        let st = self.state.lock();
+        // SAFETY: genuine descriptor.
+        let info = unsafe { &*p }.info();
+        match info.kind() {
+            PageKind::Block | PageKind::Slab => {}
+            PageKind::Free => bad_free(
+                "double free: block is already free",
+                addr,
+                order,
+                Some(info),
+            ),
+            PageKind::Tail if info.head_offset() == 0 => bad_free(
+                "double free: block is being freed concurrently",
+                addr,
+                order,
+                Some(info),
+            ),
+            PageKind::Tail => {
+                // A tail of an allocated block, or an interior page of a free one.
+                // SAFETY: `addr` is in a registered chunk.
+                let head = virt_to_page(addr as *const u8).map(|h| h.info().kind());
+                if head == Some(PageKind::Free) {
+                    bad_free(
+                        "double free: page lies inside a free block",
+                        addr,
+                        order,
+                        Some(info),
+                    )
+                }
+                bad_free(
+                    "not the head of a block (tail page)",
+                    addr,
+                    order,
+                    Some(info),
+                )
+            }
+            PageKind::Absent => bad_free(
+                "page beyond the end of a partial chunk",
+                addr,
+                order,
+                Some(info),
+            ),
+        }
+        if info.order() != order {
+            bad_free(
+                "wrong order: the block was allocated with another order",
+                addr,
+                order,
+                Some(info),
+            );
+        }
+        // Clear the slab owner so stale slab frees see no cache.
+        // SAFETY: the block is ours (validated under the lock).
+        unsafe {
+            (*p).cache.store(null_mut(), Ordering::Relaxed);
+            (*p).set_info(in_transit(self.node));
+        }
+        let mut st = st;
+        st.frees += 1;
+        // SAFETY: `p` is a detached, in-transit block of ours of `order`.
+        unsafe { self.insert_merging(st, p, order, false) };
+    }
+
+    /// Changes the order of an allocated, non-slab block in place (`krealloc` of a page block):
+    /// shrinking returns the upper halves to the free lists; growing absorbs the free buddies
+    /// above the block, which works only when the block is aligned for the new order and each
+    /// of those buddies is a whole free block. Returns whether the block now has order `new`
+    /// (on `false` nothing changed and the caller copies instead).
+    ///
+    /// # Safety
+    /// `page` heads a block of `old` pages allocated from this node, owned by the caller.
+    pub(crate) unsafe fn resize_in_place(&self, page: NonNull<Page>, old: u32, new: u32) -> bool {
+        let p = page.as_ptr();
+        if new == old {
+            return true;
+        }
+        if new > MAX_ORDER {
+            return false;
+        }
+        // SAFETY: a genuine descriptor of a block we own (contract).
+        let (meta, idx) = unsafe { chunk_of(p) };
+        // SAFETY: chunk headers are immutable after publication.
+        let usable = unsafe { (*meta).usable_pages };
+        // SAFETY: as above.
+        let info = unsafe { &*p }.info();
+        if info.kind() != PageKind::Block || info.order() != old {
+            return false;
+        }
+        if new < old {
+            // Give back the upper halves, largest first: each one's buddy is the part we keep,
+            // so none can merge. Their interior pages are rewritten to point at their own head
+            // before they are published.
+            for o in (new..old).rev() {
+                let up_idx = idx + (1 << o);
+                // SAFETY: inside our block, hence inside the chunk.
+                let up = unsafe { ChunkMeta::page(meta, up_idx) };
+                for j in 1..(1usize << o) {
+                    // SAFETY: pages of our own block.
+                    unsafe {
+                        (*ChunkMeta::page(meta, up_idx + j)).set_info(PageInfo::tail(j, self.node))
+                    };
+                }
+                let mut st = self.state.lock();
+                // SAFETY: `up` heads a detached block of ours; the lock is held.
+                unsafe { (*up).set_info(in_transit(self.node)) };
+                st.frees += 1;
+                // SAFETY: as above.
+                unsafe { self.insert_merging(st, up, o, false) };
+            }
+            // SAFETY: our block's head.
+            unsafe { (*p).set_info(PageInfo::head(PageKind::Block, new, self.node, false)) };
+            return true;
+        }
+        if idx & ((1 << new) - 1) != 0 || idx + (1 << new) > usable {
+            return false;
+        }
+        {
+            let mut st = self.state.lock();
+            for o in old..new {
+                // SAFETY: idx + 2^o < idx + 2^new <= usable.
+                let b = unsafe { ChunkMeta::page(meta, idx + (1 << o)) };
+                // SAFETY: genuine descriptor; read under the lock.
+                let bi = unsafe { &*b }.info();
+                if bi.kind() != PageKind::Free || bi.order() != o {
+                    return false;
+                }
+            }
+            for o in old..new {
+                // SAFETY: checked above: a free head of order `o` on this node's list; lock held.
+                unsafe {
+                    let b = ChunkMeta::page(meta, idx + (1 << o));
+                    st.unlink(b, o);
+                    (*b).set_info(in_transit(self.node));
+                }
+            }
+            // SAFETY: our block's head; the absorbed pages are ours now.
+            unsafe { (*p).set_info(PageInfo::head(PageKind::Block, new, self.node, false)) };
+        }
+        for j in (1usize << old)..(1usize << new) {
+            // SAFETY: pages of our (grown) block.
+            unsafe { (*ChunkMeta::page(meta, idx + j)).set_info(PageInfo::tail(j, self.node)) };
+        }
+        true
+    }
+
+    /// Merges the detached block `(head, order)` with free buddies and puts the result on a
+    /// free list, releasing it (without the lock) if it reaches RELEASE_ORDER.
+    ///
+    /// # Safety
+    /// `head` heads a detached block of ours whose head is marked in transit; `st` guards this
+    /// node's state; `released` is true only if the block's memory reads as zero.
+    pub(super) unsafe fn insert_merging<'a>(
+        &'a self,
+        mut st: SpinGuard<'a, BuddyState>,
+        mut head: *mut Page,
+        mut order: u32,
+        mut released: bool,
+    ) {
+        // SAFETY: `head` is a genuine descriptor (contract).
+        let (meta, mut idx) = unsafe { chunk_of(head) };
+        // SAFETY: chunk headers are immutable after publication.
+        let (usable, base) = unsafe { ((*meta).usable_pages, (*meta).base) };
+        // After a failed release, this call tries no other (the block stays dirty).
+        let mut may_release = true;
+        loop {
+            while order < MAX_ORDER {
+                let bidx = idx ^ (1 << order);
+                if bidx >= usable {
+                    break;
+                }
+                // SAFETY: bidx < usable <= PAGES_PER_CHUNK.
+                let b = unsafe { ChunkMeta::page(meta, bidx) };
+                // SAFETY: genuine descriptor.
+                let bi = unsafe { &*b }.info();
+                // (Planted bug for loom-tests: merging with a free buddy of another order.)
+                if bi.kind() != PageKind::Free
+                    || (bi.order() != order && !cfg!(kmem_mutant = "buddy_merge_skips_order_check"))
+                {
+                    break;
+                }
+                let (lo, hi) = if bidx < idx { (bidx, idx) } else { (idx, bidx) };
+                // SAFETY: a Free head of this node's chunk is on list `order`; lock held. Both
+                // halves are ours now: `hi` becomes an interior page of the merged block, `lo`
+                // its in-transit head.
+                unsafe {
+                    st.unlink(b, order);
+                    (*b).set_info(in_transit(self.node));
+                    (*ChunkMeta::page(meta, hi)).set_info(PageInfo::tail(hi - lo, self.node));
+                    head = ChunkMeta::page(meta, lo);
+                    (*head).set_info(in_transit(self.node));
+                }
+                let new_order = order + 1;
+                if released != bi.released() {
+                    if new_order >= RELEASE_ORDER && may_release && self.releasable(order) {
+                        let dirty = if released { bidx } else { idx };
+                        // SAFETY: the dirty half lies in the detached merged block.
+                        let r = unsafe {
+                            self.release_detached(
+                                st,
+                                head,
+                                new_order,
+                                base.add(dirty << PAGE_SHIFT),
+                                PAGE_SIZE << order,
+                            )
+                        };
+                        let Some((g, ok)) = r else { return };
+                        st = g;
+                        released = ok;
+                        may_release &= ok;
+                    } else {
+                        released = false;
+                    }
+                }
+                idx = lo;
+                order = new_order;
+            }
+            if order >= RELEASE_ORDER && !released && may_release && self.releasable(order) {
+                // SAFETY: a detached free block of ours.
+                let r = unsafe {
+                    self.release_detached(
+                        st,
+                        head,
+                        order,
+                        base.add(idx << PAGE_SHIFT),
+                        PAGE_SIZE << order,
+                    )
+                };
+                let Some((g, ok)) = r else { return };
+                st = g;
+                released = ok;
+                may_release = ok;
+                // A buddy may have been freed while we were unlocked.
+                continue;
+            }
+            break;
+        }
+        // SAFETY: `head` is our detached block; the lock is held.
+        unsafe {
+            (*head).set_info(PageInfo::head(PageKind::Free, order, self.node, released));
+            st.push(head, order, released);
+        }
+    }
+}
+
+/// Aborts with a precise description of a bad `free_pages`.
+#[cold]
+#[inline(never)]
+pub(super) fn bad_free(what: &str, addr: usize, order: u32, info: Option<PageInfo>) -> ! {
+    let a = Num::hex(addr as u64);
+    let o = Num::dec(order as u64);
+    let (kind, found) = match info {
+        Some(i) => (
+            match i.kind() {
+                PageKind::Absent => "Absent",
+                PageKind::Free => "Free",
+                PageKind::Block => "Block",
+                PageKind::Slab => "Slab",
+                PageKind::Tail => "Tail",
+            },
+            Num::dec(i.order() as u64),
+        ),
+        None => ("?", Num::dec(0)),
+    };
+    crate::abort_msg(&[
+        "kmem: free_pages: ",
+        what,
+        " (page ",
+        a.as_str(),
+        ", order given ",
+        o.as_str(),
+        ", descriptor kind ",
+        kind,
+        ", descriptor order ",
+        if info.is_some() { found.as_str() } else { "?" },
+        ")",
+    ])
+}

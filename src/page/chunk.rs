@@ -1,0 +1,270 @@
+//! Chunks: mapping one from the OS and carving it into free blocks (`grow`), unmapping it
+//! (`destroy_chunk`, `Drop`), and finding a pointer's page descriptor (`virt_to_page`).
+//! (Part of `impl PageAllocator`: see `page/mod.rs` for why it is split by concern.)
+
+use super::buddy::*;
+use super::*;
+use crate::os::{self, Num};
+use crate::sync::{Cell, Ordering};
+use core::ptr::{self, null_mut, NonNull};
+
+/// The out-of-band metadata of one chunk: header, then one descriptor per page.
+#[repr(C, align(64))]
+pub(crate) struct ChunkMeta {
+    /// The chunk's first byte (CHUNK_SIZE-aligned), with provenance.
+    pub(super) base: *mut u8,
+    /// Pages that exist (the rest are Absent).
+    pub(super) usable_pages: usize,
+    /// Identity of the owning allocator instance.
+    pub(super) budget: *const PageBudget,
+    /// Owning node.
+    pub(super) node: usize,
+    /// Bytes of this metadata mapping.
+    pub(super) meta_size: usize,
+    /// Next chunk of the same node (node lock).
+    pub(super) next: Cell<*mut ChunkMeta>,
+    /// The descriptors.
+    pub(super) pages: [Page; PAGES_PER_CHUNK],
+}
+
+impl ChunkMeta {
+    /// Descriptor `i` (raw: no reference to the whole header is ever formed).
+    #[inline(always)]
+    pub(super) unsafe fn page(meta: *mut ChunkMeta, i: usize) -> *mut Page {
+        // SAFETY: the caller passes a live chunk and `i < PAGES_PER_CHUNK`.
+        unsafe { ptr::addr_of_mut!((*meta).pages).cast::<Page>().add(i) }
+    }
+}
+
+/// The chunk metadata and page index of a genuine descriptor.
+///
+/// Goes through the radix table rather than stepping back from `p`: a descriptor pointer made
+/// from a `&Page` only has provenance over those 64 bytes, while the table's pointer covers the
+/// whole metadata mapping.
+///
+/// # Safety
+/// `p` is a descriptor of a registered (live) chunk.
+#[inline(always)]
+pub(super) unsafe fn chunk_of(p: *const Page) -> (*mut ChunkMeta, usize) {
+    // SAFETY: `p` is a live descriptor (caller contract); `addr` is immutable.
+    let addr = unsafe { (*p).addr };
+    let idx = (addr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
+    match radix::lookup(addr) {
+        Some(meta) => (meta.as_ptr(), idx),
+        None => crate::abort_msg(&["kmem: internal error: descriptor of an unregistered chunk"]),
+    }
+}
+
+/// The descriptor of the page containing `ptr` if it lies in a registered chunk.
+#[inline]
+pub(super) fn page_of(ptr: usize) -> Option<*mut Page> {
+    let meta = radix::lookup(ptr)?.as_ptr();
+    let idx = (ptr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
+    // SAFETY: registered chunks are live and idx < PAGES_PER_CHUNK.
+    Some(unsafe { ChunkMeta::page(meta, idx) })
+}
+
+/// The head page of the allocated block (or slab) containing `ptr`, or `None` when `ptr` lies
+/// in no chunk of any live allocator.
+///
+/// For a pointer into a free block, returns that free block's head (kind `Free`); for a
+/// pointer into an `Absent` page (beyond a partial chunk), that page's own descriptor. Lock-free:
+/// two loads for the chunk, one more for a tail page.
+#[allow(dead_code)] // called by the slab layer (virt_to_slab) and kfree
+pub(crate) fn virt_to_page(ptr: *const u8) -> Option<&'static Page> {
+    let mut p = page_of(ptr as usize)?;
+    // Allocated tails lead to their head in one step; free interior pages may need a few
+    // (bounded by the order count). The offset strictly decreases the index, so this ends.
+    for _ in 0..=NR_ORDERS {
+        // SAFETY: `p` is a descriptor of a registered (live) chunk.
+        let info = unsafe { &*p }.info();
+        if info.kind() != PageKind::Tail || info.head_offset() == 0 {
+            break;
+        }
+        // SAFETY: a tail's offset stays inside its chunk's descriptor array.
+        p = unsafe { p.sub(info.head_offset()) };
+    }
+    // Callers must not use the reference past their allocator instance.
+    // SAFETY: descriptors of registered chunks live as long as the chunk.
+    Some(unsafe { &*p })
+}
+
+/// The memory described by a descriptor of a live chunk, derived from the chunk's base pointer
+/// (so it keeps the mapping's provenance, unlike [`Page::address`], which casts an integer).
+#[allow(dead_code)] // for the slab layer (Miri runs it with strict provenance checks)
+pub(crate) fn page_address(page: &Page) -> *mut u8 {
+    // Outside chunk set-up, a `&Page` can only come from a descriptor of a live chunk.
+    // SAFETY: `page` is a descriptor of a live chunk, so its chunk header is initialised.
+    unsafe {
+        let (meta, idx) = chunk_of(page);
+        (*meta).base.add(idx << PAGE_SHIFT)
+    }
+}
+
+impl PageAllocator {
+    /// Maps one chunk (or the partial last one the limit allows) and puts its blocks on the
+    /// free lists.
+    pub(super) fn grow(&self) -> Grow {
+        let budget = self.budget();
+        // Counted before reserving: whoever finds the limit reached after our reservation sees
+        // this mapping under way until its blocks are on the lists.
+        budget.growing.fetch_add(1, Ordering::AcqRel);
+        let r = self.grow_reserved(budget);
+        budget.growing.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    pub(super) fn grow_reserved(&self, budget: &PageBudget) -> Grow {
+        let usable = budget.reserve_chunk();
+        if usable == 0 {
+            return Grow::Limit;
+        }
+        let Some(base) = os::map_partial(CHUNK_SIZE, usable, CHUNK_SIZE) else {
+            budget.unreserve(usable);
+            return Grow::Os;
+        };
+        let meta_size = (core::mem::size_of::<ChunkMeta>() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        let Some(meta_raw) = os::map(meta_size, PAGE_SIZE) else {
+            // SAFETY: `base` was just mapped with these arguments and is unused.
+            unsafe { os::unmap(base, CHUNK_SIZE, CHUNK_SIZE) };
+            budget.unreserve(usable);
+            return Grow::Os;
+        };
+        let meta = meta_raw.as_ptr().cast::<ChunkMeta>();
+        let usable_pages = usable >> PAGE_SHIFT;
+        // Every field is written before the chunk is published.
+        // SAFETY: `meta` is a fresh, private, page-aligned mapping large enough for a `ChunkMeta`.
+        unsafe {
+            ptr::addr_of_mut!((*meta).base).write(base.as_ptr());
+            ptr::addr_of_mut!((*meta).usable_pages).write(usable_pages);
+            ptr::addr_of_mut!((*meta).budget).write(self.budget);
+            ptr::addr_of_mut!((*meta).node).write(self.node);
+            ptr::addr_of_mut!((*meta).meta_size).write(meta_size);
+            ptr::addr_of_mut!((*meta).next).write(Cell::new(null_mut()));
+        }
+        // Carve [0, usable_pages) into maximal aligned blocks; fresh memory is "released".
+        let base_addr = base.as_ptr() as usize;
+        let mut blocks = [(0usize, 0u32); PAGES_PER_CHUNK.trailing_zeros() as usize + 2];
+        let mut nblocks = 0;
+        let mut i = 0;
+        while i < usable_pages {
+            let mut o = MAX_ORDER;
+            while (i & ((1 << o) - 1)) != 0 || i + (1 << o) > usable_pages {
+                o -= 1;
+            }
+            blocks[nblocks] = (i, o);
+            nblocks += 1;
+            for j in 0..(1usize << o) {
+                let info = if j == 0 {
+                    PageInfo::head(PageKind::Free, o, self.node, true)
+                } else {
+                    PageInfo::tail(j, self.node)
+                };
+                // SAFETY: i + j < PAGES_PER_CHUNK inside our private metadata mapping.
+                unsafe {
+                    ChunkMeta::page(meta, i + j)
+                        .write(Page::new(base_addr + ((i + j) << PAGE_SHIFT), info))
+                };
+            }
+            i += 1 << o;
+        }
+        for j in usable_pages..PAGES_PER_CHUNK {
+            let info = PageInfo::head(PageKind::Absent, 0, self.node, false);
+            // SAFETY: as above.
+            unsafe {
+                ChunkMeta::page(meta, j).write(Page::new(base_addr + (j << PAGE_SHIFT), info))
+            };
+        }
+        // SAFETY: `meta` is non-null (from a NonNull mapping).
+        if !radix::register(base_addr, unsafe { NonNull::new_unchecked(meta) }) {
+            // Drop the descriptors (loom atomics) and unmap both.
+            // SAFETY: neither mapping was published, so both are still ours alone.
+            unsafe {
+                Self::destroy_chunk(meta);
+            }
+            budget.unreserve(usable);
+            return Grow::Os;
+        }
+        let mut st = self.state.lock();
+        // Its blocks are detached and described as free heads.
+        // SAFETY: `meta` is ours and the state lock is held.
+        unsafe {
+            (*meta).next.set(st.chunks);
+            st.chunks = meta;
+            st.nr_chunks += 1;
+            st.mapped += usable;
+            st.metadata += meta_size;
+            for &(i, o) in &blocks[..nblocks] {
+                st.push(ChunkMeta::page(meta, i), o, true);
+            }
+        }
+        Grow::Grown
+    }
+
+    /// Drops the descriptors and unmaps a chunk and its metadata.
+    ///
+    /// # Safety
+    /// The chunk is unregistered, fully built, and nothing will touch it again.
+    pub(super) unsafe fn destroy_chunk(meta: *mut ChunkMeta) {
+        // SAFETY: caller contract: the header and descriptors are initialised and dead.
+        unsafe {
+            let base = (*meta).base;
+            let meta_size = (*meta).meta_size;
+            for i in 0..PAGES_PER_CHUNK {
+                ptr::drop_in_place(ChunkMeta::page(meta, i));
+            }
+            os::unmap(NonNull::new_unchecked(base), CHUNK_SIZE, CHUNK_SIZE);
+            os::unmap(NonNull::new_unchecked(meta.cast()), meta_size, PAGE_SIZE);
+        }
+    }
+}
+
+impl Drop for PageAllocator {
+    fn drop(&mut self) {
+        let mut leaked_chunks = 0u64;
+        let mut leaked_bytes = 0u64;
+        let mut chunk = self.state.lock().chunks;
+        while !chunk.is_null() {
+            // `&mut self` excludes every other user of this node.
+            // SAFETY: chunks of this node are live until unmapped here, and no one else uses them.
+            unsafe {
+                let next = (*chunk).next.get();
+                let usable = (*chunk).usable_pages;
+                let mut i = 0;
+                let mut all_free = true;
+                while i < usable {
+                    let info = (*ChunkMeta::page(chunk, i)).info();
+                    if info.kind() != PageKind::Free {
+                        all_free = false;
+                        break;
+                    }
+                    i += 1 << info.order();
+                }
+                if all_free {
+                    radix::unregister((*chunk).base as usize);
+                    Self::destroy_chunk(chunk);
+                    self.budget().unreserve(usable << PAGE_SHIFT);
+                } else {
+                    // Someone may still point into it: leak it, registered and mapped,
+                    // forever. Its owner becomes a sentinel no live budget can equal, so a late
+                    // free into it is refused even if a new budget reuses this one's address.
+                    ptr::addr_of_mut!((*chunk).budget).write(LEAKED_OWNER);
+                    leaked_chunks += 1;
+                    leaked_bytes += (usable << PAGE_SHIFT) as u64;
+                }
+                chunk = next;
+            }
+        }
+        if leaked_chunks != 0 {
+            os::write_stderr(&[
+                "kmem: page allocator of node ",
+                Num::dec(self.node as u64).as_str(),
+                " dropped with pages still allocated (leaked objects?): leaking ",
+                Num::dec(leaked_chunks).as_str(),
+                " chunk(s), ",
+                Num::dec(leaked_bytes).as_str(),
+                " bytes",
+            ]);
+        }
+    }
+}

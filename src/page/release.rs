@@ -1,0 +1,193 @@
+//! Returning free blocks to the OS (`madvise` with the page lock dropped: blocks "in transit"),
+//! and the fork handlers' part. (Part of `impl PageAllocator`: see `page/mod.rs` for why it is
+//! split by concern.)
+
+use super::buddy::*;
+use super::chunk::*;
+use super::*;
+use crate::os;
+use crate::sync::{Ordering, PageReleaseScope, SpinGuard};
+use core::ptr::null_mut;
+
+impl PageAllocator {
+    /// Whether a block of `order` spans whole OS pages (and so can be released).
+    #[inline]
+    pub(super) fn releasable(&self, order: u32) -> bool {
+        PAGE_SIZE << order >= self.budget().os.size
+    }
+
+    /// Releases `[ptr, ptr + len)`, part or all of the detached block `(head, order)`, with the
+    /// node lock dropped: records the block on the transit list, unlocks, `madvise`s, re-locks.
+    /// Returns the guard and whether the OS dropped the range; `None` (lock released) when a
+    /// fork child took the transit list over meanwhile (only in the child of a `fork` made by a
+    /// signal handler that interrupted this call): the caller must then forget the block.
+    ///
+    /// # Safety
+    /// `head` heads a detached block of ours of `order`, marked in transit, that contains the
+    /// range; `st` guards this node's state.
+    pub(super) unsafe fn release_detached<'a>(
+        &'a self,
+        mut st: SpinGuard<'a, BuddyState>,
+        head: *mut Page,
+        order: u32,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Option<(SpinGuard<'a, BuddyState>, bool)> {
+        let scope = PageReleaseScope::enter();
+        let generation = st.generation;
+        // SAFETY: forwarded contract.
+        unsafe { st.isolate(head, order) };
+        drop(st);
+        // SAFETY: the range lies in a detached free block of ours (contract).
+        let ok = unsafe { os::release(ptr, len, &self.budget().os) };
+        let mut st = self.state.lock();
+        drop(scope);
+        if st.generation != generation {
+            return None;
+        }
+        // SAFETY: still on the transit list (same generation); lock held.
+        unsafe { st.unisolate(head) };
+        if ok {
+            st.released_total += len as u64;
+        }
+        Some((st, ok))
+    }
+
+    /// `madvise(MADV_DONTNEED)`s every free block not yet released that spans whole OS pages;
+    /// returns the bytes the OS dropped. Blocks are detached (in transit) while the lock is
+    /// dropped, so a concurrent allocation may wait for them, or a `NORETRY` one fail.
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn release_free(&self) -> usize {
+        // Entered before any block is detached: a signal handler on this thread never waits
+        // for them.
+        let _scope = PageReleaseScope::enter();
+        let mut detached: *mut Page = null_mut();
+        let generation;
+        {
+            let mut st = self.state.lock();
+            generation = st.generation;
+            for o in 0..NR_ORDERS as u32 {
+                if !self.releasable(o) {
+                    continue;
+                }
+                let mut p = st.free[o as usize];
+                while !p.is_null() {
+                    // SAFETY: free heads of this node; lock held.
+                    unsafe {
+                        let next = (*p).lru_next.get();
+                        if !(*p).info().released() {
+                            st.unlink(p, o);
+                            (*p).set_info(in_transit(self.node));
+                            st.isolate(p, o);
+                            (*p).next.set(detached);
+                            detached = p;
+                        }
+                        p = next;
+                    }
+                }
+            }
+        }
+        let mut total = 0;
+        let mut p = detached;
+        while !p.is_null() {
+            // SAFETY: detached blocks are ours; `slabs` holds the order, `next` the link.
+            unsafe {
+                let order = (*p).slabs.get();
+                let next = (*p).next.get();
+                let (meta, idx) = chunk_of(p);
+                let len = PAGE_SIZE << order;
+                let ok = os::release((*meta).base.add(idx << PAGE_SHIFT), len, &self.budget().os);
+                let mut st = self.state.lock();
+                if st.generation != generation {
+                    // A fork child took the rest over (see the module docs).
+                    return total;
+                }
+                st.unisolate(p);
+                (*p).next.set(null_mut());
+                if ok {
+                    total += len;
+                    st.released_total += len as u64;
+                }
+                self.insert_merging(st, p, order, ok);
+                p = next;
+            }
+        }
+        total
+    }
+
+    /// Fork support, in the child: takes over the blocks that were in transit when the process
+    /// forked (their releasing threads do not exist here) and returns them to the free lists as
+    /// dirty, or leaks them if this thread was itself releasing (see the module docs). Call with
+    /// no lock of this node held.
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) fn fork_child_reclaim(&self) {
+        let mut st = self.state.lock();
+        if st.transit == 0 {
+            return;
+        }
+        let mut p = st.isolated;
+        st.isolated = null_mut();
+        st.transit = 0;
+        st.generation += 1;
+        if PageReleaseScope::active() {
+            // Our own interrupted release resumes after the handler and may still madvise one
+            // of these blocks: leak them all (in this child only).
+            return;
+        }
+        while !p.is_null() {
+            // SAFETY: blocks of the transit list are detached, in-transit heads of ours whose
+            // releasers are gone; the lock is held.
+            unsafe {
+                let next = (*p).lru_next.get();
+                let order = (*p).slabs.get();
+                (*p).lru_prev.set(null_mut());
+                (*p).lru_next.set(null_mut());
+                (*p).slabs.set(0);
+                (*p).next.set(null_mut());
+                self.insert_merging(st, p, order, false);
+                st = self.state.lock();
+                p = next;
+            }
+        }
+    }
+
+    /// Fork support (`kmalloc.rs`): takes this node's page lock and keeps it held with no guard,
+    /// so that a `fork` cannot copy it in a locked state. Undo with [`PageAllocator::fork_unlock`].
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) fn fork_lock(&self) {
+        self.state.raw_lock();
+    }
+
+    /// Fork support: releases the page lock taken by [`PageAllocator::fork_lock`].
+    ///
+    /// # Safety
+    /// The calling thread took it with `fork_lock` (in the child: the forking thread did).
+    #[cfg(not(any(loom, miri)))]
+    pub(crate) unsafe fn fork_unlock(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.state.raw_unlock() }
+    }
+
+    /// Adds this node's figures into `out` (`limit_bytes` is set, not added: it is shared).
+    #[allow(dead_code)] // called by the slab layer and Kmem (being written)
+    pub(crate) fn add_stats(&self, out: &mut PageStats) {
+        {
+            let st = self.state.lock();
+            out.mapped_bytes += st.mapped;
+            out.resident_bytes += st.mapped - st.released_free;
+            out.free_bytes += st.free_bytes;
+            out.metadata_bytes += st.metadata;
+            out.released_bytes_total += st.released_total;
+            out.allocs += st.allocs;
+            out.frees += st.frees;
+            out.chunks += st.nr_chunks;
+            for (o, n) in st.nr_free.iter().enumerate() {
+                out.free_blocks[o] += n;
+            }
+        }
+        out.failed_allocs += self.failed.load(Ordering::Relaxed);
+        out.injected_failures += self.injected.load(Ordering::Relaxed);
+        out.reclaim_calls += self.reclaim_calls.load(Ordering::Relaxed);
+        out.limit_bytes = self.budget().limit;
+    }
+}
