@@ -39,6 +39,7 @@
 //! `--cfg loom`). The lock order is documented at the top of `slub.rs`.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod cache;
 mod config;
@@ -93,6 +94,9 @@ compile_error!(
 pub(crate) fn abort_msg(parts: &[&str]) -> ! {
     os::abort_msg(parts)
 }
+#[doc = include_str!("../docs/design.md")]
+pub mod implementation {}
+
 /// Internals exposed to `loom-tests/` only (built with `--cfg loom`); not part of the API.
 #[cfg(loom)]
 #[doc(hidden)]
