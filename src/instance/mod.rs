@@ -12,6 +12,8 @@
 //! handlers that keep the global instance usable in a child).
 
 mod builder;
+// The fork handlers use `KmemShared::fork_*`, which do not exist under loom or Miri.
+#[cfg(not(any(loom, miri)))]
 mod fork;
 mod shared;
 
