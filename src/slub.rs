@@ -9,8 +9,9 @@
 //!       -> node list_lock            (kmem_cache_node: the partial list)
 //!         -> page allocator lock     (one per node; never calls out)
 //! ```
-//! The fast paths take no lock. No path allocates through the global allocator while holding
-//! any of these locks.
+//! The fast paths take no lock. The slot lock is dropped across `new_slab` (pages, page faults,
+//! the constructor): see [`CacheInner::new_slab_unlocked`]. No path allocates through the
+//! global allocator while holding any of these locks.
 //!
 //! # The fast paths ([`CacheInner::slab_alloc`], [`CacheInner::do_slab_free`])
 //!
@@ -51,6 +52,16 @@ use core::ptr::{self, NonNull};
 
 /// A freshly filled CPU slab: `(slab, its freelist)`, both owned by the caller.
 type Refill = (*mut Page, usize);
+
+/// What [`CacheInner::new_slab_unlocked`] returns: slot `cpu`, locked (`guard`) and detached
+/// with `tid`, and a new frozen `slab` whose whole `freelist` the caller owns.
+struct NewSlab<'a> {
+    cpu: &'a KmemCacheCpu,
+    guard: crate::sync::SpinGuard<'a, ()>,
+    slab: *mut Page,
+    freelist: usize,
+    tid: u64,
+}
 
 impl CacheInner {
     // =========================================================================================
@@ -263,33 +274,110 @@ impl CacheInner {
     // Allocation slow path
     // =========================================================================================
 
-    /// `___slab_alloc`: refills slot `c` under its lock and returns one object (null when out of
-    /// memory).
+    /// `___slab_alloc`: refills slot `c` and returns one object (null when out of memory).
+    ///
+    /// Everything that reuses memory the cache already has runs under the slot lock
+    /// ([`Self::refill`]). A new slab does not: like the kernel's `new_objects:` path, the slot
+    /// is attached empty and its lock dropped across `new_slab` (the page allocator, `mmap`,
+    /// page faults on the fresh block, the user's constructor, waits on pages in transit), so a
+    /// holder descheduled there stalls no other allocation on the slot; see
+    /// [`Self::new_slab_unlocked`].
     #[cold]
     #[inline(never)]
     fn slab_alloc_slow(&self, c: &KmemCacheCpu, node: Option<usize>) -> *mut u8 {
-        let _guard = c.lock.lock();
-        c.stat(AllocSlowpath);
-        let (slab, freelist, tid) = c.detach(self.tid_step);
-        match self.refill(c, slab, freelist, node) {
-            Some((slab, object)) => {
+        let mut c = c;
+        let mut out_of_memory = false;
+        loop {
+            let guard = c.lock.lock();
+            if !out_of_memory {
+                c.stat(AllocSlowpath);
+            }
+            let (slab, freelist, tid) = c.detach(self.tid_step);
+            if let Some((slab, object)) = self.refill(c, slab, freelist, node) {
                 // SAFETY: `object` heads a freelist that we own (refill's contract).
                 let next = unsafe { get_freepointer(object, self.offset) };
                 c.attach(self.tid_step, slab, next, tid);
-                object as *mut u8
+                return object as *mut u8;
             }
-            None => {
-                c.attach(self.tid_step, ptr::null_mut(), 0, tid);
-                ptr::null_mut()
+            // new_objects: refill consumed the old slab; publish the empty slot, let go of it.
+            c.attach(self.tid_step, ptr::null_mut(), 0, tid);
+            drop(guard);
+            if out_of_memory {
+                return ptr::null_mut();
             }
+            let Some(NewSlab {
+                cpu,
+                guard,
+                slab,
+                freelist: object,
+                tid,
+            }) = self.new_slab_unlocked(c, node)
+            else {
+                // Out of memory. While the lock was dropped, other threads of the slot may have
+                // installed a slab or freed objects onto the partial lists (with the lock held
+                // across new_slab, this thread would have waited and found them): look once
+                // more, under the lock of the slot we are on now, before failing.
+                out_of_memory = true;
+                c = self.this_cpu();
+                continue;
+            };
+            // SAFETY: `object` heads the new slab's freelist, which we own.
+            let next = unsafe { get_freepointer(object, self.offset) };
+            cpu.attach(self.tid_step, slab, next, tid);
+            drop(guard);
+            return object as *mut u8;
         }
     }
 
-    /// Finds a CPU slab with free objects for a detached slot (caller holds `c.lock`).
+    /// The `new_objects:` half of `___slab_alloc`, called with **no** slot lock held and the
+    /// slot `c` attached (it names the slot only for the node choice and the counters).
+    ///
+    /// Allocates and initialises a new slab (constructor included) as a local of this thread:
+    /// frozen, `inuse == objects`, its whole freelist taken, on no list, so no other thread
+    /// can reach it. Then it re-reads which slot the thread is on (it may have migrated, or
+    /// `c` was a stale guess), takes that slot's lock and detaches it; a CPU slab that another
+    /// thread installed meanwhile is deactivated (`CPUSLAB_FLUSH`, as the kernel's
+    /// `retry_load_slab:`). Returns the slot locked and detached, with the new slab and its
+    /// freelist, for the caller to attach; `None` (nothing locked, nothing changed) when
+    /// memory is exhausted.
+    fn new_slab_unlocked(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<NewSlab<'_>> {
+        let (slab, freelist) = self.new_slab(c, node)?;
+        let cpu = self.this_cpu();
+        let guard = cpu.lock.lock();
+        let (old, old_freelist, tid) = cpu.detach(self.tid_step);
+        if !old.is_null() {
+            if cfg!(kmem_mutant = "new_slab_ignores_cpu_slab") {
+                // Planted bug (loom-tests): installs over the CPU slab that appeared while the
+                // lock was dropped; that slab stays frozen with no owner and its CPU freelist
+                // is dropped.
+            } else {
+                self.deactivate_slab(cpu, old, old_freelist);
+                cpu.stat(CpuslabFlush);
+            }
+        } else if old_freelist != 0 {
+            // Invariant S: the objects on a slot's CPU freelist belong to its slab; with no
+            // slab there can be none (they would be lost here).
+            crate::abort_msg(&[
+                "kmem: a CPU slot without a slab has objects on its freelist \
+                 (slot protocol violated; memory may be corrupt)",
+            ]);
+        }
+        Some(NewSlab {
+            cpu,
+            guard,
+            slab,
+            freelist,
+            tid,
+        })
+    }
+
+    /// Finds a CPU slab with free objects for a detached slot (caller holds `c.lock`), without
+    /// allocating a new slab.
     ///
     /// `slab`/`freelist` are what the slot had; they are consumed: returned, deactivated, or
     /// left unfrozen. Returns a frozen slab and a non-empty freelist of its objects, both owned
-    /// by the caller, or `None` when memory is exhausted.
+    /// by the caller, or `None` when the slot's slab, the CPU partial list and the node partial
+    /// lists have nothing (the caller then goes to [`Self::new_slab_unlocked`]).
     pub(crate) fn refill(
         &self,
         c: &KmemCacheCpu,
@@ -340,10 +428,7 @@ impl CacheInner {
             // is now unfrozen and full, which is a consistent state.
             c.stat(DeactivateBypass);
         }
-        if let Some(r) = self.get_partial(c, node) {
-            return Some(r);
-        }
-        self.new_slab(c, node)
+        self.get_partial(c, node)
     }
 
     /// `get_freelist`: takes a frozen slab's whole freelist for the CPU, unfreezing the slab
@@ -448,9 +533,11 @@ impl CacheInner {
         }
     }
 
-    /// `new_slab`: pages for a new slab on `node` (or this slot's node, then any node), at the
+    /// `new_slab`: pages for a new slab on `node` (or slot `c`'s node, then any node), at the
     /// preferred order with NORETRY, then at the minimum order; if the page allocator is out of
-    /// memory, discards this cache's empty partial slabs and tries once more.
+    /// memory, discards this cache's empty partial slabs and tries once more. Called with no
+    /// slot lock held (`c` only picks the node and takes the counts); takes node `list_lock`s
+    /// (the reclaim) and page locks, and runs the constructor.
     fn new_slab(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<Refill> {
         let kmem = self.kmem();
         let home = node.unwrap_or_else(|| kmem.slot_node(self.slot_index(c)));
@@ -946,8 +1033,8 @@ impl CacheInner {
         if out.is_empty() {
             return 0;
         }
-        let c = self.this_cpu();
-        let _guard = c.lock.lock();
+        let mut c = self.this_cpu();
+        let mut guard = c.lock.lock();
         let mut i = 0;
         if cfg!(kmem_mutant = "bulk_pop_without_tid_cas") {
             // Planted bug (loom-tests): pops the CPU freelist with plain stores and no tid bump,
@@ -964,15 +1051,31 @@ impl CacheInner {
                 i += 1;
             }
         }
-        let (mut slab, mut freelist, tid) = c.detach(self.tid_step);
+        let (mut slab, mut freelist, mut tid) = c.detach(self.tid_step);
+        let mut out_of_memory = false;
         while i < out.len() {
             if freelist == 0 {
                 c.stat(AllocSlowpath);
-                match self.refill(c, slab, 0, None) {
-                    Some((s, f)) => (slab, freelist) = (s, f),
-                    None => {
-                        slab = ptr::null_mut();
-                        break;
+                if let Some((s, f)) = self.refill(c, slab, 0, None) {
+                    (slab, freelist) = (s, f);
+                } else {
+                    // new_objects, as in slab_alloc_slow: the slot lock is dropped across
+                    // new_slab and the slot (perhaps another one) comes back locked and detached.
+                    c.attach(self.tid_step, ptr::null_mut(), 0, tid);
+                    drop(guard);
+                    if out_of_memory {
+                        return i;
+                    }
+                    if let Some(new) = self.new_slab_unlocked(c, None) {
+                        (c, guard) = (new.cpu, new.guard);
+                        (slab, freelist, tid) = (new.slab, new.freelist, new.tid);
+                    } else {
+                        // Out of memory: one more look under the lock, as in slab_alloc_slow.
+                        out_of_memory = true;
+                        c = self.this_cpu();
+                        guard = c.lock.lock();
+                        (slab, freelist, tid) = c.detach(self.tid_step);
+                        continue;
                     }
                 }
             }
@@ -982,6 +1085,7 @@ impl CacheInner {
             i += 1;
         }
         c.attach(self.tid_step, slab, freelist, tid);
+        drop(guard);
         i
     }
 

@@ -125,9 +125,44 @@ pub mod kmem_backend {
         "Kmem::global().shrink_all()"
     }
 
-    /// kmem's `/proc/slabinfo`-style table of the global instance.
+    /// kmem's `/proc/slabinfo`-style table of the global instance, followed by the SLUB path
+    /// counts of every cache that allocated (see [`path_counts`]).
     pub fn slabinfo() -> String {
-        kmem::SlabInfoTable(kmem::Kmem::global().slabinfo()).to_string()
+        let mut s = kmem::SlabInfoTable(kmem::Kmem::global().slabinfo()).to_string();
+        s.push_str(&path_counts());
+        s
+    }
+
+    /// Which SLUB paths every cache of the global instance took (kmem's `stats` feature; the
+    /// slot counters are approximate when threads share a slot): allocation fast/slow paths,
+    /// where the slow path found its objects (`cpu_partial_alloc`, `alloc_from_partial`, new
+    /// slabs), `cpuslab_flush` (CPU slabs deactivated, including a slab installed while the
+    /// slot lock was dropped for `new_slab`), and the free paths.
+    pub fn path_counts() -> String {
+        use std::fmt::Write;
+        let mut s = String::from(
+            "# paths: cache alloc_fast alloc_slow cpu_partial_alloc from_partial new_slab \
+             cpuslab_flush free_fast free_slow cpu_partial_free\n",
+        );
+        for (name, c) in kmem::Kmem::global().cache_stats() {
+            if c.alloc_fastpath + c.alloc_slowpath == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "{name:<16} {} {} {} {} {} {} {} {} {}",
+                c.alloc_fastpath,
+                c.alloc_slowpath,
+                c.cpu_partial_alloc,
+                c.alloc_from_partial,
+                c.alloc_slab,
+                c.cpuslab_flush,
+                c.free_fastpath,
+                c.free_slowpath,
+                c.cpu_partial_free
+            );
+        }
+        s
     }
 
     /// `objects` with a typed `kmem::Cache<T>`: allocate 1000 objects, then drop them.
@@ -180,6 +215,11 @@ pub mod kmem_backend {
             let b = c.alloc([1; 4]).unwrap();
             let info = super::slabinfo();
             assert!(info.contains("bench-test-live"), "{info}");
+            assert!(info.contains("# paths: cache alloc_fast"), "{info}");
+            assert!(
+                info.lines().any(|l| l.starts_with("bench-test-live ")),
+                "{info}"
+            );
             drop(b);
             assert_eq!(super::release(), "Kmem::global().shrink_all()");
         }

@@ -172,7 +172,7 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
     match w {
         Workload::ManyThreads => {
             let threads = 16 * p.threads;
-            let s = with_backend!(b, |a| workloads::many_threads(
+            let m = with_backend!(b, |a| workloads::many_threads(
                 a,
                 threads,
                 p.working_set,
@@ -182,7 +182,13 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
             push(
                 format!("{threads} threads"),
                 b.name(),
-                s,
+                m.churn,
+                Default::default(),
+            );
+            push(
+                format!("{threads} threads, fill"),
+                b.name(),
+                m.fill,
                 Default::default(),
             );
         }

@@ -10,7 +10,7 @@
 //! | `fastpath` | in process | alloc+free pairs of one size, one thread: the per-CPU fast path, the object never leaves its slab |
 //! | `batch` | in process | alloc 1000 then free 1000, on one thread and on one thread per core: freelist refill from partial/new slabs and returning whole slabs |
 //! | `remote-free` | in process | producer threads allocate, consumer threads free every object (passed in batches of 64 through a bounded SPSC ring): the cross-CPU free path |
-//! | `many-threads` | child | 16x more threads than cores, each churning its own working set of random sizes 16–512 B: throughput and peak RSS under heavy oversubscription |
+//! | `many-threads` | child | 16x more threads than cores, each churning its own working set of random sizes 16–512 B: throughput and peak RSS under heavy oversubscription; and, as the case `…, fill`, the time per allocation while all threads build their working sets at once from a fresh process (new slabs, first-touch page faults) |
 //! | `larson` | child | server churn after Larson & Krishnan: random sizes 8–1000 B, each thread hands its fresh objects to the next thread, which swaps them into a random slot of its working set and frees what it evicts |
 //! | `fragmentation` | child | fill with random sizes 8–1000 B, free a random 90%, then call the allocator's release (kmem shrink, `mi_collect`, jemalloc purge, `malloc_trim`): RSS before and after, how much goes back to the OS |
 //! | `objects` | child | alloc 1000 typed objects then drop them: `kmem::Cache<T>` against `Box<T>` on each global allocator |
@@ -22,7 +22,8 @@
 //!
 //! Timed samples are time-bound: threads work until the main thread, after sleeping for the
 //! sample duration (at least 10 ms), raises a stop flag; threads check it every few dozen
-//! operations. Setup (filling working sets) and teardown happen outside the timed window.
+//! operations. Setup (filling working sets) and teardown happen outside the timed window
+//! (`many-threads` times its fill separately).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::UnsafeCell;
@@ -258,10 +259,28 @@ where
     Setup: Fn(usize) -> S + Sync,
     Work: Fn(usize, &mut S, &AtomicBool) -> u64 + Sync,
 {
-    // `ready`: every worker has built its state; `go`: the timed window opens. The clock starts
-    // between the two, while every worker is parked, so no work precedes it even when the main
-    // thread is descheduled (heavy oversubscription); it stops after every worker has left
-    // `work`, so the window covers all counted operations.
+    timed_threads_and_setup(n, duration, setup, work).1
+}
+
+/// [`timed_threads`], also returning how long the setup took, all threads at once: from the
+/// earliest worker's start of `setup` (after a barrier every worker has reached) to the latest
+/// worker's end of it. Each worker reads the clock itself around its `setup`: the main thread
+/// may be descheduled at any moment under oversubscription, so it cannot time the setup.
+pub fn timed_threads_and_setup<S, Setup, Work>(
+    n: usize,
+    duration: Duration,
+    setup: Setup,
+    work: Work,
+) -> (Duration, Sample)
+where
+    Setup: Fn(usize) -> S + Sync,
+    Work: Fn(usize, &mut S, &AtomicBool) -> u64 + Sync,
+{
+    // `start`: every worker exists. `ready`: every worker has built its state; `go`: the timed
+    // window opens. The clock starts between the two, while every worker is parked, so no work
+    // precedes it even when the main thread is descheduled (heavy oversubscription); it stops
+    // after every worker has left `work`, so the window covers all counted operations.
+    let start = Barrier::new(n);
     let ready = Barrier::new(n + 1);
     let go = Barrier::new(n + 1);
     let end = Barrier::new(n + 1);
@@ -269,15 +288,19 @@ where
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|t| {
-                let (ready, go, end, stop, setup, work) = (&ready, &go, &end, &stop, &setup, &work);
+                let (start, ready, go, end, stop) = (&start, &ready, &go, &end, &stop);
+                let (setup, work) = (&setup, &work);
                 s.spawn(move || {
+                    start.wait();
+                    let s0 = Instant::now();
                     let mut state = setup(t);
+                    let s1 = Instant::now();
                     ready.wait();
                     go.wait();
                     let ops = work(t, &mut state, stop);
                     end.wait();
                     drop(state);
-                    ops
+                    (ops, s0, s1)
                 })
             })
             .collect();
@@ -288,11 +311,18 @@ where
         stop.store(true, Ordering::Relaxed);
         end.wait();
         let elapsed = t0.elapsed();
-        let ops = handles
-            .into_iter()
-            .map(|h| h.join().expect("worker panicked"))
-            .sum();
-        Sample { ops, elapsed }
+        let (mut ops, mut first, mut last) = (0, None::<Instant>, None::<Instant>);
+        for h in handles {
+            let (o, s0, s1) = h.join().expect("worker panicked");
+            ops += o;
+            first = Some(first.map_or(s0, |f| f.min(s0)));
+            last = Some(last.map_or(s1, |l| l.max(s1)));
+        }
+        let setup = match (first, last) {
+            (Some(f), Some(l)) => l.duration_since(f),
+            _ => Duration::ZERO,
+        };
+        (setup, Sample { ops, elapsed })
     })
 }
 
@@ -541,16 +571,28 @@ impl<A: GlobalAlloc> Drop for Working<'_, A> {
     }
 }
 
+/// What `many-threads` measures.
+#[derive(Clone, Copy, Debug)]
+pub struct ManyThreads {
+    /// The fill: every thread allocates its working set at once, from a fresh process: `ops`
+    /// counts allocations (the frees come at teardown, untimed). This is where an allocator
+    /// builds new slabs (pages, first-touch faults) under oversubscription.
+    pub fill: Sample,
+    /// The churn (steady state): alloc+free pairs.
+    pub churn: Sample,
+}
+
 /// `many-threads`: `threads` threads each churn a working set of `working_set` objects of
-/// random sizes 16–512 B (free a random one, allocate a new one).
+/// random sizes 16–512 B (free a random one, allocate a new one); the fill of the working sets
+/// is timed separately.
 pub fn many_threads<A: GlobalAlloc + Sync>(
     a: &A,
     threads: usize,
     working_set: usize,
     seed: u64,
     duration: Duration,
-) -> Sample {
-    timed_threads(
+) -> ManyThreads {
+    let (fill, churn) = timed_threads_and_setup(
         threads,
         duration,
         |t| {
@@ -574,7 +616,14 @@ pub fn many_threads<A: GlobalAlloc + Sync>(
             }
             ops
         },
-    )
+    );
+    ManyThreads {
+        fill: Sample {
+            ops: (threads * working_set.max(1)) as u64,
+            elapsed: fill,
+        },
+        churn,
+    }
 }
 
 /// Objects a thread allocates before handing them to the next thread in `larson`.
@@ -826,7 +875,10 @@ mod tests {
         assert!(batch(&System, 64, 2, d).ops >= BATCH as u64);
         let s = remote_free(&System, 64, 1, d);
         assert!(s.ops > 0 && s.ops.is_multiple_of(RING_BATCH as u64));
-        assert!(many_threads(&System, 4, 50, 1, d).ops > 0);
+        let m = many_threads(&System, 4, 50, 1, d);
+        assert!(m.churn.ops > 0);
+        assert_eq!(m.fill.ops, 200);
+        assert!(m.fill.elapsed > Duration::ZERO);
         assert!(larson(&System, 3, 50, 1, d).ops > 0);
         assert!(objects_box(make64, d).ops > 0);
     }

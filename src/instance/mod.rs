@@ -12,7 +12,8 @@
 //! handlers that keep the global instance usable in a child).
 
 mod builder;
-#[cfg(not(loom))]
+// The fork handlers use `KmemShared::fork_*`, which do not exist under loom or Miri.
+#[cfg(not(any(loom, miri)))]
 mod fork;
 mod shared;
 
