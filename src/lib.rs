@@ -44,15 +44,12 @@
 mod cache;
 mod config;
 pub mod cpu;
-mod cpu_slab;
 mod error;
 mod instance;
 #[cfg(not(loom))]
 mod kmalloc;
-mod node;
 mod os;
 mod page;
-mod slab;
 mod slub;
 mod stats;
 mod sync;

@@ -103,7 +103,7 @@ pub fn check_lists(cache: &KmemCache) -> Result<(), String> {
         let n = c.node(nid);
         let g = n.list_lock.lock();
         let mut len = 0;
-        let mut slab = crate::node::KmemCacheNode::first(&g);
+        let mut slab = crate::slub::node::KmemCacheNode::first(&g);
         while !slab.is_null() {
             // SAFETY: on the list `g` protects.
             let s = unsafe { &*slab };
@@ -122,7 +122,7 @@ pub fn check_lists(cache: &KmemCache) -> Result<(), String> {
                 return Err(format!("node {nid}: the partial list is cyclic"));
             }
             // SAFETY: as above.
-            slab = unsafe { crate::node::KmemCacheNode::next_of(&g, slab) };
+            slab = unsafe { crate::slub::node::KmemCacheNode::next_of(&g, slab) };
         }
         let nr = n.nr_partial.load(Ordering::Relaxed);
         if nr != len {

@@ -21,11 +21,12 @@ pub use builder::KmemBuilder;
 use shared::destroy_shared;
 pub(crate) use shared::{KmemShared, Registry};
 
-use crate::cache::{CacheInner, KmemCache};
+use crate::cache::KmemCache;
 use crate::config::CacheConfig;
-use crate::cpu_slab::TidStep;
 use crate::error::KmemError;
 use crate::page::{FaultInjection, PageAllocator, PageBudget, PageStats, CHUNK_SIZE, PAGE_SIZE};
+use crate::slub::cpu_slab::TidStep;
+use crate::slub::CacheInner;
 use crate::stats::SlabInfo;
 use crate::sync::{AtomicBool, AtomicUsize, Cell, OnceSlot, Ordering, SpinLock};
 use crate::{cpu, os};

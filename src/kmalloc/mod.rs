@@ -83,10 +83,10 @@ pub use reentry::kmalloc_reentrancy_guard;
 #[cfg(feature = "debug-reentrancy")]
 pub use reentry::kmalloc_reentrancy_simulate_enter;
 
-use crate::cache::CacheInner;
 use crate::config::CacheConfig;
 use crate::instance::Kmem;
 use crate::page::{MAX_ORDER, PAGE_SIZE};
+use crate::slub::CacheInner;
 use crate::sync::global::{AtomicPtr, Ordering};
 use crate::sync::OnceSlot;
 use core::alloc::Layout;

@@ -130,7 +130,7 @@ impl core::fmt::Debug for PageInfo {
 pub(crate) struct Page {
     // ---- struct slab (head page of a slab) ----
     /// `{freelist, counters}`: the slab's own freelist (objects freed while the slab is not the
-    /// CPU slab, or remotely) and its packed [`Counters`](crate::slab::Counters).
+    /// CPU slab, or remotely) and its packed [`Counters`](crate::slub::slab::Counters).
     pub(crate) freelist_counters: DWord,
     /// The owning cache (`*const CacheInner`), set before the slab is published; read without a
     /// lock by the free paths for the O(1) owner check.

@@ -6,7 +6,7 @@
 use crate::config::{CacheConfig, CacheFlags, CACHE_LINE_SIZE, DEFAULT_MAX_ORDER};
 use crate::error::KmemError;
 use crate::page::{MAX_ORDER, PAGE_SIZE};
-use crate::slab::MAX_OBJS_PER_SLAB;
+use crate::slub::slab::MAX_OBJS_PER_SLAB;
 
 const MIN_PARTIAL: usize = 5;
 const MAX_PARTIAL: usize = 10;
@@ -350,8 +350,9 @@ mod tests {
                                     assert_eq!(o, (PAGE_SIZE << oo.order) / g.size, "{}", what());
                                     assert!(oo.order <= MAX_ORDER, "{}", what());
                                     // What the slab counters will hold round-trips.
-                                    let c =
-                                        crate::slab::Counters::new(oo.objects, oo.objects, true);
+                                    let c = crate::slub::slab::Counters::new(
+                                        oo.objects, oo.objects, true,
+                                    );
                                     assert_eq!(
                                         (c.objects(), c.inuse()),
                                         (oo.objects, oo.objects),

@@ -130,6 +130,59 @@ impl KmemCacheCpu {
         let _ = out;
     }
 
+    // -----------------------------------------------------------------------------------------
+    // The fast paths' view of the slot: every load and commit the lockless paths make, so that
+    // the policy code in `alloc.rs`/`free.rs` only calls these (and a different commit mechanism
+    // replaces them here, in one place).
+    // -----------------------------------------------------------------------------------------
+
+    /// The alloc fast path's read: `(freelist head, tid)`, the tid first (see
+    /// `DWord::load_tag_then_word`). The pair may be torn; only [`KmemCacheCpu::try_pop`] may
+    /// consume it, whose CAS then fails.
+    #[inline(always)]
+    pub(crate) fn load_freelist(&self) -> (usize, u64) {
+        self.freelist_tid.load_tag_then_word()
+    }
+
+    /// The free fast path's read: `(freelist, tid, slab)`, in that order. A slab change after
+    /// the first load advances the tid (so [`KmemCacheCpu::try_push`] fails); one before it is
+    /// seen in `slab`.
+    #[inline(always)]
+    pub(crate) fn load_for_free(&self) -> (usize, u64, *mut Page) {
+        if cfg!(kmem_mutant = "free_reads_slab_before_tid") {
+            return self.load_for_free_mutant();
+        }
+        let (freelist, tid) = self.freelist_tid.load_tag_then_word();
+        (freelist, tid, self.slab.load(Ordering::Acquire))
+    }
+
+    /// Planted bug (loom-tests): reads the slab before the tid, so a refill between the two
+    /// loads goes unnoticed.
+    #[cold]
+    fn load_for_free_mutant(&self) -> (usize, u64, *mut Page) {
+        let slab = self.slab.load(Ordering::Acquire);
+        let (freelist, tid) = self.freelist_tid.load();
+        (freelist, tid, slab)
+    }
+
+    /// The alloc fast path's commit: `{object, tid}` → `{next, next_tid(tid)}` in one CAS.
+    /// False if anything changed the slot since `(object, tid)` was read.
+    #[inline(always)]
+    pub(crate) fn try_pop(&self, object: usize, tid: u64, next: usize, step: TidStep) -> bool {
+        self.freelist_tid
+            .compare_exchange((object, tid), (next, step.next_tid(tid)))
+            .is_ok()
+    }
+
+    /// The free fast path's commit: `{freelist, tid}` → `{head, next_tid(tid)}` in one CAS
+    /// (the caller linked its list's tail to `freelist`). False if the slot changed.
+    #[inline(always)]
+    pub(crate) fn try_push(&self, freelist: usize, tid: u64, head: usize, step: TidStep) -> bool {
+        self.freelist_tid
+            .compare_exchange((freelist, tid), (head, step.next_tid(tid)))
+            .is_ok()
+    }
+
     /// Step 1 of a slab change (caller holds `lock`): unpublish the slab, then take the whole
     /// CPU freelist with a tid bump. Returns `(slab, freelist, tid)`; the freelist's objects all
     /// belong to `slab`, and `{null, tid}` is now the slot's pair.

@@ -1,0 +1,257 @@
+//! Freeing: the fast path (`do_slab_free`), the object checks (`owning_slab`: slab, boundary,
+//! cheap double free), and `__slab_free` for objects of any other slab.
+//!
+//! (Part of `impl CacheInner`, split by protocol: see `slub/mod.rs`.)
+
+use super::cpu_slab::KmemCacheCpu;
+use super::node::ListEnd;
+use super::slab::set_freepointer;
+use super::CacheInner;
+use crate::page::{Page, PageKind};
+use crate::stats::StatItem::*;
+use crate::sync::{retry_hint, Ordering};
+
+impl CacheInner {
+    /// `do_slab_free`: returns the detached list `head..=tail` of `cnt` objects, all of `slab`.
+    ///
+    /// # Safety
+    /// The objects are allocated objects of `slab` (a live slab of this cache), linked
+    /// `head -> ... -> tail` through their free pointers, and owned by the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn do_slab_free(&self, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
+        loop {
+            let c = self.this_cpu();
+            // `{freelist, tid}` first, then `slab` (see `load_for_free`).
+            let (freelist, tid, cur_slab) = c.load_for_free();
+            if cur_slab != slab {
+                c.stat_add(FreeSlowpath, cnt as u64);
+                // SAFETY: forwarded contract.
+                unsafe { self.slab_free_slow(c, slab, head, tail, cnt) };
+                return;
+            }
+            if tail == freelist {
+                // `CONFIG_SLAB_FREELIST_HARDENED`'s check in `set_freepointer`: an object the
+                // caller owns is on no freelist, so one at the head of ours was freed before.
+                // (The load cannot be older than the caller's allocation of `tail`.)
+                self.double_free(tail, "it is already the first free object of its CPU slab");
+            }
+            // Linking it is published by the CAS below.
+            // SAFETY: `tail` is owned by the caller (contract).
+            unsafe { set_freepointer(tail, self.offset, freelist) };
+            if c.try_push(freelist, tid, head, self.tid_step) {
+                c.stat_add(FreeFastpath, cnt as u64);
+                return;
+            }
+            c.stat(CmpxchgDoubleCpuFail);
+            retry_hint();
+        }
+    }
+
+    /// The slab that owns `obj`, after the O(1) checks that every free performs: the page is
+    /// a slab of this cache (`virt_to_slab` + the `slab->slab_cache` check) and `obj` is the
+    /// start of one of its objects (`check_valid_pointer`: `(obj - base) % size == 0` and
+    /// inside the slab's objects), computed with a multiply and a rotate, not a division.
+    #[inline(always)]
+    pub(crate) fn owning_slab(&self, obj: *mut u8) -> *mut Page {
+        let Some(page) = crate::page::virt_to_page(obj) else {
+            self.bad_free(obj, None)
+        };
+        let info = page.info();
+        let owner = page.cache.load(Ordering::Acquire);
+        if info.kind() != PageKind::Slab || !core::ptr::eq(owner as *const CacheInner, self) {
+            self.bad_free(obj, Some(page))
+        }
+        // A slab is one buddy block, aligned to its own size (chunks are aligned to the largest
+        // block), so the offset of `obj` in it is its low bits.
+        let slab_bytes = crate::page::PAGE_SIZE << info.order();
+        let off = obj as usize & (slab_bytes - 1);
+        // `off` is a multiple of the size (the multiply-rotate test) and the object it starts
+        // ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
+        if !self.size_div.is_index(self.size_div.index(off)) || off + self.geo.size > slab_bytes {
+            self.bad_object(obj, off, slab_bytes)
+        }
+        page as *const Page as *mut Page
+    }
+
+    /// Aborts on a free of a pointer inside one of this cache's slabs that is not the start of
+    /// an object.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn bad_object(&self, obj: *mut u8, off: usize, slab_bytes: usize) -> ! {
+        let addr = crate::os::Num::hex(obj as u64);
+        let base = crate::os::Num::hex(obj as u64 - off as u64);
+        let size = crate::os::Num::dec(self.geo.size as u64);
+        let what = if off + self.geo.size > slab_bytes {
+            "\": free of a pointer past the last object "
+        } else {
+            "\": free of an interior pointer "
+        };
+        crate::abort_msg(&[
+            "kmem: cache \"",
+            self.name(),
+            what,
+            addr.as_str(),
+            " (object size ",
+            size.as_str(),
+            ", slab base ",
+            base.as_str(),
+            ")",
+        ])
+    }
+
+    /// Aborts on a detected double free of `obj`.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn double_free(&self, obj: usize, why: &str) -> ! {
+        let addr = crate::os::Num::hex(obj as u64);
+        crate::abort_msg(&[
+            "kmem: cache \"",
+            self.name(),
+            "\": double free of ",
+            addr.as_str(),
+            " (",
+            why,
+            ")",
+        ])
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn bad_free(&self, obj: *mut u8, page: Option<&Page>) -> ! {
+        let hex = crate::os::Num::hex(obj as u64);
+        let addr = hex.as_str();
+        let Some(page) = page else {
+            crate::abort_msg(&[
+                "kmem: free of ",
+                addr,
+                " to cache \"",
+                self.name(),
+                "\": the pointer is not in any kmem memory",
+            ]);
+        };
+        let owner = page.cache.load(Ordering::Acquire) as *const CacheInner;
+        match page.info().kind() {
+            PageKind::Slab if !owner.is_null() => {
+                // Caches with slabs are never unmapped.
+                // SAFETY: a slab's owner pointer names a live cache.
+                let other = unsafe { (*owner).name() };
+                crate::abort_msg(&[
+                    "kmem: object ",
+                    addr,
+                    " freed to cache \"",
+                    self.name(),
+                    "\" belongs to cache \"",
+                    other,
+                    "\"",
+                ])
+            }
+            PageKind::Free => crate::abort_msg(&[
+                "kmem: free of ",
+                addr,
+                " to cache \"",
+                self.name(),
+                "\": the page is free (double free or use after free)",
+            ]),
+            _ => crate::abort_msg(&[
+                "kmem: free of ",
+                addr,
+                " to cache \"",
+                self.name(),
+                "\": the pointer is not inside a slab of any cache",
+            ]),
+        }
+    }
+
+    /// `__slab_free`: returns objects to a slab that is not this slot's CPU slab.
+    ///
+    /// # Safety
+    /// As [`CacheInner::do_slab_free`].
+    #[cold]
+    pub(crate) unsafe fn slab_free_slow(
+        &self,
+        c: &KmemCacheCpu,
+        slab: *mut Page,
+        head: usize,
+        tail: usize,
+        cnt: u32,
+    ) {
+        // SAFETY: a live slab of this cache (contract).
+        let s = unsafe { &*slab };
+        let n = self.node(s.node());
+        let mut guard;
+        let (prior, was_frozen, new) = loop {
+            guard = None;
+            let (prior, old) = s.slab_state();
+            if tail == prior {
+                // As in `do_slab_free`: an object the caller owns is on no freelist.
+                self.double_free(tail, "it is already the first free object of its slab");
+            }
+            let Some(inuse) = old.inuse().checked_sub(cnt) else {
+                // More objects freed than the slab has out: one of them was freed before.
+                self.double_free(
+                    tail,
+                    "its slab has fewer objects in use than are being freed",
+                );
+            };
+            // SAFETY: `tail` is ours (contract); published by the CAS.
+            unsafe { set_freepointer(tail, self.offset, prior) };
+            let mut new = old.with_inuse(inuse);
+            let was_frozen = old.frozen();
+            if (new.inuse() == 0 || prior == 0) && !was_frozen {
+                if self.has_cpu_partial() && prior == 0 {
+                    // A full slab gets a free object: freeze it for our CPU partial list.
+                    if !cfg!(kmem_mutant = "full_slab_not_frozen") {
+                        new = new.with_frozen(true);
+                    }
+                } else if !cfg!(kmem_mutant = "slab_free_without_list_lock") {
+                    // Its list membership may change: decide under list_lock.
+                    guard = Some(n.list_lock.lock());
+                }
+            }
+            if s.slab_cas((prior, old), (head, new)) {
+                break (prior, was_frozen, new);
+            }
+            c.stat(CmpxchgDoubleFail);
+            retry_hint();
+        };
+
+        let mut g = match guard {
+            Some(g) => g,
+            None if cfg!(kmem_mutant = "slab_free_without_list_lock")
+                && !was_frozen
+                && !new.frozen()
+                && (new.inuse() == 0 || (prior == 0 && !self.has_cpu_partial())) =>
+            {
+                // Planted bug: the list decision is made after the CAS, racing get_partial_node.
+                n.list_lock.lock()
+            }
+            None => {
+                if was_frozen {
+                    c.stat(FreeFrozen);
+                } else if new.frozen() {
+                    self.put_cpu_partial(slab);
+                    c.stat(CpuPartialFree);
+                }
+                return;
+            }
+        };
+        if new.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
+            // slab_empty
+            if prior != 0 {
+                // SAFETY: unfrozen with free objects before this free: on this node's list.
+                unsafe { n.remove_partial(&mut g, slab) };
+                c.stat(FreeRemovePartial);
+            }
+            drop(g);
+            c.stat(FreeSlab);
+            self.discard_slab(slab);
+            return;
+        }
+        if !self.has_cpu_partial() && prior == 0 {
+            // Was full (on no list); now partial.
+            // SAFETY: on no list; lock held.
+            unsafe { n.add_partial(&mut g, slab, ListEnd::Tail) };
+            c.stat(FreeAddPartial);
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! SLUB: the data model of a cache and the protocols that move objects between CPU freelists,
+//! slabs, partial lists and the page allocator. Names follow `mm/slub.c`.
+//!
+//! # Data model (this file: `struct kmem_cache`; `slub_def.h` in the kernel)
+//!
+//! ```text
+//! CacheInner (struct kmem_cache): geometry, ctor, flags, in one OS mapping followed by
+//!  ├─ cpu_slab[nr_cpus]  KmemCacheCpu (cpu_slab.rs): {freelist, tid} (16-byte CAS), slab,
+//!  │                     partial list, slot lock, stats
+//!  └─ node[nr_nodes]     KmemCacheNode (node.rs): list_lock, partial list, totals
+//! Page (struct page / struct slab, slab.rs; 64 B, out of band): {freelist, counters}, cache,
+//!  list links, info
+//! ```
+//!
+//! # Files
+//!
+//! | file | what | kernel |
+//! |---|---|---|
+//! | `mod.rs` | `CacheInner`, its creation and accessors; lock order; slab states | `slub_def.h` |
+//! | `geometry.rs` | sizes, order, objects per slab, limits | `calculate_sizes`, `calc_slab_order` |
+//! | `slab.rs` | `struct slab` counters, free pointer, exact division | `struct slab` |
+//! | `cpu_slab.rs` | a CPU slot and its tid rule; the fast paths' loads and commits | `struct kmem_cache_cpu` |
+//! | `node.rs` | the node partial list | `struct kmem_cache_node` |
+//! | `alloc.rs` | fast path and `___slab_alloc` | `slab_alloc_node`, `___slab_alloc`, `new_slab` |
+//! | `free.rs` | fast path, object checks, `__slab_free` | `do_slab_free`, `__slab_free` |
+//! | `partial.rs` | CPU partial lists, deactivation | `put_cpu_partial`, `deactivate_slab` |
+//! | `bulk.rs` | bulk alloc/free | `kmem_cache_alloc_bulk`, `kmem_cache_free_bulk` |
+//! | `teardown.rs` | flush, shrink, destroy, slabinfo | `flush_all`, `__kmem_cache_shrink` |
+//!
+//! `impl CacheInner` is split across `alloc.rs`, `free.rs`, `partial.rs`, `bulk.rs` and
+//! `teardown.rs` by protocol, so that each file reads as one part of `mm/slub.c`; the struct and
+//! the accessors every protocol uses are here.
+//!
+//! # Lock order
+//!
+//! ```text
+//!   allocator registry lock          (cache create/destroy, slabinfo)
+//!     -> CPU slot lock               (kmem_cache_cpu: slow paths of that slot)
+//!       -> node list_lock            (kmem_cache_node: the partial list)
+//!         -> page allocator lock     (one per node; never calls out)
+//! ```
+//! The fast paths take no lock. The slot lock is dropped across `new_slab` (pages, page faults,
+//! the constructor): see `CacheInner::new_slab_unlocked` (`alloc.rs`). No path allocates through the
+//! global allocator while holding any of these locks.
+//!
+//! # The fast paths (`CacheInner::slab_alloc`, `CacheInner::do_slab_free`)
+//!
+//! Allocation reads the slot's `{freelist, tid}` in one 16-byte load, reads the first object's
+//! free pointer (speculatively: the object may meanwhile be handed to someone else, whose writes
+//! race with this read exactly like a seqlock reader's), and swings `{object, tid}` to
+//! `{next, next_tid}` with one CAS. Any change to the slot since the load advanced the tid, so a
+//! stale `next` can never be installed. Free links the object in front of the freelist with the
+//! same CAS, but only if the object's slab is the slot's current slab; otherwise it goes to
+//! `CacheInner::slab_free_slow`.
+//!
+//! # Slab states
+//!
+//! ```text
+//!            new_slab                     get_freelist finds it empty
+//!   (pages) ---------> CPU slab (frozen) ------------------------------> full, no list
+//!                        ^    |  deactivate_slab                            |
+//!     get_partial_node   |    v                      free into full slab    |
+//!   node partial list <--+-- unfrozen ---------------------------------------+
+//!     (unfrozen)     \                     (has_cpu_partial: freeze it ----> CPU partial list
+//!                     \                                                       (frozen))
+//!                      `--> discard_slab when empty and the node keeps min_partial already
+//! ```
+//! Each arrow that changes list membership is taken by a `{freelist, counters}` CAS on the slab
+//! with the node's `list_lock` held *before* the CAS whenever the outcome puts the slab on or
+//! takes it off a node list (see `node.rs` for the invariant).
+
+pub(crate) mod cpu_slab;
+pub(crate) mod geometry;
+pub(crate) mod node;
+pub(crate) mod slab;
+
+mod alloc;
+mod bulk;
+mod free;
+mod partial;
+mod teardown;
+
+use crate::config::{CacheConfig, CacheFlags};
+use crate::error::KmemError;
+use crate::instance::KmemShared;
+use crate::page::{Page, PAGE_SIZE};
+use crate::stats::{CacheStats, NR_STAT_ITEMS};
+use crate::sync::Cell;
+use crate::{os, MAX_CACHE_NAME};
+use core::ptr::{self, NonNull};
+use cpu_slab::{KmemCacheCpu, TidStep};
+use geometry::Geometry;
+use node::KmemCacheNode;
+use slab::ExactDiv;
+
+/// A frozen slab and the whole freelist taken from it, both owned by the caller: what
+/// `get_partial`, `new_slab` and `refill` hand to a CPU slot (the kernel passes the same pair
+/// around `___slab_alloc` as `slab` and `freelist`).
+#[derive(Clone, Copy)]
+pub(crate) struct FrozenSlab {
+    /// The slab (frozen by the caller).
+    pub(crate) slab: *mut Page,
+    /// Its free objects, linked through their free pointers; 0 when it has none.
+    pub(crate) freelist: usize,
+}
+
+/// What [`CacheInner::new_slab_unlocked`] returns: slot `cpu`, locked (`guard`) and detached
+/// with `tid`, and a new frozen `slab` whose whole `freelist` the caller owns.
+struct NewSlab<'a> {
+    cpu: &'a KmemCacheCpu,
+    guard: crate::sync::SpinGuard<'a, ()>,
+    pub(crate) slab: *mut Page,
+    freelist: usize,
+    tid: u64,
+}
+
+/// The shared state of one cache (`struct kmem_cache`). Lives in its own OS mapping, followed
+/// by its CPU slots and its nodes.
+#[repr(C)]
+pub(crate) struct CacheInner {
+    // ---- read by every fast path ----
+    /// `nr_cpus` slots, each on its own cache lines.
+    pub(crate) cpu_slab: *const KmemCacheCpu,
+    pub(crate) nr_cpus: usize,
+    /// Offset of the free pointer inside an object.
+    pub(crate) offset: usize,
+    pub(crate) tid_step: TidStep,
+    /// Exact division by `geo.size` for the free path's object-boundary check.
+    pub(crate) size_div: ExactDiv,
+    // ---- slow paths ----
+    pub(crate) geo: Geometry,
+    pub(crate) flags: CacheFlags,
+    pub(crate) ctor: Option<fn(NonNull<u8>)>,
+    pub(crate) node: *const KmemCacheNode,
+    pub(crate) nr_nodes: usize,
+    pub(crate) kmem: *const KmemShared,
+    /// Registry links (under the allocator's registry lock).
+    pub(crate) reg_prev: Cell<*const CacheInner>,
+    pub(crate) reg_next: Cell<*const CacheInner>,
+    name_len: usize,
+    name_buf: [u8; MAX_CACHE_NAME],
+    map_size: usize,
+}
+
+// SAFETY: all shared mutable state inside is reached through atomics, `Cell`s under locks, or the
+// CPU slots' and nodes' own synchronisation; the raw pointers name memory that lives as long as
+// the cache.
+unsafe impl Send for CacheInner {}
+// SAFETY: as above.
+unsafe impl Sync for CacheInner {}
+
+impl CacheInner {
+    /// Creates a cache in its own mapping and returns it, unregistered.
+    pub(crate) fn create(
+        kmem: &KmemShared,
+        name: &str,
+        object_size: usize,
+        cfg: &CacheConfig,
+    ) -> Result<NonNull<CacheInner>, KmemError> {
+        if name.is_empty() {
+            return Err(KmemError::InvalidName {
+                name: String::new(),
+                reason: "must not be empty",
+            });
+        }
+        if name.len() > MAX_CACHE_NAME {
+            return Err(KmemError::InvalidName {
+                name: name.chars().take(MAX_CACHE_NAME).collect(),
+                reason: "longer than 64 bytes",
+            });
+        }
+        let nr_cpus = kmem.nr_cpus;
+        let nr_nodes = kmem.nr_nodes;
+        let geo = Geometry::compute(name, object_size, cfg, nr_cpus)?;
+
+        let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
+        let node_off = cpu_off + nr_cpus * core::mem::size_of::<KmemCacheCpu>();
+        let node_off = node_off.next_multiple_of(128);
+        let map_size = (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>())
+            .next_multiple_of(PAGE_SIZE);
+        let base = os::map(map_size, PAGE_SIZE)
+            .ok_or(KmemError::OutOfMemory {
+                what: "cache metadata",
+                bytes: map_size,
+            })?
+            .as_ptr();
+        let tid_step = kmem.tid_step;
+        // `base` is a fresh, page-aligned, zeroed mapping of `map_size` bytes; every write below
+        // lands inside it at an offset aligned for its type (128-byte multiples for the
+        // 64-byte-aligned slot and node types).
+        // SAFETY: each write below stays inside the fresh `base` mapping, aligned for its type.
+        unsafe {
+            let cpus = base.add(cpu_off) as *mut KmemCacheCpu;
+            for i in 0..nr_cpus {
+                ptr::write(cpus.add(i), KmemCacheCpu::new(tid_step.init_tid(i)));
+            }
+            let nodes = base.add(node_off) as *mut KmemCacheNode;
+            for i in 0..nr_nodes {
+                ptr::write(nodes.add(i), KmemCacheNode::new());
+            }
+            let mut name_buf = [0u8; MAX_CACHE_NAME];
+            name_buf[..name.len()].copy_from_slice(name.as_bytes());
+            let inner = base as *mut CacheInner;
+            ptr::write(
+                inner,
+                CacheInner {
+                    cpu_slab: cpus,
+                    nr_cpus,
+                    offset: geo.offset,
+                    tid_step,
+                    size_div: ExactDiv::new(geo.size),
+                    geo,
+                    flags: cfg.flags,
+                    ctor: cfg.ctor,
+                    node: nodes,
+                    nr_nodes,
+                    kmem,
+                    reg_prev: Cell::new(ptr::null()),
+                    reg_next: Cell::new(ptr::null()),
+                    name_len: name.len(),
+                    name_buf,
+                    map_size,
+                },
+            );
+            Ok(NonNull::new_unchecked(inner))
+        }
+    }
+
+    /// Unmaps the cache's metadata.
+    ///
+    /// # Safety
+    /// No slab of this cache exists any more and no one will touch the cache again.
+    pub(crate) unsafe fn unmap(this: NonNull<CacheInner>) {
+        // Drop the slots and nodes (loom objects need it) before the mapping goes.
+        // SAFETY: the caller guarantees exclusivity (no slab left, no further use of the cache).
+        unsafe {
+            let inner = this.as_ref();
+            let size = inner.map_size;
+            for i in 0..inner.nr_cpus {
+                ptr::drop_in_place(inner.cpu_slab.add(i) as *mut KmemCacheCpu);
+            }
+            for i in 0..inner.nr_nodes {
+                ptr::drop_in_place(inner.node.add(i) as *mut KmemCacheNode);
+            }
+            ptr::drop_in_place(this.as_ptr());
+            os::unmap(this.cast(), size, PAGE_SIZE);
+        }
+    }
+
+    /// The cache's name.
+    pub(crate) fn name(&self) -> &str {
+        // SAFETY: copied from a `&str` of exactly `name_len` bytes at creation.
+        unsafe { core::str::from_utf8_unchecked(&self.name_buf[..self.name_len]) }
+    }
+
+    /// The allocator this cache belongs to.
+    #[inline(always)]
+    pub(crate) fn kmem(&self) -> &KmemShared {
+        // SAFETY: the allocator outlives its caches (every handle holds a reference).
+        unsafe { &*self.kmem }
+    }
+
+    /// Slot `i`.
+    #[inline(always)]
+    pub(crate) fn cpu(&self, i: usize) -> &KmemCacheCpu {
+        // Cannot fire: every caller passes `this_cpu`'s in-range slot or loops over `nr_cpus`.
+        debug_assert!(i < self.nr_cpus);
+        // SAFETY: `i < nr_cpus`; the slot array lives as long as the cache.
+        unsafe { &*self.cpu_slab.add(i) }
+    }
+
+    /// The slot of the CPU this thread runs on (or last ran on: a stale answer only costs
+    /// speed, see `cpu_slab.rs`).
+    #[inline(always)]
+    pub(crate) fn this_cpu(&self) -> &KmemCacheCpu {
+        let cpu = crate::cpu::current_cpu();
+        let n = self.nr_cpus;
+        // `n >= 1` (the builder refuses 0 slots): no division by zero, and `slot < n`.
+        let slot = if cpu < n { cpu } else { cpu % n };
+        self.cpu(slot)
+    }
+
+    /// The index of slot `c`.
+    pub(crate) fn slot_index(&self, c: &KmemCacheCpu) -> usize {
+        // SAFETY: `c` is one of this cache's slots, so both pointers are in the same array.
+        unsafe { (c as *const KmemCacheCpu).offset_from(self.cpu_slab) as usize }
+    }
+
+    /// Node `n`.
+    #[inline]
+    pub(crate) fn node(&self, n: usize) -> &KmemCacheNode {
+        // Cannot fire: `n` is a loop index below `nr_nodes`, a node checked against it, or the
+        // node of one of this cache's slabs, which `init_slab` set from such an index.
+        debug_assert!(n < self.nr_nodes);
+        // SAFETY: `n < nr_nodes`; the node array lives as long as the cache.
+        unsafe { &*self.node.add(n) }
+    }
+
+    /// Whether per-CPU partial lists are in use.
+    #[inline]
+    pub(crate) fn has_cpu_partial(&self) -> bool {
+        self.geo.cpu_partial_slabs > 0
+    }
+
+    /// Sums every slot's counters.
+    pub(crate) fn stats(&self) -> CacheStats {
+        let mut sum = [0u64; NR_STAT_ITEMS];
+        for i in 0..self.nr_cpus {
+            self.cpu(i).add_stats(&mut sum);
+        }
+        CacheStats::from_array(&sum)
+    }
+}

@@ -1,0 +1,244 @@
+//! Flushing CPU slots, shrinking, destroying a cache, and `slabinfo`.
+//!
+//! (Part of `impl CacheInner`, split by protocol: see `slub/mod.rs`.)
+
+use super::cpu_slab::KmemCacheCpu;
+use super::node::KmemCacheNode;
+use super::slab::get_freepointer;
+use super::CacheInner;
+use crate::page::Page;
+use crate::stats::{SlabInfo, StatItem::*};
+use crate::sync::Ordering;
+use core::ptr::{self, NonNull};
+
+impl CacheInner {
+    /// `flush_slab` + `unfreeze_partials` for slot `c` (caller holds `c.lock`).
+    pub(crate) fn flush_cpu_locked(&self, c: &KmemCacheCpu) {
+        let (slab, freelist, tid) = c.detach(self.tid_step);
+        if !slab.is_null() {
+            self.deactivate_slab(c, slab, freelist);
+            c.stat(CpuslabFlush);
+        }
+        c.attach(self.tid_step, ptr::null_mut(), 0, tid);
+        // SAFETY: the partial list is ours under `c.lock`.
+        let partial = unsafe { c.partial.get() };
+        if !partial.is_null() {
+            // SAFETY: as above.
+            unsafe { c.partial.set(ptr::null_mut()) };
+            self.unfreeze_partials(c, partial);
+        }
+    }
+
+    /// `flush_all`: flushes every slot.
+    pub(crate) fn flush_all(&self) {
+        for i in 0..self.nr_cpus {
+            let c = self.cpu(i);
+            let _g = c.lock.lock();
+            self.flush_cpu_locked(c);
+        }
+    }
+
+    /// Frees every empty slab on node `nid`'s partial list; returns how many.
+    pub(crate) fn discard_empty_partials(&self, nid: usize) -> usize {
+        let n = self.node(nid);
+        let mut discard: *mut Page = ptr::null_mut();
+        let mut count = 0;
+        {
+            let mut g = n.list_lock.lock();
+            let mut slab = KmemCacheNode::first(&g);
+            while !slab.is_null() {
+                // SAFETY: on the list `g` protects.
+                let next = unsafe { KmemCacheNode::next_of(&g, slab) };
+                // With list_lock held and no object of it allocated, nobody can change it: no frees
+                // (nothing is out), no allocation (only via this list).
+                // SAFETY: `slab` is a live unfrozen slab on our list.
+                let s = unsafe { &*slab };
+                if s.slab_state().1.inuse() == 0 {
+                    // SAFETY: on this list, lock held; then ours.
+                    unsafe {
+                        n.remove_partial(&mut g, slab);
+                        s.next.set(discard);
+                    }
+                    discard = slab;
+                    count += 1;
+                }
+                slab = next;
+            }
+        }
+        while !discard.is_null() {
+            // SAFETY: chained above.
+            let next = unsafe { (*discard).next.get() };
+            self.discard_slab(discard);
+            discard = next;
+        }
+        count
+    }
+
+    /// `kmem_cache_shrink`.
+    pub(crate) fn shrink(&self) {
+        self.flush_all();
+        for nid in 0..self.nr_nodes {
+            self.discard_empty_partials(nid);
+        }
+        for nid in 0..self.nr_nodes {
+            self.kmem().node_pages(nid).release_free();
+        }
+    }
+
+    /// `kmem_cache_destroy` (the cache is already unregistered).
+    ///
+    /// # Safety
+    /// `this` is a cache no one else will use again.
+    pub(crate) unsafe fn destroy(this: NonNull<CacheInner>) {
+        // SAFETY: exclusive per the contract until we unmap it below.
+        let s = unsafe { this.as_ref() };
+        s.flush_all();
+        for nid in 0..s.nr_nodes {
+            s.discard_empty_partials(nid);
+        }
+        let slabs: usize = (0..s.nr_nodes)
+            .map(|n| s.node(n).nr_slabs.load(Ordering::Relaxed))
+            .sum();
+        if slabs == 0 {
+            // SAFETY: no slab refers to the cache any more.
+            unsafe { CacheInner::unmap(this) };
+            return;
+        }
+        let info = s.slabinfo();
+        let (a, b) = (
+            crate::os::Num::dec(info.active_objs as u64),
+            crate::os::Num::dec(info.num_slabs as u64),
+        );
+        crate::os::write_stderr(&[
+            "kmem: cache \"",
+            s.name(),
+            "\" destroyed with ",
+            a.as_str(),
+            " object(s) still allocated in ",
+            b.as_str(),
+            " slab(s); those slabs are leaked, not freed under their users",
+        ]);
+        s.kmem().mark_leaked();
+    }
+
+    /// The exact slabinfo row (see [`SlabInfo`]).
+    pub(crate) fn slabinfo(&self) -> SlabInfo {
+        self.slabinfo_raw().to_info()
+    }
+
+    /// The slabinfo figures, with the name copied inline: computing it allocates nothing, so
+    /// it may run under the registry lock.
+    pub(crate) fn slabinfo_raw(&self) -> SlabInfoRaw {
+        let free_of = |slab: *mut Page| -> usize {
+            // SAFETY: a live slab (the caller holds the lock that keeps it where it is).
+            let (_, c) = unsafe { (*slab).slab_state() };
+            (c.objects() - c.inuse()) as usize
+        };
+        let (mut free, mut empty, mut cpu_partial, mut node_partial) =
+            (0usize, 0usize, 0usize, 0usize);
+        for i in 0..self.nr_cpus {
+            let c = self.cpu(i);
+            let _g = c.lock.lock();
+            let (slab, freelist, tid) = c.detach(self.tid_step);
+            let mut p = freelist;
+            let mut on_cpu = 0;
+            while p != 0 {
+                on_cpu += 1;
+                // SAFETY: a detached freelist we own until we attach it again.
+                p = unsafe { get_freepointer(p, self.offset) };
+            }
+            if !slab.is_null() {
+                let f = free_of(slab) + on_cpu;
+                // SAFETY: the slot's live slab.
+                if f == unsafe { (*slab).slab_state().1.objects() } as usize {
+                    empty += 1;
+                }
+                free += f;
+            }
+            c.attach(self.tid_step, slab, freelist, tid);
+            // SAFETY: the partial list is ours under `c.lock`.
+            let mut p = unsafe { c.partial.get() };
+            while !p.is_null() {
+                let f = free_of(p);
+                // SAFETY: on our list.
+                let objects = unsafe { (*p).slab_state().1.objects() } as usize;
+                if f == objects {
+                    empty += 1;
+                }
+                free += f;
+                cpu_partial += 1;
+                // SAFETY: on our list.
+                p = unsafe { (*p).next.get() };
+            }
+        }
+        let (mut num_slabs, mut num_objs) = (0, 0);
+        for nid in 0..self.nr_nodes {
+            let n = self.node(nid);
+            let g = n.list_lock.lock();
+            let mut slab = KmemCacheNode::first(&g);
+            while !slab.is_null() {
+                let f = free_of(slab);
+                // SAFETY: on the list `g` protects.
+                let objects = unsafe { (*slab).slab_state().1.objects() } as usize;
+                if f == objects {
+                    empty += 1;
+                }
+                free += f;
+                node_partial += 1;
+                // SAFETY: as above.
+                slab = unsafe { KmemCacheNode::next_of(&g, slab) };
+            }
+            num_slabs += n.nr_slabs.load(Ordering::Relaxed);
+            num_objs += n.total_objects.load(Ordering::Relaxed);
+        }
+        let mut name = [0u8; crate::MAX_CACHE_NAME];
+        name[..self.name().len()].copy_from_slice(self.name().as_bytes());
+        SlabInfoRaw {
+            name,
+            name_len: self.name().len(),
+            active_objs: num_objs.saturating_sub(free),
+            num_objs,
+            objsize: self.geo.size,
+            objperslab: self.geo.oo.objects as usize,
+            pagesperslab: 1 << self.geo.oo.order,
+            active_slabs: num_slabs.saturating_sub(empty),
+            num_slabs,
+            node_partial_slabs: node_partial,
+            cpu_partial_slabs: cpu_partial,
+        }
+    }
+}
+
+/// A slabinfo row before its name becomes a `String` (no allocation to build it).
+#[derive(Clone, Copy)]
+pub(crate) struct SlabInfoRaw {
+    name: [u8; crate::MAX_CACHE_NAME],
+    name_len: usize,
+    active_objs: usize,
+    num_objs: usize,
+    objsize: usize,
+    objperslab: usize,
+    pagesperslab: usize,
+    active_slabs: usize,
+    num_slabs: usize,
+    node_partial_slabs: usize,
+    cpu_partial_slabs: usize,
+}
+
+impl SlabInfoRaw {
+    /// The public row.
+    pub(crate) fn to_info(self) -> SlabInfo {
+        SlabInfo {
+            name: String::from_utf8_lossy(&self.name[..self.name_len]).into_owned(),
+            active_objs: self.active_objs,
+            num_objs: self.num_objs,
+            objsize: self.objsize,
+            objperslab: self.objperslab,
+            pagesperslab: self.pagesperslab,
+            active_slabs: self.active_slabs,
+            num_slabs: self.num_slabs,
+            node_partial_slabs: self.node_partial_slabs,
+            cpu_partial_slabs: self.cpu_partial_slabs,
+        }
+    }
+}
