@@ -171,8 +171,8 @@ pub mod kmem_backend {
         name: &str,
         make: fn(u64) -> T,
         duration: std::time::Duration,
-    ) -> Option<crate::workloads::Sample> {
-        use crate::workloads::{timed_threads, BATCH};
+    ) -> Option<crate::harness::Sample> {
+        use crate::harness::{timed_threads, BATCH};
         use std::sync::atomic::Ordering;
         let cache: kmem::Cache<T> = kmem::Cache::new(name).ok()?;
         let cache = &cache;
@@ -206,11 +206,11 @@ pub mod kmem_backend {
         fn typed_cache_and_slabinfo() {
             let s = super::objects_cache(
                 "bench-test-obj64",
-                crate::workloads::make64,
-                crate::workloads::MIN_SAMPLE,
+                crate::harness::make64,
+                crate::harness::MIN_SAMPLE,
             )
             .expect("cache created");
-            assert!(s.ops >= crate::workloads::BATCH as u64);
+            assert!(s.ops >= crate::harness::BATCH as u64);
             let c: kmem::Cache<[u64; 4]> = kmem::Cache::new("bench-test-live").unwrap();
             let b = c.alloc([1; 4]).unwrap();
             let info = super::slabinfo();

@@ -17,6 +17,7 @@
 //! `target/kmem-bench/`: `results.csv`, `results.json` and one `<workload>.svg` chart each.
 
 mod alloc;
+mod harness;
 mod report;
 mod stats;
 mod sys;
