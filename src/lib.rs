@@ -31,12 +31,13 @@
 //! Page (struct page / struct slab, 64 B, out of band): {freelist, counters}, cache, links, info
 //! ```
 //!
-//! Modules, one per concept: [`cpu`] (which slot am I on), `page` (buddy page allocator and
-//! page descriptors), `slab` (`struct slab` and its counters), `cpu_slab`
-//! (`kmem_cache_cpu`), `node` (`kmem_cache_node`), `cache` (`kmem_cache`: geometry and the
-//! public handle), `slub` (the protocols), `kmalloc` (size classes and the global allocator),
-//! `stats`, and `sync` (the only module that names atomics, cells and locks; loom under
-//! `--cfg loom`). The lock order is documented at the top of `slub.rs`.
+//! The tree, one folder per layer from the bottom up: `sync` (the only module that names
+//! atomics, cells and locks; the loom backend under `--cfg loom`), [`cpu`] (which slot am I
+//! on), `os`, `page` (the buddy page allocator and page descriptors), `slub` (a cache's data
+//! model and protocols, with the lock order on its first screen), `config` and `cache` (the
+//! public cache types), `instance` ([`Kmem`]), `kmalloc` (size classes and [`Kmalloc`]), `typed`,
+//! `stats`, `error`. The [`implementation`] module renders `docs/design.md`: the map, every
+//! protocol and its invariant.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -88,7 +88,7 @@ impl KmemShared {
         r.count -= 1;
     }
 
-    /// Fork support (the `pthread_atfork` prepare handler in `kmalloc.rs`): takes every lock of
+    /// Fork support (the `pthread_atfork` prepare handler in `instance/fork.rs`): takes every lock of
     /// this instance, in lock order, and returns with all of them held and no guard:
     /// the registry lock, then every slot lock of every cache, then every node `list_lock` of
     /// every cache, then every node's page lock. Taking a whole level before the next keeps the

@@ -151,7 +151,7 @@ impl PageAllocator {
         }
     }
 
-    /// Fork support (`kmalloc.rs`): takes this node's page lock and keeps it held with no guard,
+    /// Fork support (`instance/fork.rs`): takes this node's page lock and keeps it held with no guard,
     /// so that a `fork` cannot copy it in a locked state. Undo with [`PageAllocator::fork_unlock`].
     #[cfg(not(any(loom, miri)))]
     pub(crate) fn fork_lock(&self) {

@@ -11,7 +11,7 @@
 //!   list, so they are one CAS.
 //!
 //! Both halves change together in one 16-byte CAS, which is what lets a remote free, a freeze
-//! and a list decision agree without a lock (see `__slab_free` in `slub.rs`).
+//! and a list decision agree without a lock (see `__slab_free` in `slub/free.rs`).
 //!
 //! Free objects link through a pointer stored at `offset` inside the object (see
 //! [`get_freepointer`]).

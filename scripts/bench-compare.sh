@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Criterion `fastpath` of two revisions, side by side in one session: builds the bench of each
+# revision (a temporary git worktree per revision, "WORK" meaning the working tree as it is),
+# then runs the two binaries alternately, ROUNDS times each, and prints the median of each
+# bench's criterion medians per revision and their ratio. For "no change of behaviour" claims
+# (issue 11's layout, issue 9's flags) on a shared, noisy machine.
+#
+#   bash scripts/bench-compare.sh <rev-a> <rev-b|WORK>      # ROUNDS=3, 64 B group
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${1:?rev-a}; B=${2:?rev-b or WORK}
+ROUNDS=${ROUNDS:-3}
+FILTER=${FILTER:-'fastpath_pair_64B/(kmem_private|kmem_global|cmpxchg16b_pair)$'}
+out=$PWD/target/bench-compare
+mkdir -p "$out"
+build() { # rev label -> prints the bench executable
+    local rev=$1 label=$2 dir=$PWD
+    if [ "$rev" != WORK ]; then
+        dir=$out/tree-$label
+        git worktree remove --force "$dir" 2>/dev/null || true
+        git worktree add -q --detach "$dir" "$rev"
+    fi
+    (cd "$dir" && cargo bench -q --bench fastpath --no-run --target-dir "$out/target-$label" \
+        --message-format=json 2>/dev/null) |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    try: m=json.loads(l)
+    except Exception: continue
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="fastpath": print(m["executable"])' | tail -1
+}
+ea=$(build "$A" a); eb=$(build "$B" b)
+echo "a = $A: $ea"; echo "b = $B: $eb"
+for r in $(seq 1 "$ROUNDS"); do
+    for v in a b; do
+        bin=$ea; [ $v = b ] && bin=$eb
+        CRITERION_HOME="$out/crit-$v-$r" "$bin" --bench "$FILTER" --warm-up-time 1 \
+            --measurement-time 3 --noplot >/dev/null 2>"$out/log-$v-$r.txt"
+    done
+done
+for v in a b; do git worktree remove --force "$out/tree-$v" 2>/dev/null || true; done
+python3 - "$out" "$ROUNDS" "$A" "$B" <<'PY'
+import json, os, statistics, sys
+out, rounds, A, B = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+res = {}
+for v in ("a", "b"):
+    for r in range(1, rounds + 1):
+        root = f"{out}/crit-{v}-{r}"
+        for dirpath, _, files in os.walk(root):
+            if "estimates.json" in files and dirpath.endswith("/new"):
+                name = os.path.relpath(os.path.dirname(dirpath), root)
+                est = json.load(open(os.path.join(dirpath, "estimates.json")))
+                res.setdefault(name, {}).setdefault(v, []).append(est["median"]["point_estimate"])
+print(f"| bench | {A} (ns) | {B} (ns) | ratio b/a |")
+print("|---|---:|---:|---:|")
+for name in sorted(res):
+    a = statistics.median(res[name]["a"]); b = statistics.median(res[name]["b"])
+    print(f"| `{name}` | {a:.2f} | {b:.2f} | {b / a:.3f} |")
+PY
