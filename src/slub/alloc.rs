@@ -377,6 +377,14 @@ impl CacheInner {
         let p = unsafe { page.as_ref() };
         let base = crate::page::page_address(p) as usize;
         let size = self.geo.size;
+        // The constructor is the user's code: if it panics, the block goes back to the page
+        // allocator as the unwind passes (nothing else has seen it yet), so a caught panic
+        // loses nothing.
+        let give_back = GiveBackOnUnwind {
+            pages: self.kmem().node_pages(nid),
+            page,
+            order,
+        };
         for i in 0..objects as usize {
             let obj = base + i * size;
             if let Some(ctor) = self.ctor {
@@ -391,6 +399,7 @@ impl CacheInner {
             // SAFETY: we own the whole block; `obj + offset` is an aligned word inside it.
             unsafe { set_freepointer(obj, self.offset, next) };
         }
+        core::mem::forget(give_back);
         p.freelist_counters
             .store(0, Counters::new(objects, objects, true).0);
         p.cache
@@ -406,5 +415,22 @@ impl CacheInner {
             slab: page.as_ptr(),
             freelist: base,
         }
+    }
+}
+
+/// Returns a block that `init_slab` was filling to its page allocator if the cache's constructor
+/// unwinds; forgotten once every object is constructed.
+struct GiveBackOnUnwind<'a> {
+    pages: &'a crate::page::PageAllocator,
+    page: NonNull<Page>,
+    order: u32,
+}
+
+impl Drop for GiveBackOnUnwind<'_> {
+    fn drop(&mut self) {
+        // Runs only while a constructor's panic unwinds through `init_slab`.
+        // SAFETY: `page` heads a block of `order` allocated from `pages` for this slab, which no
+        // one else has seen: its info, counters and cache pointer are not set yet.
+        unsafe { self.pages.free_pages(self.page, self.order) };
     }
 }
