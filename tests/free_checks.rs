@@ -78,6 +78,33 @@ fn huge_slabs_keep_exact_counters() {
     assert_eq!(c.info().num_slabs, 0);
 }
 
+/// The same for a size that is not a power of two (the multiply-rotate check): 32 bytes into a
+/// 96-byte object is a multiple of 32 but not of 96.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn freeing_an_interior_pointer_of_an_odd_size_aborts() {
+    if in_child() {
+        let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
+        let c = k
+            .create_cache("interior96", 96, CacheConfig::new())
+            .unwrap();
+        let _first = c.alloc().unwrap();
+        let p = c.alloc().unwrap();
+        // SAFETY: deliberately wrong (32 bytes into an object) — the point of the test.
+        unsafe { c.free(NonNull::new(p.as_ptr().wrapping_add(32)).unwrap()) };
+        std::process::exit(0);
+    }
+    let (st, err) = child("freeing_an_interior_pointer_of_an_odd_size_aborts");
+    assert_aborted(
+        st,
+        &err,
+        &[
+            "kmem: cache \"interior96\": free of an interior pointer 0x",
+            "(object size 96, slab base 0x",
+        ],
+    );
+}
+
 #[test]
 #[cfg_attr(miri, ignore)]
 fn freeing_an_interior_pointer_aborts() {

@@ -61,14 +61,23 @@ impl CacheInner {
         if info.kind() != PageKind::Slab || !core::ptr::eq(owner as *const CacheInner, self) {
             self.bad_free(obj, Some(page))
         }
-        // A slab is one buddy block, aligned to its own size (chunks are aligned to the largest
-        // block), so the offset of `obj` in it is its low bits.
-        let slab_bytes = crate::page::PAGE_SIZE << info.order();
-        let off = obj as usize & (slab_bytes - 1);
-        // `off` is a multiple of the size (the multiply-rotate test) and the object it starts
-        // ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
-        if !self.size_div.is_index(self.size_div.index(off)) || off + self.geo.size > slab_bytes {
-            self.bad_object(obj, off, slab_bytes)
+        if self.pow2_mask != 0 {
+            // Power-of-two sizes (see `pow2_mask`): objects sit at the multiples of the size.
+            if obj as usize & self.pow2_mask != 0 {
+                let slab_bytes = crate::page::PAGE_SIZE << info.order();
+                self.bad_object(obj, obj as usize & (slab_bytes - 1), slab_bytes)
+            }
+        } else {
+            // A slab is one buddy block, aligned to its own size (chunks are aligned to the
+            // largest block), so the offset of `obj` in it is its low bits.
+            let slab_bytes = crate::page::PAGE_SIZE << info.order();
+            let off = obj as usize & (slab_bytes - 1);
+            // `off` is a multiple of the size (the multiply-rotate test) and the object it
+            // starts ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
+            if !self.size_div.is_index(self.size_div.index(off)) || off + self.geo.size > slab_bytes
+            {
+                self.bad_object(obj, off, slab_bytes)
+            }
         }
         page as *const Page as *mut Page
     }

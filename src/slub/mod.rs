@@ -127,6 +127,11 @@ pub(crate) struct CacheInner {
     pub(crate) tid_step: TidStep,
     /// Exact division by `geo.size` for the free path's object-boundary check.
     pub(crate) size_div: ExactDiv,
+    /// `size - 1` when the object size is a power of two no larger than a page, else 0. Then
+    /// every slab (aligned to at least a page) holds exactly `slab bytes / size` objects at the
+    /// multiples of `size`, so the free path's boundary check is `obj & pow2_mask == 0`: one AND
+    /// on the pointer, off the critical path (no slab order, no multiply).
+    pub(crate) pow2_mask: usize,
     // ---- slow paths ----
     pub(crate) geo: Geometry,
     pub(crate) flags: CacheFlags,
@@ -209,6 +214,11 @@ impl CacheInner {
                     offset: geo.offset,
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
+                    pow2_mask: if geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
+                        geo.size - 1
+                    } else {
+                        0
+                    },
                     geo,
                     flags: cfg.flags,
                     ctor: cfg.ctor,
