@@ -223,9 +223,13 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn os_page_sizes_up_to_a_chunk_are_supported() {
+    fn os_page_sizes_up_to_a_chunk_are_supported() {
+        // Every power of two from 4 KiB up to a chunk (4 MiB normally; smaller under Miri, whose
+        // MAX_ORDER is 5).
         for p in [4096, 16 << 10, 64 << 10, 2 << 20, CHUNK_SIZE] {
-            assert_eq!(check_os_page_size(p), Ok(()), "{p}");
+            if p <= CHUNK_SIZE {
+                assert_eq!(check_os_page_size(p), Ok(()), "{p}");
+            }
         }
         for p in [0, 3000, 12 << 10, 2 * CHUNK_SIZE] {
             let e = check_os_page_size(p).unwrap_err();
