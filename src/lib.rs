@@ -64,6 +64,8 @@ pub use instance::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
 #[doc(hidden)]
 pub use kmalloc::kmalloc_reentrancy_simulate_enter;
 #[cfg(not(loom))]
+pub use kmalloc::cabi;
+#[cfg(not(loom))]
 pub use kmalloc::{
     kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc,
     KMALLOC_MAX_CACHE_SIZE,

@@ -2,7 +2,9 @@
 //! drop-in `#[global_allocator]` (and `allocator_api2` allocator) built on them.
 //!
 //! Files: this one (size classes, the alignment rule, the cache table), `paths.rs` (kmalloc,
-//! kfree, krealloc over classes, page blocks and OS mappings), `global.rs` ([`Kmalloc`]: the
+//! kfree, krealloc over classes, page blocks and OS mappings), `huge.rs` (the table of OS
+//! mappings, so a pointer alone finds one), `cabi.rs` (kmalloc without layouts: the core of the
+//! C `malloc` family of the `kmem-preload` library), `global.rs` ([`Kmalloc`]: the
 //! `GlobalAlloc` and `allocator_api2` impls over one shared core), `reentry.rs` (the debug
 //! re-entrancy guard). The fork handlers that keep the global instance usable in a child live
 //! with the instance (`instance/fork.rs`).
@@ -13,7 +15,7 @@
 //! |-------------------------------------------|--------------------------------------------------|
 //! | fits a class (≤ 8192 B, align ≤ 4096)     | the smallest fitting `kmalloc-*` slab cache       |
 //! | otherwise, ≤ 4 MiB (`PAGE_SIZE << MAX_ORDER`) | one buddy block of the smallest fitting order |
-//! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free)     |
+//! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free), 4 MiB-aligned and registered in `huge.rs` |
 //!
 //! The classes are 8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096 and 8192 bytes
 //! ([`kmalloc_size_classes`]), named as in the kernel: `kmalloc-8` … `kmalloc-192`,
@@ -44,7 +46,7 @@
 //! checks in O(1) that the pointer agrees: a class object's slab must belong to that class's
 //! cache and the pointer must start one of its objects (a double free that finds the object at
 //! a freelist head, or that would underflow its slab's `inuse`, is refused too); a block pointer must be the head of an allocated block of exactly that order; an OS
-//! pointer must lie outside every kmem chunk. A mismatch aborts with a message naming what was
+//! pointer must start a registered kmalloc mapping of that length. A mismatch aborts with a message naming what was
 //! expected and what was found.
 //!
 //! # Rules inside the global allocator
@@ -72,7 +74,9 @@
 //! handler interrupts a slow path holding a slot, list or page lock and needs that lock, the
 //! lock's owner check aborts with a message instead of deadlocking.
 
+pub mod cabi;
 mod global;
+mod huge;
 mod paths;
 mod reentry;
 #[cfg(all(test, not(loom)))]

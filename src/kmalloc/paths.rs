@@ -2,7 +2,6 @@
 //! and how `kfree`/`krealloc` find their way back from a pointer and its layout.
 
 use super::*;
-use crate::os;
 use crate::page::{virt_to_page, GfpFlags, PageKind};
 use core::ptr::NonNull;
 
@@ -43,8 +42,9 @@ pub(super) fn kzalloc(layout: Layout) -> *mut u8 {
 pub(super) fn kmalloc_large(layout: Layout, zero: bool) -> *mut u8 {
     match large_kind(layout.size(), layout.align()) {
         Kind::Pages(order) => alloc_block(order, zero),
-        // Fresh anonymous mappings are zero: `zero` needs nothing.
-        Kind::Os { bytes, align } => os::map(bytes, align).map_or(ptr::null_mut(), NonNull::as_ptr),
+        // Fresh anonymous mappings are zero: `zero` needs nothing. Registered (huge.rs), so
+        // that a pointer alone finds it (the C ABI's `free`).
+        Kind::Os { bytes, align } => super::huge::map(bytes, align),
         Kind::Class(_) => ptr::null_mut(),
     }
 }
@@ -173,24 +173,23 @@ pub(super) unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
             }
         }
         Kind::Os { bytes, align } => {
-            if virt_to_page(ptr).is_some() {
+            let Some((mapped, mapped_align)) = super::huge::lookup(ptr as usize) else {
                 bad_kfree(
                     ptr,
                     layout,
-                    "expected an OS mapping, but the pointer is in kmem page memory",
+                    "expected an OS mapping, but no kmalloc mapping starts there",
                 );
-            }
-            if ptr as usize & (align - 1) != 0 {
+            };
+            if mapped != bytes || mapped_align < align {
                 bad_kfree(
                     ptr,
                     layout,
-                    "expected an OS mapping, but the pointer is misaligned for one",
+                    "the OS mapping there has another length or alignment than the layout says",
                 );
             }
-            // The arguments are derived from the same layout that `kmalloc_large` mapped `ptr`
-            // with.
-            // SAFETY: `ptr` is a `kmalloc_large` mapping with exactly these arguments, now unused.
-            unsafe { os::unmap(NonNull::new_unchecked(ptr), bytes, align) }
+            // SAFETY: `ptr` starts a registered mapping of these arguments (checked above)
+            // that the caller gives back.
+            unsafe { super::huge::unmap(ptr, mapped, mapped_align) }
         }
         Kind::Class(_) => {}
     }
