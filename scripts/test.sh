@@ -8,6 +8,8 @@
 #    again in release so the fast paths race at full speed);
 # 2. the loom models (loom-tests/run.sh) and the proof that each catches its planted bug
 #    (loom-tests/mutants.sh);
+# 2a. libkmem.so under LD_PRELOAD (scripts/preload.sh): the C contract test, python3, sqlite3,
+#    redis-server + redis-benchmark and git, each checked (installs the Debian packages it needs);
 # 2b. kmem as a dependency of a fresh crate outside the repository (scripts/consumer.sh), and
 #    `cargo check` for aarch64 (scripts/check-targets.sh);
 # 3. Miri on the library's unit tests and ThreadSanitizer on the stress test (each prints a loud
@@ -25,6 +27,9 @@ section "stress tests in release"
 cargo test --release -p kmem --test stress
 section "without the stats feature"
 cargo test -p kmem --no-default-features --lib --test slub_paths --test stress
+
+section "libkmem.so under LD_PRELOAD: C contract, python3, sqlite3, redis, git (scripts/preload.sh)"
+bash scripts/preload.sh
 
 section "kmem as a dependency: a throwaway crate outside the repository (scripts/consumer.sh)"
 bash scripts/consumer.sh
