@@ -4,7 +4,11 @@
 //! cargo run --release -p kmem-bench                 # the default suite (a few minutes)
 //! cargo run --release -p kmem-bench -- --quick      # under a minute
 //! cargo run --release -p kmem-bench -- -w fastpath,larson -a kmem,mimalloc --runs 9
+//! cargo run --release -p kmem-bench -- -w real      # redis-server on each allocator (LD_PRELOAD)
 //! ```
+//!
+//! The `real` group ([`real`]) is in the default suite but not in `--quick` unless asked for
+//! with `-w real`.
 //!
 //! Every workload runs against every selected allocator in one run; repetitions alternate the
 //! allocators (rep-major, with the starting allocator rotated each repetition) so that drift
@@ -18,6 +22,7 @@
 
 mod alloc;
 mod harness;
+mod real;
 mod report;
 mod stats;
 mod sys;
@@ -112,7 +117,11 @@ impl Cli {
 
     fn workloads(&self) -> Vec<Workload> {
         let mut w = if self.workloads.is_empty() {
-            Workload::ALL.to_vec()
+            // The real-program group takes tens of seconds: not in --quick unless named.
+            Workload::ALL
+                .into_iter()
+                .filter(|&w| !(self.quick && w == Workload::Real))
+                .collect()
         } else {
             self.workloads.clone()
         };
@@ -246,7 +255,7 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
                 }
             }
         }
-        Workload::Fastpath | Workload::Batch | Workload::RemoteFree => {
+        Workload::Fastpath | Workload::Batch | Workload::RemoteFree | Workload::Real => {
             eprintln!("kmem-bench: {} runs in process, not as a child", w.name());
             std::process::exit(2);
         }
@@ -287,6 +296,56 @@ fn spawn_child(w: Workload, b: Backend, p: &Params) -> Result<ChildReport, Strin
         .find(|l| l.starts_with('{'))
         .ok_or_else(|| format!("{} child for {} printed no result", b.name(), w.name()))?;
     serde_json::from_str(line).map_err(|e| format!("{} child's result: {e}", b.name()))
+}
+
+/// The `real` group: every preloadable allocator in turn, alternating, `params.runs` times.
+fn run_real(
+    cli: &Cli,
+    params: &Params,
+    allocs: &[Backend],
+    pb: &ProgressBar,
+    raws: &mut Vec<Raw>,
+    notes: &mut Vec<String>,
+) {
+    let progs = match real::programs() {
+        Ok(p) => p,
+        Err(skip) => {
+            pb.println(&skip);
+            notes.push(skip);
+            return;
+        }
+    };
+    let mut group_notes = Vec::new();
+    let preloads = real::preloads(allocs, &mut group_notes);
+    for n in group_notes {
+        pb.println(&n);
+        notes.push(n);
+    }
+    let rp = real::RealParams::new(cli.quick);
+    notes.push(format!(
+        "real: redis-benchmark -t set,get,lpush,lpop -n {} -c {} -P {} -r {} -d {} on 127.0.0.1; \
+         peak RSS = the server's VmHWM; glibc = LD_PRELOAD=libc.so.6 (Debian's redis-server \
+         links jemalloc)",
+        rp.requests, rp.clients, rp.pipeline, rp.keyspace, rp.value_bytes
+    ));
+    let n = preloads.len();
+    pb.inc_length((params.runs * n) as u64);
+    let mut i = 0;
+    for rep in 0..params.runs {
+        for k in 0..n {
+            let p = &preloads[(k + rep) % n];
+            pb.set_message(format!("real / {} / run {}", p.name, rep + 1));
+            match real::run_once(&progs, p, rp, real::port_for(i)) {
+                Ok(r) => raws.extend(real::raws(p, &r)),
+                Err(e) => {
+                    pb.println(format!("warning: {e}"));
+                    notes.push(e);
+                }
+            }
+            i += 1;
+            pb.inc(1);
+        }
+    }
 }
 
 /// One in-process sample.
@@ -341,7 +400,9 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
     let total: u64 = workloads
         .iter()
         .map(|&w| {
-            let per = if w.in_child() {
+            let per = if w == Workload::Real {
+                0 // counted when the group knows its allocators
+            } else if w.in_child() {
                 1
             } else {
                 workloads::cases(w, &params).len()
@@ -365,6 +426,10 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
     let mut slabinfos: Vec<(Workload, String)> = Vec::new();
     let d = params.duration();
     for &w in &workloads {
+        if w == Workload::Real {
+            run_real(cli, &params, &allocs, &pb, &mut raws, &mut notes);
+            continue;
+        }
         if w.in_child() {
             for rep in 0..params.runs {
                 for i in 0..n {
@@ -466,6 +531,12 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
         match report::workload_chart(&out_dir, w.name(), &wr) {
             Ok(p) => written.push(p),
             Err(e) => notes.push(format!("chart for {}: {e}", w.name())),
+        }
+        if w == Workload::Real {
+            match report::rss_chart(&out_dir, w.name(), &wr) {
+                Ok(p) => written.push(p),
+                Err(e) => notes.push(format!("RSS chart for {}: {e}", w.name())),
+            }
         }
     }
     if cli.slabinfo {

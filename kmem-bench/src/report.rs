@@ -132,7 +132,15 @@ pub fn aggregate(raws: &[Raw]) -> Vec<Row> {
 
 /// Report order of allocators: kmem first, its typed caches next, then the peers.
 pub fn allocator_rank(name: &str) -> usize {
-    ["kmem", "kmem-cache", "system", "mimalloc", "jemalloc"]
+    [
+        "kmem",
+        "kmem-cache",
+        "system",
+        "glibc",
+        "mimalloc",
+        "jemalloc",
+        "tcmalloc",
+    ]
         .iter()
         .position(|&n| n == name)
         .unwrap_or(usize::MAX)
@@ -487,6 +495,45 @@ pub fn workload_chart(
             &values,
         )?;
     }
+    Ok(path)
+}
+
+/// The peak-RSS chart of a workload whose rows carry one (a bar per allocator: the median
+/// over repetitions of the largest peak RSS among its cases).
+pub fn rss_chart(
+    dir: &Path,
+    workload: &str,
+    rows: &[&Row],
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    let path = dir.join(format!("{workload}-rss.svg"));
+    let mut allocs: Vec<String> = Vec::new();
+    for r in rows {
+        if !allocs.contains(&r.allocator) {
+            allocs.push(r.allocator.clone());
+        }
+    }
+    let values: Vec<Vec<Bar>> = allocs
+        .iter()
+        .map(|a| {
+            let kib = rows
+                .iter()
+                .filter(|r| &r.allocator == a)
+                .filter_map(|r| r.peak_rss_kib)
+                .max();
+            vec![kib.map(|k| {
+                let m = k as f64 / 1024.0;
+                (m, m, m)
+            })]
+        })
+        .collect();
+    bar_chart(
+        &path,
+        &format!("{workload}: peak RSS (median over runs)"),
+        "peak RSS (MiB)",
+        &allocs,
+        &["peak RSS".to_string()],
+        &values,
+    )?;
     Ok(path)
 }
 

@@ -59,11 +59,13 @@ pub enum Workload {
     Fragmentation,
     /// kmem::Cache<T> against Box<T> (child process).
     Objects,
+    /// redis-server under redis-benchmark, each allocator LD_PRELOADed (`real.rs`).
+    Real,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Fastpath,
         Workload::Batch,
         Workload::RemoteFree,
@@ -71,6 +73,7 @@ impl Workload {
         Workload::Larson,
         Workload::Fragmentation,
         Workload::Objects,
+        Workload::Real,
     ];
 
     /// The name used on the command line and in reports.
@@ -83,6 +86,7 @@ impl Workload {
             Workload::Larson => "larson",
             Workload::Fragmentation => "fragmentation",
             Workload::Objects => "objects",
+            Workload::Real => "real",
         }
     }
 
@@ -96,6 +100,10 @@ impl Workload {
             Workload::Larson => "server churn, 8-1000 B, objects freed by the next thread",
             Workload::Fragmentation => "fill, free random 90%, release: RSS returned to the OS",
             Workload::Objects => "1000 typed objects: kmem::Cache<T> vs Box<T>",
+            Workload::Real => {
+                "redis-server under redis-benchmark, each allocator LD_PRELOADed: ns per \
+                 request (Mops/s = M requests/s) and the server's peak RSS"
+            }
         }
     }
 
