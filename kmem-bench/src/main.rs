@@ -335,7 +335,7 @@ fn run_real(
         for k in 0..n {
             let p = &preloads[(k + rep) % n];
             pb.set_message(format!("real / {} / run {}", p.name, rep + 1));
-            match real::run_once(&progs, p, rp, real::port_for(i)) {
+            match real::run_retrying(&progs, p, rp, real::port_for(i)) {
                 Ok(r) => raws.extend(real::raws(p, &r)),
                 Err(e) => {
                     pb.println(format!("warning: {e}"));

@@ -216,6 +216,25 @@ impl Drop for Server {
     }
 }
 
+/// [`run_once`], retried on two more ports if the server could not start (a port taken by
+/// another program on this machine).
+pub fn run_retrying(
+    progs: &(PathBuf, PathBuf, PathBuf),
+    p: &Preload,
+    rp: RealParams,
+    port: u16,
+) -> Result<RunResult, String> {
+    let mut last = String::new();
+    for k in 0..3u16 {
+        match run_once(progs, p, rp, port.wrapping_add(k * 7919) % 20_000 + 20_000) {
+            Ok(r) => return Ok(r),
+            Err(e) if e.contains(" exited (") => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 /// Starts redis-server under `p`, benchmarks it, reads its peak RSS, shuts it down.
 pub fn run_once(
     progs: &(PathBuf, PathBuf, PathBuf),
@@ -242,7 +261,7 @@ pub fn run_once(
         ])
         .env("LD_PRELOAD", &p.lib)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting redis-server under {}: {e}", p.name))?;
@@ -262,7 +281,16 @@ pub fn run_once(
             return Err(format!("redis-server under {} did not answer", p.name));
         }
         if let Ok(Some(st)) = srv.0.try_wait() {
-            return Err(format!("redis-server under {} exited: {st}", p.name));
+            let mut log = String::new();
+            if let Some(mut o) = srv.0.stdout.take() {
+                use std::io::Read;
+                let _ = o.read_to_string(&mut log);
+            }
+            return Err(format!(
+                "redis-server under {} on port {port} exited ({st}): {}",
+                p.name,
+                log.lines().last().unwrap_or("").trim()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -243,7 +243,7 @@ unsafe fn free_found(ptr: *mut u8, found: Found) -> bool {
 ///
 /// ```
 /// let p = kmem::cabi::malloc(100);
-/// assert_eq!(kmem::cabi::usable_size(p), Some(128)); // the kmalloc-128 class
+/// assert_eq!(kmem::cabi::usable_size(p), Some(112)); // the kmalloc-112 class
 /// // SAFETY: `p` came from kmem::cabi::malloc.
 /// unsafe { kmem::cabi::free(p) };
 /// let mut on_stack = 0u8;

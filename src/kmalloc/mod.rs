@@ -17,18 +17,22 @@
 //! | otherwise, ≤ 4 MiB (`PAGE_SIZE << MAX_ORDER`) | one buddy block of the smallest fitting order |
 //! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free), 4 MiB-aligned and registered in `huge.rs` |
 //!
-//! The classes are 8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096 and 8192 bytes
-//! ([`kmalloc_size_classes`]), named as in the kernel: `kmalloc-8` … `kmalloc-192`,
-//! `kmalloc-256`, `kmalloc-512`, `kmalloc-1k`, `kmalloc-2k`, `kmalloc-4k`, `kmalloc-8k`.
+//! The classes are 8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 512, 1024, 2048, 4096
+//! and 8192 bytes ([`kmalloc_size_classes`]), named as in the kernel: `kmalloc-8` …
+//! `kmalloc-192`, `kmalloc-256`, `kmalloc-512`, `kmalloc-1k`, `kmalloc-2k`, `kmalloc-4k`,
+//! `kmalloc-8k`. The kernel's set plus 48, 80, 112 and 160: every multiple of 16 up to 128 is a
+//! class, so a C program's typical small objects (a 100-byte string is 104 bytes with its
+//! header) waste at most 15 bytes rather than up to 31 (issue 14: real programs on kmem).
 //!
 //! # The alignment rule
 //!
 //! Objects of a class of size `S` sit at multiples of `S` from a page-aligned slab start, so a
-//! class guarantees the alignment `min(largest power of two dividing S, 4096)`: 8 → 8, 96 → 32,
-//! 192 → 64, 4096 → 4096, 8192 → 4096. A layout goes to the smallest class whose size is at
-//! least `layout.size()` *and* whose alignment is at least `layout.align()`; that class is the
-//! first class `>= max(size, align)`, or the one after it when that is 96 or 192 and the
-//! alignment asks for more (96 → 128, 192 → 256). Alignments above 4096 go to page blocks,
+//! class guarantees the alignment `min(largest power of two dividing S, 4096)`: 8 → 8, 48 → 16,
+//! 96 → 32, 160 → 32, 192 → 64, 4096 → 4096, 8192 → 4096. A layout goes to the smallest class
+//! whose size is at least `layout.size()` *and* whose alignment is at least `layout.align()`;
+//! that class is the first class `>= max(size, align)` when its alignment suffices (always for
+//! alignments up to 16), else the first later class whose alignment does (`(72, 64)`: 80 and
+//! 96 and 112 are too little aligned → 128). Alignments above 4096 go to page blocks,
 //! which are aligned to their own size (a buddy block of order `k` starts at a multiple of
 //! `2^k` pages), or to OS mappings aligned as asked.
 //!
@@ -97,7 +101,7 @@ use core::alloc::Layout;
 use core::ptr;
 
 /// Number of kmalloc size classes.
-const NR_KMALLOC: usize = 13;
+const NR_KMALLOC: usize = 17;
 
 /// The largest size served by a kmalloc slab cache; larger requests get page blocks.
 ///
@@ -114,8 +118,12 @@ pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 
 /// The class sizes.
 const SIZE_CLASSES_CONST: [usize; NR_KMALLOC] = [
-    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
+    8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 512, 1024, 2048, 4096, 8192,
 ];
+
+/// The index of the 256-byte class: classes above 192 are the powers of two from 256 on.
+const IDX_256: usize = 11;
+const _: () = assert!(SIZE_CLASSES_CONST[IDX_256] == 256);
 /// The class sizes, with a `'static` address for [`kmalloc_size_classes`].
 static SIZE_CLASSES: [usize; NR_KMALLOC] = SIZE_CLASSES_CONST;
 
@@ -124,9 +132,13 @@ const CLASS_NAMES: [&str; NR_KMALLOC] = [
     "kmalloc-8",
     "kmalloc-16",
     "kmalloc-32",
+    "kmalloc-48",
     "kmalloc-64",
+    "kmalloc-80",
     "kmalloc-96",
+    "kmalloc-112",
     "kmalloc-128",
+    "kmalloc-160",
     "kmalloc-192",
     "kmalloc-256",
     "kmalloc-512",
@@ -174,13 +186,14 @@ const SIZE_INDEX: [u8; 25] = {
     t
 };
 
-/// The kmalloc size classes: 8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192.
+/// The kmalloc size classes: 8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 512, 1024,
+/// 2048, 4096, 8192.
 ///
 /// ```
 /// let classes = kmem::kmalloc_size_classes();
 /// assert_eq!(classes.first(), Some(&8));
 /// assert_eq!(classes.last(), Some(&8192));
-/// assert!(classes.contains(&96) && classes.contains(&192));
+/// assert!(classes.contains(&96) && classes.contains(&112) && classes.contains(&192));
 /// ```
 pub fn kmalloc_size_classes() -> &'static [usize] {
     &SIZE_CLASSES
@@ -194,6 +207,8 @@ pub fn kmalloc_size_classes() -> &'static [usize] {
 /// use kmem::kmalloc_class_for;
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(1, 1).unwrap()), Some(8));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(90, 8).unwrap()), Some(96));
+/// assert_eq!(kmalloc_class_for(Layout::from_size_align(104, 8).unwrap()), Some(112));
+/// assert_eq!(kmalloc_class_for(Layout::from_size_align(72, 64).unwrap()), Some(128));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(90, 64).unwrap()), Some(128));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(8193, 8).unwrap()), None);
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(64, 8192).unwrap()), None);
@@ -204,29 +219,34 @@ pub fn kmalloc_class_for(layout: Layout) -> Option<usize> {
 
 /// The class index for `size` bytes aligned to `align` (a power of two), or `None` above the
 /// classes. The smallest class `>= max(size, align)` is the answer unless its natural alignment
-/// is too small (only 96 and 192 can be), in which case the next class (128 or 256, powers of
-/// two) is.
+/// is too small (only classes that are not powers of two can be, and only for alignments above
+/// 16), in which case the first later class aligned enough is.
 #[inline(always)]
 pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
     // No panic on the allocator's hot path: `(s + 7) >> 3 <= 24` indexes the 25-entry table,
-    // `s - 1` runs only for `s > 192`, and the `ilog2` form gives 7..=12 for 193..=8192, so
-    // `idx < NR_KMALLOC` (and `idx + 1` is checked before use).
+    // `s - 1` runs only for `s > 192`, and the `ilog2` form gives IDX_256..=NR_KMALLOC - 1 for
+    // 193..=8192, so `idx < NR_KMALLOC` (and the cold loop checks every later index).
     let s = if size > align { size } else { align };
     let idx = if s <= 192 {
         SIZE_INDEX[(s + 7) >> 3] as usize
     } else if s <= KMALLOC_MAX_CACHE_SIZE {
-        // 193..=256 -> 7 (256), 257..=512 -> 8, ..., 4097..=8192 -> 12.
-        (usize::BITS - (s - 1).leading_zeros()) as usize - 1
+        // 193..=256 -> IDX_256 (256), 257..=512 -> IDX_256 + 1, ..., 4097..=8192 -> the last.
+        (usize::BITS - (s - 1).leading_zeros()) as usize + IDX_256 - 8
     } else {
         return None;
     };
     if align <= CLASS_ALIGN[idx] {
         Some(idx)
-    } else if idx + 1 < NR_KMALLOC && align <= CLASS_ALIGN[idx + 1] {
-        Some(idx + 1)
     } else {
-        None
+        aligned_class_after(idx, align)
     }
+}
+
+/// The first class after `idx` aligned to `align` (over-aligned layouts only).
+#[cold]
+#[inline(never)]
+fn aligned_class_after(idx: usize, align: usize) -> Option<usize> {
+    (idx + 1..NR_KMALLOC).find(|&i| align <= CLASS_ALIGN[i])
 }
 
 /// Where a layout's memory lives.

@@ -12,7 +12,9 @@ fn reference(size: usize, align: usize) -> Option<usize> {
 
 #[test]
 fn class_alignment_rule() {
-    let want = [8, 16, 32, 64, 32, 128, 64, 256, 512, 1024, 2048, 4096, 4096];
+    let want = [
+        8, 16, 32, 16, 64, 16, 32, 16, 128, 32, 64, 256, 512, 1024, 2048, 4096, 4096,
+    ];
     assert_eq!(CLASS_ALIGN, want);
     assert_eq!(SIZE_CLASSES, SIZE_CLASSES_CONST);
     assert_eq!(kmalloc_size_classes(), &SIZE_CLASSES[..]);
@@ -49,16 +51,21 @@ fn every_size_and_alignment_maps_to_the_smallest_fitting_class() {
             }
         }
     }
-    assert_eq!(kmalloc_index(90, 64), Some(5)); // 96 is only 32-aligned -> 128
-    assert_eq!(kmalloc_index(150, 128), Some(7)); // 192 is only 64-aligned -> 256
-    assert_eq!(kmalloc_index(150, 64), Some(6)); // 192 is fine
+    let class = |s, a| kmalloc_index(s, a).map(|i| SIZE_CLASSES[i]);
+    assert_eq!(class(90, 64), Some(128)); // 96 and 112 are too little aligned
+    assert_eq!(class(72, 64), Some(128)); // 80, 96 and 112 are
+    assert_eq!(class(72, 32), Some(96)); // 80 is only 16-aligned
+    assert_eq!(class(104, 16), Some(112));
+    assert_eq!(class(150, 32), Some(160));
+    assert_eq!(class(150, 128), Some(256)); // 160 and 192 are too little aligned
+    assert_eq!(class(150, 64), Some(192)); // 192 is fine
     assert_eq!(kmalloc_index(8, 8192), None);
 }
 
 #[test]
 fn large_kinds() {
     let k = |s, a| kind_of(Layout::from_size_align(s, a).unwrap());
-    assert_eq!(k(8192, 8), Kind::Class(12));
+    assert_eq!(k(8192, 8), Kind::Class(NR_KMALLOC - 1));
     assert_eq!(k(8193, 8), Kind::Pages(2));
     assert_eq!(k(16384, 8), Kind::Pages(2));
     assert_eq!(k(1, 8192), Kind::Pages(1));
@@ -150,10 +157,10 @@ fn realloc_in_place_within_a_class_and_an_order() {
     // SAFETY: paired alloc/realloc/dealloc with matching layouts.
     unsafe {
         let p = a.alloc(l);
-        assert_eq!(a.realloc(p, l, 128), p);
-        let q = a.realloc(p, Layout::from_size_align(128, 8).unwrap(), 129);
+        assert_eq!(a.realloc(p, l, 112), p); // kmalloc-112 both
+        let q = a.realloc(p, Layout::from_size_align(112, 8).unwrap(), 113);
         assert_ne!(q, p);
-        let l2 = Layout::from_size_align(129, 8).unwrap();
+        let l2 = Layout::from_size_align(113, 8).unwrap();
         a.dealloc(q, l2);
         let big = Layout::from_size_align(20_000, 8).unwrap();
         let p = a.alloc(big);
