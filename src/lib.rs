@@ -60,11 +60,11 @@ pub use cache::KmemCache;
 pub use config::{CacheConfig, CacheFlags, CACHE_LINE_SIZE, MAX_CACHE_NAME};
 pub use error::KmemError;
 pub use instance::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
+#[cfg(not(loom))]
+pub use kmalloc::cabi;
 #[cfg(all(feature = "debug-reentrancy", not(loom)))]
 #[doc(hidden)]
 pub use kmalloc::kmalloc_reentrancy_simulate_enter;
-#[cfg(not(loom))]
-pub use kmalloc::cabi;
 #[cfg(not(loom))]
 pub use kmalloc::{
     kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc,

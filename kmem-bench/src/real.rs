@@ -171,9 +171,11 @@ pub fn programs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
         which("redis-cli"),
     ) {
         (Some(s), Some(b), Some(c)) => Ok((s, b, c)),
-        _ => Err("real: SKIPPED: redis-server/redis-benchmark/redis-cli not installed \
+        _ => Err(
+            "real: SKIPPED: redis-server/redis-benchmark/redis-cli not installed \
                   (apt-get install redis-server redis-tools)"
-            .into()),
+                .into(),
+        ),
     }
 }
 

@@ -141,9 +141,9 @@ pub fn allocator_rank(name: &str) -> usize {
         "jemalloc",
         "tcmalloc",
     ]
-        .iter()
-        .position(|&n| n == name)
-        .unwrap_or(usize::MAX)
+    .iter()
+    .position(|&n| n == name)
+    .unwrap_or(usize::MAX)
 }
 
 fn fmt_ns(x: f64) -> String {

@@ -238,7 +238,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 /// `out` is valid for a pointer write.
 #[no_mangle]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     // SAFETY: __errno_location is always valid.
@@ -388,7 +388,7 @@ fn selftest_bootstrap() {
         let rc = posix_memalign(&mut c, 256, 1000);
         let zeroed = !b.is_null() && (0..100).all(|i| *b.cast::<u8>().add(i) == 0);
         let all_in = [a, b, c].iter().all(|&p| in_arena(p.cast()));
-        let aligned = c as usize % 256 == 0;
+        let aligned = (c as usize).is_multiple_of(256);
         a.cast::<u8>().write_bytes(7, 100);
         let a2 = realloc(a, 200);
         let kept = in_arena(a2.cast()) && *a2.cast::<u8>().add(99) == 7;
@@ -401,6 +401,9 @@ fn selftest_bootstrap() {
     if ok {
         stats::write_err(&["kmem: bootstrap self-test passed (4 allocations from the arena)\n"]);
     } else {
-        bad_sized_free("bootstrap self-test", "an allocation during initialisation misbehaved");
+        bad_sized_free(
+            "bootstrap self-test",
+            "an allocation during initialisation misbehaved",
+        );
     }
 }

@@ -154,7 +154,10 @@ pub fn malloc(size: usize) -> *mut u8 {
 #[inline]
 pub fn calloc(n: usize, size: usize) -> *mut u8 {
     let _g = super::reentry::enter();
-    match n.checked_mul(size).and_then(|b| malloc_layout(b, MALLOC_ALIGN)) {
+    match n
+        .checked_mul(size)
+        .and_then(|b| malloc_layout(b, MALLOC_ALIGN))
+    {
         Some(l) => kzalloc(l),
         None => ptr::null_mut(),
     }
@@ -214,7 +217,11 @@ unsafe fn free_found(ptr: *mut u8, found: Found) -> bool {
         }
         Found::Block(page, order) => {
             let Some(k) = Kmem::try_global() else {
-                invalid("free", ptr, "a page block, but the global instance does not exist");
+                invalid(
+                    "free",
+                    ptr,
+                    "a page block, but the global instance does not exist",
+                );
             };
             let s = k.shared();
             if page.node() >= s.nr_nodes {
@@ -317,15 +324,13 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
             }
             if let Some(k) = Kmem::try_global() {
                 let s = k.shared();
-                // SAFETY: `page` heads an allocated block of order `o1` that the caller owns
-                // (found above); a page of another instance's node is refused by `free` below.
-                if page.node() < s.nr_nodes
-                    && unsafe {
-                        s.node_pages(page.node())
-                            .resize_in_place(NonNull::from(page), o1, o2)
+                if page.node() < s.nr_nodes {
+                    let pages = s.node_pages(page.node());
+                    // SAFETY: `page` heads an allocated block of order `o1` of this node that
+                    // the caller owns (found above).
+                    if unsafe { pages.resize_in_place(NonNull::from(page), o1, o2) } {
+                        return Ok(ptr);
                     }
-                {
-                    return Ok(ptr);
                 }
             }
             PAGE_SIZE << o1
@@ -358,7 +363,21 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_the_pointer_alone() {
-        for &size in &[0usize, 1, 8, 9, 24, 100, 192, 4096, 8192, 8193, 70_000, 3 << 20, 9 << 20] {
+        for &size in &[
+            0usize,
+            1,
+            8,
+            9,
+            24,
+            100,
+            192,
+            4096,
+            8192,
+            8193,
+            70_000,
+            3 << 20,
+            9 << 20,
+        ] {
             let p = malloc(size);
             assert!(!p.is_null(), "malloc({size})");
             let align = if size <= 8 { 8 } else { 16 };
@@ -376,7 +395,10 @@ mod tests {
     fn huge_mappings_are_registered_and_forgotten() {
         let p = malloc(5 << 20);
         assert_eq!(p as usize % crate::page::CHUNK_SIZE, 0);
-        assert_eq!(super::super::huge::lookup(p as usize).map(|v| v.0), Some(5 << 20));
+        assert_eq!(
+            super::super::huge::lookup(p as usize).map(|v| v.0),
+            Some(5 << 20)
+        );
         assert_eq!(usable_size(p), Some(5 << 20));
         // SAFETY: `p` came from `malloc`.
         assert!(unsafe { free(p) });
@@ -427,7 +449,7 @@ mod tests {
     #[test]
     fn block_orders_change_in_place_when_the_buddy_is_free() {
         let p = malloc(20_000); // order 3 (32 KiB)
-        // SAFETY: ours, and not used after the call.
+                                // SAFETY: ours, and not used after the call.
         let q = unsafe { realloc(p, 10_000) }.unwrap(); // order 2: shrinks in place
         assert_eq!(p, q);
         assert_eq!(usable_size(q), Some(16384));
