@@ -294,7 +294,15 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// None beyond C's.
 #[no_mangle]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
-    memalign_impl(boot::PAGE_SIZE.load(Ordering::Relaxed), size)
+    memalign_impl(page_size(), size)
+}
+
+/// The OS page size, read when kmem initialises (which this call triggers if needed).
+fn page_size() -> usize {
+    if !ready() {
+        let _ = gate();
+    }
+    boot::PAGE_SIZE.load(Ordering::Relaxed)
 }
 
 /// `pvalloc(size)`: `size` rounded up to a page multiple, page-aligned; null with `ENOMEM` if
@@ -304,7 +312,7 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 /// None beyond C's.
 #[no_mangle]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    let page = boot::PAGE_SIZE.load(Ordering::Relaxed);
+    let page = page_size();
     match size.checked_add(page - 1) {
         Some(s) => memalign_impl(page, s & !(page - 1)),
         None => {

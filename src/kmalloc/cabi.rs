@@ -362,6 +362,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // 9 MiB of writes: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
     fn every_kind_round_trips_through_the_pointer_alone() {
         for &size in &[
             0usize,
@@ -392,6 +394,8 @@ mod tests {
     }
 
     #[test]
+    // multi-MiB mappings: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
     fn huge_mappings_are_registered_and_forgotten() {
         let p = malloc(5 << 20);
         assert_eq!(p as usize % crate::page::CHUNK_SIZE, 0);
@@ -428,6 +432,8 @@ mod tests {
     }
 
     #[test]
+    // 12 MiB copies: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
     fn realloc_keeps_contents_across_every_kind() {
         let sizes = [5usize, 100, 5000, 100_000, 5 << 20, 12 << 20, 300, 1];
         let mut p = malloc(1);
@@ -480,6 +486,8 @@ mod tests {
     }
 
     #[test]
+    // Miri cannot spawn processes.
+    #[cfg_attr(miri, ignore)]
     fn bad_frees_abort_in_a_child() {
         // Run in a child process: the parent re-runs this test binary with a scenario.
         if let Ok(s) = std::env::var("KMEM_CABI_ABORT") {
