@@ -12,7 +12,7 @@
 //!    a bad free and aborts with a message, as glibc's `free(): invalid pointer` does;
 //! 2. otherwise the table of kmalloc's OS mappings (`huge.rs`: mappings above 4 MiB start at a
 //!    multiple of 4 MiB and are registered with their length) says whether `p` starts one;
-//! 3. otherwise `p` is not kmem's: [`Found::Foreign`] / `false`, and the caller routes it (the
+//! 3. otherwise `p` is not kmem's: `false` / `None` / `Err(NotKmem)`, and the caller routes it (the
 //!    preload library hands it to the next allocator, `dlsym(RTLD_NEXT, "free")`).
 //!
 //! Alignment: `malloc(n)` asks for alignment 8; every class above 8 bytes is at least 16-byte
