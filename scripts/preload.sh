@@ -95,6 +95,11 @@ if have gcc; then
   grep -Eq 'routed to the next allocator: ([5-9][0-9]|[1-9][0-9]{2,}) frees' "$WORK/c.err" \
     || fail "contract_test: the foreign frees were not counted"
   check_served "$WORK/c.err" 100000 "contract_test"
+  say "contract_test on a debug libkmem.so with kmem's re-entrancy guard (aborts if kmem re-enters itself)"
+  cargo build -q -p kmem-preload --features debug-reentrancy
+  LD_PRELOAD="$TARGET_DIR/debug/libkmem.so" "$WORK/contract_test" >"$WORK/cg.out" 2>&1 \
+    || { tail -20 "$WORK/cg.out" >&2; fail "contract_test with the re-entrancy guard"; }
+  tail -1 "$WORK/cg.out"
 else
   skip "gcc is missing: no C contract test"
 fi
