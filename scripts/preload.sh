@@ -95,6 +95,17 @@ if have gcc; then
   grep -Eq 'routed to the next allocator: ([5-9][0-9]|[1-9][0-9]{2,}) frees' "$WORK/c.err" \
     || fail "contract_test: the foreign frees were not counted"
   check_served "$WORK/c.err" 100000 "contract_test"
+  gcc -O2 -Wall -Wextra -Werror -Wno-free-nonheap-object -o "$WORK/bad_free" "$C/bad_free.c"
+  for case in "interior:an interior pointer of a kmalloc object" "block:a free kmem page" \
+    "slab:double free"; do
+    name=${case%%:*}
+    # (The braces' 2>/dev/null silences the shell's own "Aborted" report: the abort is expected.)
+    if { LD_PRELOAD="$LIB" "$WORK/bad_free" "$name" >"$WORK/bad.out" 2>&1; } 2>/dev/null; then
+      fail "bad_free $name: not caught ($(cat "$WORK/bad.out"))"
+    fi
+    grep -q "${case#*:}" "$WORK/bad.out" || fail "bad_free $name: no message: $(cat "$WORK/bad.out")"
+  done
+  say "bad frees (interior pointer, page-block and slab double free) abort with a message"
   say "contract_test on a debug libkmem.so with kmem's re-entrancy guard (aborts if kmem re-enters itself)"
   cargo build -q -p kmem-preload --features debug-reentrancy
   LD_PRELOAD="$TARGET_DIR/debug/libkmem.so" "$WORK/contract_test" >"$WORK/cg.out" 2>&1 \

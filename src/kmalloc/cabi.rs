@@ -37,8 +37,8 @@ const MALLOC_ALIGN: usize = 8;
 
 /// What a pointer is, found from the pointer alone.
 enum Found {
-    /// An object of kmalloc class cache `cache`.
-    Object(&'static CacheInner),
+    /// An object of kmalloc class cache `cache`, in the slab whose head descriptor is given.
+    Object(&'static CacheInner, &'static Page),
     /// The head of an allocated page block of this order.
     Block(&'static Page, u32),
     /// The start of a kmalloc OS mapping of this length and alignment.
@@ -91,7 +91,22 @@ fn find(func: &str, ptr: *mut u8) -> Found {
                     "an object of a kmem cache that is not a kmalloc cache",
                 );
             }
-            Found::Object(cache)
+            // `check_valid_pointer`, as `owning_slab` does it for every kfree (here with the
+            // descriptor already in hand): a slab is one buddy block aligned to its own size, so
+            // the offset of `ptr` in it is its low bits, and it must be a multiple of the object
+            // size whose object ends inside the slab (`off < slab_bytes <= 4 MiB`: no overflow).
+            let slab_bytes = PAGE_SIZE << info.order();
+            let off = ptr as usize & (slab_bytes - 1);
+            if !cache.size_div.is_index(cache.size_div.index(off))
+                || off + cache.geo.size > slab_bytes
+            {
+                invalid(
+                    func,
+                    ptr,
+                    "an interior pointer of a kmalloc object (or past a slab's last object)",
+                );
+            }
+            Found::Object(cache, page)
         }
         PageKind::Block => {
             if page_address(page) != ptr {
@@ -207,10 +222,10 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
 #[inline(always)]
 unsafe fn free_found(ptr: *mut u8, found: Found) -> bool {
     match found {
-        Found::Object(cache) => {
-            // The same O(1) checks as every kfree: the slab is this cache's and `ptr` starts
-            // one of its objects.
-            let slab = cache.owning_slab(ptr);
+        Found::Object(cache, slab) => {
+            // `find` made the checks every kfree makes (`owning_slab`): the page is a slab of
+            // this cache and `ptr` starts one of its objects.
+            let slab = slab as *const Page as *mut Page;
             // SAFETY: `ptr` is an allocated object of `slab` that the caller gives back.
             unsafe { cache.do_slab_free(slab, ptr as usize, ptr as usize, 1) };
             true
@@ -267,7 +282,7 @@ pub fn usable_size(ptr: *mut u8) -> Option<usize> {
 
 fn usable_found(found: Found) -> Option<usize> {
     match found {
-        Found::Object(cache) => Some(cache.geo.object_size),
+        Found::Object(cache, _) => Some(cache.geo.object_size),
         Found::Block(_, order) => Some(PAGE_SIZE << order),
         Found::Mapping(bytes, _) => Some(bytes),
         Found::Foreign => None,
@@ -311,13 +326,13 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
     };
     let old_usable = match (&found, kind_of(new)) {
         (Found::Foreign, _) => return Err(NotKmem),
-        (Found::Object(cache), Kind::Class(idx)) => {
+        (Found::Object(cache, _), Kind::Class(idx)) => {
             if ptr::eq(KMALLOC_CACHES[idx].load(Ordering::Relaxed), *cache) {
                 return Ok(ptr);
             }
             cache.geo.object_size
         }
-        (Found::Object(cache), _) => cache.geo.object_size,
+        (Found::Object(cache, _), _) => cache.geo.object_size,
         (&Found::Block(page, o1), Kind::Pages(o2)) => {
             if o1 == o2 {
                 return Ok(ptr);
@@ -510,7 +525,7 @@ mod tests {
             std::process::exit(0);
         }
         for (scenario, needle) in [
-            ("interior", "interior pointer"),
+            ("interior", "an interior pointer of a kmalloc object"),
             ("double", "free kmem page"),
         ] {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
