@@ -27,9 +27,9 @@
 
 use super::paths::{kmalloc, kzalloc};
 use super::*;
-use crate::cache::CacheInner;
 use crate::os::Num;
 use crate::page::{page_address, virt_to_page, Page, PageKind};
+use crate::slub::CacheInner;
 use core::ptr::NonNull;
 
 /// The alignment `malloc` asks for (see the module docs: results above 8 bytes are 16-aligned).
@@ -92,14 +92,19 @@ fn find(func: &str, ptr: *mut u8) -> Found {
                 );
             }
             // `check_valid_pointer`, as `owning_slab` does it for every kfree (here with the
-            // descriptor already in hand): a slab is one buddy block aligned to its own size, so
+            // descriptor already in hand). Power-of-two sizes: objects sit at the multiples of
+            // the size (one AND). Others: a slab is one buddy block aligned to its own size, so
             // the offset of `ptr` in it is its low bits, and it must be a multiple of the object
             // size whose object ends inside the slab (`off < slab_bytes <= 4 MiB`: no overflow).
-            let slab_bytes = PAGE_SIZE << info.order();
-            let off = ptr as usize & (slab_bytes - 1);
-            if !cache.size_div.is_index(cache.size_div.index(off))
-                || off + cache.geo.size > slab_bytes
-            {
+            let valid = if cache.pow2_mask != 0 {
+                ptr as usize & cache.pow2_mask == 0
+            } else {
+                let slab_bytes = PAGE_SIZE << info.order();
+                let off = ptr as usize & (slab_bytes - 1);
+                cache.size_div.is_index(cache.size_div.index(off))
+                    && off + cache.geo.size <= slab_bytes
+            };
+            if !valid {
                 invalid(
                     func,
                     ptr,
