@@ -94,7 +94,7 @@ if have gcc; then
   grep -Eq 'bootstrap arena: 4 allocations' "$WORK/c.err" || fail "the bootstrap arena count"
   grep -Eq 'routed to the next allocator: ([5-9][0-9]|[1-9][0-9]{2,}) frees' "$WORK/c.err" \
     || fail "contract_test: the foreign frees were not counted"
-  check_served "$WORK/c.err" 100000 "contract_test"
+  check_served "$WORK/c.err" 10000 "contract_test"
   gcc -O2 -Wall -Wextra -Werror -Wno-free-nonheap-object -o "$WORK/bad_free" "$C/bad_free.c"
   for case in "interior:an interior pointer of a kmalloc object" "block:a free kmem page" \
     "slab:double free"; do
