@@ -66,6 +66,8 @@ pub(crate) use backend::{
 #[cfg(not(loom))]
 pub use dword::BenchDWord;
 pub(crate) use dword::DWord;
+#[cfg(loom)]
+pub(crate) use backend::{cpu_fence, cpu_sequence, MODEL_CPUS};
 pub(crate) use once::OnceSlot;
 
 /// Atomics for process-wide tables that live in `static`s (the chunk radix table, the
