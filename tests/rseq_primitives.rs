@@ -7,7 +7,10 @@ use kmem::cpu::{__Seq as Seq, __TestSlots as TestSlots, commit_mode, CommitMode}
 fn rseq_mode() -> bool {
     let m = commit_mode();
     if m != CommitMode::Rseq {
-        eprintln!("skipped: commit mode {m:?} ({})", kmem::cpu::commit_mode_reason());
+        eprintln!(
+            "skipped: commit mode {m:?} ({})",
+            kmem::cpu::commit_mode_reason()
+        );
     }
     m == CommitMode::Rseq
 }
@@ -151,7 +154,11 @@ fn kmem_rseq_0_forces_locked_mode() {
             commit_mode()
         };
         assert_eq!(commit_mode(), want, "{}", kmem::cpu::commit_mode_reason());
-        println!("child mode {:?}: {}", commit_mode(), kmem::cpu::commit_mode_reason());
+        println!(
+            "child mode {:?}: {}",
+            commit_mode(),
+            kmem::cpu::commit_mode_reason()
+        );
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
@@ -161,8 +168,15 @@ fn kmem_rseq_0_forces_locked_mode() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("child mode Locked: KMEM_RSEQ=0"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("child mode Locked: KMEM_RSEQ=0"),
+        "{stdout}"
+    );
 }
 
 /// With glibc's rseq disabled by its tunable, kmem registers its own area (and still decides
@@ -170,7 +184,11 @@ fn kmem_rseq_0_forces_locked_mode() {
 #[test]
 fn own_registration_without_glibc_rseq() {
     if std::env::var_os("KMEM_RSEQ_CHILD").is_some() {
-        println!("child mode {:?}: {}", commit_mode(), kmem::cpu::commit_mode_reason());
+        println!(
+            "child mode {:?}: {}",
+            commit_mode(),
+            kmem::cpu::commit_mode_reason()
+        );
         if commit_mode() == CommitMode::Rseq {
             every_outcome_of_pop_and_push();
             sequences_on_fresh_threads();
@@ -181,12 +199,20 @@ fn own_registration_without_glibc_rseq() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "own_registration_without_glibc_rseq", "--nocapture"])
+        .args([
+            "--exact",
+            "own_registration_without_glibc_rseq",
+            "--nocapture",
+        ])
         .env("KMEM_RSEQ_CHILD", "1")
         .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("child mode Rseq"), "{stdout}");
 }

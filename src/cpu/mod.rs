@@ -55,7 +55,6 @@ mod topology;
 
 pub use percpu::{commit_mode, commit_mode_reason, CommitMode};
 /// The per-CPU sequences on a private slot array, for tests; not part of the API.
-#[cfg(not(loom))]
 #[doc(hidden)]
 pub use percpu::{Seq as __Seq, TestSlots as __TestSlots};
 

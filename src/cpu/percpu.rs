@@ -428,7 +428,12 @@ pub(crate) unsafe fn push(
 /// chose the slot) or cannot run sequences; the caller then stops and fences the slot.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline]
-pub(crate) fn cas_on_cpu(slot: &SlotHead, cpu: usize, old: (usize, u64), new: (usize, u64)) -> OnCpu {
+pub(crate) fn cas_on_cpu(
+    slot: &SlotHead,
+    cpu: usize,
+    old: (usize, u64),
+    new: (usize, u64),
+) -> OnCpu {
     let (st, lo, hi): (u64, u64, u64);
     // SAFETY: as in `pop` for the sequence. The CAS is `lock cmpxchg16b` on the slot's 16-byte
     // aligned double word (the `DWord` backend's own instruction; `DWord::is_lock_free` was
@@ -582,7 +587,12 @@ pub(crate) unsafe fn push(
 
 /// The model of [`cas_on_cpu`].
 #[cfg(loom)]
-pub(crate) fn cas_on_cpu(slot: &SlotHead, cpu: usize, old: (usize, u64), new: (usize, u64)) -> OnCpu {
+pub(crate) fn cas_on_cpu(
+    slot: &SlotHead,
+    cpu: usize,
+    old: (usize, u64),
+    new: (usize, u64),
+) -> OnCpu {
     let here = super::current_cpu();
     let _seq = crate::sync::cpu_sequence(here);
     if here != cpu && !cfg!(kmem_mutant = "rseq_cpu_not_rechecked") {
@@ -730,7 +740,12 @@ pub fn commit_mode_reason() -> &'static str {
 #[inline(never)]
 fn decide() -> CommitMode {
     let (mode, reason) = probe();
-    let word = (reason << 2) | if mode == CommitMode::Rseq { MODE_RSEQ } else { MODE_LOCKED };
+    let word = (reason << 2)
+        | if mode == CommitMode::Rseq {
+            MODE_RSEQ
+        } else {
+            MODE_LOCKED
+        };
     match MODE.compare_exchange(0, word, GlobalOrdering::AcqRel, GlobalOrdering::Acquire) {
         Ok(_) => mode,
         Err(_) => commit_mode(),
@@ -840,20 +855,18 @@ pub(crate) fn after_fork_child() {
 // A slot array for tests of the primitives (unit tests, tests/rseq_stress.rs)
 // ---------------------------------------------------------------------------------------------
 
-/// The primitives on a private slot array, for tests (`tests/rseq_stress.rs`); not part of the
+/// The primitives on a private slot array, for tests (`tests/rseq_primitives.rs`,
+/// `tests/rseq_stress.rs`, and the loom model `loom-tests/tests/m10_rseq.rs`); not part of the
 /// API. Objects are caller memory whose first word is the free pointer; every slot's `slab` is
 /// [`TestSlots::SLAB`] unless changed.
-#[cfg(not(loom))]
 #[doc(hidden)]
 pub struct TestSlots {
     slots: Box<[PaddedSlot]>,
 }
 
-#[cfg(not(loom))]
 #[repr(C, align(64))]
 struct PaddedSlot(SlotHead);
 
-#[cfg(not(loom))]
 impl TestSlots {
     /// The `slab` value of every slot at creation.
     pub const SLAB: usize = 0x5000;
@@ -925,7 +938,10 @@ impl TestSlots {
         stop(h, i);
         let mut cur = h.freelist_tid.load();
         loop {
-            match h.freelist_tid.compare_exchange(cur, (0, cur.1.wrapping_add(1))) {
+            match h
+                .freelist_tid
+                .compare_exchange(cur, (0, cur.1.wrapping_add(1)))
+            {
                 Ok(()) => return cur.0,
                 Err(seen) => cur = seen,
             }

@@ -59,6 +59,8 @@ mod backend;
 mod dword;
 mod once;
 
+#[cfg(loom)]
+pub(crate) use backend::{cpu_fence, cpu_sequence};
 pub(crate) use backend::{
     fence, retry_hint, thread_token, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
     Backoff, Cell, Ordering, SpinGuard, SpinLock,
@@ -66,8 +68,6 @@ pub(crate) use backend::{
 #[cfg(not(loom))]
 pub use dword::BenchDWord;
 pub(crate) use dword::DWord;
-#[cfg(loom)]
-pub(crate) use backend::{cpu_fence, cpu_sequence, MODEL_CPUS};
 pub(crate) use once::OnceSlot;
 
 /// Atomics for process-wide tables that live in `static`s (the chunk radix table, the
