@@ -44,7 +44,7 @@
 //!
 //! The slow path on the slot's own CPU avoids the system call: [`cas_on_cpu`] runs the
 //! `{freelist, tid}` CAS *as the commit of a sequence* that first checks that the thread is on
-//! the slot's CPU. A thread that migrated reports [`OnCpu::NotOnCpu`] and the caller falls back
+//! the slot's CPU. A thread that migrated reports [`OnCpu::Elsewhere`] and the caller falls back
 //! to stop + fence.
 //!
 //! # Why this file stores to slot memory
@@ -68,7 +68,7 @@
 #![cfg_attr(any(miri, loom), allow(dead_code, unused_imports))]
 
 use crate::sync::global::{AtomicUsize as GlobalUsize, Ordering as GlobalOrdering};
-use crate::sync::{AtomicU64, AtomicUsize, DWord, Ordering};
+use crate::sync::{AtomicPtr, AtomicU64, DWord, Ordering};
 
 pub(crate) use super::rseq::RSEQ_SIG;
 
@@ -101,13 +101,14 @@ pub(crate) const OFF_SLAB: usize = 16;
 /// Offset of `stopped` in [`SlotHead`].
 pub(crate) const OFF_STOPPED: usize = 24;
 
-/// The first 32 bytes of a CPU slot: what the sequences read and write (layout above).
+/// The first 32 bytes of a CPU slot: what the sequences read and write (layout above). `S` is
+/// the type the slab pointer points to (a page descriptor in a cache; opaque here).
 #[repr(C)]
-pub(crate) struct SlotHead {
+pub(crate) struct SlotHead<S = u8> {
     /// `{freelist, tid}`.
     pub(crate) freelist_tid: DWord,
-    /// The slot's slab (an address, 0 for none).
-    pub(crate) slab: AtomicUsize,
+    /// The slot's slab, or null.
+    pub(crate) slab: AtomicPtr<S>,
     /// Non-zero while a stopper owns the slot.
     pub(crate) stopped: AtomicU64,
 }
@@ -119,50 +120,72 @@ const _: () = {
     assert!(core::mem::offset_of!(SlotHead, stopped) == OFF_STOPPED);
 };
 
-impl SlotHead {
+impl<S> SlotHead<S> {
     /// An empty, running slot with tid `tid`.
     pub(crate) fn new(tid: u64) -> Self {
         SlotHead {
             freelist_tid: DWord::new(0, tid),
-            slab: AtomicUsize::new(0),
+            slab: AtomicPtr::new(core::ptr::null_mut()),
             stopped: AtomicU64::new(0),
         }
     }
 }
 
 /// An array of slots indexed by CPU id: slot `i` is the [`SlotHead`] at `base + i * stride`.
-#[derive(Clone, Copy)]
-pub(crate) struct Slots {
+pub(crate) struct Slots<S = u8> {
     base: usize,
     stride: usize,
     nr: usize,
+    _slab: core::marker::PhantomData<*const S>,
 }
 
-impl Slots {
+impl<S> Clone for Slots<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Slots<S> {}
+
+// SAFETY: a `Slots` is an address range of slots whose fields are all synchronised (atomics, the
+// double word); sharing or sending it shares only those.
+unsafe impl<S> Send for Slots<S> {}
+// SAFETY: as above.
+unsafe impl<S> Sync for Slots<S> {}
+
+impl<S> Slots<S> {
     /// The array of `nr` slots starting at `first`, `stride` bytes apart.
     ///
     /// # Safety
     /// `first + i * stride` is a live [`SlotHead`] for every `i < nr`, for as long as the
     /// returned value (and its copies) is used.
-    pub(crate) unsafe fn new(first: *const SlotHead, stride: usize, nr: usize) -> Self {
+    pub(crate) unsafe fn new(first: *const SlotHead<S>, stride: usize, nr: usize) -> Self {
         Slots {
             base: first as usize,
             stride,
             nr,
+            _slab: core::marker::PhantomData,
         }
     }
 
     /// Slot `i` (`i < nr`).
+    #[cfg_attr(not(loom), allow(dead_code))] // the loom models of the sequences
     #[inline(always)]
-    pub(crate) fn get(&self, i: usize) -> &SlotHead {
+    pub(crate) fn get(&self, i: usize) -> &SlotHead<S> {
         assert!(i < self.nr);
         // SAFETY: `i < nr` and the constructor's contract.
-        unsafe { &*((self.base + i * self.stride) as *const SlotHead) }
+        unsafe { &*((self.base + i * self.stride) as *const SlotHead<S>) }
     }
 
     /// The number of slots.
+    #[cfg_attr(not(loom), allow(dead_code))] // the loom models of the sequences
     pub(crate) fn len(&self) -> usize {
         self.nr
+    }
+
+    /// The index of the slot at `addr` (an address a sequence returned).
+    pub(crate) fn index_of(&self, addr: usize) -> usize {
+        (addr - self.base).checked_div(self.stride).unwrap_or(0)
     }
 }
 
@@ -211,7 +234,7 @@ pub(crate) enum OnCpu {
     /// The CAS found this value instead.
     Failed((usize, u64)),
     /// The thread is not on the requested CPU (or cannot run sequences).
-    NotOnCpu,
+    Elsewhere,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,14 +247,15 @@ pub(crate) enum OnCpu {
 #[cfg(not(any(miri, loom)))]
 #[inline(always)]
 fn area_offset() -> isize {
-    super::unpack_offset(super::rseq::SEQ_AREA.load(GlobalOrdering::Relaxed))
+    super::rseq::SEQ_OFFSET.load(GlobalOrdering::Relaxed) as isize
 }
 
 /// Pops the first object of the freelist of the slot of the CPU the thread runs on, in one
 /// sequence: `cpu = cpu_id; slot = slots[cpu]; if stopped → Stopped; if expect_slab != 0 and
 /// slab != expect_slab → Mismatch; obj = freelist; if 0 → Empty; freelist = *(obj + free_off)`
-/// (commit). Returns `(how, cpu, obj)`; `obj` is meaningful for `Done` only, `cpu` for all but
-/// `Unavailable`.
+/// (commit). Returns `(how, slot, obj)`: `slot` is the address of the slot the sequence used
+/// (for every outcome but `Unavailable`; [`Slots::index_of`] gives its index), `obj` the object
+/// (`Done` only).
 ///
 /// Only called in rseq mode (the slot memory of `slots` must be used by no locked-mode CAS
 /// without a stop + fence).
@@ -240,8 +264,12 @@ fn area_offset() -> isize {
 /// Every object on a slot's freelist is readable at `obj + free_off` (an aligned word).
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
-pub(crate) unsafe fn pop(slots: Slots, free_off: usize, expect_slab: usize) -> (Seq, usize, usize) {
-    let (st, cpu, obj): (u64, usize, usize);
+pub(crate) unsafe fn pop<S>(
+    slots: Slots<S>,
+    free_off: usize,
+    expect_slab: usize,
+) -> (Seq, usize, usize) {
+    let (st, slot, obj): (u64, usize, usize);
     // SAFETY: the sequence reads `cpu_id` from and writes `rseq_cs` to this thread's rseq area
     // (registered: else `cpu_id` reads as >= nr and the sequence stops before touching a slot);
     // it touches slot `cpu < nr` only (the `Slots` contract) and the object's free pointer (the
@@ -256,10 +284,9 @@ pub(crate) unsafe fn pop(slots: Slots, free_off: usize, expect_slab: usize) -> (
             "lea {t}, [rip + 9f]",
             "mov qword ptr fs:[{off} + {cs}], {t}",
             "3:",
-            "mov {cpu:e}, dword ptr fs:[{off} + 4]",
-            "cmp {cpu}, {nr}",
+            "mov {slot:e}, dword ptr fs:[{off} + 4]",
+            "cmp {slot}, {nr}",
             "jae 25f",
-            "mov {slot}, {cpu}",
             "imul {slot}, {stride}",
             "add {slot}, {base}",
             "cmp qword ptr [{slot} + {o_stop}], 0",
@@ -309,8 +336,7 @@ pub(crate) unsafe fn pop(slots: Slots, free_off: usize, expect_slab: usize) -> (
             expect = in(reg) expect_slab,
             foff = in(reg) free_off,
             t = out(reg) st,
-            slot = out(reg) _,
-            cpu = out(reg) cpu,
+            slot = out(reg) slot,
             obj = out(reg) obj,
             cs = const super::rseq::RSEQ_CS_OFFSET,
             o_stop = const OFF_STOPPED,
@@ -323,14 +349,14 @@ pub(crate) unsafe fn pop(slots: Slots, free_off: usize, expect_slab: usize) -> (
             options(nostack),
         );
     }
-    (seq_of(st), cpu, obj)
+    (seq_of(st), slot, obj)
 }
 
 /// Pushes the detached list `head ..= tail` (linked through their free pointers) onto the
 /// freelist of the slot of the CPU the thread runs on, in one sequence: `cpu = cpu_id; slot =
 /// slots[cpu]; if stopped → Stopped; if slab != expect_slab → Mismatch; old = freelist; if old
 /// == tail → DoubleFree; *(tail + free_off) = old; freelist = head` (commit). Returns `(how,
-/// cpu)`. The store into `tail` before the commit touches only the caller's own object (it is
+/// slot)` (the slot's address, as for [`pop`]). The store into `tail` before the commit touches only the caller's own object (it is
 /// redone by a restart).
 ///
 /// # Safety
@@ -338,14 +364,14 @@ pub(crate) unsafe fn pop(slots: Slots, free_off: usize, expect_slab: usize) -> (
 /// aligned word of `tail`. Only called in rseq mode.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
-pub(crate) unsafe fn push(
-    slots: Slots,
+pub(crate) unsafe fn push<S>(
+    slots: Slots<S>,
     free_off: usize,
     expect_slab: usize,
     head: usize,
     tail: usize,
 ) -> (Seq, usize) {
-    let (st, cpu): (u64, usize);
+    let (st, slot): (u64, usize);
     // SAFETY: as in `pop`; the one store before the commit is into `tail`, which the caller
     // owns (contract).
     unsafe {
@@ -354,10 +380,9 @@ pub(crate) unsafe fn push(
             "lea {t}, [rip + 9f]",
             "mov qword ptr fs:[{off} + {cs}], {t}",
             "3:",
-            "mov {cpu:e}, dword ptr fs:[{off} + 4]",
-            "cmp {cpu}, {nr}",
+            "mov {slot:e}, dword ptr fs:[{off} + 4]",
+            "cmp {slot}, {nr}",
             "jae 25f",
-            "mov {slot}, {cpu}",
             "imul {slot}, {stride}",
             "add {slot}, {base}",
             "cmp qword ptr [{slot} + {o_stop}], 0",
@@ -406,8 +431,7 @@ pub(crate) unsafe fn push(
             tail = in(reg) tail,
             foff = in(reg) free_off,
             t = out(reg) st,
-            slot = out(reg) _,
-            cpu = out(reg) cpu,
+            slot = out(reg) slot,
             cs = const super::rseq::RSEQ_CS_OFFSET,
             o_stop = const OFF_STOPPED,
             o_slab = const OFF_SLAB,
@@ -419,17 +443,17 @@ pub(crate) unsafe fn push(
             options(nostack),
         );
     }
-    (seq_of(st), cpu)
+    (seq_of(st), slot)
 }
 
 /// The `{freelist, tid}` CAS `old → new` on `slot`, as the commit of a sequence that first
 /// checks that the thread runs on CPU `cpu`: atomic with respect to every sequence on `cpu`,
-/// with no system call. [`OnCpu::NotOnCpu`] if the thread is elsewhere (it migrated since it
+/// with no system call. [`OnCpu::Elsewhere`] if the thread is elsewhere (it migrated since it
 /// chose the slot) or cannot run sequences; the caller then stops and fences the slot.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline]
-pub(crate) fn cas_on_cpu(
-    slot: &SlotHead,
+pub(crate) fn cas_on_cpu<S>(
+    slot: &SlotHead<S>,
     cpu: usize,
     old: (usize, u64),
     new: (usize, u64),
@@ -488,26 +512,26 @@ pub(crate) fn cas_on_cpu(
     match st {
         1 => OnCpu::Swapped,
         0 => OnCpu::Failed((lo as usize, hi)),
-        _ => OnCpu::NotOnCpu,
+        _ => OnCpu::Elsewhere,
     }
 }
 
 /// Other targets (and Miri): no sequences; never called, because the mode is `Locked` there.
 #[cfg(all(not(loom), any(miri, not(target_arch = "x86_64"))))]
-pub(crate) unsafe fn pop(_: Slots, _: usize, _: usize) -> (Seq, usize, usize) {
+pub(crate) unsafe fn pop<S>(_: Slots<S>, _: usize, _: usize) -> (Seq, usize, usize) {
     (Seq::Unavailable, 0, 0)
 }
 
 /// See the x86_64 version.
 #[cfg(all(not(loom), any(miri, not(target_arch = "x86_64"))))]
-pub(crate) unsafe fn push(_: Slots, _: usize, _: usize, _: usize, _: usize) -> (Seq, usize) {
+pub(crate) unsafe fn push<S>(_: Slots<S>, _: usize, _: usize, _: usize, _: usize) -> (Seq, usize) {
     (Seq::Unavailable, 0)
 }
 
 /// See the x86_64 version.
 #[cfg(all(not(loom), any(miri, not(target_arch = "x86_64"))))]
-pub(crate) fn cas_on_cpu(_: &SlotHead, _: usize, _: (usize, u64), _: (usize, u64)) -> OnCpu {
-    OnCpu::NotOnCpu
+pub(crate) fn cas_on_cpu<S>(_: &SlotHead<S>, _: usize, _: (usize, u64), _: (usize, u64)) -> OnCpu {
+    OnCpu::Elsewhere
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,17 +544,22 @@ pub(crate) fn cas_on_cpu(_: &SlotHead, _: usize, _: (usize, u64), _: (usize, u64
 /// # Safety
 /// As the x86_64 version.
 #[cfg(loom)]
-pub(crate) unsafe fn pop(slots: Slots, free_off: usize, expect_slab: usize) -> (Seq, usize, usize) {
+pub(crate) unsafe fn pop<S>(
+    slots: Slots<S>,
+    free_off: usize,
+    expect_slab: usize,
+) -> (Seq, usize, usize) {
     let cpu = super::current_cpu();
     let seq = crate::sync::cpu_sequence(cpu);
     if cpu >= slots.nr {
-        return (Seq::Unavailable, cpu, 0);
+        return (Seq::Unavailable, 0, 0);
     }
     let s = slots.get(cpu);
+    let cpu = s as *const SlotHead<S> as usize;
     if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Relaxed) != 0 {
         return (Seq::Stopped, cpu, 0);
     }
-    if expect_slab != 0 && s.slab.load(Ordering::Relaxed) != expect_slab {
+    if expect_slab != 0 && s.slab.load(Ordering::Relaxed) as usize != expect_slab {
         return (Seq::Mismatch, cpu, 0);
     }
     let (obj, _) = s.freelist_tid.load();
@@ -556,8 +585,8 @@ pub(crate) unsafe fn pop(slots: Slots, free_off: usize, expect_slab: usize) -> (
 /// # Safety
 /// As the x86_64 version.
 #[cfg(loom)]
-pub(crate) unsafe fn push(
-    slots: Slots,
+pub(crate) unsafe fn push<S>(
+    slots: Slots<S>,
     free_off: usize,
     expect_slab: usize,
     head: usize,
@@ -566,13 +595,14 @@ pub(crate) unsafe fn push(
     let cpu = super::current_cpu();
     let _seq = crate::sync::cpu_sequence(cpu);
     if cpu >= slots.nr {
-        return (Seq::Unavailable, cpu);
+        return (Seq::Unavailable, 0);
     }
     let s = slots.get(cpu);
+    let cpu = s as *const SlotHead<S> as usize;
     if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Relaxed) != 0 {
         return (Seq::Stopped, cpu);
     }
-    if s.slab.load(Ordering::Relaxed) != expect_slab {
+    if s.slab.load(Ordering::Relaxed) as usize != expect_slab {
         return (Seq::Mismatch, cpu);
     }
     let (old, _) = s.freelist_tid.load();
@@ -587,8 +617,8 @@ pub(crate) unsafe fn push(
 
 /// The model of [`cas_on_cpu`].
 #[cfg(loom)]
-pub(crate) fn cas_on_cpu(
-    slot: &SlotHead,
+pub(crate) fn cas_on_cpu<S>(
+    slot: &SlotHead<S>,
     cpu: usize,
     old: (usize, u64),
     new: (usize, u64),
@@ -596,7 +626,7 @@ pub(crate) fn cas_on_cpu(
     let here = super::current_cpu();
     let _seq = crate::sync::cpu_sequence(here);
     if here != cpu && !cfg!(kmem_mutant = "rseq_cpu_not_rechecked") {
-        return OnCpu::NotOnCpu;
+        return OnCpu::Elsewhere;
     }
     match slot.freelist_tid.compare_exchange(old, new) {
         Ok(()) => OnCpu::Swapped,
@@ -612,7 +642,7 @@ pub(crate) fn cas_on_cpu(
 /// on the slot until [`resume`], and every store a sequence committed on it before is visible.
 /// The caller holds the slot's lock (one stopper at a time). A system call: never from inside a
 /// sequence, and not on a fast path.
-pub(crate) fn stop(slot: &SlotHead, cpu: usize) {
+pub(crate) fn stop<S>(slot: &SlotHead<S>, cpu: usize) {
     if cfg!(kmem_mutant = "rseq_fence_before_stop") {
         // Planted bug (loom-tests): a sequence that starts between the fence and the store does
         // not see the stop.
@@ -627,7 +657,7 @@ pub(crate) fn stop(slot: &SlotHead, cpu: usize) {
 }
 
 /// Lets sequences commit on `slot` again (the caller's stores before it are visible to them).
-pub(crate) fn resume(slot: &SlotHead) {
+pub(crate) fn resume<S>(slot: &SlotHead<S>) {
     slot.stopped.store(0, Ordering::Release);
 }
 
@@ -802,17 +832,17 @@ fn probe() -> (CommitMode, usize) {
     if membarrier_fence(cpu).is_err() {
         return (CommitMode::Locked, 7);
     }
+    super::rseq::SEQ_OFFSET.store(super::unpack_offset(area) as usize, GlobalOrdering::Relaxed);
     SEQ_AREA.store(area, GlobalOrdering::Release);
     // One real sequence on a private slot: the kernel accepts the descriptor and signature.
-    let slot = SlotHead::new(0);
+    let slot = SlotHead::<u8>::new(0);
     let obj = [0usize; 1];
     slot.freelist_tid.store(obj.as_ptr() as usize, 0);
-    slot.slab.store(0, Ordering::Relaxed);
     // A slot array whose every entry is `slot` (stride 0): whatever CPU id the sequence reads,
     // it picks the same slot.
     // SAFETY: `slot` lives across the call; the object's free pointer is `obj[0]` (offset 0).
-    let (st, cpu, got) = unsafe { pop(Slots::new(&slot, 0, usize::MAX), 0, 0) };
-    let ok = st == Seq::Done && got == obj.as_ptr() as usize && cpu < super::possible_cpus();
+    let (st, at, got) = unsafe { pop(Slots::new(&slot, 0, usize::MAX), 0, 0) };
+    let ok = st == Seq::Done && got == obj.as_ptr() as usize && at == &slot as *const _ as usize;
     if !ok {
         SEQ_AREA.store(0, GlobalOrdering::Release);
         return (CommitMode::Locked, 8);
@@ -856,7 +886,7 @@ pub(crate) fn after_fork_child() {
 // ---------------------------------------------------------------------------------------------
 
 /// The primitives on a private slot array, for tests (`tests/rseq_primitives.rs`,
-/// `tests/rseq_stress.rs`, and the loom model `loom-tests/tests/m10_rseq.rs`); not part of the
+/// `tests/rseq_stress.rs`, and the loom model `loom-tests/tests/m11_rseq.rs`); not part of the
 /// API. Objects are caller memory whose first word is the free pointer; every slot's `slab` is
 /// [`TestSlots::SLAB`] unless changed.
 #[doc(hidden)]
@@ -876,14 +906,14 @@ impl TestSlots {
         let slots: Box<[PaddedSlot]> = (0..nr)
             .map(|i| {
                 let h = SlotHead::new(i as u64);
-                h.slab.store(Self::SLAB, Ordering::Relaxed);
+                h.slab.store(Self::SLAB as *mut u8, Ordering::Relaxed);
                 PaddedSlot(h)
             })
             .collect();
         TestSlots { slots }
     }
 
-    fn slots(&self) -> Slots {
+    fn slots(&self) -> Slots<u8> {
         // SAFETY: the boxed array lives as long as `self`, entries 64 bytes apart.
         unsafe {
             Slots::new(
@@ -906,15 +936,21 @@ impl TestSlots {
 
     /// [`pop`] on the calling thread's CPU slot: `(how, cpu, obj)`.
     pub fn pop(&self) -> (Seq, usize, usize) {
-        // SAFETY: the objects on the lists are caller memory with a free pointer at offset 0
-        // (the contract of `push`/`attach_*`).
-        unsafe { pop(self.slots(), 0, 0) }
+        self.pop_if_slab(0)
     }
 
-    /// [`pop`] requiring the slot's slab to be `slab`.
+    /// [`pop`] requiring the slot's slab to be `slab` (0: any).
     pub fn pop_if_slab(&self, slab: usize) -> (Seq, usize, usize) {
-        // SAFETY: as in `pop`.
-        unsafe { pop(self.slots(), 0, slab) }
+        let slots = self.slots();
+        // SAFETY: the objects on the lists are caller memory with a free pointer at offset 0
+        // (the contract of `push`/`give_back_and_resume`).
+        let (st, at, obj) = unsafe { pop(slots, 0, slab) };
+        let cpu = if st == Seq::Unavailable {
+            usize::MAX
+        } else {
+            slots.index_of(at)
+        };
+        (st, cpu, obj)
     }
 
     /// [`push`] of the one object `obj` (slab [`Self::SLAB`]): `(how, cpu)`.
@@ -922,13 +958,23 @@ impl TestSlots {
     /// # Safety
     /// `obj` is an 8-byte aligned, writable word the caller owns until it is popped again.
     pub unsafe fn push(&self, obj: usize) -> (Seq, usize) {
+        let slots = self.slots();
         // SAFETY: forwarded contract.
-        unsafe { push(self.slots(), 0, Self::SLAB, obj, obj) }
+        let (st, at) = unsafe { push(slots, 0, Self::SLAB, obj, obj) };
+        let cpu = if st == Seq::Unavailable {
+            usize::MAX
+        } else {
+            slots.index_of(at)
+        };
+        (st, cpu)
     }
 
     /// Sets slot `i`'s slab word.
     pub fn set_slab(&self, i: usize, slab: usize) {
-        self.slots[i].0.slab.store(slab, Ordering::Relaxed);
+        self.slots[i]
+            .0
+            .slab
+            .store(slab as *mut u8, Ordering::Relaxed);
     }
 
     /// Stops slot `i` (stop + fence of CPU `i`) and takes its whole list with the locked CAS;
@@ -988,7 +1034,7 @@ impl TestSlots {
             match cas_on_cpu(h, i, cur, (0, cur.1.wrapping_add(1))) {
                 OnCpu::Swapped => return Some(cur.0),
                 OnCpu::Failed(seen) => cur = seen,
-                OnCpu::NotOnCpu => return None,
+                OnCpu::Elsewhere => return None,
             }
         }
     }

@@ -152,6 +152,9 @@ pub(super) const AREA_OWN: usize = 2;
 /// commit mode is decided in favour of rseq.
 pub(super) static SEQ_AREA: AtomicUsize = AtomicUsize::new(0);
 
+/// The offset of [`SEQ_AREA`] alone (as a `usize`), for the sequences: one load, no unpacking.
+pub(super) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(0);
+
 /// The original (Linux 4.18) `struct rseq`: 32 bytes, 32-byte aligned; every kernel accepts
 /// this length.
 #[repr(C, align(32))]
