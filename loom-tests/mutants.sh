@@ -34,7 +34,7 @@ m11_rseq                                rseq_stop_without_fence
 m11_rseq                                rseq_fence_before_stop
 m11_rseq                                rseq_ignores_stop
 m12_rseq_slub                           rseq_slow_path_plain_cas
-m12_rseq_slub                           rseq_flush_without_stop
+m12_rseq_slub                           rseq_elsewhere_without_stop
 m12_rseq_slub                           rseq_stop_without_fence
 m12_rseq_slub                           rseq_ignores_stop
 m12_rseq_slub                           rseq_commit_outside_sequence

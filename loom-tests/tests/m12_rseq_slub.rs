@@ -9,8 +9,12 @@
 //!   slow path's detach and attach are CAS committed inside sequences on CPU 0 (mutant
 //!   `rseq_slow_path_plain_cas`: an ordinary CAS, as if the slow path could not have migrated);
 //! - `flush_from_another_cpu`: `flush_cpu(slot 0)` (what shrink and destroy do) on CPU 1 while
-//!   a thread on CPU 0 frees and allocates with sequences (mutants `rseq_flush_without_stop`,
-//!   and the primitives' `rseq_stop_without_fence`, `rseq_ignores_stop`).
+//!   a thread on CPU 0 frees and allocates with sequences (the primitives' mutants
+//!   `rseq_stop_without_fence`, `rseq_ignores_stop`);
+//! - `slow_path_after_migration`: a slow path of slot 0 (slot lock, detach, attach) by a thread
+//!   that has migrated to CPU 1, while a thread on CPU 0 frees and allocates (mutant
+//!   `rseq_elsewhere_without_stop`: the CAS of a thread off the slot's CPU without stop +
+//!   fence).
 #![cfg(loom)]
 
 use kmem_loom_tests::*;
@@ -89,6 +93,32 @@ fn flush_from_another_cpu() {
         let b = loom::thread::spawn(move || {
             on_cpu(1);
             kmem::__loom::flush_cpu(&c2, 0);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, true);
+    });
+}
+
+#[test]
+fn slow_path_after_migration() {
+    model(|| {
+        let (k, c) = setup_rseq(2, 0, 0);
+        let live = Live::new();
+        on_cpu(0);
+        // CPU 0's slab with x allocated and y on the CPU freelist.
+        let x = live.alloc(&c);
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.free(&c1, x);
+            l1.alloc(&c1);
+        });
+        let c2 = c.clone();
+        let b = loom::thread::spawn(move || {
+            // Took slot 0's lock on CPU 0, then migrated to CPU 1.
+            on_cpu(1);
+            kmem::__loom::migrated_slow_path(&c2, 0);
         });
         a.join().unwrap();
         b.join().unwrap();

@@ -244,6 +244,10 @@ impl KmemCacheCpu {
         match percpu::cas_on_cpu(&self.head, self.index, old, new) {
             OnCpu::Swapped => Ok(()),
             OnCpu::Failed(seen) => Err(seen),
+            OnCpu::Elsewhere if cfg!(kmem_mutant = "rseq_elsewhere_without_stop") => {
+                // Planted bug (loom-tests): a thread off the slot's CPU CASes without a stop.
+                self.freelist_tid.compare_exchange(old, new)
+            }
             OnCpu::Elsewhere => {
                 // Migrated since the slot was chosen, or this thread cannot run sequences: make
                 // the sequences on the slot's CPU stand back for this one CAS.
@@ -259,8 +263,7 @@ impl KmemCacheCpu {
     /// that may run on any CPU (flush, slabinfo). The caller holds `lock`. `None` in the locked
     /// mode, where nothing needs stopping.
     pub(crate) fn stop_remote(&self) -> Option<SlotStop<'_>> {
-        if !self.rseq || cfg!(kmem_mutant = "rseq_flush_without_stop") {
-            // (The mutant, loom-tests: another CPU's slot is changed while its sequences run.)
+        if !self.rseq {
             return None;
         }
         percpu::stop(&self.head, self.index);
