@@ -65,12 +65,15 @@
 //! [`commit_mode_reason`]. Debuggers that single-step, valgrind, rr and seccomp sandboxes that
 //! refuse `rseq` or `membarrier` all end in the locked mode automatically.
 
-#![cfg_attr(any(miri, loom), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    any(miri, loom, not(target_arch = "x86_64")),
+    allow(dead_code, unused_imports)
+)]
 
 use crate::sync::global::{AtomicUsize as GlobalUsize, Ordering as GlobalOrdering};
 use crate::sync::{AtomicPtr, AtomicU64, DWord, Ordering};
 
-pub(crate) use super::rseq::RSEQ_SIG;
+use super::rseq::RSEQ_SIG;
 
 /// How the per-CPU fast paths commit.
 ///

@@ -225,6 +225,11 @@ mod imp {
         pub(crate) fn halves(&self) -> *const core::sync::atomic::AtomicU64 {
             self.0.as_ptr().cast()
         }
+
+        #[inline(always)]
+        pub(crate) fn as_ptr(&self) -> *mut [u64; 2] {
+            self.0.as_ptr().cast()
+        }
     }
 }
 
