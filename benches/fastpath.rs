@@ -142,6 +142,11 @@ fn fastpath(c: &mut Criterion<ThreadTime>) {
     let pinned = common::pin_to_cpu(0);
     eprintln!("fastpath: clock: {}", ThreadTime::default().describe());
     eprintln!(
+        "fastpath: commit mode {:?} ({})",
+        kmem::cpu::commit_mode(),
+        kmem::cpu::commit_mode_reason()
+    );
+    eprintln!(
         "fastpath: pinned to CPU 0: {pinned}; kmem::cpu::method() = {:?}; current_cpu() = {}; \
          built with +cmpxchg16b: {}",
         kmem::cpu::method(),

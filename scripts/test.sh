@@ -29,6 +29,8 @@ KMEM_RSEQ=0 cargo test --workspace --features kmem/debug-reentrancy
 section "stress tests in release (both modes)"
 cargo test --release -p kmem --test stress --test rseq_stress --test rseq_cache_stress
 KMEM_RSEQ=0 cargo test --release -p kmem --test stress
+section "rseq stress tests on kmem's own rseq registration (glibc's disabled)"
+GLIBC_TUNABLES=glibc.pthread.rseq=0 cargo test --release -p kmem --test rseq_stress --test rseq_cache_stress
 section "without the stats feature"
 cargo test -p kmem --no-default-features --lib --test slub_paths --test stress
 

@@ -244,13 +244,21 @@ pub(crate) enum OnCpu {
 // The sequences (x86_64)
 // ---------------------------------------------------------------------------------------------
 
-/// The rseq area's offset from the thread pointer (valid once [`commit_mode`] said `Rseq`; an
-/// offset of 0 before that makes every sequence see `cpu_id` garbage-free: the callers only
-/// run sequences in rseq mode).
-#[cfg(not(any(miri, loom)))]
+/// The calling thread's rseq area, as an offset from the thread pointer (`fs:[offset]`), for
+/// the sequences. glibc's area: the process-wide `__rseq_offset`. kmem's own area: the address
+/// of this thread's `OWN_AREA` minus the thread pointer, computed per call, so that a sequence
+/// only ever arms and reads the calling thread's own area, whether the thread-local is in
+/// static TLS (a constant offset) or dynamic TLS (a `dlopen`ed library). Only called in rseq
+/// mode (or by the mode's own probe, after it published the area).
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
 fn area_offset() -> isize {
-    super::rseq::SEQ_OFFSET.load(GlobalOrdering::Relaxed) as isize
+    let a = super::rseq::SEQ_AREA.load(GlobalOrdering::Relaxed);
+    if a & super::TAG_MASK == super::rseq::AREA_GLIBC {
+        super::unpack_offset(a)
+    } else {
+        super::rseq::own_area_offset()
+    }
 }
 
 /// Pops the first object of the freelist of the slot of the CPU the thread runs on, in one
@@ -835,7 +843,6 @@ fn probe() -> (CommitMode, usize) {
     if membarrier_fence(cpu).is_err() {
         return (CommitMode::Locked, 7);
     }
-    super::rseq::SEQ_OFFSET.store(super::unpack_offset(area) as usize, GlobalOrdering::Relaxed);
     SEQ_AREA.store(area, GlobalOrdering::Release);
     // One real sequence on a private slot: the kernel accepts the descriptor and signature.
     let slot = SlotHead::<u8>::new(0);
@@ -867,7 +874,7 @@ pub(crate) fn thread_can_sequence() -> bool {
         if area & super::TAG_MASK != AREA_OWN {
             return false;
         }
-        matches!(register_own_area(), Ok(off) if off == super::unpack_offset(area))
+        register_own_area().is_ok()
     }
     #[cfg(not(all(not(any(miri, loom, kmem_portable_dword)), target_arch = "x86_64")))]
     {

@@ -150,13 +150,11 @@ pub(super) const AREA_GLIBC: usize = 1;
 /// per thread.
 pub(super) const AREA_OWN: usize = 2;
 
-/// Where the calling thread's rseq area is for the sequences: `(offset << 2) | AREA_*` (the
-/// area is at thread pointer + offset in every thread that can run sequences), 0 until the
-/// commit mode is decided in favour of rseq.
+/// Which rseq area the sequences use: `(offset << 2) | AREA_GLIBC` (glibc's, at thread pointer
+/// + offset in every thread), `AREA_OWN` (each thread's own `OWN_AREA`; the offset recorded is
+/// the deciding thread's, for information only), 0 until the commit mode is decided in favour
+/// of rseq.
 pub(super) static SEQ_AREA: AtomicUsize = AtomicUsize::new(0);
-
-/// The offset of [`SEQ_AREA`] alone (as a `usize`), for the sequences: one load, no unpacking.
-pub(super) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(0);
 
 /// The original (Linux 4.18) `struct rseq`: 32 bytes, 32-byte aligned; every kernel accepts
 /// this length.
@@ -205,6 +203,13 @@ fn thread_pointer() -> usize {
             options(nostack, preserves_flags, readonly));
     }
     tp
+}
+
+/// The calling thread's own area (`OWN_AREA`) as an offset from its thread pointer.
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+#[inline(always)]
+pub(super) fn own_area_offset() -> isize {
+    OWN_AREA.with(|a| a.get()) as isize - thread_pointer() as isize
 }
 
 /// Registers kmem's own rseq area for the calling thread (the `rseq(2)` system call with
