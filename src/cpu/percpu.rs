@@ -253,12 +253,20 @@ pub(crate) enum OnCpu {
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
 fn area_offset() -> isize {
-    let a = super::rseq::SEQ_AREA.load(GlobalOrdering::Relaxed);
-    if a & super::TAG_MASK == super::rseq::AREA_GLIBC {
-        super::unpack_offset(a)
+    let off = super::rseq::SEQ_OFFSET.load(GlobalOrdering::Relaxed);
+    if off != super::rseq::OFFSET_OWN {
+        off as isize
     } else {
-        super::rseq::own_area_offset()
+        own_area_offset()
     }
+}
+
+/// [`area_offset`] for kmem's own area (out of line: glibc's is the common case).
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+#[cold]
+#[inline(never)]
+fn own_area_offset() -> isize {
+    super::rseq::own_area_offset()
 }
 
 /// Pops the first object of the freelist of the slot of the CPU the thread runs on, in one
@@ -843,6 +851,14 @@ fn probe() -> (CommitMode, usize) {
     if membarrier_fence(cpu).is_err() {
         return (CommitMode::Locked, 7);
     }
+    super::rseq::SEQ_OFFSET.store(
+        if area & super::TAG_MASK == AREA_GLIBC {
+            super::unpack_offset(area) as usize
+        } else {
+            super::rseq::OFFSET_OWN
+        },
+        GlobalOrdering::Relaxed,
+    );
     SEQ_AREA.store(area, GlobalOrdering::Release);
     // One real sequence on a private slot: the kernel accepts the descriptor and signature.
     let slot = SlotHead::<u8>::new(0);

@@ -156,6 +156,14 @@ pub(super) const AREA_OWN: usize = 2;
 /// of rseq.
 pub(super) static SEQ_AREA: AtomicUsize = AtomicUsize::new(0);
 
+/// What the sequences load to find the area: glibc's offset (as a `usize`), or [`OFFSET_OWN`]
+/// for "each thread's own area" (the value before the mode is decided, too).
+pub(super) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(OFFSET_OWN);
+
+/// [`SEQ_OFFSET`]'s "use the calling thread's own area" (no real offset is this value: an
+/// rseq area is 32-byte aligned and a few KiB from the thread pointer).
+pub(super) const OFFSET_OWN: usize = 1;
+
 /// The original (Linux 4.18) `struct rseq`: 32 bytes, 32-byte aligned; every kernel accepts
 /// this length.
 #[repr(C, align(32))]
