@@ -71,6 +71,7 @@ fn child(case: &str, env: &[(&str, &str)]) -> String {
             "--test-threads=1",
         ])
         .env("KMEM_FALLBACK_CASE", case)
+        .env_remove("KMEM_RSEQ")
         .envs(env.iter().copied())
         .output()
         .unwrap();

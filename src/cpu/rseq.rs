@@ -150,10 +150,10 @@ pub(super) const AREA_GLIBC: usize = 1;
 /// per thread.
 pub(super) const AREA_OWN: usize = 2;
 
-/// Which rseq area the sequences use: `(offset << 2) | AREA_GLIBC` (glibc's, at thread pointer
-/// + offset in every thread), `AREA_OWN` (each thread's own `OWN_AREA`; the offset recorded is
-/// the deciding thread's, for information only), 0 until the commit mode is decided in favour
-/// of rseq.
+/// Which rseq area the sequences use: `(offset << 2) | AREA_GLIBC` for glibc's (at the thread
+/// pointer plus `offset` in every thread), `(offset << 2) | AREA_OWN` for each thread's own
+/// `OWN_AREA` (the offset is the deciding thread's, for information only); 0 until the commit
+/// mode is decided in favour of rseq.
 pub(super) static SEQ_AREA: AtomicUsize = AtomicUsize::new(0);
 
 /// What the sequences load to find the area: glibc's offset (as a `usize`), or [`OFFSET_OWN`]
