@@ -105,9 +105,9 @@ fn fastpath_size(
             unsafe { slots.push(a) };
             b.iter(|| {
                 let s = black_box(&slots);
-                let (_, _, p) = s.pop();
                 // SAFETY: as above.
-                let r = unsafe { s.push(black_box(p)) };
+                let r = unsafe { s.pop_push() };
+                debug_assert_eq!(r, a);
                 black_box(r);
             });
             drop(obj);

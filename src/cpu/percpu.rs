@@ -245,28 +245,16 @@ pub(crate) enum OnCpu {
 // ---------------------------------------------------------------------------------------------
 
 /// The calling thread's rseq area, as an offset from the thread pointer (`fs:[offset]`), for
-/// the sequences. glibc's area: the process-wide `__rseq_offset`. kmem's own area: the address
-/// of this thread's `OWN_AREA` minus the thread pointer, computed per call, so that a sequence
-/// only ever arms and reads the calling thread's own area, whether the thread-local is in
-/// static TLS (a constant offset) or dynamic TLS (a `dlopen`ed library). Only called in rseq
-/// mode (or by the mode's own probe, after it published the area).
+/// the sequences: one load of a static. glibc's area: `__rseq_offset`, the same in every
+/// thread. kmem's own area: its thread-local's offset, the same in every thread because the
+/// mode is only decided for it when that thread-local is in the static TLS block (see
+/// `own_area_is_static`); a thread whose registration finds another offset stays
+/// unregistered. Only called in rseq mode (or by the mode's own probe, after it published the
+/// offset).
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
 fn area_offset() -> isize {
-    let off = super::rseq::SEQ_OFFSET.load(GlobalOrdering::Relaxed);
-    if off != super::rseq::OFFSET_OWN {
-        off as isize
-    } else {
-        own_area_offset()
-    }
-}
-
-/// [`area_offset`] for kmem's own area (out of line: glibc's is the common case).
-#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
-#[cold]
-#[inline(never)]
-fn own_area_offset() -> isize {
-    super::rseq::own_area_offset()
+    super::rseq::SEQ_OFFSET.load(GlobalOrdering::Relaxed) as isize
 }
 
 /// Pops the first object of the freelist of the slot of the CPU the thread runs on, in one
@@ -757,6 +745,8 @@ const REASONS: &[&str] = &[
     "membarrier does not offer PRIVATE_EXPEDITED_RSEQ (kernel < 5.10, or a sandbox)",
     "membarrier refused REGISTER_PRIVATE_EXPEDITED_RSEQ or the per-CPU fence",
     "the kernel rejected a test sequence",
+    "kmem's own rseq area is not in the static TLS block (kmem in a dlopen'ed library, and the C \
+     library registered no rseq area)",
 ];
 
 /// The commit mode of this process (decided once, by the first call; `Kmem::build` makes it).
@@ -834,7 +824,8 @@ fn probe() -> (CommitMode, usize) {
         super::pack(super::unpack_offset(p), AREA_GLIBC)
     } else {
         match r::register_own_area() {
-            Ok(off) => super::pack(off, AREA_OWN),
+            Ok(off) if r::own_area_is_static(off) => super::pack(off, AREA_OWN),
+            Ok(_) => return (CommitMode::Locked, 9),
             Err(_) => return (CommitMode::Locked, 5),
         }
     };
@@ -851,14 +842,7 @@ fn probe() -> (CommitMode, usize) {
     if membarrier_fence(cpu).is_err() {
         return (CommitMode::Locked, 7);
     }
-    super::rseq::SEQ_OFFSET.store(
-        if area & super::TAG_MASK == AREA_GLIBC {
-            super::unpack_offset(area) as usize
-        } else {
-            super::rseq::OFFSET_OWN
-        },
-        GlobalOrdering::Relaxed,
-    );
+    super::rseq::SEQ_OFFSET.store(super::unpack_offset(area) as usize, GlobalOrdering::Relaxed);
     SEQ_AREA.store(area, GlobalOrdering::Release);
     // One real sequence on a private slot: the kernel accepts the descriptor and signature.
     let slot = SlotHead::<u8>::new(0);
@@ -890,7 +874,7 @@ pub(crate) fn thread_can_sequence() -> bool {
         if area & super::TAG_MASK != AREA_OWN {
             return false;
         }
-        register_own_area().is_ok()
+        matches!(register_own_area(), Ok(off) if off == super::unpack_offset(area))
     }
     #[cfg(not(all(not(any(miri, loom, kmem_portable_dword)), target_arch = "x86_64")))]
     {
@@ -963,6 +947,29 @@ impl TestSlots {
     /// [`pop`] on the calling thread's CPU slot: `(how, cpu, obj)`.
     pub fn pop(&self) -> (Seq, usize, usize) {
         self.pop_if_slab(0)
+    }
+
+    /// [`pop`] and [`push`] of one object, back to back, returning the object (what a fast-path
+    /// alloc+free pair runs, without a cache: the rseq mode's floor, for `benches/fastpath.rs`).
+    /// 0 if either sequence did not commit.
+    ///
+    /// # Safety
+    /// As [`Self::push`] (the objects on the calling CPU's list are the caller's).
+    #[inline(always)]
+    pub unsafe fn pop_push(&self) -> usize {
+        let slots = self.slots();
+        // SAFETY: as in `pop_if_slab`.
+        let (st, _, obj) = unsafe { pop(slots, 0, 0) };
+        if st != Seq::Done {
+            return 0;
+        }
+        // SAFETY: popped, so ours (contract).
+        let (st, _) = unsafe { push(slots, 0, Self::SLAB, core::hint::black_box(obj), obj) };
+        if st == Seq::Done {
+            obj
+        } else {
+            0
+        }
     }
 
     /// [`pop`] requiring the slot's slab to be `slab` (0: any).

@@ -150,19 +150,13 @@ pub(super) const AREA_GLIBC: usize = 1;
 /// per thread.
 pub(super) const AREA_OWN: usize = 2;
 
-/// Which rseq area the sequences use: `(offset << 2) | AREA_GLIBC` for glibc's (at the thread
-/// pointer plus `offset` in every thread), `(offset << 2) | AREA_OWN` for each thread's own
-/// `OWN_AREA` (the offset is the deciding thread's, for information only); 0 until the commit
-/// mode is decided in favour of rseq.
+/// Which rseq area the sequences use: `(offset << 2) | AREA_GLIBC` for glibc's, `(offset << 2)
+/// | AREA_OWN` for kmem's own `OWN_AREA` (in static TLS, so at the thread pointer plus `offset`
+/// in every thread); 0 until the commit mode is decided in favour of rseq.
 pub(super) static SEQ_AREA: AtomicUsize = AtomicUsize::new(0);
 
-/// What the sequences load to find the area: glibc's offset (as a `usize`), or [`OFFSET_OWN`]
-/// for "each thread's own area" (the value before the mode is decided, too).
-pub(super) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(OFFSET_OWN);
-
-/// [`SEQ_OFFSET`]'s "use the calling thread's own area" (no real offset is this value: an
-/// rseq area is 32-byte aligned and a few KiB from the thread pointer).
-pub(super) const OFFSET_OWN: usize = 1;
+/// The offset of [`SEQ_AREA`] alone (as a `usize`), for the sequences: one load, no unpacking.
+pub(super) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(0);
 
 /// The original (Linux 4.18) `struct rseq`: 32 bytes, 32-byte aligned; every kernel accepts
 /// this length.
@@ -213,11 +207,29 @@ fn thread_pointer() -> usize {
     tp
 }
 
-/// The calling thread's own area (`OWN_AREA`) as an offset from its thread pointer.
+/// Whether kmem's own area, at `offset` from the deciding thread's pointer, lies in glibc's
+/// static TLS block (x86_64 puts it just below the thread pointer: `[tp - size, tp)`, `size`
+/// from `_dl_get_tls_static_info`, found with `dlsym`). Then the offset is the same in every
+/// thread, present and future, and the sequences may address the area as `fs:[offset]`. A
+/// thread-local of a `dlopen`ed library may instead live in dynamic TLS, at an address with no
+/// fixed relation to the thread pointer: then (or without that glibc function) kmem does not use
+/// its own area, and the process stays in the locked mode.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
-#[inline(always)]
-pub(super) fn own_area_offset() -> isize {
-    OWN_AREA.with(|a| a.get()) as isize - thread_pointer() as isize
+pub(super) fn own_area_is_static(offset: isize) -> bool {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other preconditions.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_get_tls_static_info".as_ptr()) };
+    if f.is_null() {
+        return false;
+    }
+    let (mut size, mut align) = (0usize, 0usize);
+    // SAFETY: glibc's `void _dl_get_tls_static_info(size_t *sizep, size_t *alignp)` (which the
+    // compiler-rt sanitizer runtimes also call to size static TLS); both pointers are valid
+    // locals.
+    unsafe {
+        let f: unsafe extern "C" fn(*mut usize, *mut usize) = core::mem::transmute(f);
+        f(&mut size, &mut align);
+    }
+    offset < 0 && offset.unsigned_abs() + core::mem::size_of::<RseqArea>() <= size
 }
 
 /// Registers kmem's own rseq area for the calling thread (the `rseq(2)` system call with
