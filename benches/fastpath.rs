@@ -6,6 +6,8 @@
 //!
 //! - `kmem_private`: a `KmemCache` of a private `Kmem::builder()` instance;
 //! - `kmem_global`: a `KmemCache` created on `Kmem::global()`;
+//! - `kmalloc`: `<kmem::Kmalloc as GlobalAlloc>::alloc` + `dealloc`, called directly (the
+//!   global allocator's path: size class, then the same fast paths);
 //! - `mimalloc`: `<mimalloc::MiMalloc as GlobalAlloc>::alloc` + `dealloc`, called directly;
 //! - `system`: `<std::alloc::System as GlobalAlloc>::alloc` + `dealloc` (glibc malloc);
 //! - `cmpxchg16b_pair`: the floor of this design — two successful LOCKed `cmpxchg16b` (kmem's
@@ -14,7 +16,12 @@
 //! - `load_cmpxchg16b_pair`: the same plus the two 16-byte atomic loads (`vmovdqa` on AVX
 //!   CPUs, inlined) a protocol that reads the pair whole would need;
 //! - `split_load_cmpxchg16b_pair`: the same with the kernel's two 8-byte loads (`tid`, then
-//!   `freelist`) instead of one 16-byte load — what kmem's fast paths do.
+//!   `freelist`) instead of one 16-byte load — what kmem's locked-mode fast paths do;
+//! - `rseq_pop_push_pair` (rseq mode only): one pop and one push restartable sequence
+//!   (`src/cpu/percpu.rs`) on a private slot array — the rseq mode's floor.
+//!
+//! `kmem_private`/`kmem_global` run in the process's commit mode (`KMEM_RSEQ=0` forces the
+//! locked one); `scripts/bench-rseq.sh` runs both modes side by side.
 //!
 //! The main thread is pinned to CPU 0 so that kmem's slot does not change during the run.
 //! After the groups, each kmem cache's `stats()` is printed to stderr: it must be
@@ -71,6 +78,7 @@ fn fastpath_size(
     let mut g = c.benchmark_group(format!("fastpath_pair_{size}B"));
     g.bench_function("kmem_private", |b| kmem_pair(b, private));
     g.bench_function("kmem_global", |b| kmem_pair(b, global));
+    g.bench_function("kmalloc", |b| global_alloc_pair(b, &kmem::Kmalloc, size));
     g.bench_function("mimalloc", |b| global_alloc_pair(b, &MiMalloc, size));
     g.bench_function("system", |b| global_alloc_pair(b, &System, size));
     g.bench_function("cmpxchg16b_pair", |b| {
@@ -86,6 +94,25 @@ fn fastpath_size(
             v += 2;
         })
     });
+    if kmem::cpu::commit_mode() == kmem::cpu::CommitMode::Rseq {
+        g.bench_function("rseq_pop_push_pair", |b| {
+            // The rseq mode's floor: one pop and one push sequence on this CPU's slot of a
+            // private slot array (what the fast paths run, without the cache around them).
+            let slots = kmem::cpu::__TestSlots::new(kmem::cpu::possible_cpus());
+            let mut obj = Box::new([0usize; 8]);
+            let a = obj.as_mut_ptr() as usize;
+            // SAFETY: `obj` is ours, aligned; it goes back and forth between us and the slot.
+            unsafe { slots.push(a) };
+            b.iter(|| {
+                let s = black_box(&slots);
+                // SAFETY: as above.
+                let r = unsafe { s.pop_push() };
+                debug_assert_eq!(r, a);
+                black_box(r);
+            });
+            drop(obj);
+        });
+    }
     g.bench_function("load_cmpxchg16b_pair", |b| {
         let w = DWord::new();
         b.iter(|| {
@@ -114,6 +141,11 @@ fn fastpath_size(
 fn fastpath(c: &mut Criterion<ThreadTime>) {
     let pinned = common::pin_to_cpu(0);
     eprintln!("fastpath: clock: {}", ThreadTime::default().describe());
+    eprintln!(
+        "fastpath: commit mode {:?} ({})",
+        kmem::cpu::commit_mode(),
+        kmem::cpu::commit_mode_reason()
+    );
     eprintln!(
         "fastpath: pinned to CPU 0: {pinned}; kmem::cpu::method() = {:?}; current_cpu() = {}; \
          built with +cmpxchg16b: {}",

@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . loom-tests/env.sh
 export RUSTC_WRAPPER="$PWD/loom-tests/rustc-mutant.sh"
-TARGET_DIR=target/loom-mutants
+TARGET_DIR="${LOOM_MUTANTS_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/loom-mutants}"
 
 # model                                 mutant
 PAIRS="
@@ -28,6 +28,16 @@ m8_buddy_split_coalesce                 buddy_merge_skips_order_check
 m8_buddy_split_coalesce                 alloc_ignores_transit
 m9_bulk_vs_single                       bulk_pop_without_tid_cas
 m10_new_slab_unlocked                   new_slab_ignores_cpu_slab
+m11_rseq                                rseq_commit_outside_sequence
+m11_rseq                                rseq_cpu_not_rechecked
+m11_rseq                                rseq_stop_without_fence
+m11_rseq                                rseq_fence_before_stop
+m11_rseq                                rseq_ignores_stop
+m12_rseq_slub                           rseq_slow_path_plain_cas
+m12_rseq_slub                           rseq_elsewhere_without_stop
+m12_rseq_slub                           rseq_stop_without_fence
+m12_rseq_slub                           rseq_ignores_stop
+m12_rseq_slub                           rseq_commit_outside_sequence
 "
 
 # Runs model $1 built with mutant $2 ("" = clean); prints PASS or FAIL and the seconds taken.
@@ -51,6 +61,7 @@ printf '%-38s %-34s %-6s %-8s %8s  %s\n' model mutant clean mutant seconds verdi
 all=0
 while read -r model mutant; do
     [ -z "$model" ] && continue
+    if [ -n "${MODELS:-}" ] && [[ " $MODELS " != *" $model "* ]]; then continue; fi
     if [ -z "${clean[$model]:-}" ]; then
         clean[$model]=$(run "$model" "" "$TARGET_DIR/logs/$model.clean.log" | cut -d' ' -f1)
     fi

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loom-tests/env.sh
-TARGET_DIR="${LOOM_TARGET_DIR:-target/loom}"
+TARGET_DIR="${LOOM_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/loom}"
 models="${MODELS:-$(cd loom-tests/tests && ls *.rs | sed 's/\.rs$//' | sort)}"
 cargo test --release -q -p kmem-loom-tests --target-dir "$TARGET_DIR" --tests --no-run
 printf '%-40s %-6s %10s  %s\n' model result seconds interleavings

@@ -5,7 +5,8 @@
 #   KMEM_QUICK=1 bash scripts/test.sh   # skip loom mutants, Miri and TSAN (a quick local check)
 #
 # 1. unit, integration and doc tests of every workspace member (debug, then the stress tests
-#    again in release so the fast paths race at full speed);
+#    again in release so the fast paths race at full speed), in the process's commit mode (rseq
+#    where the kernel allows it) and again with KMEM_RSEQ=0 (the locked {freelist, tid} mode);
 # 2. the loom models (loom-tests/run.sh) and the proof that each catches its planted bug
 #    (loom-tests/mutants.sh);
 # 2a. libkmem.so under LD_PRELOAD (scripts/preload.sh): the C contract test, python3, sqlite3,
@@ -22,9 +23,16 @@ section() { printf '\n==== %s ====\n' "$*"; }
 t0=$SECONDS
 
 section "cargo test --workspace (with the global allocator's re-entrancy guard)"
+cargo run -q -p kmem --example commit_mode
 cargo test --workspace --features kmem/debug-reentrancy
-section "stress tests in release"
-cargo test --release -p kmem --test stress
+section "the same suite in the locked mode (KMEM_RSEQ=0)"
+KMEM_RSEQ=0 cargo run -q -p kmem --example commit_mode
+KMEM_RSEQ=0 cargo test --workspace --features kmem/debug-reentrancy
+section "stress tests in release (both modes)"
+cargo test --release -p kmem --test stress --test rseq_stress --test rseq_cache_stress
+KMEM_RSEQ=0 cargo test --release -p kmem --test stress
+section "rseq stress tests on kmem's own rseq registration (glibc's disabled)"
+GLIBC_TUNABLES=glibc.pthread.rseq=0 cargo test --release -p kmem --test rseq_stress --test rseq_cache_stress
 section "without the stats feature"
 cargo test -p kmem --no-default-features --lib --test slub_paths --test stress
 

@@ -94,6 +94,18 @@ pub fn flush_cpu(cache: &KmemCache, slot: usize) {
     c.flush_cpu_locked(cpu);
 }
 
+/// A slow path of slot `slot` that runs wherever the calling model thread is (it chose the slot
+/// on that slot's CPU, then migrated): under the slot lock, detach and re-attach the slot, with
+/// the slow path's own CAS (`KmemCacheCpu::cas_slot`: a sequence on the slot's CPU, or stop +
+/// fence when the thread is elsewhere).
+pub fn migrated_slow_path(cache: &KmemCache, slot: usize) {
+    let c = cache.inner();
+    let cpu = c.cpu(slot);
+    let _g = cpu.lock.lock();
+    let (slab, freelist, tid) = cpu.detach(c.tid_step);
+    cpu.attach(c.tid_step, slab, freelist, tid);
+}
+
 /// Checks the node-list invariant of every node (under `list_lock`): each slab on a partial
 /// list is a live, unfrozen slab of this cache with a free object, and `nr_partial` equals
 /// the list's length.

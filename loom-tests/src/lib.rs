@@ -42,9 +42,44 @@ where
     );
 }
 
-/// A private allocator and one cache of two-object slabs.
+/// A private allocator and one cache of two-object slabs (the locked commit mode).
 pub fn setup(cpus: usize, min_partial: usize, cpu_partial_slabs: usize) -> (Kmem, Arc<KmemCache>) {
-    let k = Kmem::builder().cpus(cpus).nodes(1).build().expect("kmem");
+    setup_mode(
+        kmem::cpu::CommitMode::Locked,
+        cpus,
+        min_partial,
+        cpu_partial_slabs,
+    )
+}
+
+/// As [`setup`], in the rseq commit mode (the fast paths run `src/cpu/percpu.rs`'s sequences,
+/// modelled as running under their model CPU's mutex; slot `i` is model CPU `i`).
+pub fn setup_rseq(
+    cpus: usize,
+    min_partial: usize,
+    cpu_partial_slabs: usize,
+) -> (Kmem, Arc<KmemCache>) {
+    setup_mode(
+        kmem::cpu::CommitMode::Rseq,
+        cpus,
+        min_partial,
+        cpu_partial_slabs,
+    )
+}
+
+fn setup_mode(
+    mode: kmem::cpu::CommitMode,
+    cpus: usize,
+    min_partial: usize,
+    cpu_partial_slabs: usize,
+) -> (Kmem, Arc<KmemCache>) {
+    let k = Kmem::builder()
+        .cpus(cpus)
+        .nodes(1)
+        .commit_mode(mode)
+        .build()
+        .expect("kmem");
+    assert_eq!(k.commit_mode(), mode);
     let c = k
         .create_cache(
             "loom",

@@ -49,8 +49,14 @@
 // Miri and loom builds skip the rseq/getcpu machinery that uses some helpers below.
 #![cfg_attr(any(miri, loom), allow(dead_code, unused_imports))]
 
+pub(crate) mod percpu;
 mod rseq;
 mod topology;
+
+pub use percpu::{commit_mode, commit_mode_reason, CommitMode};
+/// The per-CPU sequences on a private slot array, for tests; not part of the API.
+#[doc(hidden)]
+pub use percpu::{Seq as __Seq, TestSlots as __TestSlots};
 
 #[cfg(not(any(miri, loom)))]
 use rseq::{rseq_probe, rseq_read};

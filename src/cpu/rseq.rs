@@ -2,7 +2,10 @@
 //! `dlsym`) and reading the kernel-maintained `cpu_id` from it with one thread-pointer-relative
 //! load.
 
-#![cfg_attr(any(miri, loom), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    any(miri, loom, not(target_arch = "x86_64")),
+    allow(dead_code, unused_imports)
+)]
 
 use super::*;
 
@@ -126,4 +129,166 @@ pub(super) fn valid_cpu_id(cpu: u32) -> Option<usize> {
     } else {
         Some(cpu as usize)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The area the restartable sequences use: glibc's, or kmem's own registration
+// ---------------------------------------------------------------------------------------------
+
+/// The rseq signature kmem registers and places before every abort handler (x86's `RSEQ_SIG`,
+/// the value glibc registers with: the kernel refuses to abort to an IP not preceded by the
+/// signature the thread registered).
+pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
+
+/// Byte offset of `rseq_cs` (a `u64`: the address of the current critical-section descriptor,
+/// or 0) in `struct rseq`.
+pub(crate) const RSEQ_CS_OFFSET: isize = 8;
+
+/// `TAG_*` of [`SEQ_AREA`]: the sequences use glibc's area.
+pub(super) const AREA_GLIBC: usize = 1;
+/// `TAG_*` of [`SEQ_AREA`]: the sequences use kmem's own thread-local area, registered lazily
+/// per thread.
+pub(super) const AREA_OWN: usize = 2;
+
+/// Which rseq area the sequences use: `(offset << 2) | AREA_GLIBC` for glibc's, `(offset << 2)
+/// | AREA_OWN` for kmem's own `OWN_AREA` (in static TLS, so at the thread pointer plus `offset`
+/// in every thread); 0 until the commit mode is decided in favour of rseq.
+pub(super) static SEQ_AREA: AtomicUsize = AtomicUsize::new(0);
+
+/// The offset of [`SEQ_AREA`] alone (as a `usize`), for the sequences: one load, no unpacking.
+pub(super) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(0);
+
+/// The original (Linux 4.18) `struct rseq`: 32 bytes, 32-byte aligned; every kernel accepts
+/// this length.
+#[repr(C, align(32))]
+pub(super) struct RseqArea {
+    cpu_id_start: u32,
+    cpu_id: u32,
+    rseq_cs: u64,
+    flags: u32,
+    node_id: u32,
+    mm_cid: u32,
+    _pad: u32,
+}
+
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+std::thread_local! {
+    // kmem's own per-thread rseq area, used only when the C library registered none. A
+    // `core::cell::UnsafeCell` outside `crate::sync` on purpose: it is shared with the kernel,
+    // not with other threads (the kernel writes `cpu_id*` on return to user space, the thread
+    // writes `rseq_cs`), so there is nothing here for loom to check. Const-initialised with no
+    // `Drop`: no lazy initialisation, no destructor registered, no allocation. `cpu_id` starts
+    // as RSEQ_CPU_ID_UNINITIALIZED: a sequence reads it as "not registered" and fails before its
+    // commit.
+    static OWN_AREA: core::cell::UnsafeCell<RseqArea> = const {
+        core::cell::UnsafeCell::new(RseqArea {
+            cpu_id_start: 0,
+            cpu_id: RSEQ_CPU_ID_UNINITIALIZED,
+            rseq_cs: 0,
+            flags: 0,
+            node_id: 0,
+            mm_cid: 0,
+            _pad: 0,
+        })
+    };
+}
+
+/// The thread pointer (`%fs` base on x86_64 glibc: the TCB, whose first word points to itself).
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+#[inline]
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: fs:0 holds the TCB's self pointer on x86_64 glibc and musl; reading it has no
+    // side effects.
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
+            options(nostack, preserves_flags, readonly));
+    }
+    tp
+}
+
+/// Whether kmem's own area, at `offset` from the deciding thread's pointer, lies in glibc's
+/// static TLS block (x86_64 puts it just below the thread pointer: `[tp - size, tp)`, `size`
+/// from `_dl_get_tls_static_info`, found with `dlsym`). Then the offset is the same in every
+/// thread, present and future, and the sequences may address the area as `fs:[offset]`. A
+/// thread-local of a `dlopen`ed library may instead live in dynamic TLS, at an address with no
+/// fixed relation to the thread pointer: then (or without that glibc function) kmem does not use
+/// its own area, and the process stays in the locked mode.
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+pub(super) fn own_area_is_static(offset: isize) -> bool {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other preconditions.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_get_tls_static_info".as_ptr()) };
+    if f.is_null() {
+        return false;
+    }
+    let (mut size, mut align) = (0usize, 0usize);
+    // SAFETY: glibc's `void _dl_get_tls_static_info(size_t *sizep, size_t *alignp)` (which the
+    // compiler-rt sanitizer runtimes also call to size static TLS); both pointers are valid
+    // locals.
+    unsafe {
+        let f: unsafe extern "C" fn(*mut usize, *mut usize) = core::mem::transmute(f);
+        f(&mut size, &mut align);
+    }
+    offset < 0 && offset.unsigned_abs() + core::mem::size_of::<RseqArea>() <= size
+}
+
+/// Registers kmem's own rseq area for the calling thread (the `rseq(2)` system call with
+/// [`RSEQ_SIG`]) and returns its offset from the thread pointer, or `Err(errno)`. A thread
+/// whose registration failed gets `cpu_id = RSEQ_CPU_ID_REGISTRATION_FAILED` (as glibc does), so
+/// that it is not retried on every operation. Already registered: `Ok` at once.
+///
+/// Only called when the C library registered no area (the kernel accepts one registration per
+/// thread). Async-signal-safe: a signal handler that interrupts the registration and registers
+/// itself makes the outer call see `EBUSY` and then a valid `cpu_id`, which counts as success.
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+pub(super) fn register_own_area() -> Result<isize, i32> {
+    let area = OWN_AREA.with(|a| a.get());
+    let offset = area as isize - thread_pointer() as isize;
+    // SAFETY: `area` is this thread's live, aligned area; `cpu_id` is only written by the
+    // kernel (registered) or by this thread (below); a volatile read sees either.
+    let cpu = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).cpu_id)) };
+    if valid_cpu_id(cpu).is_some() {
+        return Ok(offset);
+    }
+    if cpu == RSEQ_CPU_ID_REGISTRATION_FAILED {
+        return Err(libc::EPERM);
+    }
+    // SAFETY: rseq(area, len, flags = 0, sig): `area` is a 32-byte aligned `struct rseq` that
+    // lives as long as the thread (the kernel stops writing it when the thread exits, before
+    // its TLS block can be freed or reused, and a reused block starts unregistered again).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rseq,
+            area,
+            core::mem::size_of::<RseqArea>() as u32,
+            0u32,
+            RSEQ_SIG,
+        )
+    };
+    // SAFETY: as above.
+    let cpu = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).cpu_id)) };
+    if valid_cpu_id(cpu).is_some() {
+        return Ok(offset);
+    }
+    let errno = if r == 0 {
+        libc::EINVAL
+    } else {
+        // SAFETY: errno is thread-local and always readable.
+        unsafe { *libc::__errno_location() }
+    };
+    // SAFETY: not registered, so the kernel does not write the area; ours to mark.
+    unsafe {
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*area).cpu_id),
+            RSEQ_CPU_ID_REGISTRATION_FAILED,
+        )
+    };
+    Err(errno)
+}
+
+/// Whether the C library registered an rseq area for its threads (`__rseq_size != 0`), whatever
+/// the calling thread's state.
+#[cfg(not(any(miri, loom)))]
+pub(super) fn libc_registered_rseq() -> bool {
+    rseq_probe() & TAG_MASK == TAG_RSEQ
 }

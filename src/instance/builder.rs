@@ -23,6 +23,7 @@ pub struct KmemBuilder {
     nodes: Option<usize>,
     cpus: Option<usize>,
     fault: FaultInjection,
+    commit: Option<cpu::CommitMode>,
 }
 
 impl KmemBuilder {
@@ -71,6 +72,27 @@ impl KmemBuilder {
     /// ```
     pub fn cpus(mut self, n: usize) -> Self {
         self.cpus = Some(n);
+        self
+    }
+
+    /// Asks for a commit mode for this instance's fast paths. `Locked` is always honoured.
+    /// `Rseq` (and the default, automatic) gives restartable sequences only when the process
+    /// is in rseq mode ([`cpu::commit_mode`]) and every CPU has a slot of its own (`cpus(n)`
+    /// with `n` at least [`cpu::possible_cpus`], the default): a slot shared by several CPUs
+    /// cannot rely on a sequence's exclusivity, so such an instance uses the locked mode.
+    /// [`Kmem::commit_mode`] reports what was chosen.
+    ///
+    /// ```
+    /// use kmem::cpu::CommitMode;
+    /// let k = kmem::Kmem::builder().commit_mode(CommitMode::Locked).build().unwrap();
+    /// assert_eq!(k.commit_mode(), CommitMode::Locked);
+    /// let shared = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// if kmem::cpu::possible_cpus() > 1 {
+    ///     assert_eq!(shared.commit_mode(), CommitMode::Locked); // slots != CPUs
+    /// }
+    /// ```
+    pub fn commit_mode(mut self, mode: cpu::CommitMode) -> Self {
+        self.commit = Some(mode);
         self
     }
 
@@ -148,6 +170,23 @@ impl KmemBuilder {
             _ => {}
         }
 
+        // The process's mode is decided here, by the first instance built, whatever this one
+        // asks for.
+        let process_rseq = cpu::commit_mode() == cpu::CommitMode::Rseq;
+        let rseq = match self.commit {
+            Some(cpu::CommitMode::Locked) => false,
+            // Loom models opt in explicitly (the model's CPUs are the slots).
+            #[cfg(loom)]
+            Some(cpu::CommitMode::Rseq) => {
+                let _ = process_rseq;
+                nr_cpus <= crate::sync::MODEL_CPUS
+            }
+            #[cfg(loom)]
+            None => false,
+            #[cfg(not(loom))]
+            _ => process_rseq && nr_cpus >= cpu::possible_cpus(),
+        };
+
         let nodes_off = core::mem::size_of::<KmemShared>().next_multiple_of(128);
         let slot_off =
             (nodes_off + nr_nodes * core::mem::size_of::<PageAllocator>()).next_multiple_of(64);
@@ -180,6 +219,7 @@ impl KmemBuilder {
                     refs: AtomicUsize::new(1),
                     nr_nodes,
                     nr_cpus,
+                    rseq,
                     tid_step: TidStep::new(nr_cpus),
                     budget: PageBudget::new(limit, self.fault),
                     nodes,

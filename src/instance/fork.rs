@@ -52,6 +52,9 @@ extern "C" fn fork_parent() {
 #[cfg(not(miri))]
 extern "C" fn fork_child() {
     let s = FORK_LOCKED.load(Ordering::Relaxed);
+    // rseq mode: membarrier registrations belong to the address space; register the child's
+    // (no slot is stopped in the child: stops happen under slot locks, all held across fork).
+    crate::cpu::percpu::after_fork_child();
     fork_release();
     if !s.is_null() {
         // Blocks other threads were releasing are still detached: take them back.

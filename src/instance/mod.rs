@@ -363,6 +363,22 @@ impl Kmem {
         self.shared().slot_node(slot)
     }
 
+    /// How this instance's fast paths commit (see [`KmemBuilder::commit_mode`]).
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().build().unwrap();
+    /// if kmem::cpu::commit_mode() == kmem::cpu::CommitMode::Locked {
+    ///     assert_eq!(k.commit_mode(), kmem::cpu::CommitMode::Locked);
+    /// }
+    /// ```
+    pub fn commit_mode(&self) -> cpu::CommitMode {
+        if self.shared().rseq {
+            cpu::CommitMode::Rseq
+        } else {
+            cpu::CommitMode::Locked
+        }
+    }
+
     /// The CPU slot the calling thread uses now.
     ///
     /// ```

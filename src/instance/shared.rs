@@ -17,6 +17,8 @@ pub(crate) struct KmemShared {
     pub(super) refs: AtomicUsize,
     pub(crate) nr_nodes: usize,
     pub(crate) nr_cpus: usize,
+    /// Whether the caches' fast paths commit with restartable sequences (`cpu/percpu.rs`).
+    pub(crate) rseq: bool,
     pub(crate) tid_step: TidStep,
     pub(super) budget: PageBudget,
     pub(super) nodes: *const PageAllocator,

@@ -7,6 +7,7 @@ use super::cpu_slab::KmemCacheCpu;
 use super::node::KmemCacheNode;
 use super::slab::{get_freepointer, set_freepointer, Counters};
 use super::{CacheInner, FrozenSlab, NewSlab};
+use crate::cpu::percpu::{self, Seq};
 use crate::page::{GfpFlags, Page, PageKind};
 use crate::stats::StatItem::*;
 use crate::sync::{retry_hint, Ordering};
@@ -16,6 +17,9 @@ impl CacheInner {
     /// `slab_alloc_node`: one object, from `node` if given.
     #[inline(always)]
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
+        if self.rseq {
+            return self.slab_alloc_rseq(node);
+        }
         loop {
             let c = self.this_cpu();
             let (object, tid) = c.load_freelist();
@@ -33,6 +37,48 @@ impl CacheInner {
             }
             c.stat(CmpxchgDoubleCpuFail);
             retry_hint();
+        }
+    }
+
+    /// The alloc fast path in rseq mode: one sequence on the slot of the CPU the thread runs on
+    /// (`percpu::pop`: stopped? the slab expected? freelist empty? then `freelist = next` as
+    /// the commit). Anything else is the slow path on the slot the sequence used, where every
+    /// change of `{freelist, tid}` is a sequence on that CPU or happens under a stop + fence
+    /// (`cpu_slab.rs`, "rseq mode"). A thread that cannot run sequences takes the slow path
+    /// too: its CAS there always stop and fence the slot first (it is never "on" the CPU).
+    #[inline(always)]
+    fn slab_alloc_rseq(&self, node: Option<usize>) -> *mut u8 {
+        loop {
+            // With a node wanted, the slab must be on it: read the slot's slab outside the
+            // sequence, and let the sequence check that it is still the slab of the slot it
+            // runs on; a mismatch takes the slow path, which handles every node case.
+            let expect = match node {
+                None => 0,
+                Some(_) => {
+                    let c = self.this_cpu();
+                    if !self.cpu_node_matches(c, node) {
+                        return self.slab_alloc_slow(c, node);
+                    }
+                    c.slab.load(Ordering::Acquire) as usize
+                }
+            };
+            // SAFETY: every object on a slot's freelist is an object of this cache in slab
+            // memory (mapped for the allocator's life), its free pointer at `offset`; the slots
+            // are this cache's.
+            let (st, at, object) = unsafe { percpu::pop(self.slots, self.offset, expect) };
+            match st {
+                Seq::Done => {
+                    self.cpu_at(at).stat(AllocFastpath);
+                    return object as *mut u8;
+                }
+                Seq::Unavailable => {
+                    if !percpu::thread_can_sequence() {
+                        return self.slab_alloc_slow(self.this_cpu(), node);
+                    }
+                }
+                // Empty, stopped, or not the slab wanted: the slow path on that slot.
+                _ => return self.slab_alloc_slow(self.cpu_at(at), node),
+            }
         }
     }
 

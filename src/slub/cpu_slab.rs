@@ -30,10 +30,35 @@
 //! 2. [`KmemCacheCpu::attach`]: CAS `{null, tid}` to `{freelist, next_tid}`, then store `slab`.
 //!    While the slot is detached no fast path can change `{freelist, tid}` (allocations see an
 //!    empty freelist and queue on the slot lock; frees see no slab), so the CAS cannot fail.
+//!
+//! # rseq mode
+//!
+//! In an instance whose fast paths commit with restartable sequences (`cpu/percpu.rs`; one
+//! slot per CPU), the fast paths change only the `freelist` word, with one plain store inside a
+//! sequence on the slot's own CPU (`percpu::pop`/`push`, called from `alloc.rs`/`free.rs`), and
+//! leave the tid alone. A plain store is atomic only with respect to that CPU, so every other
+//! change of `{freelist, tid}` — detach and attach, always under the slot lock — is made in one
+//! of two ways ([`KmemCacheCpu::cas_slot`]):
+//!
+//! - on the slot's CPU, as the commit of a sequence that first checks the CPU id
+//!   (`percpu::cas_on_cpu`): no system call, the normal case for a slow path, which runs on the
+//!   CPU whose slot it refills;
+//! - after a stop (`stopped = 1`, then a membarrier fence of the slot's CPU: every sequence in
+//!   flight there has committed or will restart and see the stop): a slow path that migrated
+//!   (or a thread that cannot run sequences) for one CAS, and for a whole operation
+//!   ([`KmemCacheCpu::stop_remote`]) flush, shrink, destroy and the exact slabinfo, which touch
+//!   any slot from any CPU.
+//!
+//! Detach and attach keep their two steps and their order: the free fast path's sequence reads
+//! `slab` and commits its push in one sequence, so a free that saw the old slab either
+//! committed before the detach (its object is taken with the list) or restarts and sees
+//! `slab == null`. The tid still advances on every slow-path change; in rseq mode nothing
+//! depends on it.
 
+use crate::cpu::percpu::{self, OnCpu, SlotHead};
 use crate::page::Page;
 use crate::stats::{StatItem, NR_STAT_ITEMS};
-use crate::sync::{AtomicPtr, Cell, DWord, Ordering, SpinLock};
+use crate::sync::{Cell, Ordering, SpinLock};
 
 /// The tid increment of an allocator: its slot count rounded up to a power of two.
 #[derive(Clone, Copy, Debug)]
@@ -70,12 +95,18 @@ impl TidStep {
 }
 
 /// One CPU slot of a cache (`struct kmem_cache_cpu`), on its own cache lines.
+///
+/// Its first 32 bytes are the [`SlotHead`] the restartable sequences use (`{freelist, tid}`,
+/// `slab`, `stopped`); the slot derefs to it, so `c.freelist_tid` and `c.slab` name them.
 #[repr(C, align(64))]
 pub(crate) struct KmemCacheCpu {
-    /// `{freelist, tid}`: the lockless per-slot freelist and its transaction id.
-    pub(crate) freelist_tid: DWord,
-    /// The current (frozen) slab, or null.
-    pub(crate) slab: AtomicPtr<Page>,
+    /// `{freelist, tid}` (the lockless per-slot freelist and its transaction id), the current
+    /// (frozen) slab or null, and the rseq mode's `stopped` word.
+    pub(crate) head: SlotHead<Page>,
+    /// This slot's index, which in rseq mode is its CPU.
+    index: usize,
+    /// Whether the cache is in rseq mode (see the module docs).
+    rseq: bool,
     /// Head of the CPU partial list (frozen slabs), under `lock`.
     pub(crate) partial: Cell<*mut Page>,
     /// The slot lock: serialises the slow paths of this slot.
@@ -85,12 +116,21 @@ pub(crate) struct KmemCacheCpu {
     pub(crate) stats: [crate::sync::AtomicU64; NR_STAT_ITEMS],
 }
 
+impl core::ops::Deref for KmemCacheCpu {
+    type Target = SlotHead<Page>;
+    #[inline(always)]
+    fn deref(&self) -> &SlotHead<Page> {
+        &self.head
+    }
+}
+
 impl KmemCacheCpu {
-    /// A slot with tid `init_tid`.
-    pub(crate) fn new(init_tid: u64) -> Self {
+    /// Slot `index` with tid `init_tid`, in rseq mode or not.
+    pub(crate) fn new(init_tid: u64, index: usize, rseq: bool) -> Self {
         KmemCacheCpu {
-            freelist_tid: DWord::new(0, init_tid),
-            slab: AtomicPtr::new(core::ptr::null_mut()),
+            head: SlotHead::new(init_tid),
+            index,
+            rseq,
             partial: Cell::new(core::ptr::null_mut()),
             lock: SpinLock::new("kmem CPU slot lock", ()),
             #[cfg(feature = "stats")]
@@ -183,6 +223,53 @@ impl KmemCacheCpu {
             .is_ok()
     }
 
+    /// A slow path's `{freelist, tid}` CAS (caller holds `lock`): plain in the locked mode or
+    /// while the slot is stopped (only the lock holder stops it, so a non-zero `stopped` is
+    /// ours); in rseq mode otherwise, the commit of a sequence on the slot's CPU, or, if the
+    /// thread is not on that CPU, a CAS under a stop + fence of the slot.
+    #[inline]
+    pub(crate) fn cas_slot(
+        &self,
+        old: (usize, u64),
+        new: (usize, u64),
+    ) -> Result<(), (usize, u64)> {
+        if !self.rseq
+            || cfg!(kmem_mutant = "rseq_slow_path_plain_cas")
+            || self.stopped.load(Ordering::Relaxed) != 0
+        {
+            // (The mutant, loom-tests: an ordinary CAS in rseq mode, as if the slow path could
+            // not have migrated off the slot's CPU.)
+            return self.freelist_tid.compare_exchange(old, new);
+        }
+        match percpu::cas_on_cpu(&self.head, self.index, old, new) {
+            OnCpu::Swapped => Ok(()),
+            OnCpu::Failed(seen) => Err(seen),
+            OnCpu::Elsewhere if cfg!(kmem_mutant = "rseq_elsewhere_without_stop") => {
+                // Planted bug (loom-tests): a thread off the slot's CPU CASes without a stop.
+                self.freelist_tid.compare_exchange(old, new)
+            }
+            OnCpu::Elsewhere => {
+                // Migrated since the slot was chosen, or this thread cannot run sequences: make
+                // the sequences on the slot's CPU stand back for this one CAS.
+                percpu::stop(&self.head, self.index);
+                let r = self.freelist_tid.compare_exchange(old, new);
+                percpu::resume(&self.head);
+                r
+            }
+        }
+    }
+
+    /// rseq mode: stops this slot and fences its CPU until the guard drops, for an operation
+    /// that may run on any CPU (flush, slabinfo). The caller holds `lock`. `None` in the locked
+    /// mode, where nothing needs stopping.
+    pub(crate) fn stop_remote(&self) -> Option<SlotStop<'_>> {
+        if !self.rseq {
+            return None;
+        }
+        percpu::stop(&self.head, self.index);
+        Some(SlotStop(self))
+    }
+
     /// Step 1 of a slab change (caller holds `lock`): unpublish the slab, then take the whole
     /// CPU freelist with a tid bump. Returns `(slab, freelist, tid)`; the freelist's objects all
     /// belong to `slab`, and `{null, tid}` is now the slot's pair.
@@ -195,7 +282,7 @@ impl KmemCacheCpu {
         let mut cur = self.freelist_tid.load();
         loop {
             let new_tid = step.next_tid(cur.1);
-            match self.freelist_tid.compare_exchange(cur, (0, new_tid)) {
+            match self.cas_slot(cur, (0, new_tid)) {
                 Ok(()) => return (slab, cur.0, new_tid),
                 Err(seen) => {
                     cur = seen;
@@ -210,8 +297,7 @@ impl KmemCacheCpu {
     #[inline]
     pub(crate) fn attach(&self, step: TidStep, slab: *mut Page, freelist: usize, tid: u64) {
         if self
-            .freelist_tid
-            .compare_exchange((0, tid), (freelist, step.next_tid(tid)))
+            .cas_slot((0, tid), (freelist, step.next_tid(tid)))
             .is_err()
         {
             crate::abort_msg(&[
@@ -220,6 +306,15 @@ impl KmemCacheCpu {
             ]);
         }
         self.slab.store(slab, Ordering::Release);
+    }
+}
+
+/// A slot stopped by [`KmemCacheCpu::stop_remote`]: resumed when dropped.
+pub(crate) struct SlotStop<'a>(&'a KmemCacheCpu);
+
+impl Drop for SlotStop<'_> {
+    fn drop(&mut self) {
+        percpu::resume(&self.0.head);
     }
 }
 
@@ -247,7 +342,7 @@ mod tests {
     #[test]
     fn detach_then_attach_advances_tid_twice() {
         let step = TidStep::new(4);
-        let c = KmemCacheCpu::new(step.init_tid(2));
+        let c = KmemCacheCpu::new(step.init_tid(2), 2, false);
         let fake = 0x1000 as *mut Page;
         c.attach(step, fake, 0x5000, 2);
         assert_eq!(c.freelist_tid.load(), (0x5000, 6));

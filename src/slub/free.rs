@@ -7,6 +7,7 @@ use super::cpu_slab::KmemCacheCpu;
 use super::node::ListEnd;
 use super::slab::set_freepointer;
 use super::CacheInner;
+use crate::cpu::percpu::{self, Seq};
 use crate::page::{Page, PageKind};
 use crate::stats::StatItem::*;
 use crate::sync::{retry_hint, Ordering};
@@ -19,6 +20,10 @@ impl CacheInner {
     /// `head -> ... -> tail` through their free pointers, and owned by the caller.
     #[inline(always)]
     pub(crate) unsafe fn do_slab_free(&self, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
+        if self.rseq {
+            // SAFETY: forwarded contract.
+            return unsafe { self.do_slab_free_rseq(slab, head, tail, cnt) };
+        }
         loop {
             let c = self.this_cpu();
             // `{freelist, tid}` first, then `slab` (see `load_for_free`).
@@ -44,6 +49,45 @@ impl CacheInner {
             }
             c.stat(CmpxchgDoubleCpuFail);
             retry_hint();
+        }
+    }
+
+    /// The free fast path in rseq mode: one sequence on the slot of the CPU the thread runs on
+    /// (`percpu::push`: stopped? the object's slab is the slot's slab? double free? then link
+    /// the tail and store `freelist = head` as the commit). Anything else goes to
+    /// `__slab_free`, which is correct for any slab and touches no slot's freelist — also the
+    /// route of a thread that cannot run sequences.
+    ///
+    /// # Safety
+    /// As [`CacheInner::do_slab_free`].
+    #[inline(always)]
+    unsafe fn do_slab_free_rseq(&self, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
+        loop {
+            // SAFETY: the caller owns `head..=tail`, objects of `slab` (contract) with their
+            // free pointer at `offset`; the slots are this cache's.
+            let (st, at) =
+                unsafe { percpu::push(self.slots, self.offset, slab as usize, head, tail) };
+            match st {
+                Seq::Done => {
+                    self.cpu_at(at).stat_add(FreeFastpath, cnt as u64);
+                    return;
+                }
+                Seq::DoubleFree => {
+                    self.double_free(tail, "it is already the first free object of its CPU slab")
+                }
+                Seq::Unavailable if percpu::thread_can_sequence() => continue,
+                _ => {
+                    let c = if st == Seq::Unavailable {
+                        self.this_cpu()
+                    } else {
+                        self.cpu_at(at)
+                    };
+                    c.stat_add(FreeSlowpath, cnt as u64);
+                    // SAFETY: forwarded contract.
+                    unsafe { self.slab_free_slow(c, slab, head, tail, cnt) };
+                    return;
+                }
+            }
         }
     }
 

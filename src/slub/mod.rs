@@ -81,6 +81,7 @@ mod partial;
 mod teardown;
 
 use crate::config::{CacheConfig, CacheFlags};
+use crate::cpu::percpu::{SlotHead, Slots};
 use crate::error::KmemError;
 use crate::instance::KmemShared;
 use crate::page::{Page, PAGE_SIZE};
@@ -122,6 +123,9 @@ pub(crate) struct CacheInner {
     /// `nr_cpus` slots, each on its own cache lines.
     pub(crate) cpu_slab: *const KmemCacheCpu,
     pub(crate) nr_cpus: usize,
+    /// rseq mode: the fast paths run `cpu/percpu.rs`'s sequences on `slots` (the same slots).
+    pub(crate) rseq: bool,
+    pub(crate) slots: Slots<Page>,
     /// Offset of the free pointer inside an object.
     pub(crate) offset: usize,
     pub(crate) tid_step: TidStep,
@@ -197,7 +201,10 @@ impl CacheInner {
         unsafe {
             let cpus = base.add(cpu_off) as *mut KmemCacheCpu;
             for i in 0..nr_cpus {
-                ptr::write(cpus.add(i), KmemCacheCpu::new(tid_step.init_tid(i)));
+                ptr::write(
+                    cpus.add(i),
+                    KmemCacheCpu::new(tid_step.init_tid(i), i, kmem.rseq),
+                );
             }
             let nodes = base.add(node_off) as *mut KmemCacheNode;
             for i in 0..nr_nodes {
@@ -211,6 +218,13 @@ impl CacheInner {
                 CacheInner {
                     cpu_slab: cpus,
                     nr_cpus,
+                    rseq: kmem.rseq,
+                    // A slot starts with its `SlotHead` (`repr(C)`, first field).
+                    slots: Slots::new(
+                        cpus as *const SlotHead<Page>,
+                        core::mem::size_of::<KmemCacheCpu>(),
+                        nr_cpus,
+                    ),
                     offset: geo.offset,
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
@@ -288,6 +302,14 @@ impl CacheInner {
         // `n >= 1` (the builder refuses 0 slots): no division by zero, and `slot < n`.
         let slot = if cpu < n { cpu } else { cpu % n };
         self.cpu(slot)
+    }
+
+    /// The slot at `at`, an address a sequence on `self.slots` returned.
+    #[inline(always)]
+    pub(crate) fn cpu_at(&self, at: usize) -> &KmemCacheCpu {
+        // SAFETY: the sequences return the address of one of `self.slots`, which are this
+        // cache's `KmemCacheCpu`s (each starts with its `SlotHead`), live as long as the cache.
+        unsafe { &*(at as *const KmemCacheCpu) }
     }
 
     /// The index of slot `c`.

@@ -12,14 +12,17 @@ use crate::sync::Ordering;
 use core::ptr::{self, NonNull};
 
 impl CacheInner {
-    /// `flush_slab` + `unfreeze_partials` for slot `c` (caller holds `c.lock`).
+    /// `flush_slab` + `unfreeze_partials` for slot `c` (caller holds `c.lock`). In rseq mode the
+    /// slot is stopped and its CPU fenced meanwhile (the caller may run on any CPU).
     pub(crate) fn flush_cpu_locked(&self, c: &KmemCacheCpu) {
+        let stop = c.stop_remote();
         let (slab, freelist, tid) = c.detach(self.tid_step);
         if !slab.is_null() {
             self.deactivate_slab(c, slab, freelist);
             c.stat(CpuslabFlush);
         }
         c.attach(self.tid_step, ptr::null_mut(), 0, tid);
+        drop(stop);
         // SAFETY: the partial list is ours under `c.lock`.
         let partial = unsafe { c.partial.get() };
         if !partial.is_null() {
@@ -139,6 +142,8 @@ impl CacheInner {
         for i in 0..self.nr_cpus {
             let c = self.cpu(i);
             let _g = c.lock.lock();
+            // Exact in rseq mode too: the slot is stopped and its CPU fenced while it is counted.
+            let stop = c.stop_remote();
             let (slab, freelist, tid) = c.detach(self.tid_step);
             let mut p = freelist;
             let mut on_cpu = 0;
@@ -156,6 +161,7 @@ impl CacheInner {
                 free += f;
             }
             c.attach(self.tid_step, slab, freelist, tid);
+            drop(stop);
             // SAFETY: the partial list is ours under `c.lock`.
             let mut p = unsafe { c.partial.get() };
             while !p.is_null() {

@@ -225,6 +225,11 @@ mod imp {
         pub(crate) fn halves(&self) -> *const core::sync::atomic::AtomicU64 {
             self.0.as_ptr().cast()
         }
+
+        #[inline(always)]
+        pub(crate) fn as_ptr(&self) -> *mut [u64; 2] {
+            self.0.as_ptr().cast()
+        }
     }
 }
 
@@ -320,6 +325,14 @@ impl DWord {
     pub(crate) fn store(&self, word: usize, tag: u64) {
         self.0.store(word as u64, tag)
     }
+
+    /// The address of the 16 bytes (`word` at +0, `tag` at +8), for the restartable sequences
+    /// of `cpu/percpu.rs`, which read and write the word half with plain `mov`s on the CPU
+    /// that owns the slot (see that file for why this is race-free).
+    #[inline(always)]
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.0.as_ptr().cast()
+    }
 }
 
 #[cfg(loom)]
@@ -362,6 +375,14 @@ impl DWord {
     /// Stores both halves.
     pub(crate) fn store(&self, word: usize, tag: u64) {
         *self.0.lock().unwrap() = (word, tag);
+    }
+
+    /// The model of a restartable sequence's commit: a plain store of the word half only (the
+    /// tag is left as it is). Atomic with respect to other accesses of this double word, like
+    /// an aligned 8-byte `mov`; what makes it safe is the sequence around it, which loom models
+    /// with the CPU's mutex (`sync::loom::cpu_sequence`).
+    pub(crate) fn store_word(&self, word: usize) {
+        self.0.lock().unwrap().0 = word;
     }
 }
 

@@ -160,3 +160,42 @@ impl<T> Drop for SpinGuard<'_, T> {
         self.lock.owner.store(0, Ordering::Relaxed);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The model of a CPU running a restartable sequence (`cpu/percpu.rs`)
+// ---------------------------------------------------------------------------------------------
+
+/// How many CPUs the rseq model knows (model threads pick theirs with
+/// `cpu::set_current_cpu_for_model`).
+pub(crate) const MODEL_CPUS: usize = 4;
+
+loom::lazy_static! {
+    /// One mutex per model CPU: holding it is "this CPU is executing my restartable sequence".
+    static ref MODEL_CPU_SEQ: [loom::sync::Mutex<()>; MODEL_CPUS] =
+        core::array::from_fn(|_| loom::sync::Mutex::new(()));
+}
+
+/// A restartable sequence in progress on a model CPU (see [`cpu_sequence`]).
+pub(crate) struct CpuSequence(#[allow(dead_code)] loom::sync::MutexGuard<'static, ()>);
+
+/// Enters a restartable sequence on model CPU `cpu`.
+///
+/// The kernel guarantees that a sequence on CPU `c` either runs to its commit with no other
+/// thread running on `c` in between, or is aborted before its commit (and then restarted by
+/// kmem). An aborted-and-restarted sequence with no side effect before its commit is
+/// indistinguishable from one that started after the interruption, so the model runs every
+/// sequence under its CPU's mutex: atomic with respect to every other sequence on that CPU, and
+/// to a fence on that CPU ([`cpu_fence`]), and *not* ordered with anything running on another
+/// CPU — which is exactly what the protocols on top must cope with.
+pub(crate) fn cpu_sequence(cpu: usize) -> CpuSequence {
+    assert!(cpu < MODEL_CPUS, "model CPU {cpu} out of range");
+    CpuSequence(MODEL_CPU_SEQ[cpu].lock().unwrap())
+}
+
+/// The model of `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, cpu)`: returns
+/// once no sequence on `cpu` that started before the call can still commit (it has committed,
+/// and its commit happens-before the return, or it will restart after the return).
+pub(crate) fn cpu_fence(cpu: usize) {
+    assert!(cpu < MODEL_CPUS, "model CPU {cpu} out of range");
+    drop(MODEL_CPU_SEQ[cpu].lock().unwrap());
+}

@@ -59,6 +59,8 @@ mod backend;
 mod dword;
 mod once;
 
+#[cfg(loom)]
+pub(crate) use backend::{cpu_fence, cpu_sequence, MODEL_CPUS};
 pub(crate) use backend::{
     fence, retry_hint, thread_token, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
     Backoff, Cell, Ordering, SpinGuard, SpinLock,
