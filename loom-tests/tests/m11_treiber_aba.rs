@@ -3,8 +3,8 @@
 //!
 //! The stack holds A -> B. Thread 1 pops: it reads `head = A` and `next = B`, then CASes
 //! `head: A -> B`. Thread 2 (same CPU slot, so kmem's LIFO freelist hands objects straight
-//! back) pops A and B, frees both, allocates an object for some other use (B's memory) and
-//! pushes a fresh node (A's memory). If thread 1 is preempted between reading `next` and its
+//! back) pops A and B, frees both, pushes a fresh node (A's memory) and allocates an object for
+//! some other use (B's memory). If thread 1 is preempted between reading `next` and its
 //! CAS, the CAS succeeds on the recycled A and installs B, now someone else's object, as the
 //! head: the ABA bug.
 //!
@@ -69,8 +69,8 @@ impl Stack {
         }
     }
 
-    /// Pops a node; frees it at once (`guard == None`) or after a grace period.
-    fn pop(&self, guard: Option<&Guard>) -> Option<usize> {
+    /// Pops a node; the caller owns it (and must `retire` it).
+    fn pop(&self) -> Option<usize> {
         loop {
             let h = self.head.load(Ordering::Acquire);
             if h == 0 {
@@ -86,14 +86,25 @@ impl Stack {
                     self.live.lock().unwrap().remove(&h),
                     "ABA: popped {h:#x}, which was already freed"
                 );
-                let p = NonNull::new(h as *mut u8).unwrap();
-                match guard {
-                    // SAFETY: unlinked by our CAS, freed once.
-                    None => unsafe { self.cache.free(p) },
-                    // SAFETY: as above; readers pinned now may still read it.
-                    Some(g) => unsafe { self.cache.free_deferred(p, g) },
-                }
                 return Some(h);
+            }
+        }
+    }
+
+    /// Frees popped nodes: at once (`guard == None`, one `free_bulk`) or after a grace period.
+    fn retire(&self, nodes: &[usize], guard: Option<&Guard>) {
+        let nodes: Vec<_> = nodes
+            .iter()
+            .map(|&n| NonNull::new(n as *mut u8).unwrap())
+            .collect();
+        match guard {
+            // SAFETY: unlinked by our pops, each freed once.
+            None => unsafe { self.cache.free_bulk(&nodes) },
+            Some(g) => {
+                for &n in &nodes {
+                    // SAFETY: as above; readers pinned now may still read it.
+                    unsafe { self.cache.free_deferred(n, g) };
+                }
             }
         }
     }
@@ -106,7 +117,7 @@ impl Stack {
         while n != 0 {
             assert!(
                 live.contains(&n),
-                "ABA: freed node {n:#x} is linked into the stack"
+                "ABA: {n:#x}, freed or reused for another object, is linked into the stack"
             );
             n = next_of(n).load(std::sync::atomic::Ordering::Relaxed);
             len += 1;
@@ -128,7 +139,9 @@ fn run(deferred: bool) {
             on_cpu(0);
             let h = c1.register();
             let g = h.pin();
-            s1.pop(deferred.then_some(&g));
+            if let Some(n) = s1.pop() {
+                s1.retire(&[n], deferred.then_some(&g));
+            }
         });
         let (s2, c2) = (s.clone(), collector.clone());
         let t2 = loom::thread::spawn(move || {
@@ -136,16 +149,17 @@ fn run(deferred: bool) {
             let h = c2.register();
             {
                 let g = h.pin();
-                s2.pop(deferred.then_some(&g));
-                s2.pop(deferred.then_some(&g));
+                // Two pops (fewer if thread 1 got there first).
+                let popped: Vec<usize> = (0..2).filter_map(|_| s2.pop()).collect();
+                s2.retire(&popped, deferred.then_some(&g));
                 if deferred {
                     s2.cache.flush_deferred(&g);
                 }
             }
-            // Another user of the cache takes an object, then a node is pushed.
-            let other = s2.cache.alloc().unwrap();
+            // A node is pushed (A's memory if A was freed), then another user of the cache
+            // takes an object (B's memory).
             s2.push();
-            other
+            s2.cache.alloc().unwrap()
         });
         t1.join().unwrap();
         let other = t2.join().unwrap();
@@ -154,7 +168,9 @@ fn run(deferred: bool) {
         unsafe { s.cache.free(other) };
         // Empty the stack, let every deferred free run, and check nothing leaked.
         let h = collector.register();
-        while s.pop(deferred.then_some(&h.pin())).is_some() {}
+        while let Some(n) = s.pop() {
+            s.retire(&[n], deferred.then_some(&h.pin()));
+        }
         s.cache.flush_deferred(&h.pin());
         drop(h);
         drop(collector);
