@@ -8,11 +8,16 @@
 //! - `epoch_defer_destroy_box`: `Box::new` (system allocator) + crossbeam-epoch's
 //!   `Guard::defer_destroy` of an `Owned` under a fresh `epoch::pin()` (one closure per object).
 //!
-//! Nobody else is pinned, so the epoch advances and garbage is collected as the run goes: the
+//! Clock: the benching thread's CPU time (`benches/common`, as `batch` and `fastpath`), thread
+//! pinned to CPU 0. Nobody else is pinned, so the epoch advances and garbage is collected as the run goes: the
 //! figures include running the deferred frees.
 //!
 //! Run: `cargo bench --bench deferred -- --warm-up-time 1 --measurement-time 3`.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::ThreadTime;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -21,7 +26,9 @@ use kmem::{CacheConfig, Kmem};
 
 const N: usize = 1000;
 
-fn bench(c: &mut Criterion) {
+fn bench(c: &mut Criterion<ThreadTime>) {
+    let _pinned = common::pin_to_cpu(0);
+    eprintln!("deferred: clock: {}", ThreadTime::default().describe());
     let k = Kmem::builder().build().unwrap();
     let cache = k
         .create_cache("bench-deferred", 64, CacheConfig::new())
@@ -60,5 +67,9 @@ fn bench(c: &mut Criterion) {
     cache.flush_deferred(&epoch::pin());
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadTime::default());
+    targets = bench
+}
 criterion_main!(benches);

@@ -26,7 +26,8 @@
 //!
 //! # Lifetime of the cache
 //!
-//! `pending` counts the objects accepted by `free_deferred` and not yet freed. Dropping the
+//! `pending` counts the objects handed to a collector and not yet freed (each batch is added
+//! when handed over, before its closure can run, and subtracted by it). Dropping the
 //! [`KmemCache`] hands every partly filled batch to its collector and sets the `DYING` bit; the
 //! cache is destroyed (unregistered, `kmem_cache_destroy`) by whichever comes last: the drop
 //! (nothing pending) or the closure that frees the last pending object. So a cache is never
@@ -121,9 +122,20 @@ impl Deferred {
         unsafe { self.inner.as_ref() }
     }
 
-    /// Objects accepted and not yet freed.
+    /// Objects accepted and not yet freed: those in the slots' batches and those handed over.
     pub(crate) fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire) & !DYING
+        let filling: usize = self
+            .slots
+            .iter()
+            .map(|s| {
+                let f = s.lock();
+                // SAFETY: the filling batch is ours under the slot lock.
+                (!f.batch.is_null())
+                    .then(|| unsafe { (*f.batch).n })
+                    .unwrap_or(0)
+            })
+            .sum();
+        filling + (self.pending.load(Ordering::Acquire) & !DYING)
     }
 
     /// Queues `obj` (after running `drop` on it, if any) to be freed once every thread pinned
@@ -142,7 +154,6 @@ impl Deferred {
             unsafe { d.free_now(&[(obj, drop)]) };
             return;
         };
-        d.pending.fetch_add(1, Ordering::AcqRel);
         let slot = crate::cpu::current_cpu() % d.slots.len();
         let mut full = ptr::null_mut();
         let mut stale: Option<(*mut Batch, Collector)> = None;
@@ -224,8 +235,12 @@ impl Deferred {
     ///
     /// # Safety
     /// `b` is a full or partly filled batch of `this` owned by the caller, whose objects were
-    /// accepted (and counted in `pending`) while pinned in `g`'s collector.
+    /// accepted while pinned in `g`'s collector; the cache's handle is live, or this is its
+    /// drop (before `DYING` is set).
     unsafe fn hand_over(this: *const Deferred, b: *mut Batch, g: &Guard) {
+        // Count the batch before the collector can run it (its closure subtracts it).
+        // SAFETY: live per the contract; `b` is ours.
+        unsafe { (*this).pending.fetch_add((*b).n, Ordering::AcqRel) };
         let (d, b) = (this as usize, b as usize);
         #[cfg(kmem_mutant = "deferred_batch_runs_at_once")]
         {
@@ -293,7 +308,16 @@ impl Deferred {
         // SAFETY: live until `finalize`, which cannot run before `DYING` is set below.
         unsafe { Self::flush(this, None) };
         // SAFETY: as above.
-        let prev = unsafe { &*this }.pending.fetch_or(DYING, Ordering::AcqRel);
+        let d = unsafe { &*this };
+        #[cfg(kmem_mutant = "deferred_drop_checks_pending_early")]
+        let prev = {
+            // (planted bug) reads the count, then sets DYING in a separate step.
+            let early = d.pending.load(Ordering::Acquire);
+            d.pending.fetch_or(DYING, Ordering::AcqRel);
+            early
+        };
+        #[cfg(not(kmem_mutant = "deferred_drop_checks_pending_early"))]
+        let prev = d.pending.fetch_or(DYING, Ordering::AcqRel);
         if prev == 0 {
             // SAFETY: nothing pending and the handle is gone.
             unsafe { Self::finalize(this) };
