@@ -121,17 +121,17 @@ fn scenario(deferred: bool) {
             s2.nodes.flush_deferred(&g);
         }
         s2.push();
-        s2.nodes.alloc().unwrap() // some other use of the cache
+        s2.nodes.alloc().unwrap().as_ptr() as usize // some other use of the cache
     });
     t1.join().unwrap();
     let other = t2.join().unwrap();
     let linked = s.nodes();
     assert!(
-        linked.len() <= 1 && !linked.contains(&(other.as_ptr() as usize)),
-        "ABA: the stack links {linked:x?}, and {other:p} belongs to someone else"
+        linked.len() <= 1 && !linked.contains(&other),
+        "ABA: the stack links {linked:x?}, and {other:#x} belongs to someone else"
     );
     // SAFETY: allocated above, freed once.
-    unsafe { s.nodes.free(other) };
+    unsafe { s.nodes.free(NonNull::new(other as *mut u8).unwrap()) };
     let h = collector.register();
     while let Some(n) = s.pop() {
         s.retire(&[n], deferred.then_some(&h.pin()));

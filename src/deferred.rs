@@ -129,10 +129,12 @@ impl Deferred {
             .iter()
             .map(|s| {
                 let f = s.lock();
-                // SAFETY: the filling batch is ours under the slot lock.
-                (!f.batch.is_null())
-                    .then(|| unsafe { (*f.batch).n })
-                    .unwrap_or(0)
+                if f.batch.is_null() {
+                    0
+                } else {
+                    // SAFETY: the filling batch is ours under the slot lock.
+                    unsafe { (*f.batch).n }
+                }
             })
             .sum();
         filling + (self.pending.load(Ordering::Acquire) & !DYING)
