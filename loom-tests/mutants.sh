@@ -30,6 +30,7 @@ m9_bulk_vs_single                       bulk_pop_without_tid_cas
 m10_new_slab_unlocked                   new_slab_ignores_cpu_slab
 m11_treiber_aba                         deferred_batch_runs_at_once
 m12_deferred_drop_vs_run                deferred_drop_checks_pending_early
+m13_typesafe_reader_vs_shrink           typesafe_shrink_discards
 "
 
 # Runs model $1 built with mutant $2 ("" = clean); prints PASS or FAIL and the seconds taken.
