@@ -2,12 +2,14 @@
 //! `struct kmem_cache`) and everything it does live in `slub/`.
 
 use crate::config::CacheConfig;
+use crate::deferred::Deferred;
 use crate::error::KmemError;
 use crate::instance::Kmem;
 use crate::slub::CacheInner;
 use crate::stats::{CacheStats, SlabInfo};
+use crate::sync::{AtomicPtr, Ordering};
 use core::fmt;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 /// An object cache (`struct kmem_cache`): fixed-size objects carved from slabs, with a lockless
 /// per-CPU fast path.
 ///
@@ -32,6 +34,9 @@ use core::ptr::NonNull;
 pub struct KmemCache {
     pub(crate) inner: NonNull<CacheInner>,
     pub(crate) kmem: Kmem,
+    /// The deferred-free state (`deferred.rs`), created by the first deferred free; null
+    /// until then.
+    pub(crate) deferred: AtomicPtr<Deferred>,
 }
 
 // SAFETY: the cache's shared state is synchronised internally (see CacheInner).
@@ -174,6 +179,115 @@ impl KmemCache {
         unsafe { inner.do_slab_free(slab, obj.as_ptr() as usize, obj.as_ptr() as usize, 1) }
     }
 
+    /// Frees `obj` after a grace period (`kfree_rcu`): its memory is reused only after every
+    /// thread pinned in `guard`'s collector at the time of the call has unpinned, so a reader
+    /// that found `obj` while pinned may keep reading it until it unpins.
+    ///
+    /// Frees are batched per CPU slot (the `rcu_free` sheaf): a batch of 64 objects is handed to
+    /// the collector as one deferred closure when it fills, when [`KmemCache::flush_deferred`]
+    /// or [`KmemCache::shrink`] runs, or when the cache is dropped. A cache dropped with deferred
+    /// objects pending stays alive (and listed in `slabinfo`) until they have been freed; then
+    /// it is destroyed. With `epoch::unprotected()` the object is freed at once. This is never
+    /// reached from the global allocator (see the `epoch` module docs).
+    ///
+    /// # Safety
+    /// As [`KmemCache::free`]: `obj` came from this cache, is given up by the caller and is
+    /// passed to `free` or `free_deferred` once. Readers may still access it while pinned.
+    ///
+    /// ```
+    /// use kmem::epoch;
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("nodes", 64, kmem::CacheConfig::new()).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// let collector = epoch::Collector::new();
+    /// let reader = collector.register();
+    /// let writer = collector.register();
+    /// let r = reader.pin(); // a reader that may still hold `p`
+    /// // SAFETY: `p` came from `c`, is unlinked and freed once.
+    /// unsafe { c.free_deferred(p, &writer.pin()) };
+    /// c.flush_deferred(&writer.pin());
+    /// assert_eq!(c.deferred_pending(), 1); // the reader is still pinned
+    /// drop(r);
+    /// for _ in 0..4 {
+    ///     writer.pin().flush(); // advance the epoch and run what is due
+    /// }
+    /// assert_eq!(c.deferred_pending(), 0);
+    /// assert_eq!(c.info().active_objs, 0);
+    /// ```
+    pub unsafe fn free_deferred(&self, obj: NonNull<u8>, guard: &crate::epoch::Guard) {
+        // The same O(1) checks as `free`, now rather than in the deferred closure.
+        self.inner().owning_slab(obj.as_ptr());
+        // SAFETY: the block lives as long as this handle; the caller gives `obj` up.
+        unsafe { Deferred::defer(self.deferred(), obj.as_ptr() as usize, None, guard) }
+    }
+
+    /// Hands every CPU slot's partly filled batch of deferred frees to its collector and
+    /// flushes `guard`'s thread-local bag (`Guard::flush`): afterwards every object passed to
+    /// [`KmemCache::free_deferred`] is freed by the collector once its grace period is over,
+    /// without waiting for more deferred frees to fill its batch.
+    ///
+    /// ```
+    /// use kmem::epoch;
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("flushed", 64, kmem::CacheConfig::new()).unwrap();
+    /// let collector = epoch::Collector::new();
+    /// let h = collector.register();
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free_deferred(p, &h.pin()) };
+    /// while c.deferred_pending() > 0 {
+    ///     c.flush_deferred(&h.pin());
+    /// }
+    /// assert_eq!(c.info().active_objs, 0);
+    /// ```
+    pub fn flush_deferred(&self, guard: &crate::epoch::Guard) {
+        let d = self.deferred.load(Ordering::Acquire);
+        if !d.is_null() {
+            // SAFETY: the block lives as long as this handle.
+            unsafe { Deferred::flush(d, Some(guard)) };
+        }
+        guard.flush();
+    }
+
+    /// Objects passed to [`KmemCache::free_deferred`] (or dropped with
+    /// [`SlabBox::drop_deferred`](crate::SlabBox::drop_deferred)) that are not freed yet.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k.create_cache("none-yet", 64, kmem::CacheConfig::new()).unwrap();
+    /// assert_eq!(c.deferred_pending(), 0);
+    /// ```
+    pub fn deferred_pending(&self) -> usize {
+        let d = self.deferred.load(Ordering::Acquire);
+        if d.is_null() {
+            return 0;
+        }
+        // SAFETY: the block lives as long as this handle.
+        unsafe { (*d).pending() }
+    }
+
+    /// This cache's deferred-free block, created on first use.
+    pub(crate) fn deferred(&self) -> *const Deferred {
+        let d = self.deferred.load(Ordering::Acquire);
+        if !d.is_null() {
+            return d;
+        }
+        let new = Box::into_raw(Box::new(Deferred::new(self)));
+        match self.deferred.compare_exchange(
+            ptr::null_mut(),
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new,
+            Err(cur) => {
+                // SAFETY: `new` was never published; it is ours.
+                drop(unsafe { Box::from_raw(new) });
+                cur
+            }
+        }
+    }
+
     /// Allocates up to `out.len()` objects (`kmem_cache_alloc_bulk`), filling a prefix of `out`
     /// and returning its length (shorter only when memory runs out). One slot-lock round trip
     /// and two CAS cover the whole batch.
@@ -226,6 +340,11 @@ impl KmemCache {
     /// assert_eq!(c.info().num_slabs, 0); // every (now empty) slab went back to the pages
     /// ```
     pub fn shrink(&self) {
+        let d = self.deferred.load(Ordering::Acquire);
+        if !d.is_null() {
+            // SAFETY: the block lives as long as this handle.
+            unsafe { Deferred::flush(d, None) };
+        }
         self.inner().shrink()
     }
 
@@ -419,6 +538,13 @@ impl KmemCache {
 
 impl Drop for KmemCache {
     fn drop(&mut self) {
+        let d = self.deferred.load(Ordering::Acquire);
+        if !d.is_null() {
+            // SAFETY: the only handle is going away; the deferred block now owns the cache
+            // and destroys it once nothing is pending (deferred.rs).
+            unsafe { Deferred::release(d) };
+            return;
+        }
         self.kmem.shared().unregister(self.inner);
         // SAFETY: this handle was the cache's only owner and it is now unregistered.
         unsafe { CacheInner::destroy(self.inner) };

@@ -71,8 +71,46 @@ impl CacheFlags {
     /// assert_eq!((a.name(), b.name()), ("private-a", "private-b"));
     /// ```
     pub const NO_MERGE: CacheFlags = CacheFlags(1 << 1);
+    /// `SLAB_TYPESAFE_BY_RCU`: an object's memory stays an object of this cache for as long as
+    /// the cache lives, so a lock-free reader that found a pointer to an object (typically while
+    /// pinned in a crossbeam-epoch collector) may keep dereferencing it after it is freed.
+    ///
+    /// What a reader may rely on, as in the kernel's documentation of the flag: the memory is
+    /// mapped, is an object of this cache (same size, same constructor invariants: the
+    /// constructor runs when a slab is made, not on each allocation), and so holds a valid
+    /// value of the cache's type. What it may **not** rely on: that it is the *same* object.
+    /// A freed object may be reallocated at once (this flag does not delay reuse; that is what
+    /// [`KmemCache::free_deferred`](crate::KmemCache::free_deferred) is for). A reader must
+    /// therefore revalidate what it found after taking a reference (a lock or a
+    /// sequence/generation field inside the object, rechecking the key), exactly as kernel code
+    /// does with `SLAB_TYPESAFE_BY_RCU` caches.
+    ///
+    /// How kmem provides it (stronger than a grace period, and simpler): the slabs of such a
+    /// cache are never returned to the page allocator while the cache lives. Empty slabs stay
+    /// on the node partial lists (`min_partial` is unbounded); `shrink` and the memory-limit
+    /// reclaim leave them alone. Only destroying the cache returns them: drop the cache only
+    /// when no reader can still reach its objects (the kernel's `kmem_cache_destroy` runs
+    /// `rcu_barrier` for the same reason). The price is memory: a cache that once held many
+    /// objects keeps their slabs.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k
+    ///     .create_cache("typesafe", 256, CacheConfig::new().flags(CacheFlags::TYPESAFE_BY_RCU))
+    ///     .unwrap();
+    /// let objs: Vec<_> = (0..100).map(|_| c.alloc().unwrap()).collect();
+    /// let slabs = c.info().num_slabs;
+    /// // SAFETY: every pointer came from `c` and is freed once.
+    /// unsafe { c.free_bulk(&objs) };
+    /// c.shrink();
+    /// // The slabs stay: every old pointer is still an object of `c`.
+    /// assert_eq!(c.info().num_slabs, slabs);
+    /// assert!(objs.iter().all(|&p| c.node_of(p) == 0));
+    /// ```
+    pub const TYPESAFE_BY_RCU: CacheFlags = CacheFlags(1 << 2);
 
-    pub(crate) const ALL: u32 = (1 << 2) - 1;
+    pub(crate) const ALL: u32 = (1 << 3) - 1;
 
     /// No flags.
     ///

@@ -45,6 +45,7 @@
 mod cache;
 mod config;
 pub mod cpu;
+mod deferred;
 mod error;
 mod instance;
 #[cfg(not(loom))]
@@ -58,6 +59,24 @@ mod typed;
 
 pub use cache::KmemCache;
 pub use config::{CacheConfig, CacheFlags, CACHE_LINE_SIZE, MAX_CACHE_NAME};
+/// crossbeam-epoch, re-exported: the guards that [`KmemCache::free_deferred`] and
+/// [`SlabBox::drop_deferred`] take.
+///
+/// Deferred frees are never reached from the global allocator: [`Kmalloc`]'s paths (`kmalloc`,
+/// `kfree`, `krealloc`) never defer and never enter crossbeam-epoch, which itself allocates
+/// through the global allocator (`tests/deferred_global.rs` checks it).
+///
+/// Under `--cfg loom` kmem depends on crossbeam-epoch with its `loom` feature; build with
+/// `--cfg loom --cfg crossbeam_loom` so that its atomics are loom's too (crossbeam then has no
+/// default collector: use a [`Collector`](epoch::Collector) per model).
+///
+/// ```
+/// let collector = kmem::epoch::Collector::new();
+/// let handle = collector.register();
+/// let guard = handle.pin();
+/// assert!(guard.collector().is_some());
+/// ```
+pub use crossbeam_epoch as epoch;
 pub use error::KmemError;
 pub use instance::{Kmem, KmemBuilder, MAX_CPUS, MAX_NODES};
 #[cfg(not(loom))]

@@ -213,6 +213,51 @@ impl<T> SlabBox<'_, T> {
     }
 }
 
+impl<T: Send + 'static> SlabBox<'_, T> {
+    /// Drops the value and frees its object after a grace period (`kfree_rcu` for a typed
+    /// box): both happen only after every thread pinned in `guard`'s collector at the time of
+    /// the call has unpinned, so a reader holding `*const T` found while pinned may keep using
+    /// it until it unpins. Batched per CPU slot like [`KmemCache::free_deferred`].
+    ///
+    /// ```
+    /// use kmem::epoch;
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let cache: kmem::Cache<String> =
+    ///     kmem::Cache::with_config(&k, "names", kmem::CacheConfig::new()).unwrap();
+    /// let collector = epoch::Collector::new();
+    /// let h = collector.register();
+    /// let b = cache.alloc(String::from("node")).unwrap();
+    /// kmem::SlabBox::drop_deferred(b, &h.pin());
+    /// assert_eq!(cache.raw().deferred_pending(), 1);
+    /// while cache.raw().deferred_pending() > 0 {
+    ///     cache.raw().flush_deferred(&h.pin());
+    /// }
+    /// assert_eq!(cache.raw().info().active_objs, 0);
+    /// ```
+    pub fn drop_deferred(b: Self, guard: &crate::epoch::Guard) {
+        /// Drops the `T` at `p`.
+        ///
+        /// # Safety
+        /// `p` holds an initialised `T` that no one uses again.
+        unsafe fn drop_t<T>(p: *mut u8) {
+            // SAFETY: per the contract.
+            unsafe { ptr::drop_in_place(p as *mut T) }
+        }
+        let b = ManuallyDrop::new(b);
+        let raw = &b.cache.raw;
+        // SAFETY: the box owns an initialised `T` (`Send + 'static`, so it may be dropped
+        // later on any thread) in an object of `raw`, which it gives up here, once.
+        unsafe {
+            crate::deferred::Deferred::defer(
+                raw.deferred(),
+                b.ptr.as_ptr() as usize,
+                Some(drop_t::<T>),
+                guard,
+            )
+        }
+    }
+}
+
 impl<T> Deref for SlabBox<'_, T> {
     type Target = T;
     #[inline]

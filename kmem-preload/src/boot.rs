@@ -107,7 +107,8 @@ fn env_set(name: &core::ffi::CStr) -> bool {
 /// the arena.
 fn initialise() {
     SHOW_STATS.store(env_flag(c"KMEM_SHOW_STATS"), Ordering::Relaxed);
-    for knob in [c"KMEM_RSEQ", c"KMEM_SHEAVES"] {
+    // KMEM_RSEQ is read by kmem itself when the global instance is built (cpu/percpu.rs).
+    for knob in [c"KMEM_SHEAVES"] {
         if env_set(knob) {
             crate::stats::write_err(&[
                 "kmem: ",

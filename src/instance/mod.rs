@@ -207,6 +207,7 @@ impl Kmem {
         Ok(KmemCache {
             inner,
             kmem: self.clone(),
+            deferred: crate::sync::AtomicPtr::new(core::ptr::null_mut()),
         })
     }
 

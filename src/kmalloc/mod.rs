@@ -87,6 +87,7 @@ mod reentry;
 mod tests;
 
 pub use global::Kmalloc;
+pub(crate) use reentry::assert_outside;
 pub use reentry::kmalloc_reentrancy_guard;
 #[cfg(feature = "debug-reentrancy")]
 pub use reentry::kmalloc_reentrancy_simulate_enter;

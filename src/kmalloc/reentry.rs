@@ -39,6 +39,18 @@ mod imp {
         }
     }
 
+    /// Aborts if the calling thread is inside the global allocator: `what` (the deferred-free
+    /// machinery, which enters crossbeam-epoch) must never be reached from it.
+    pub(crate) fn assert_outside(what: &str) {
+        if DEPTH.try_with(|d| d.get()).unwrap_or(0) != 0 {
+            crate::os::abort_msg(&[
+                "kmem: ",
+                what,
+                " was entered from inside the global allocator",
+            ]);
+        }
+    }
+
     /// Marks the calling thread as inside the allocator for good (tests of the guard; exported
     /// only with the `debug-reentrancy` feature, so unused in a plain unit-test build).
     #[cfg_attr(not(feature = "debug-reentrancy"), allow(dead_code))]
@@ -56,8 +68,13 @@ mod imp {
     pub(crate) fn enter() -> Guard {
         Guard
     }
+
+    /// No check in normal builds.
+    #[inline(always)]
+    pub(crate) fn assert_outside(_what: &str) {}
 }
 
+pub(crate) use imp::assert_outside;
 pub(super) use imp::enter;
 
 /// Whether the re-entrancy guard (the `debug-reentrancy` feature) is compiled in: every

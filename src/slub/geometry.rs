@@ -226,6 +226,15 @@ impl Geometry {
         let min_partial = cfg.min_partial.unwrap_or_else(|| {
             ((usize::BITS - 1 - size.leading_zeros()) as usize / 2).clamp(MIN_PARTIAL, MAX_PARTIAL)
         });
+        // TYPESAFE_BY_RCU: no empty slab is ever discarded while the cache lives.
+        let min_partial = if cfg
+            .flags
+            .contains(crate::config::CacheFlags::TYPESAFE_BY_RCU)
+        {
+            usize::MAX
+        } else {
+            min_partial
+        };
         let cpu_partial_slabs = cfg.cpu_partial_slabs.unwrap_or_else(|| {
             // slub_set_cpu_partial: objects to keep, converted to slabs (two halves full).
             let nr_objects = if size >= PAGE_SIZE {

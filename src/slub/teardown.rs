@@ -6,6 +6,7 @@ use super::cpu_slab::KmemCacheCpu;
 use super::node::KmemCacheNode;
 use super::slab::get_freepointer;
 use super::CacheInner;
+use crate::config::CacheFlags;
 use crate::page::Page;
 use crate::stats::{SlabInfo, StatItem::*};
 use crate::sync::Ordering;
@@ -41,8 +42,18 @@ impl CacheInner {
         }
     }
 
-    /// Frees every empty slab on node `nid`'s partial list; returns how many.
+    /// Frees every empty slab on node `nid`'s partial list; returns how many. A
+    /// `TYPESAFE_BY_RCU` cache frees none (its slabs stay until `destroy`).
     pub(crate) fn discard_empty_partials(&self, nid: usize) -> usize {
+        #[cfg(not(kmem_mutant = "typesafe_shrink_discards"))]
+        if self.flags.contains(CacheFlags::TYPESAFE_BY_RCU) {
+            return 0;
+        }
+        self.discard_empty_partials_always(nid)
+    }
+
+    /// Frees every empty slab on node `nid`'s partial list, whatever the flags (`destroy`).
+    fn discard_empty_partials_always(&self, nid: usize) -> usize {
         let n = self.node(nid);
         let mut discard: *mut Page = ptr::null_mut();
         let mut count = 0;
@@ -97,7 +108,7 @@ impl CacheInner {
         let s = unsafe { this.as_ref() };
         s.flush_all();
         for nid in 0..s.nr_nodes {
-            s.discard_empty_partials(nid);
+            s.discard_empty_partials_always(nid);
         }
         let slabs: usize = (0..s.nr_nodes)
             .map(|n| s.node(n).nr_slabs.load(Ordering::Relaxed))

@@ -1,0 +1,80 @@
+//! `CacheFlags::TYPESAFE_BY_RCU`: slabs stay with the cache (shrink, reclaim under the memory
+//! limit) until it is destroyed; objects are reused at once.
+
+use kmem::{CacheConfig, CacheFlags, Kmem};
+
+fn typesafe() -> CacheConfig {
+    CacheConfig::new().flags(CacheFlags::TYPESAFE_BY_RCU)
+}
+
+#[test]
+fn shrink_keeps_slabs_and_objects_stay_objects() {
+    let k = Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    let c = k.create_cache("ts", 512, typesafe()).unwrap();
+    assert_eq!(c.min_partial(), usize::MAX);
+    let objs: Vec<_> = (0..500).map(|_| c.alloc().unwrap()).collect();
+    let slabs = c.info().num_slabs;
+    let free_before = k.page_stats().free_bytes;
+    // SAFETY: from `c`, each freed once.
+    unsafe { c.free_bulk(&objs) };
+    c.shrink();
+    let info = c.info();
+    assert_eq!((info.active_objs, info.num_slabs), (0, slabs));
+    assert_eq!(k.page_stats().free_bytes, free_before, "pages went back");
+    for &p in &objs {
+        assert_eq!(c.node_of(p), 0); // aborts if `p` is no longer an object of `c`
+    }
+    // Reuse is immediate: the next allocation is one of the freed objects.
+    let q = c.alloc().unwrap();
+    assert!(objs.contains(&q));
+    // SAFETY: from `c`, freed once.
+    unsafe { c.free(q) };
+    drop(c);
+    let ps = k.page_stats();
+    assert_eq!(
+        ps.free_bytes, ps.mapped_bytes,
+        "destroy releases everything: {ps:?}"
+    );
+}
+
+#[test]
+fn reclaim_under_the_memory_limit_leaves_typesafe_slabs() {
+    let k = Kmem::builder()
+        .cpus(1)
+        .nodes(1)
+        .memory_limit(8 << 20)
+        .build()
+        .unwrap();
+    let ts = k.create_cache("ts", 4096, typesafe()).unwrap();
+    let plain = k.create_cache("plain", 4096, CacheConfig::new()).unwrap();
+    let objs: Vec<_> = (0..512).map(|_| ts.alloc().unwrap()).collect();
+    let slabs = ts.info().num_slabs;
+    // SAFETY: from `ts`, each freed once.
+    unsafe { ts.free_bulk(&objs) };
+    // Fill the rest of the budget from another cache: reclaim runs and must skip `ts`.
+    let mut held = Vec::new();
+    while let Some(p) = plain.alloc() {
+        held.push(p);
+    }
+    assert_eq!(
+        ts.info().num_slabs,
+        slabs,
+        "reclaim released a typesafe slab"
+    );
+    for &p in &objs {
+        assert_eq!(ts.node_of(p), 0);
+    }
+    // SAFETY: from `plain`, each freed once.
+    unsafe { plain.free_bulk(&held) };
+}
+
+#[test]
+fn ordinary_caches_still_release() {
+    let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    let c = k.create_cache("plain", 512, CacheConfig::new()).unwrap();
+    let objs: Vec<_> = (0..500).map(|_| c.alloc().unwrap()).collect();
+    // SAFETY: from `c`, each freed once.
+    unsafe { c.free_bulk(&objs) };
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 0);
+}
