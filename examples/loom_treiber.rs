@@ -14,7 +14,7 @@
 //! - pop frees with `free_deferred` under an epoch guard held across the read and the CAS:
 //!   A cannot be reused while thread 1 is pinned, and loom passes.
 //!
-//! The model checks are in `loom-tests/tests/m11_treiber_aba.rs` (with a planted bug).
+//! The model checks are in `loom-tests/tests/m13_treiber_aba.rs` (with a planted bug).
 
 #[cfg(loom)]
 use loom::{sync::atomic::AtomicUsize, sync::Arc, thread};

@@ -38,9 +38,9 @@ m12_rseq_slub                           rseq_elsewhere_without_stop
 m12_rseq_slub                           rseq_stop_without_fence
 m12_rseq_slub                           rseq_ignores_stop
 m12_rseq_slub                           rseq_commit_outside_sequence
-m11_treiber_aba                         deferred_batch_runs_at_once
-m12_deferred_drop_vs_run                deferred_drop_checks_pending_early
-m13_typesafe_reader_vs_shrink           typesafe_shrink_discards
+m13_treiber_aba                         deferred_batch_runs_at_once
+m14_deferred_drop_vs_run                deferred_drop_checks_pending_early
+m15_typesafe_reader_vs_shrink           typesafe_shrink_discards
 "
 
 # Runs model $1 built with mutant $2 ("" = clean); prints PASS or FAIL and the seconds taken.
