@@ -55,6 +55,20 @@ fn limit_reclaims_other_caches_empty_slabs() {
 
 #[test]
 fn threads_churning_under_a_tight_limit_never_see_none() {
+    churn_under_a_limit(|k, name, size| hoarding_cache(k, name, size));
+}
+
+/// The same with the default CPU partial lists: free slabs also wait on the slots' CPU partial
+/// lists and as CPU slabs, which reclaim must flush (`flush_all`) before it can discard them.
+#[test]
+fn churn_with_cpu_partial_lists_never_sees_none() {
+    churn_under_a_limit(|k, name, size| {
+        k.create_cache(name, size, CacheConfig::new().min_partial(1 << 20))
+            .unwrap()
+    });
+}
+
+fn churn_under_a_limit(make: impl Fn(&Kmem, &str, usize) -> KmemCache) {
     const LIMIT: usize = 8 << 20;
     const THREADS: usize = 2;
     const LIVE: usize = 3 << 19; // per thread and round: 3 MiB live at most, of 8 MiB
@@ -68,7 +82,7 @@ fn threads_churning_under_a_tight_limit_never_see_none() {
     let sizes = [256usize, 512, 1024, 2048, 4096];
     let caches: Vec<KmemCache> = sizes
         .iter()
-        .map(|&s| hoarding_cache(&k, &format!("churn-{s}"), s))
+        .map(|&s| make(&k, &format!("churn-{s}"), s))
         .collect();
     std::thread::scope(|sc| {
         for t in 0..THREADS {
@@ -100,4 +114,51 @@ fn threads_churning_under_a_tight_limit_never_see_none() {
     let s = k.page_stats();
     assert!(s.mapped_bytes <= LIMIT);
     assert!(s.reclaim_calls > 0, "the limit was never reached: {s:?}");
+}
+
+/// Memory parked on CPU slots: many caches, each filled and emptied in turn by one thread, keep
+/// their empty slabs as CPU slabs and on CPU partial lists (the defaults). Under a limit that
+/// cannot hold all of them, reclaim must flush the slots (`flush_all`) and discard, or the next
+/// cache sees `None` while most of the limit is free objects.
+#[test]
+fn memory_parked_on_cpu_slots_is_reclaimed() {
+    const LIMIT: usize = 4 << 20;
+    const LIVE: usize = 3 << 19; // 1.5 MiB live at a time
+    let k = Kmem::builder()
+        .memory_limit(LIMIT)
+        .cpus(1)
+        .nodes(1)
+        .build()
+        .unwrap();
+    let caches: Vec<KmemCache> = (0..12)
+        .map(|i| {
+            let size = [1024usize, 2048, 4096][i % 3];
+            k.create_cache(
+                &format!("parked-{i}"),
+                size,
+                CacheConfig::new().min_partial(1 << 20),
+            )
+            .unwrap()
+        })
+        .collect();
+    for round in 0..3 {
+        for c in &caches {
+            let n = LIVE / c.size();
+            let mut held = Vec::with_capacity(n);
+            for i in 0..n {
+                match c.alloc() {
+                    Some(p) => held.push(p),
+                    None => panic!(
+                        "round {round}: {} returned None after {i} objects with at most {LIVE} \
+                         bytes live of {LIMIT}: {:?}",
+                        c.name(),
+                        k.page_stats()
+                    ),
+                }
+            }
+            // SAFETY: every pointer came from `c` and is freed once.
+            unsafe { c.free_bulk(&held) };
+        }
+    }
+    assert!(k.page_stats().reclaim_calls > 0);
 }

@@ -160,10 +160,13 @@ impl KmemShared {
     /// partial slabs of every cache on every node, returning their pages to the buddy lists.
     /// Returns the number of slabs discarded.
     ///
-    /// Runs with no page lock held, but possibly with a CPU slot lock held (`new_slab`), so it
-    /// must not wait for the registry lock, which comes before slot locks in the lock order:
-    /// like `shrink_slab`'s `down_read_trylock(&shrinker_rwsem)`, it only tries it, for a
-    /// bounded time, and reclaims nothing if it stays busy. Node `list_lock`s come after slot
+    /// Runs with no page lock held and, since `new_slab` runs with the slot lock dropped, no
+    /// slot lock either; it still only tries the registry lock (which comes before slot locks in
+    /// the lock order), for a bounded time, like `shrink_slab`'s
+    /// `down_read_trylock(&shrinker_rwsem)`, and reclaims nothing if it stays busy. It does not
+    /// flush other slots' CPU slabs and CPU partial lists: what they hold is bounded per slot
+    /// (`cpu_partial_slabs`), and `tests/reclaim.rs` shows churn under a tight limit with the
+    /// default per-CPU settings never seeing `None`. Node `list_lock`s come after slot
     /// locks and are taken normally. Nothing is released to the OS here: the limit counts
     /// mapped bytes, which `madvise` does not lower, and releasing would detach the very
     /// blocks the retry needs.
