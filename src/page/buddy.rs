@@ -17,9 +17,13 @@ pub(super) enum Empty {
 }
 
 /// How long an allocation may wait in all for memory on its way to the free lists (blocks in
-/// transit, chunks being mapped) before it grows or fails.
+/// transit, chunks being mapped) before it grows or fails. The holder is another thread inside
+/// `madvise` or `mmap`, normally for microseconds; the bound only matters when that thread is
+/// descheduled, and one second keeps a loaded machine (CI on 2 shared cores) from turning a
+/// preempted releaser into a spurious failure, while a thread that never returns still cannot
+/// hang an allocation.
 #[cfg(not(loom))]
-pub(super) const WAIT_NS: u64 = 100_000_000;
+pub(super) const WAIT_NS: u64 = 1_000_000_000;
 /// Under loom: how many yields (each lets the other threads progress).
 #[cfg(loom)]
 pub(super) const WAIT_YIELDS: u32 = 16;

@@ -82,7 +82,7 @@
 //! An allocation that finds the free lists empty while blocks are in transit waits for them
 //! (rather than mapping a chunk it does not need, loom model m8), but only
 //!
-//! - for at most `WAIT_NS` (100 ms) in all: then it grows, or fails by the limit rules;
+//! - for at most `WAIT_NS` (1 s) in all: then it grows, or fails by the limit rules;
 //! - if the calling thread is not itself releasing ([`PageReleaseScope`]): a signal handler
 //!   that allocates while its thread is inside `madvise` never waits for itself.
 //!

@@ -691,7 +691,7 @@ fn resize_in_place_shrinks_and_grows_through_free_buddies() {
 /// Issue #10 item 5: threads that reach the limit together while one of them maps the only
 /// chunk the limit allows must find that chunk's blocks, not fail at once.
 #[test]
-// The bounded wait is wall-clock (100 ms); interpreted, one grow can outlast it.
+// The bounded wait is wall-clock (1 s); interpreted, one grow can outlast it.
 #[cfg_attr(miri, ignore)]
 fn limit_reached_during_a_concurrent_grow_rechecks_the_free_lists() {
     const THREADS: usize = 4;
