@@ -55,7 +55,7 @@ fn limit_reclaims_other_caches_empty_slabs() {
 
 #[test]
 fn threads_churning_under_a_tight_limit_never_see_none() {
-    churn_under_a_limit(|k, name, size| hoarding_cache(k, name, size));
+    churn_under_a_limit(hoarding_cache);
 }
 
 /// The same with the default CPU partial lists: free slabs also wait on the slots' CPU partial

@@ -1,4 +1,4 @@
-//! The per-CPU restartable sequences (`src/cpu/percpu.rs`) on a private slot array: what each
+//! The per-CPU restartable sequences (`src/cpu/percpu/`) on a private slot array: what each
 //! sequence returns, the on-CPU CAS, stop + fence, and the commit mode's decision (including
 //! `KMEM_RSEQ=0` in a child process). The stress test is `tests/rseq_stress.rs`.
 

@@ -1,4 +1,4 @@
-//! Stress test of the per-CPU restartable sequences (`src/cpu/percpu.rs`) on a private slot
+//! Stress test of the per-CPU restartable sequences (`src/cpu/percpu/`) on a private slot
 //! array, with every way the kernel can abort a sequence happening at once:
 //!
 //! - an interval timer at 50 kHz (`ITIMER_REAL`, 20 µs; the achieved rate is printed and must exceed 10 kHz) whose `SIGALRM` handler itself pops and

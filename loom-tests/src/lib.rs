@@ -52,7 +52,7 @@ pub fn setup(cpus: usize, min_partial: usize, cpu_partial_slabs: usize) -> (Kmem
     )
 }
 
-/// As [`setup`], in the rseq commit mode (the fast paths run `src/cpu/percpu.rs`'s sequences,
+/// As [`setup`], in the rseq commit mode (the fast paths run `src/cpu/percpu/`'s sequences,
 /// modelled as running under their model CPU's mutex; slot `i` is model CPU `i`).
 pub fn setup_rseq(
     cpus: usize,

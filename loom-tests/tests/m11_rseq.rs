@@ -1,4 +1,4 @@
-//! Model 11: the restartable-sequence protocol of `src/cpu/percpu.rs` (the rseq commit mode),
+//! Model 11: the restartable-sequence protocol of `src/cpu/percpu/` (the rseq commit mode),
 //! on a private array of two CPU slots (`kmem::cpu::__TestSlots`).
 //!
 //! Under loom a sequence runs under its model CPU's mutex (`sync/loom.rs`, `cpu_sequence`): it

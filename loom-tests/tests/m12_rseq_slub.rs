@@ -1,5 +1,5 @@
 //! Model 12: the SLUB fast paths in the rseq commit mode (`slab_alloc` / `do_slab_free` running
-//! `src/cpu/percpu.rs`'s sequences), against each other, the slow path and a flush from
+//! `src/cpu/percpu/`'s sequences), against each other, the slow path and a flush from
 //! another CPU. Two slots; a sequence runs under its model CPU's mutex (see `m11_rseq`).
 //!
 //! - `alloc_alloc_free_same_cpu` (m1 in rseq mode): two threads on CPU 0, one allocation

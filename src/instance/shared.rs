@@ -17,7 +17,7 @@ pub(crate) struct KmemShared {
     pub(super) refs: AtomicUsize,
     pub(crate) nr_nodes: usize,
     pub(crate) nr_cpus: usize,
-    /// Whether the caches' fast paths commit with restartable sequences (`cpu/percpu.rs`).
+    /// Whether the caches' fast paths commit with restartable sequences (`cpu/percpu/`).
     pub(crate) rseq: bool,
     pub(crate) tid_step: TidStep,
     pub(super) budget: PageBudget,

@@ -33,7 +33,7 @@
 //!
 //! # rseq mode
 //!
-//! In an instance whose fast paths commit with restartable sequences (`cpu/percpu.rs`; one
+//! In an instance whose fast paths commit with restartable sequences (`cpu/percpu/`; one
 //! slot per CPU), the fast paths change only the `freelist` word, with one plain store inside a
 //! sequence on the slot's own CPU (`percpu::pop`/`push`, called from `alloc.rs`/`free.rs`), and
 //! leave the tid alone. A plain store is atomic only with respect to that CPU, so every other

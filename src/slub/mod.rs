@@ -123,7 +123,7 @@ pub(crate) struct CacheInner {
     /// `nr_cpus` slots, each on its own cache lines.
     pub(crate) cpu_slab: *const KmemCacheCpu,
     pub(crate) nr_cpus: usize,
-    /// rseq mode: the fast paths run `cpu/percpu.rs`'s sequences on `slots` (the same slots).
+    /// rseq mode: the fast paths run `cpu/percpu/`'s sequences on `slots` (the same slots).
     pub(crate) rseq: bool,
     pub(crate) slots: Slots<Page>,
     /// Offset of the free pointer inside an object.

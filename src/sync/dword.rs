@@ -327,7 +327,7 @@ impl DWord {
     }
 
     /// The address of the 16 bytes (`word` at +0, `tag` at +8), for the restartable sequences
-    /// of `cpu/percpu.rs`, which read and write the word half with plain `mov`s on the CPU
+    /// of `cpu/percpu/`, which read and write the word half with plain `mov`s on the CPU
     /// that owns the slot (see that file for why this is race-free).
     #[inline(always)]
     pub(crate) fn as_ptr(&self) -> *mut u8 {

@@ -162,7 +162,7 @@ impl<T> Drop for SpinGuard<'_, T> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The model of a CPU running a restartable sequence (`cpu/percpu.rs`)
+// The model of a CPU running a restartable sequence (`cpu/percpu/`)
 // ---------------------------------------------------------------------------------------------
 
 /// How many CPUs the rseq model knows (model threads pick theirs with
