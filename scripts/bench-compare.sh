@@ -21,12 +21,7 @@ build() { # rev label -> prints the bench executable
         git worktree add -q --detach "$dir" "$rev"
     fi
     (cd "$dir" && cargo bench -q --bench fastpath --no-run --target-dir "$out/target-$label" \
-        --message-format=json 2>/dev/null) |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m=json.loads(l)
-    except Exception: continue
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="fastpath": print(m["executable"])' | tail -1
+        --message-format=json 2>/dev/null) | python3 scripts/criterion-pairs.py exe fastpath
 }
 ea=$(build "$A" a); eb=$(build "$B" b)
 echo "a = $A: $ea"; echo "b = $B: $eb"
@@ -38,21 +33,4 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 for v in a b; do git worktree remove --force "$out/tree-$v" 2>/dev/null || true; done
-python3 - "$out" "$ROUNDS" "$A" "$B" <<'PY'
-import json, os, statistics, sys
-out, rounds, A, B = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-res = {}
-for v in ("a", "b"):
-    for r in range(1, rounds + 1):
-        root = f"{out}/crit-{v}-{r}"
-        for dirpath, _, files in os.walk(root):
-            if "estimates.json" in files and dirpath.endswith("/new"):
-                name = os.path.relpath(os.path.dirname(dirpath), root)
-                est = json.load(open(os.path.join(dirpath, "estimates.json")))
-                res.setdefault(name, {}).setdefault(v, []).append(est["median"]["point_estimate"])
-print(f"| bench | {A} (ns) | {B} (ns) | ratio b/a |")
-print("|---|---:|---:|---:|")
-for name in sorted(res):
-    a = statistics.median(res[name]["a"]); b = statistics.median(res[name]["b"])
-    print(f"| `{name}` | {a:.2f} | {b:.2f} | {b / a:.3f} |")
-PY
+python3 scripts/criterion-pairs.py table "$out" "$ROUNDS" a b "$A" "$B" "ratio b/a"

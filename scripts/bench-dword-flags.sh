@@ -14,12 +14,7 @@ out=target/bench-flags
 mkdir -p "$out"
 exe() { # variant rustflags
     RUSTFLAGS="$2" cargo bench -q --bench fastpath --no-run --target-dir "$out/$1" \
-        --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m=json.loads(l)
-    except Exception: continue
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="fastpath": print(m["executable"])' | tail -1
+        --message-format=json 2>/dev/null | python3 scripts/criterion-pairs.py exe fastpath
 }
 plain=$(exe plain "")
 cx16=$(exe cx16 "-C target-feature=+cmpxchg16b")
@@ -31,21 +26,4 @@ for r in $(seq 1 "$ROUNDS"); do
             --measurement-time 3 --noplot >/dev/null 2>"$out/log-$v-$r.txt"
     done
 done
-python3 - "$out" "$ROUNDS" <<'PY'
-import json, os, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
-res = {}
-for v in ("plain", "cx16"):
-    for r in range(1, rounds + 1):
-        root = f"{out}/crit-{v}-{r}"
-        for dirpath, _, files in os.walk(root):
-            if "estimates.json" in files and dirpath.endswith("/new"):
-                name = os.path.relpath(os.path.dirname(dirpath), root)
-                est = json.load(open(os.path.join(dirpath, "estimates.json")))
-                res.setdefault(name, {}).setdefault(v, []).append(est["median"]["point_estimate"])
-print(f"| bench | no flags (ns) | +cmpxchg16b (ns) | ratio |")
-print(f"|---|---:|---:|---:|")
-for name in sorted(res):
-    a = statistics.median(res[name]["plain"]); b = statistics.median(res[name]["cx16"])
-    print(f"| `{name}` | {a:.2f} | {b:.2f} | {a / b:.3f} |")
-PY
+python3 scripts/criterion-pairs.py table "$out" "$ROUNDS" plain cx16 "no flags" "+cmpxchg16b" "ratio"

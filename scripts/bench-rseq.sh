@@ -18,12 +18,7 @@ FILTER=${FILTER:-'fastpath_pair_64B/'}
 TD=${CARGO_TARGET_DIR:-target}
 out=$TD/bench-rseq
 mkdir -p "$out"
-bin=$(cargo bench -q --bench fastpath --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m=json.loads(l)
-    except Exception: continue
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="fastpath": print(m["executable"])' | tail -1)
+bin=$(cargo bench -q --bench fastpath --no-run --message-format=json 2>/dev/null | python3 scripts/criterion-pairs.py exe fastpath)
 echo "criterion fastpath: $bin"
 date -u; lscpu | grep 'Model name'; uname -r
 for r in $(seq 1 "$ROUNDS"); do
@@ -34,25 +29,7 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 grep -h "commit\|method()" "$out/log-rseq-1.txt" "$out/log-locked-1.txt" || true
-python3 - "$out" "$ROUNDS" <<'PY'
-import json, os, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
-res = {}
-for v in ("rseq", "locked"):
-    for r in range(1, rounds + 1):
-        root = f"{out}/crit-{v}-{r}"
-        for dirpath, _, files in os.walk(root):
-            if "estimates.json" in files and dirpath.endswith("/new"):
-                name = os.path.relpath(os.path.dirname(dirpath), root)
-                est = json.load(open(os.path.join(dirpath, "estimates.json")))
-                res.setdefault(name, {}).setdefault(v, []).append(est["median"]["point_estimate"])
-print("| bench | rseq mode (ns) | KMEM_RSEQ=0 (ns) | locked / rseq |")
-print("|---|---:|---:|---:|")
-for name in sorted(res):
-    a = statistics.median(res[name].get("rseq", [float("nan")]))
-    b = statistics.median(res[name].get("locked", [float("nan")]))
-    print(f"| `{name}` | {a:.2f} | {b:.2f} | {b / a:.2f} |")
-PY
+python3 scripts/criterion-pairs.py table "$out" "$ROUNDS" rseq locked "rseq mode" "KMEM_RSEQ=0" "locked / rseq"
 echo
 echo "kmem-bench fastpath, rseq mode:"
 cargo run -q --release -p kmem-bench -- -w fastpath -s 64 -n 7 -q --out-dir "$out/kb-rseq" | sed -n '/== fastpath/,$p'
