@@ -5,42 +5,10 @@
 //! Abort tests run this binary again as a child executing only that test (`KMEM_CHILD=1`) and
 //! check that the child died of SIGABRT with the expected message on stderr.
 
+mod common;
+use common::{assert_aborted, child, in_child};
 use kmem::{CacheConfig, Kmem, KmemCache};
-use std::process::Command;
 use std::ptr::NonNull;
-
-/// Runs this test binary again as a child executing only `name` with `KMEM_CHILD=1`, and
-/// returns (exit status, stderr).
-fn child(name: &str) -> (std::process::ExitStatus, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("KMEM_CHILD", "1")
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn in_child() -> bool {
-    std::env::var_os("KMEM_CHILD").is_some()
-}
-
-fn assert_aborted(status: std::process::ExitStatus, stderr: &str, needles: &[&str]) {
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGABRT),
-        "child did not abort ({status}); stderr:\n{stderr}"
-    );
-    for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "missing {needle:?} in stderr:\n{stderr}"
-        );
-    }
-}
 
 fn alloc_n(c: &KmemCache, n: usize) -> Vec<NonNull<u8>> {
     (0..n).map(|_| c.alloc().expect("memory")).collect()

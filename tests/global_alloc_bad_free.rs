@@ -4,42 +4,12 @@
 //! assertions on, so an arithmetic overflow or `debug_assert!` reached from `dealloc` would
 //! show up here as a panic (or, with the re-entrancy guard, as a "re-entered" abort).
 
+mod common;
+use common::{assert_aborted, child, in_child};
 use std::alloc::{GlobalAlloc, Layout};
-use std::process::Command;
 
 #[global_allocator]
 static G: kmem::Kmalloc = kmem::Kmalloc::new();
-
-fn child(name: &str) -> (std::process::ExitStatus, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("KMEM_CHILD", "1")
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn in_child() -> bool {
-    std::env::var_os("KMEM_CHILD").is_some()
-}
-
-fn assert_aborted(status: std::process::ExitStatus, stderr: &str, needles: &[&str]) {
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGABRT),
-        "child did not abort ({status}); stderr:\n{stderr}"
-    );
-    for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "missing {needle:?} in stderr:\n{stderr}"
-        );
-    }
-}
 
 /// Pins the calling thread to CPU 0, so that it keeps one kmem slot.
 fn pin0() {
