@@ -1,7 +1,7 @@
 //! A Treiber stack on a `KmemCache`, model-checked with loom *including kmem's reuse*.
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom --cfg crossbeam_loom" cargo run --release --example loom_treiber
+//! LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom --cfg crossbeam_loom" cargo run --release --example loom_treiber
 //! cargo run --release --example loom_treiber        # without loom: a plain threaded run
 //! ```
 //!

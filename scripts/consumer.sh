@@ -118,6 +118,38 @@ if [ "$(uname -m)" = x86_64 ]; then
 fi
 echo "consumer crates: debug and release built and ran"
 
+# A model checker's crate: built with `--cfg loom --cfg crossbeam_loom`, it gets kmem's loom
+# build, so its own loom model allocates from a KmemCache and sees kmem's reuse. The model is
+# examples/loom_treiber.rs (a Treiber stack): loom must find the ABA when pops free at once,
+# and pass when they free with `free_deferred` (issue 17).
+dir="$work/kmem_loom_user"
+mkdir -p "$dir/src"
+cat >"$dir/Cargo.toml" <<EOF
+[package]
+name = "kmem_loom_user"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+kmem = { path = "$repo" }
+
+[target.'cfg(loom)'.dependencies]
+loom = "0.7"
+
+[lints.rust]
+unexpected_cfgs = { level = "allow" }
+
+[workspace]
+EOF
+cp "$repo/examples/loom_treiber.rs" "$dir/src/main.rs"
+echo "-- kmem_loom_user: cargo run --release with --cfg loom --cfg crossbeam_loom"
+out=$(cd "$dir" && LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom --cfg crossbeam_loom" cargo run -q --release \
+    --target-dir "$repo/target/consumer-loom" 2>&1) || { echo "$out" | tail -30; exit 1; }
+echo "$out" | grep -q "immediate free: loom found the ABA" || { echo "$out" | tail -20; echo "FAIL: loom did not find the ABA"; exit 1; }
+echo "$out" | grep -q "deferred free: loom explored every interleaving, no ABA" || { echo "$out" | tail -20; echo "FAIL: the deferred model"; exit 1; }
+echo "$out" | grep "^immediate free\|^deferred free"
+
 # Packaging: what `cargo publish` would upload must build on its own (no self dev-dependency,
 # nothing outside the package). --allow-dirty: CI's clone may hold build outputs.
 echo "-- cargo publish --dry-run -p kmem"
