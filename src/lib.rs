@@ -104,15 +104,6 @@ compile_error!(
     "kmem runs on Linux only (it uses mmap/madvise, sched_getcpu, rseq and sysfs topology)"
 );
 
-/// Writes each part to stderr without allocating, then aborts the process.
-///
-/// Used where memory is already corrupt (a double free, a foreign pointer) or where continuing
-/// could corrupt it: unwinding out of an allocator is not an option.
-#[cold]
-#[inline(never)]
-pub(crate) fn abort_msg(parts: &[&str]) -> ! {
-    os::abort_msg(parts)
-}
 #[doc = include_str!("../docs/design.md")]
 pub mod implementation {}
 

@@ -129,7 +129,7 @@ impl Kmem {
     pub fn global() -> &'static Kmem {
         match Self::try_global() {
             Some(k) => k,
-            None => crate::abort_msg(&[
+            None => crate::os::abort_msg(&[
                 "kmem: the global allocator instance could not be built (no lock-free 16-byte \
                  CAS, or the OS refused its metadata mapping)",
             ]),
@@ -245,7 +245,7 @@ impl Kmem {
     /// ```
     pub fn cache_stats(&self) -> Vec<(String, crate::CacheStats)> {
         let raw = self.shared().collect_caches(|c| {
-            let mut name = [0u8; crate::MAX_CACHE_NAME];
+            let mut name = [0u8; crate::config::MAX_CACHE_NAME];
             name[..c.name().len()].copy_from_slice(c.name().as_bytes());
             (name, c.name().len(), c.stats())
         });

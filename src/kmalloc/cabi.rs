@@ -52,7 +52,7 @@ enum Found {
 #[cold]
 #[inline(never)]
 fn invalid(func: &str, ptr: *mut u8, what: &str) -> ! {
-    crate::abort_msg(&[
+    crate::os::abort_msg(&[
         "kmem: ",
         func,
         "(",

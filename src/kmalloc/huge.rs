@@ -119,7 +119,7 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, bytes: usize, align: usize) {
         .and_then(|(i, j)| leaf(i, false).map(|l| l.0[j].swap(0, Ordering::AcqRel)))
         .unwrap_or(0);
     if gone != encode(bytes, align) {
-        crate::abort_msg(&[
+        crate::os::abort_msg(&[
             "kmem: free of a kmalloc OS mapping at ",
             os::Num::hex(ptr as u64).as_str(),
             " that is not (or no longer) registered with that length: double free?",

@@ -235,7 +235,7 @@ pub(super) fn bad_kfree(ptr: *mut u8, layout: Layout, what: &str) -> ! {
     let a = crate::os::Num::hex(ptr as u64);
     let s = crate::os::Num::dec(layout.size() as u64);
     let al = crate::os::Num::dec(layout.align() as u64);
-    crate::abort_msg(&[
+    crate::os::abort_msg(&[
         "kmem: Kmalloc dealloc of ",
         a.as_str(),
         " (size ",

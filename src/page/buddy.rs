@@ -243,7 +243,7 @@ impl PageAllocator {
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) fn new(node: usize, budget: *const PageBudget) -> Self {
         if node > PageInfo::MAX_NODE {
-            crate::abort_msg(&["kmem: page allocator node id out of range"]);
+            crate::os::abort_msg(&["kmem: page allocator node id out of range"]);
         }
         PageAllocator {
             node,
@@ -709,7 +709,7 @@ pub(super) fn bad_free(what: &str, addr: usize, order: u32, info: Option<PageInf
         ),
         None => ("?", Num::dec(0)),
     };
-    crate::abort_msg(&[
+    crate::os::abort_msg(&[
         "kmem: free_pages: ",
         what,
         " (page ",

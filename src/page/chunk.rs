@@ -51,7 +51,9 @@ pub(super) unsafe fn chunk_of(p: *const Page) -> (*mut ChunkMeta, usize) {
     let idx = (addr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
     match radix::lookup(addr) {
         Some(meta) => (meta.as_ptr(), idx),
-        None => crate::abort_msg(&["kmem: internal error: descriptor of an unregistered chunk"]),
+        None => {
+            crate::os::abort_msg(&["kmem: internal error: descriptor of an unregistered chunk"])
+        }
     }
 }
 

@@ -187,7 +187,7 @@ impl CacheInner {
         } else if old_freelist != 0 {
             // Invariant S: the objects on a slot's CPU freelist belong to its slab; with no
             // slab there can be none (they would be lost here).
-            crate::abort_msg(&[
+            crate::os::abort_msg(&[
                 "kmem: a CPU slot without a slab has objects on its freelist \
                  (slot protocol violated; memory may be corrupt)",
             ]);

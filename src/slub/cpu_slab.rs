@@ -300,7 +300,7 @@ impl KmemCacheCpu {
             .cas_slot((0, tid), (freelist, step.next_tid(tid)))
             .is_err()
         {
-            crate::abort_msg(&[
+            crate::os::abort_msg(&[
                 "kmem: a CPU slot's {freelist, tid} changed while its slab was detached \
                  (slot protocol violated; memory may be corrupt)",
             ]);

@@ -139,7 +139,7 @@ impl CacheInner {
         } else {
             "\": free of an interior pointer "
         };
-        crate::abort_msg(&[
+        crate::os::abort_msg(&[
             "kmem: cache \"",
             self.name(),
             what,
@@ -157,7 +157,7 @@ impl CacheInner {
     #[inline(never)]
     pub(super) fn double_free(&self, obj: usize, why: &str) -> ! {
         let addr = crate::os::Num::hex(obj as u64);
-        crate::abort_msg(&[
+        crate::os::abort_msg(&[
             "kmem: cache \"",
             self.name(),
             "\": double free of ",
@@ -174,7 +174,7 @@ impl CacheInner {
         let hex = crate::os::Num::hex(obj as u64);
         let addr = hex.as_str();
         let Some(page) = page else {
-            crate::abort_msg(&[
+            crate::os::abort_msg(&[
                 "kmem: free of ",
                 addr,
                 " to cache \"",
@@ -188,7 +188,7 @@ impl CacheInner {
                 // Caches with slabs are never unmapped.
                 // SAFETY: a slab's owner pointer names a live cache.
                 let other = unsafe { (*owner).name() };
-                crate::abort_msg(&[
+                crate::os::abort_msg(&[
                     "kmem: object ",
                     addr,
                     " freed to cache \"",
@@ -198,14 +198,14 @@ impl CacheInner {
                     "\"",
                 ])
             }
-            PageKind::Free => crate::abort_msg(&[
+            PageKind::Free => crate::os::abort_msg(&[
                 "kmem: free of ",
                 addr,
                 " to cache \"",
                 self.name(),
                 "\": the page is free (double free or use after free)",
             ]),
-            _ => crate::abort_msg(&[
+            _ => crate::os::abort_msg(&[
                 "kmem: free of ",
                 addr,
                 " to cache \"",

@@ -80,14 +80,15 @@ mod free;
 mod partial;
 mod teardown;
 
+use crate::config::MAX_CACHE_NAME;
 use crate::config::{CacheConfig, CacheFlags};
 use crate::cpu::percpu::{SlotHead, Slots};
 use crate::error::KmemError;
 use crate::instance::KmemShared;
+use crate::os;
 use crate::page::{Page, PAGE_SIZE};
 use crate::stats::{CacheStats, NR_STAT_ITEMS};
 use crate::sync::Cell;
-use crate::{os, MAX_CACHE_NAME};
 use core::ptr::{self, NonNull};
 use cpu_slab::{KmemCacheCpu, TidStep};
 use geometry::Geometry;

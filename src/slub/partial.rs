@@ -104,7 +104,7 @@ impl CacheInner {
             }
             // Both branches above leave `locked` set; the abort is unreachable.
             let Some((_, g)) = locked.as_mut() else {
-                crate::abort_msg(&["kmem: unfreeze_partials: list_lock not held"]);
+                crate::os::abort_msg(&["kmem: unfreeze_partials: list_lock not held"]);
             };
             if new.1.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
                 // SAFETY: ours; reuse `next` to chain the discard list.
@@ -164,7 +164,7 @@ impl CacheInner {
                     // The CPU freelist holds more objects than the slab counts out: an object
                     // was freed twice into it (a double free the head check did not see).
                     let slab_addr = crate::os::Num::hex(crate::page::page_address(s) as u64);
-                    crate::abort_msg(&[
+                    crate::os::abort_msg(&[
                         "kmem: cache \"",
                         self.name(),
                         "\": double free into slab ",
@@ -208,7 +208,7 @@ impl CacheInner {
                 Mode::Partial => {
                     // Mode::Partial always took the lock above; the abort is unreachable.
                     let Some(g) = guard.as_mut() else {
-                        crate::abort_msg(&["kmem: deactivate_slab: list_lock not held"]);
+                        crate::os::abort_msg(&["kmem: deactivate_slab: list_lock not held"]);
                     };
                     // SAFETY: unfrozen, on no list; lock held.
                     unsafe { n.add_partial(g, slab, end) };
@@ -239,7 +239,7 @@ impl CacheInner {
             // Every caller saw `inuse == 0` on a slab no one else can reach; freeing it anyway
             // would hand live objects to the page allocator.
             let slab_addr = crate::os::Num::hex(crate::page::page_address(s) as u64);
-            crate::abort_msg(&[
+            crate::os::abort_msg(&[
                 "kmem: cache \"",
                 self.name(),
                 "\": discarding slab ",

@@ -208,7 +208,7 @@ impl CacheInner {
             num_slabs += n.nr_slabs.load(Ordering::Relaxed);
             num_objs += n.total_objects.load(Ordering::Relaxed);
         }
-        let mut name = [0u8; crate::MAX_CACHE_NAME];
+        let mut name = [0u8; crate::config::MAX_CACHE_NAME];
         name[..self.name().len()].copy_from_slice(self.name().as_bytes());
         SlabInfoRaw {
             name,
@@ -229,7 +229,7 @@ impl CacheInner {
 /// A slabinfo row before its name becomes a `String` (no allocation to build it).
 #[derive(Clone, Copy)]
 pub(crate) struct SlabInfoRaw {
-    name: [u8; crate::MAX_CACHE_NAME],
+    name: [u8; crate::config::MAX_CACHE_NAME],
     name_len: usize,
     active_objs: usize,
     num_objs: usize,

@@ -299,7 +299,7 @@ pub(crate) fn fence_cpu(cpu: usize) {
     {
         if let Err(e) = membarrier_fence(cpu) {
             let e = crate::os::Num::dec(e as u64);
-            crate::abort_msg(&[
+            crate::os::abort_msg(&[
                 "kmem: membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU) failed in rseq mode, errno ",
                 e.as_str(),
             ]);
