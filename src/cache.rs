@@ -540,8 +540,7 @@ impl Drop for KmemCache {
     fn drop(&mut self) {
         let d = self.deferred.load(Ordering::Acquire);
         if !d.is_null() {
-            // SAFETY: the only handle is going away; the deferred block now owns the cache
-            // and destroys it once nothing is pending (deferred.rs).
+            // SAFETY: the only handle is going away; the deferred block now owns the cache and destroys it once nothing is pending (deferred.rs).
             unsafe { Deferred::release(d) };
             return;
         }

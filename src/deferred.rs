@@ -252,8 +252,7 @@ impl Deferred {
             return;
         }
         #[allow(unreachable_code)]
-        // SAFETY: the closure owns `b` and runs once, after every thread pinned now has
-        // unpinned; `this` stays live until `pending` (which counts `b`'s objects) drops to 0.
+        // SAFETY: the closure owns `b` and runs once, after every thread pinned now has unpinned; `this` stays live until `pending` (which counts `b`'s objects) drops to 0.
         unsafe {
             g.defer_unchecked(move || Self::run(d as *const Deferred, b as *mut Batch))
         };

@@ -113,8 +113,7 @@ fn madvise_dontneed(ptr: *mut u8, len: usize, os: &OsPages) -> bool {
                 return false; // EINVAL
             }
             let len = len.next_multiple_of(os.size);
-            // SAFETY: the emulated kernel drops whole pages; tests only emulate ranges inside
-            // their own mappings (the chunk is CHUNK_SIZE-aligned, a multiple of the page).
+            // SAFETY: the emulated kernel drops whole pages; tests only emulate ranges inside their own mappings (the chunk is CHUNK_SIZE-aligned, a multiple of the page).
             unsafe { core::ptr::write_bytes(ptr, 0, len) };
             return true;
         }

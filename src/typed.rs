@@ -245,8 +245,7 @@ impl<T: Send + 'static> SlabBox<'_, T> {
         }
         let b = ManuallyDrop::new(b);
         let raw = &b.cache.raw;
-        // SAFETY: the box owns an initialised `T` (`Send + 'static`, so it may be dropped
-        // later on any thread) in an object of `raw`, which it gives up here, once.
+        // SAFETY: the box owns an initialised `T` (`Send + 'static`, so it may be dropped later on any thread) in an object of `raw`, which it gives up here, once.
         unsafe {
             crate::deferred::Deferred::defer(
                 raw.deferred(),

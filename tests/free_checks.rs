@@ -177,8 +177,7 @@ fn double_free_into_an_empty_slab_aborts() {
         let c = k.create_cache("underflow", 64, cfg).unwrap();
         let n = c.objects_per_slab();
         let objs = alloc_n(&c, n + 1);
-        // SAFETY: the first `n` frees are legitimate (the whole first slab, which stays on the
-        // node partial list, empty); the last deliberately frees object 3 again.
+        // SAFETY: the first `n` frees are legitimate (the whole first slab, which stays on the node partial list, empty); the last deliberately frees object 3 again.
         unsafe {
             for &p in &objs[..n] {
                 c.free(p);

@@ -77,11 +77,10 @@ fn gettid() -> i32 {
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    let size = core::mem::size_of_val(&set);
     // SAFETY: `set` is valid, of the size passed.
-    assert_eq!(
-        unsafe { libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) },
-        0
-    );
+    let r = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    assert_eq!(r, 0);
     (0..libc::CPU_SETSIZE as usize)
         // SAFETY: below CPU_SETSIZE.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
@@ -130,8 +129,7 @@ fn caches_under_signals_migration_shrink_and_fork() {
         unsafe { b.free(p) };
     }
     HANDLER_CACHE.store(&b as *const KmemCache as *mut KmemCache, Ordering::Release);
-    // SAFETY: a plain handler; it only uses cache `b` (fast paths; its slow path locks only
-    // `b`'s own structures, which no thread holds outside a handler) and atomics.
+    // SAFETY: a plain handler; it only uses cache `b` (fast paths; its slow path locks only `b`'s own structures, which no thread holds outside a handler) and atomics.
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = on_alarm as *const () as usize;
@@ -244,8 +242,7 @@ fn caches_under_signals_migration_shrink_and_fork() {
         });
         sc.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: the child uses the global allocator (fork handlers make it usable in
-                // the child) and leaves with `_exit`.
+                // SAFETY: the child uses the global allocator (fork handlers make it usable in the child) and leaves with `_exit`.
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
                     let v: Vec<Box<[u8; 48]>> = (0..64).map(|i| Box::new([i as u8; 48])).collect();

@@ -111,11 +111,10 @@ fn gettid() -> i32 {
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    let size = core::mem::size_of_val(&set);
     // SAFETY: `set` is valid, of the size passed.
-    assert_eq!(
-        unsafe { libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) },
-        0
-    );
+    let r = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    assert_eq!(r, 0);
     (0..libc::CPU_SETSIZE as usize)
         // SAFETY: below CPU_SETSIZE.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
@@ -179,8 +178,7 @@ fn sequences_under_signals_migration_stop_fence_and_fork() {
         Ordering::Release,
     );
 
-    // SAFETY: installs a plain handler (no SA_SIGINFO); `on_alarm` is async-signal-safe (atomics
-    // and sequences only).
+    // SAFETY: installs a plain handler (no SA_SIGINFO); `on_alarm` is async-signal-safe (atomics and sequences only).
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = on_alarm as *const () as usize;
@@ -301,8 +299,7 @@ fn sequences_under_signals_migration_stop_fence_and_fork() {
         // The forker.
         sc.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: the child only runs async-signal-safe code (sequences, atomics,
-                // membarrier) and leaves with `_exit`.
+                // SAFETY: the child only runs async-signal-safe code (sequences, atomics, membarrier) and leaves with `_exit`.
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
                     // Child: a few sequences on whatever slot it runs on, and one stop + fence.

@@ -387,8 +387,7 @@ pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: 
 /// so every call below must be served by the bootstrap arena; prints the verdict (the C test
 /// in `kmem-preload/tests/` checks it) and aborts on a failure.
 fn selftest_bootstrap() {
-    // SAFETY: the C contracts: sizes are small, pointers are used within their sizes and
-    // freed once.
+    // SAFETY: the C contracts: sizes are small, pointers are used within their sizes and freed once.
     let ok = unsafe {
         let a = malloc(100);
         let b = calloc(10, 10);

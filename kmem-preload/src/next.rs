@@ -65,9 +65,9 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return core::ptr::null_mut();
     }
     FOREIGN_REALLOCS.fetch_add(1, Ordering::Relaxed);
+    type Realloc = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
     // SAFETY: the next object's `realloc` (dlsym), with its C signature.
-    let f: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void =
-        unsafe { core::mem::transmute(f) };
+    let f: Realloc = unsafe { core::mem::transmute(f) };
     // SAFETY: caller contract.
     unsafe { f(p, size) }
 }

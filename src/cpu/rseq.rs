@@ -198,8 +198,7 @@ std::thread_local! {
 #[inline]
 fn thread_pointer() -> usize {
     let tp: usize;
-    // SAFETY: fs:0 holds the TCB's self pointer on x86_64 glibc and musl; reading it has no
-    // side effects.
+    // SAFETY: fs:0 holds the TCB's self pointer on x86_64 glibc and musl; reading it has no side effects.
     unsafe {
         core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
             options(nostack, preserves_flags, readonly));
@@ -222,9 +221,7 @@ pub(super) fn own_area_is_static(offset: isize) -> bool {
         return false;
     }
     let (mut size, mut align) = (0usize, 0usize);
-    // SAFETY: glibc's `void _dl_get_tls_static_info(size_t *sizep, size_t *alignp)` (which the
-    // compiler-rt sanitizer runtimes also call to size static TLS); both pointers are valid
-    // locals.
+    // SAFETY: glibc's `void _dl_get_tls_static_info(size_t *sizep, size_t *alignp)` (which the compiler-rt sanitizer runtimes also call to size static TLS); both pointers are valid locals.
     unsafe {
         let f: unsafe extern "C" fn(*mut usize, *mut usize) = core::mem::transmute(f);
         f(&mut size, &mut align);
@@ -244,8 +241,7 @@ pub(super) fn own_area_is_static(offset: isize) -> bool {
 pub(super) fn register_own_area() -> Result<isize, i32> {
     let area = OWN_AREA.with(|a| a.get());
     let offset = area as isize - thread_pointer() as isize;
-    // SAFETY: `area` is this thread's live, aligned area; `cpu_id` is only written by the
-    // kernel (registered) or by this thread (below); a volatile read sees either.
+    // SAFETY: `area` is this thread's live, aligned area; `cpu_id` is only written by the kernel (registered) or by this thread (below); a volatile read sees either.
     let cpu = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).cpu_id)) };
     if valid_cpu_id(cpu).is_some() {
         return Ok(offset);
@@ -253,9 +249,10 @@ pub(super) fn register_own_area() -> Result<isize, i32> {
     if cpu == RSEQ_CPU_ID_REGISTRATION_FAILED {
         return Err(libc::EPERM);
     }
-    // SAFETY: rseq(area, len, flags = 0, sig): `area` is a 32-byte aligned `struct rseq` that
-    // lives as long as the thread (the kernel stops writing it when the thread exits, before
-    // its TLS block can be freed or reused, and a reused block starts unregistered again).
+    // Why this is sound: rseq(area, len, flags = 0, sig): `area` is a 32-byte aligned `struct
+    // rseq` that lives as long as the thread (the kernel stops writing it when the thread exits,
+    // before its TLS block can be freed or reused, and a reused block starts unregistered again).
+    // SAFETY: the invariants stated just above hold here.
     let r = unsafe {
         libc::syscall(
             libc::SYS_rseq,

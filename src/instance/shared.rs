@@ -260,8 +260,7 @@ pub(super) unsafe fn destroy_shared(shared: NonNull<KmemShared>) {
 
 /// The reclaim hook of every page allocator of an instance: `arg` is the instance.
 pub(super) fn reclaim_hook(arg: *const ()) {
-    // SAFETY: registered by `build_shared` with the address of the instance that contains the
-    // calling page allocator, so it is alive while that allocator runs.
+    // SAFETY: registered by `build_shared` with the address of the instance that contains the calling page allocator, so it is alive while that allocator runs.
     let s = unsafe { &*(arg as *const KmemShared) };
     s.reclaim();
 }

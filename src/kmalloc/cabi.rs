@@ -346,8 +346,7 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
                 let s = k.shared();
                 if page.node() < s.nr_nodes {
                     let pages = s.node_pages(page.node());
-                    // SAFETY: `page` heads an allocated block of order `o1` of this node that
-                    // the caller owns (found above).
+                    // SAFETY: `page` heads an allocated block of order `o1` of this node that the caller owns (found above).
                     if unsafe { pages.resize_in_place(NonNull::from(page), o1, o2) } {
                         return Ok(ptr);
                     }

@@ -243,9 +243,7 @@ mod api2 {
             return Ok(fresh);
         }
         // SAFETY: Allocator contract: `ptr` is ours with `old`; both sizes > 0, same alignment.
-        slice(
-            unsafe { Kmalloc::core_realloc(ptr.as_ptr(), old, new, zero) },
-            new.size(),
-        )
+        let p = unsafe { Kmalloc::core_realloc(ptr.as_ptr(), old, new, zero) };
+        slice(p, new.size())
     }
 }

@@ -125,7 +125,6 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, bytes: usize, align: usize) {
             " that is not (or no longer) registered with that length: double free?",
         ]);
     }
-    // SAFETY: `ptr` is a live mapping made by `map` with exactly these arguments (caller
-    // contract, confirmed by the table entry above, which no one else can now remove).
+    // SAFETY: `ptr` is a live mapping made by `map` with exactly these arguments (caller contract, confirmed by the table entry above, which no one else can now remove).
     unsafe { os::unmap(NonNull::new_unchecked(ptr), bytes, align) };
 }

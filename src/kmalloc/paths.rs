@@ -187,8 +187,7 @@ pub(super) unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
                     "the OS mapping there has another length or alignment than the layout says",
                 );
             }
-            // SAFETY: `ptr` starts a registered mapping of these arguments (checked above)
-            // that the caller gives back.
+            // SAFETY: `ptr` starts a registered mapping of these arguments (checked above) that the caller gives back.
             unsafe { super::huge::unmap(ptr, mapped, mapped_align) }
         }
         Kind::Class(_) => {}

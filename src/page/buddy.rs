@@ -627,9 +627,7 @@ impl PageAllocator {
                     break;
                 }
                 let (lo, hi) = if bidx < idx { (bidx, idx) } else { (idx, bidx) };
-                // SAFETY: a Free head of this node's chunk is on list `order`; lock held. Both
-                // halves are ours now: `hi` becomes an interior page of the merged block, `lo`
-                // its in-transit head.
+                // SAFETY: a Free head of this node's chunk is on list `order`; lock held. Both halves are ours now: `hi` becomes an interior page of the merged block, `lo` its in-transit head.
                 unsafe {
                     st.unlink(b, order);
                     (*b).set_info(in_transit(self.node));

@@ -135,8 +135,7 @@ impl PageAllocator {
             return;
         }
         while !p.is_null() {
-            // SAFETY: blocks of the transit list are detached, in-transit heads of ours whose
-            // releasers are gone; the lock is held.
+            // SAFETY: blocks of the transit list are detached, in-transit heads of ours whose releasers are gone; the lock is held.
             unsafe {
                 let next = (*p).lru_next.get();
                 let order = (*p).slabs.get();

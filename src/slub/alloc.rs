@@ -62,9 +62,7 @@ impl CacheInner {
                     c.slab.load(Ordering::Acquire) as usize
                 }
             };
-            // SAFETY: every object on a slot's freelist is an object of this cache in slab
-            // memory (mapped for the allocator's life), its free pointer at `offset`; the slots
-            // are this cache's.
+            // SAFETY: every object on a slot's freelist is an object of this cache in slab memory (mapped for the allocator's life), its free pointer at `offset`; the slots are this cache's.
             let (st, at, object) = unsafe { percpu::pop(self.slots, self.offset, expect) };
             match st {
                 Seq::Done => {
@@ -475,8 +473,7 @@ struct GiveBackOnUnwind<'a> {
 impl Drop for GiveBackOnUnwind<'_> {
     fn drop(&mut self) {
         // Runs only while a constructor's panic unwinds through `init_slab`.
-        // SAFETY: `page` heads a block of `order` allocated from `pages` for this slab, which no
-        // one else has seen: its info, counters and cache pointer are not set yet.
+        // SAFETY: `page` heads a block of `order` allocated from `pages` for this slab, which no one else has seen: its info, counters and cache pointer are not set yet.
         unsafe { self.pages.free_pages(self.page, self.order) };
     }
 }

@@ -63,10 +63,9 @@ impl CacheInner {
     #[inline(always)]
     unsafe fn do_slab_free_rseq(&self, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
         loop {
-            // SAFETY: the caller owns `head..=tail`, objects of `slab` (contract) with their
-            // free pointer at `offset`; the slots are this cache's.
-            let (st, at) =
-                unsafe { percpu::push(self.slots, self.offset, slab as usize, head, tail) };
+            let (slots, offset, slab_addr) = (self.slots, self.offset, slab as usize);
+            // SAFETY: the caller owns `head..=tail`, objects of `slab` (contract) with their free pointer at `offset`; the slots are this cache's.
+            let (st, at) = unsafe { percpu::push(slots, offset, slab_addr, head, tail) };
             match st {
                 Seq::Done => {
                     self.cpu_at(at).stat_add(FreeFastpath, cnt as u64);

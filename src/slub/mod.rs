@@ -308,8 +308,7 @@ impl CacheInner {
     /// The slot at `at`, an address a sequence on `self.slots` returned.
     #[inline(always)]
     pub(crate) fn cpu_at(&self, at: usize) -> &KmemCacheCpu {
-        // SAFETY: the sequences return the address of one of `self.slots`, which are this
-        // cache's `KmemCacheCpu`s (each starts with its `SlotHead`), live as long as the cache.
+        // SAFETY: the sequences return the address of one of `self.slots`, which are this cache's `KmemCacheCpu`s (each starts with its `SlotHead`), live as long as the cache.
         unsafe { &*(at as *const KmemCacheCpu) }
     }
 

@@ -98,12 +98,13 @@ mod imp {
         pub(crate) fn cas(&self, old: (u64, u64), new: (u64, u64)) -> (bool, (u64, u64)) {
             let (prev_lo, prev_hi): (u64, u64);
             let ok: u8;
-            // SAFETY: `self` is 16-byte aligned, live and writable (it is only ever shared, never
-            // in read-only memory); `supported()` returned true before any `Kmem` existed, and
-            // only a `Kmem` reaches a `DWord`. rbx cannot be named as an operand (LLVM may use
-            // it), so the new low half is swapped into it around the instruction and restored;
-            // the address goes in rsi and the result in cl by name, because a `reg` operand may
-            // itself be given rbx (or bl), which the swap would overwrite.
+            // Why this is sound: `self` is 16-byte aligned, live and writable (it is only ever
+            // shared, never in read-only memory); `supported()` returned true before any `Kmem`
+            // existed, and only a `Kmem` reaches a `DWord`. rbx cannot be named as an operand
+            // (LLVM may use it), so the new low half is swapped into it around the instruction
+            // and restored; the address goes in rsi and the result in cl by name, because a `reg`
+            // operand may itself be given rbx (or bl), which the swap would overwrite.
+            // SAFETY: the invariants stated just above hold here.
             unsafe {
                 asm!(
                     "xchg {rbx_tmp}, rbx",
@@ -128,8 +129,7 @@ mod imp {
         pub(crate) fn load(&self) -> (u64, u64) {
             if AVX.load(Ordering::Relaxed) == 2 {
                 let (lo, hi): (u64, u64);
-                // SAFETY: aligned and live; the CPU enumerates AVX (checked by `supported`), so
-                // the aligned 16-byte load is single-copy atomic.
+                // SAFETY: aligned and live; the CPU enumerates AVX (checked by `supported`), so the aligned 16-byte load is single-copy atomic.
                 unsafe {
                     asm!(
                         "vmovdqa {x}, xmmword ptr [{p}]",
@@ -288,8 +288,7 @@ impl DWord {
         #[cfg(all(not(miri), target_arch = "x86_64"))]
         {
             let halves = self.0.halves();
-            // SAFETY: the double word is 16-byte aligned and lives as long as `self`; each half
-            // is an aligned u64 only ever accessed atomically (the mixed-size note above).
+            // SAFETY: the double word is 16-byte aligned and lives as long as `self`; each half is an aligned u64 only ever accessed atomically (the mixed-size note above).
             let (tag, word) = unsafe {
                 let tag = (*halves.add(1)).load(core::sync::atomic::Ordering::Acquire);
                 let word = (*halves).load(core::sync::atomic::Ordering::Acquire);

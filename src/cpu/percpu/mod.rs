@@ -421,8 +421,7 @@ impl TestSlots {
     /// [`pop`] requiring the slot's slab to be `slab` (0: any).
     pub fn pop_if_slab(&self, slab: usize) -> (Seq, usize, usize) {
         let slots = self.slots();
-        // SAFETY: the objects on the lists are caller memory with a free pointer at offset 0
-        // (the contract of `push`/`give_back_and_resume`).
+        // SAFETY: the objects on the lists are caller memory with a free pointer at offset 0 (the contract of `push`/`give_back_and_resume`).
         let (st, at, obj) = unsafe { pop(slots, 0, slab) };
         let cpu = if st == Seq::Unavailable {
             usize::MAX

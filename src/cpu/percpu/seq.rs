@@ -46,14 +46,15 @@ pub(crate) unsafe fn pop<S>(
     expect_slab: usize,
 ) -> (Seq, usize, usize) {
     let (st, slot, obj): (u64, usize, usize);
-    // SAFETY: the sequence reads `cpu_id` from and writes `rseq_cs` to this thread's rseq area
-    // (registered: else `cpu_id` reads as >= nr and the sequence stops before touching a slot);
-    // it touches slot `cpu < nr` only (the `Slots` contract) and the object's free pointer (the
-    // caller's contract). The descriptor is in `__rseq_cs` (32-byte aligned, version 0, flags
-    // 0), its start label directly follows the store that arms it, the commit is the last
-    // instruction of the range, and the abort handler is outside the range and preceded by the
-    // signature (`ud1` encoding, as librseq, so disassemblers stay in sync). The abort handler
-    // re-arms the descriptor (the kernel clears `rseq_cs` on abort) and restarts.
+    // Why this is sound: the sequence reads `cpu_id` from and writes `rseq_cs` to this thread's
+    // rseq area (registered: else `cpu_id` reads as >= nr and the sequence stops before touching
+    // a slot); it touches slot `cpu < nr` only (the `Slots` contract) and the object's free
+    // pointer (the caller's contract). The descriptor is in `__rseq_cs` (32-byte aligned, version
+    // 0, flags 0), its start label directly follows the store that arms it, the commit is the
+    // last instruction of the range, and the abort handler is outside the range and preceded by
+    // the signature (`ud1` encoding, as librseq, so disassemblers stay in sync). The abort
+    // handler re-arms the descriptor (the kernel clears `rseq_cs` on abort) and restarts.
+    // SAFETY: the invariants stated just above hold here.
     unsafe {
         core::arch::asm!(
             "2:",
@@ -148,8 +149,7 @@ pub(crate) unsafe fn push<S>(
     tail: usize,
 ) -> (Seq, usize) {
     let (st, slot): (u64, usize);
-    // SAFETY: as in `pop`; the one store before the commit is into `tail`, which the caller
-    // owns (contract).
+    // SAFETY: as in `pop`; the one store before the commit is into `tail`, which the caller owns (contract).
     unsafe {
         core::arch::asm!(
             "2:",
@@ -235,12 +235,13 @@ pub(crate) fn cas_on_cpu<S>(
     new: (usize, u64),
 ) -> OnCpu {
     let (st, lo, hi): (u64, u64, u64);
-    // SAFETY: as in `pop` for the sequence. The CAS is `lock cmpxchg16b` on the slot's 16-byte
-    // aligned double word (the `DWord` backend's own instruction; `DWord::is_lock_free` was
-    // checked before any slot existed). Every register is named explicitly: rbx cannot be an
-    // operand, so the new low half is swapped into it around the sequence and restored, and
-    // no other operand can have been given rbx. The abort handler jumps back after the swap,
-    // so a restart still has the new low half in rbx.
+    // Why this is sound: as in `pop` for the sequence. The CAS is `lock cmpxchg16b` on the slot's
+    // 16-byte aligned double word (the `DWord` backend's own instruction; `DWord::is_lock_free`
+    // was checked before any slot existed). Every register is named explicitly: rbx cannot be an
+    // operand, so the new low half is swapped into it around the sequence and restored, and no
+    // other operand can have been given rbx. The abort handler jumps back after the swap, so a
+    // restart still has the new low half in rbx.
+    // SAFETY: the invariants stated just above hold here.
     unsafe {
         core::arch::asm!(
             "xchg r11, rbx",
