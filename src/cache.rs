@@ -176,7 +176,7 @@ impl KmemCache {
         let inner = self.inner();
         let slab = inner.owning_slab(obj.as_ptr());
         // SAFETY: `slab` is the live slab of `obj`, which the caller passes back to us once.
-        unsafe { inner.do_slab_free(slab, obj.as_ptr() as usize, obj.as_ptr() as usize, 1) }
+        unsafe { inner.slab_free(slab, obj.as_ptr() as usize) }
     }
 
     /// Frees `obj` after a grace period (`kfree_rcu`): its memory is reused only after every
@@ -501,6 +501,22 @@ impl KmemCache {
     /// ```
     pub fn cpu_partial_slabs(&self) -> usize {
         self.inner().geo.cpu_partial_slabs
+    }
+
+    /// Objects per sheaf (0: the cache has no sheaves; see [`CacheConfig::sheaf_capacity`]).
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let plain = k.create_cache("no-sheaves", 64, CacheConfig::new()).unwrap();
+    /// assert_eq!(plain.sheaf_capacity(), 0);
+    /// let c = k.create_cache("sheaves-26", 512, CacheConfig::new().sheaf_capacity(26)).unwrap();
+    /// assert_eq!(c.sheaf_capacity(), 28); // rounded up to fill whole cache lines
+    /// ```
+    ///
+    /// [`CacheConfig::sheaf_capacity`]: crate::CacheConfig::sheaf_capacity
+    pub fn sheaf_capacity(&self) -> usize {
+        self.inner().pool.capacity
     }
 
     /// The allocator this cache belongs to.

@@ -200,6 +200,7 @@ pub struct CacheConfig {
     pub(crate) min_objects: usize,
     pub(crate) min_partial: Option<usize>,
     pub(crate) cpu_partial_slabs: Option<usize>,
+    pub(crate) sheaf_capacity: usize,
 }
 
 impl fmt::Debug for CacheConfig {
@@ -213,6 +214,7 @@ impl fmt::Debug for CacheConfig {
             .field("min_objects", &self.min_objects)
             .field("min_partial", &self.min_partial)
             .field("cpu_partial_slabs", &self.cpu_partial_slabs)
+            .field("sheaf_capacity", &self.sheaf_capacity)
             .finish()
     }
 }
@@ -378,5 +380,57 @@ impl CacheConfig {
     pub fn cpu_partial_slabs(mut self, n: usize) -> Self {
         self.cpu_partial_slabs = Some(n);
         self
+    }
+
+    /// Objects per sheaf: per-CPU arrays of free objects in front of the slabs (Linux 7.0's
+    /// sheaves; see `docs/design.md`, "Sheaves"). 0 (the default) keeps the cpu-slab design
+    /// only. A capacity is rounded up so that a sheaf fills whole cache lines (the kernel rounds
+    /// to a kmalloc size the same way); [`default_sheaf_capacity`] gives the kernel's choice for
+    /// an object size. At most [`MAX_SHEAF_CAPACITY`](crate::MAX_SHEAF_CAPACITY).
+    ///
+    /// With sheaves, a free of any object of the cache goes into the CPU's sheaf, whatever its
+    /// slab; an allocation pops one. Both are one restartable sequence in the rseq mode, or
+    /// take the slot's sheaf lock (`try_lock`, never waiting) in the locked mode.
+    ///
+    /// ```
+    /// use kmem::{default_sheaf_capacity, CacheConfig};
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let cap = default_sheaf_capacity(64);
+    /// assert_eq!(cap, 60);
+    /// let c = k.create_cache("sheaved", 64, CacheConfig::new().sheaf_capacity(cap)).unwrap();
+    /// assert_eq!(c.sheaf_capacity(), 60);
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// if cfg!(feature = "stats") {
+    ///     assert_eq!(c.stats().free_cpu_sheaf, 1); // the free went into the CPU's sheaf
+    /// }
+    /// assert_eq!(c.info().active_objs, 0); // objects in sheaves count as free
+    /// ```
+    pub fn sheaf_capacity(mut self, n: usize) -> Self {
+        self.sheaf_capacity = n;
+        self
+    }
+}
+
+/// The kernel's sheaf capacity for objects of `size` bytes (`calculate_sheaf_capacity`: half of
+/// what the CPU partial lists held, since a CPU has two sheaves): 60 below 256 bytes, 26 below
+/// 1 KiB, 12 below 4 KiB, 4 above.
+///
+/// ```
+/// assert_eq!(kmem::default_sheaf_capacity(8), 60);
+/// assert_eq!(kmem::default_sheaf_capacity(512), 26);
+/// assert_eq!(kmem::default_sheaf_capacity(2048), 12);
+/// assert_eq!(kmem::default_sheaf_capacity(8192), 4);
+/// ```
+pub const fn default_sheaf_capacity(size: usize) -> usize {
+    if size >= 4096 {
+        4
+    } else if size >= 1024 {
+        12
+    } else if size >= 256 {
+        26
+    } else {
+        60
     }
 }

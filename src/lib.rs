@@ -58,7 +58,10 @@ mod sync;
 mod typed;
 
 pub use cache::KmemCache;
-pub use config::{CacheConfig, CacheFlags, CACHE_LINE_SIZE, MAX_CACHE_NAME};
+pub use config::{
+    default_sheaf_capacity, CacheConfig, CacheFlags, CACHE_LINE_SIZE, MAX_CACHE_NAME,
+};
+pub use slub::sheaf::MAX_SHEAF_CAPACITY;
 /// crossbeam-epoch, re-exported: the guards that [`KmemCache::free_deferred`] and
 /// [`SlabBox::drop_deferred`] take.
 ///

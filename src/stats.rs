@@ -40,10 +40,21 @@ pub(crate) enum StatItem {
     CpuPartialFree,
     CpuPartialNode,
     CpuPartialDrain,
+    AllocPcs,
+    FreePcs,
+    SheafSwap,
+    SheafRefill,
+    SheafFlush,
+    SheafAlloc,
+    SheafFree,
+    BarnGet,
+    BarnGetFail,
+    BarnPut,
+    BarnPutFail,
 }
 
 /// Number of [`StatItem`]s.
-pub(crate) const NR_STAT_ITEMS: usize = StatItem::CpuPartialDrain as usize + 1;
+pub(crate) const NR_STAT_ITEMS: usize = StatItem::BarnPutFail as usize + 1;
 
 /// Event counters of one cache, summed over its CPU slots at read time.
 ///
@@ -115,6 +126,28 @@ pub struct CacheStats {
     pub cpu_partial_node: u64,
     /// CPU partial lists drained to the node lists because they were full.
     pub cpu_partial_drain: u64,
+    /// Allocations served by the CPU's sheaf (`ALLOC_PCS`; sheaf caches only).
+    pub alloc_cpu_sheaf: u64,
+    /// Frees into the CPU's sheaf (`FREE_PCS`).
+    pub free_cpu_sheaf: u64,
+    /// Main and spare sheaves swapped (kmem's counter: the kernel does not count swaps).
+    pub sheaf_swap: u64,
+    /// Sheaves refilled from the slabs in bulk (`SHEAF_REFILL`).
+    pub sheaf_refill: u64,
+    /// Sheaves flushed to the slabs in bulk (`SHEAF_FLUSH`).
+    pub sheaf_flush: u64,
+    /// Empty sheaves carved from the pool (`SHEAF_ALLOC`).
+    pub sheaf_alloc: u64,
+    /// Empty sheaves given back to the pool because the barn kept enough (`SHEAF_FREE`).
+    pub sheaf_free: u64,
+    /// Full sheaves taken from the barn for an empty one (`BARN_GET`).
+    pub barn_get: u64,
+    /// Barn visits that found no full sheaf (`BARN_GET_FAIL`: a refill from the slabs follows).
+    pub barn_get_fail: u64,
+    /// Full sheaves put into the barn (`BARN_PUT`).
+    pub barn_put: u64,
+    /// Full sheaves the barn had no room for (`BARN_PUT_FAIL`: a flush to the slabs follows).
+    pub barn_put_fail: u64,
 }
 
 impl CacheStats {
@@ -148,6 +181,17 @@ impl CacheStats {
             cpu_partial_free: g(CpuPartialFree),
             cpu_partial_node: g(CpuPartialNode),
             cpu_partial_drain: g(CpuPartialDrain),
+            alloc_cpu_sheaf: g(AllocPcs),
+            free_cpu_sheaf: g(FreePcs),
+            sheaf_swap: g(SheafSwap),
+            sheaf_refill: g(SheafRefill),
+            sheaf_flush: g(SheafFlush),
+            sheaf_alloc: g(SheafAlloc),
+            sheaf_free: g(SheafFree),
+            barn_get: g(BarnGet),
+            barn_get_fail: g(BarnGetFail),
+            barn_put: g(BarnPut),
+            barn_put_fail: g(BarnPutFail),
         }
     }
 }

@@ -108,6 +108,16 @@ fn caches_under_signals_migration_shrink_and_fork() {
         );
         return;
     }
+    // Both designs, one after the other (the timer and the handler's cache are process-wide):
+    // the cpu slab, then sheaves in front of it.
+    run(0);
+    run(kmem::default_sheaf_capacity(SIZE));
+}
+
+/// One run; `sheaf_capacity` 0 for the cpu-slab design.
+fn run(sheaf_capacity: usize) {
+    HANDLER_RUNS.store(0, Ordering::Relaxed);
+    let cfg = CacheConfig::new().sheaf_capacity(sheaf_capacity);
     let secs: f64 = std::env::var("KMEM_STRESS_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -117,10 +127,10 @@ fn caches_under_signals_migration_shrink_and_fork() {
     assert_eq!(ka.commit_mode(), CommitMode::Rseq);
     assert_eq!(kb.commit_mode(), CommitMode::Rseq);
     let a = ka
-        .create_cache("rseq-stress-a", SIZE, CacheConfig::new())
+        .create_cache("rseq-stress-a", SIZE, cfg.clone())
         .unwrap();
     let b = kb
-        .create_cache("rseq-stress-handler", SIZE, CacheConfig::new())
+        .create_cache("rseq-stress-handler", SIZE, cfg)
         .unwrap();
     // Objects ready for the handler before the first signal: its fast path stays hot.
     let warm: Vec<_> = (0..256).map(|_| b.alloc().unwrap()).collect();
@@ -280,11 +290,14 @@ fn caches_under_signals_migration_shrink_and_fork() {
     let rate = HANDLER_RUNS.load(Ordering::Relaxed) as f64 / elapsed;
     let sa = a.stats();
     eprintln!(
-        "rseq cache stress: {elapsed:.1} s, {} worker alloc+free, {} handler runs ({rate:.0}/s), \
-         {migrations} migrations, {shrinks} shrink+info, {forks} forks; cache A: alloc_fastpath \
-         {} alloc_slowpath {} free_fastpath {} free_slowpath {}",
+        "rseq cache stress (sheaf capacity {sheaf_capacity}): {elapsed:.1} s, {} worker \
+         alloc+free, {} handler runs ({rate:.0}/s), {migrations} migrations, {shrinks} \
+         shrink+info, {forks} forks; cache A: alloc_cpu_sheaf {} free_cpu_sheaf {} \
+         alloc_fastpath {} alloc_slowpath {} free_fastpath {} free_slowpath {}",
         ops.load(Ordering::Relaxed),
         HANDLER_RUNS.load(Ordering::Relaxed),
+        sa.alloc_cpu_sheaf,
+        sa.free_cpu_sheaf,
         sa.alloc_fastpath,
         sa.alloc_slowpath,
         sa.free_fastpath,

@@ -71,7 +71,8 @@ fn check(ptr: usize, len: usize, v: u64) {
     }
 }
 
-fn run(k: &Kmem, threads: usize, rounds: usize) {
+/// `sheaves`: every cache with the kernel's sheaf capacity for its size, else the cpu-slab design.
+fn run(k: &Kmem, threads: usize, rounds: usize, sheaves: bool) {
     let specs: &[(usize, usize, CacheFlags)] = &[
         (8, 0, CacheFlags::empty()),
         (24, 0, CacheFlags::empty()),
@@ -90,6 +91,9 @@ fn run(k: &Kmem, threads: usize, rounds: usize) {
             let mut cfg = CacheConfig::new().flags(flags);
             if align != 0 {
                 cfg = cfg.align(align);
+            }
+            if sheaves {
+                cfg = cfg.sheaf_capacity(kmem::default_sheaf_capacity(size));
             }
             k.create_cache(&format!("stress-{i}"), size, cfg).unwrap()
         })
@@ -206,7 +210,7 @@ fn threads() -> usize {
 #[cfg_attr(miri, ignore)]
 fn stress_machine_slots() {
     let k = Kmem::builder().build().unwrap();
-    run(&k, threads(), 2000);
+    run(&k, threads(), 2000, false);
 }
 
 #[test]
@@ -214,7 +218,7 @@ fn stress_machine_slots() {
 fn stress_one_shared_slot() {
     // Every thread on one CPU slot: maximal fast-path CAS contention and slot-lock sharing.
     let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
-    run(&k, threads(), 1500);
+    run(&k, threads(), 1500, false);
 }
 
 #[test]
@@ -227,6 +231,36 @@ fn stress_fake_numa_under_a_limit() {
         .memory_limit(64 << 20)
         .build()
         .unwrap();
-    run(&k, threads(), 1500);
+    run(&k, threads(), 1500, false);
+    assert!(k.page_stats().mapped_bytes <= 64 << 20);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn stress_machine_slots_sheaves() {
+    let k = Kmem::builder().build().unwrap();
+    run(&k, threads(), 2000, true);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn stress_one_shared_slot_sheaves() {
+    // Every thread on one slot: the sheaf lock's try_lock fails constantly (in the locked
+    // mode), so frees and allocations mix sheaves and the cpu-slab bypass.
+    let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    run(&k, threads(), 1500, true);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn stress_fake_numa_under_a_limit_sheaves() {
+    // Two fake nodes: a barn per node, frees of the other node's objects bypass the sheaves.
+    let k = Kmem::builder()
+        .cpus(4)
+        .nodes(2)
+        .memory_limit(64 << 20)
+        .build()
+        .unwrap();
+    run(&k, threads(), 1500, true);
     assert!(k.page_stats().mapped_bytes <= 64 << 20);
 }

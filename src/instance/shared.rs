@@ -92,8 +92,8 @@ impl KmemShared {
 
     /// Fork support (the `pthread_atfork` prepare handler in `instance/fork.rs`): takes every lock of
     /// this instance, in lock order, and returns with all of them held and no guard:
-    /// the registry lock, then every slot lock of every cache, then every node `list_lock` of
-    /// every cache, then every node's page lock. Taking a whole level before the next keeps the
+    /// the registry lock, then every slot lock of every cache, every CPU sheaf lock, every
+    /// sheaf pool lock, every node `list_lock`, every barn lock, then every node's page lock. Taking a whole level before the next keeps the
     /// walk consistent with the lock order (no kmem path holds a lower-level lock while waiting
     /// for a higher-level one), so the walk cannot deadlock with running allocations.
     #[cfg(not(any(loom, miri)))]
@@ -110,7 +110,10 @@ impl KmemShared {
             }
         };
         each(&|c| (0..c.nr_cpus).for_each(|i| c.cpu(i).lock.raw_lock()));
+        each(&|c| (0..c.nr_cpus).for_each(|i| c.cpu(i).sheaves.lock.raw_lock()));
+        each(&|c| c.pool.lock_for_fork().raw_lock());
         each(&|c| (0..c.nr_nodes).for_each(|n| c.node(n).list_lock.raw_lock()));
+        each(&|c| c.barns().iter().for_each(|b| b.lists.raw_lock()));
         for nid in 0..self.nr_nodes {
             self.node_pages(nid).fork_lock();
         }
@@ -138,7 +141,10 @@ impl KmemShared {
             // SAFETY: `p` is registered; fork_lock_all took its slot and list locks (contract).
             unsafe {
                 let c = &*p;
+                c.barns().iter().for_each(|b| b.lists.raw_unlock());
                 (0..c.nr_nodes).for_each(|n| c.node(n).list_lock.raw_unlock());
+                c.pool.lock_for_fork().raw_unlock();
+                (0..c.nr_cpus).for_each(|i| c.cpu(i).sheaves.lock.raw_unlock());
                 (0..c.nr_cpus).for_each(|i| c.cpu(i).lock.raw_unlock());
                 p = c.reg_next.get();
             }

@@ -232,7 +232,7 @@ unsafe fn free_found(ptr: *mut u8, found: Found) -> bool {
             // this cache and `ptr` starts one of its objects.
             let slab = slab as *const Page as *mut Page;
             // SAFETY: `ptr` is an allocated object of `slab` that the caller gives back.
-            unsafe { cache.do_slab_free(slab, ptr as usize, ptr as usize, 1) };
+            unsafe { cache.slab_free(slab, ptr as usize) };
             true
         }
         Found::Block(page, order) => {

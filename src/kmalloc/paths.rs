@@ -149,7 +149,7 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout) {
             // naming both caches otherwise).
             let slab = c.owning_slab(ptr);
             // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
-            unsafe { c.do_slab_free(slab, ptr as usize, ptr as usize, 1) }
+            unsafe { c.slab_free(slab, ptr as usize) }
         }
         // SAFETY: forwarded contract.
         None => unsafe { kfree_large(ptr, layout) },

@@ -14,9 +14,26 @@ use crate::sync::{retry_hint, Ordering};
 use core::ptr::{self, NonNull};
 
 impl CacheInner {
-    /// `slab_alloc_node`: one object, from `node` if given.
+    /// `slab_alloc_node`: one object, from `node` if given. A cache with sheaves serves
+    /// allocations that ask for no node from the CPU's sheaf (`pcs.rs`), which falls back to
+    /// the cpu-slab path below.
     #[inline(always)]
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
+        if self.pool.capacity != 0 && node.is_none() {
+            return self.alloc_from_pcs();
+        }
+        self.slab_alloc_cpu(node)
+    }
+
+    /// The cpu-slab path of a sheaf cache (out of line: the sheaves could not serve).
+    #[inline(never)]
+    pub(super) fn slab_alloc_bypass(&self) -> *mut u8 {
+        self.slab_alloc_cpu(None)
+    }
+
+    /// The cpu-slab fast path (`slab_alloc_node` of Linux 6.x).
+    #[inline(always)]
+    fn slab_alloc_cpu(&self, node: Option<usize>) -> *mut u8 {
         if self.rseq {
             return self.slab_alloc_rseq(node);
         }

@@ -55,6 +55,7 @@
 //! `slab == null`. The tid still advances on every slow-path change; in rseq mode nothing
 //! depends on it.
 
+use super::sheaf::SheafSlot;
 use crate::cpu::percpu::{self, OnCpu, SlotHead};
 use crate::page::Page;
 use crate::stats::{StatItem, NR_STAT_ITEMS};
@@ -103,6 +104,9 @@ pub(crate) struct KmemCacheCpu {
     /// `{freelist, tid}` (the lockless per-slot freelist and its transaction id), the current
     /// (frozen) slab or null, and the rseq mode's `stopped` word.
     pub(crate) head: SlotHead<Page>,
+    /// The slot's sheaves (`main`, `spare`, their lock) when the cache has sheaves
+    /// (`sheaf.rs`), at [`KmemCacheCpu::SHEAVES_OFFSET`].
+    pub(crate) sheaves: SheafSlot,
     /// This slot's index, which in rseq mode is its CPU.
     index: usize,
     /// Whether the cache is in rseq mode (see the module docs).
@@ -124,11 +128,25 @@ impl core::ops::Deref for KmemCacheCpu {
     }
 }
 
+#[cfg(not(loom))]
+const _: () =
+    assert!(core::mem::offset_of!(KmemCacheCpu, sheaves) == KmemCacheCpu::SHEAVES_OFFSET);
+
 impl KmemCacheCpu {
+    /// Offset of `sheaves` in the slot (right after the 32-byte `SlotHead`, on its cache line).
+    pub(crate) const SHEAVES_OFFSET: usize = 32;
+
+    /// This slot's index (its CPU, in the rseq mode).
+    #[inline(always)]
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
     /// Slot `index` with tid `init_tid`, in rseq mode or not.
     pub(crate) fn new(init_tid: u64, index: usize, rseq: bool) -> Self {
         KmemCacheCpu {
             head: SlotHead::new(init_tid),
+            sheaves: SheafSlot::new(),
             index,
             rseq,
             partial: Cell::new(core::ptr::null_mut()),

@@ -13,6 +13,33 @@ use crate::stats::StatItem::*;
 use crate::sync::{retry_hint, Ordering};
 
 impl CacheInner {
+    /// `slab_free`: frees one object of `slab`: into the CPU's sheaf when the cache has
+    /// sheaves and the object is of the CPU's node (`pcs.rs`), else `do_slab_free`.
+    ///
+    /// # Safety
+    /// `obj` is an allocated object of `slab` (a live slab of this cache, checked by
+    /// `owning_slab`), owned by the caller and given back once.
+    #[inline(always)]
+    pub(crate) unsafe fn slab_free(&self, slab: *mut Page, obj: usize) {
+        if self.pool.capacity != 0 && self.node_is_local(slab) && self.free_to_pcs(obj) {
+            return;
+        }
+        // SAFETY: forwarded contract (a list of one object).
+        unsafe { self.do_slab_free(slab, obj, obj, 1) }
+    }
+
+    /// Whether `slab` is on the node of the CPU the thread runs on (always, with one node):
+    /// frees of another node's objects bypass the sheaves, as in the kernel.
+    #[inline(always)]
+    fn node_is_local(&self, slab: *mut Page) -> bool {
+        if self.nr_nodes == 1 {
+            return true;
+        }
+        let c = self.this_cpu();
+        // SAFETY: `slab` is a live slab descriptor (caller's contract).
+        unsafe { (*slab).node() == self.kmem().slot_node(self.slot_index(c)) }
+    }
+
     /// `do_slab_free`: returns the detached list `head..=tail` of `cnt` objects, all of `slab`.
     ///
     /// # Safety

@@ -168,6 +168,13 @@ impl Geometry {
                 });
             }
         }
+        if cfg.sheaf_capacity > crate::MAX_SHEAF_CAPACITY {
+            return Err(KmemError::InvalidConfig {
+                parameter: "sheaf_capacity",
+                value: cfg.sheaf_capacity,
+                reason: "at most MAX_SHEAF_CAPACITY (1024)",
+            });
+        }
         if let Some(p) = cfg.cpu_partial_slabs {
             if p > u32::MAX as usize / 2 {
                 return Err(KmemError::InvalidConfig {

@@ -26,6 +26,9 @@
 //! | `partial.rs` | CPU partial lists, deactivation | `put_cpu_partial`, `deactivate_slab` |
 //! | `bulk.rs` | bulk alloc/free | `kmem_cache_alloc_bulk`, `kmem_cache_free_bulk` |
 //! | `teardown.rs` | flush, shrink, destroy, slabinfo | `flush_all`, `__kmem_cache_shrink` |
+//! | `sheaf.rs` | a sheaf, a slot's sheaves, the memory sheaves live in | `struct slab_sheaf`, `slub_percpu_sheaves` |
+//! | `barn.rs` | a node's stock of full and empty sheaves | `struct node_barn` |
+//! | `pcs.rs` | the sheaf policy: alloc, free, barn trades, refill, flush | `alloc_from_pcs`, `free_to_pcs` |
 //!
 //! `impl CacheInner` is split across `alloc.rs`, `free.rs`, `partial.rs`, `bulk.rs` and
 //! `teardown.rs` by protocol, so that each file reads as one part of `mm/slub.c`; the struct and
@@ -36,9 +39,15 @@
 //! ```text
 //!   allocator registry lock          (cache create/destroy, slabinfo)
 //!     -> CPU slot lock               (kmem_cache_cpu: slow paths of that slot)
-//!       -> node list_lock            (kmem_cache_node: the partial list)
-//!         -> page allocator lock     (one per node; never calls out)
+//!       -> CPU sheaf lock            (the slot's sheaves: their slow paths; try_lock only,
+//!                                     except flush and slabinfo)
+//!         -> sheaf pool lock         (carving sheaves: may allocate pages)
+//!           -> node list_lock        (kmem_cache_node: the partial list)
+//!             -> page allocator lock (one per node; never calls out)
+//!   barn lock                        (a leaf: nothing is taken under it)
 //! ```
+//! A sheaf lock is never held across a refill or a flush of a sheaf (`alloc_bulk` and
+//! `free_bulk` take CPU slot locks): the sheaf is taken out, the lock dropped.
 //! The fast paths take no lock. The slot lock is dropped across `new_slab` (pages, page faults,
 //! the constructor): see `CacheInner::new_slab_unlocked` (`alloc.rs`). No path allocates through the
 //! global allocator while holding any of these locks.
@@ -69,20 +78,25 @@
 //! with the node's `list_lock` held *before* the CAS whenever the outcome puts the slab on or
 //! takes it off a node list (see `node.rs` for the invariant).
 
+pub(crate) mod barn;
 pub(crate) mod cpu_slab;
 pub(crate) mod geometry;
 pub(crate) mod node;
+pub(crate) mod sheaf;
 pub(crate) mod slab;
 
 mod alloc;
 mod bulk;
 mod free;
 mod partial;
+mod pcs;
 mod teardown;
 
 use crate::config::MAX_CACHE_NAME;
 use crate::config::{CacheConfig, CacheFlags};
-use crate::cpu::percpu::{SlotHead, Slots};
+use crate::cpu::percpu::{ArraySlot, ArraySlots, SlotHead, Slots};
+use barn::Barn;
+use sheaf::SheafPool;
 use crate::error::KmemError;
 use crate::instance::KmemShared;
 use crate::os;
@@ -130,6 +144,11 @@ pub(crate) struct CacheInner {
     /// Offset of the free pointer inside an object.
     pub(crate) offset: usize,
     pub(crate) tid_step: TidStep,
+    /// Sheaves: `pool.capacity` objects per sheaf, 0 when the cache uses the cpu-slab design
+    /// only; the slots' sheaf parts as the array sequences see them; one barn per node.
+    pub(crate) pool: SheafPool,
+    pub(crate) sheaf_slots: ArraySlots,
+    pub(crate) barn: *const Barn,
     /// Exact division by `geo.size` for the free path's object-boundary check.
     pub(crate) size_div: ExactDiv,
     /// `size - 1` when the object size is a power of two no larger than a page, else 0. Then
@@ -186,8 +205,15 @@ impl CacheInner {
         let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
         let node_off = cpu_off + nr_cpus * core::mem::size_of::<KmemCacheCpu>();
         let node_off = node_off.next_multiple_of(128);
-        let map_size = (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>())
-            .next_multiple_of(PAGE_SIZE);
+        let barn_off = (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>())
+            .next_multiple_of(128);
+        let sheaf_capacity = match cfg.sheaf_capacity {
+            0 => 0,
+            n => SheafPool::capacity_for(n),
+        };
+        let nr_barns = if sheaf_capacity != 0 { nr_nodes } else { 0 };
+        let map_size =
+            (barn_off + nr_barns * core::mem::size_of::<Barn>()).next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
             .ok_or(KmemError::OutOfMemory {
                 what: "cache metadata",
@@ -211,6 +237,10 @@ impl CacheInner {
             for i in 0..nr_nodes {
                 ptr::write(nodes.add(i), KmemCacheNode::new());
             }
+            let barns = base.add(barn_off) as *mut Barn;
+            for i in 0..nr_barns {
+                ptr::write(barns.add(i), Barn::new());
+            }
             let mut name_buf = [0u8; MAX_CACHE_NAME];
             name_buf[..name.len()].copy_from_slice(name.as_bytes());
             let inner = base as *mut CacheInner;
@@ -226,6 +256,14 @@ impl CacheInner {
                         core::mem::size_of::<KmemCacheCpu>(),
                         nr_cpus,
                     ),
+                    pool: SheafPool::new(sheaf_capacity),
+                    // The sheaf part of each slot, at a fixed offset in it.
+                    sheaf_slots: ArraySlots::new(
+                        (cpus as *const u8).add(KmemCacheCpu::SHEAVES_OFFSET) as *const ArraySlot,
+                        core::mem::size_of::<KmemCacheCpu>(),
+                        nr_cpus,
+                    ),
+                    barn: barns,
                     offset: geo.offset,
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
@@ -266,6 +304,11 @@ impl CacheInner {
             }
             for i in 0..inner.nr_nodes {
                 ptr::drop_in_place(inner.node.add(i) as *mut KmemCacheNode);
+            }
+            if inner.pool.capacity != 0 {
+                for i in 0..inner.nr_nodes {
+                    ptr::drop_in_place(inner.barn.add(i) as *mut Barn);
+                }
             }
             ptr::drop_in_place(this.as_ptr());
             os::unmap(this.cast(), size, PAGE_SIZE);
@@ -326,6 +369,14 @@ impl CacheInner {
         debug_assert!(n < self.nr_nodes);
         // SAFETY: `n < nr_nodes`; the node array lives as long as the cache.
         unsafe { &*self.node.add(n) }
+    }
+
+    /// The barns (one per node; none when the cache has no sheaves).
+    pub(crate) fn barns(&self) -> &[Barn] {
+        let n = if self.pool.capacity != 0 { self.nr_nodes } else { 0 };
+        // SAFETY: `n` barns were written at `barn` when the cache was created (none without
+        // sheaves); they live as long as the cache.
+        unsafe { core::slice::from_raw_parts(self.barn, n) }
     }
 
     /// Whether per-CPU partial lists are in use.

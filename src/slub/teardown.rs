@@ -33,8 +33,10 @@ impl CacheInner {
         }
     }
 
-    /// `flush_all`: flushes every slot.
+    /// `flush_all`: flushes every slot: its sheaves and the barns first (their objects go
+    /// back to their slabs, some through the CPU slabs), then its CPU slab and partial list.
     pub(crate) fn flush_all(&self) {
+        self.flush_sheaves();
         for i in 0..self.nr_cpus {
             let c = self.cpu(i);
             let _g = c.lock.lock();
@@ -91,6 +93,8 @@ impl CacheInner {
     /// `kmem_cache_shrink`.
     pub(crate) fn shrink(&self) {
         self.flush_all();
+        // Sheaf memory that is wholly free goes back too.
+        self.pool.trim(self.kmem().node_pages(0));
         for nid in 0..self.nr_nodes {
             self.discard_empty_partials(nid);
         }
@@ -110,6 +114,9 @@ impl CacheInner {
         for nid in 0..s.nr_nodes {
             s.discard_empty_partials_always(nid);
         }
+        // Every sheaf is back in the pool (flush_all): its blocks go back to the page allocator.
+        // SAFETY: no sheaf of this cache is used again (the cache is unregistered and flushed).
+        unsafe { s.pool.release(s.kmem().node_pages(0)) };
         let slabs: usize = (0..s.nr_nodes)
             .map(|n| s.node(n).nr_slabs.load(Ordering::Relaxed))
             .sum();
@@ -173,6 +180,10 @@ impl CacheInner {
             }
             c.attach(self.tid_step, slab, freelist, tid);
             drop(stop);
+            if self.pool.capacity != 0 {
+                // Objects in the slot's sheaves are free to the cache's users.
+                free += self.pcs_count(i);
+            }
             // SAFETY: the partial list is ours under `c.lock`.
             let mut p = unsafe { c.partial.get() };
             while !p.is_null() {
@@ -190,6 +201,10 @@ impl CacheInner {
         }
         let (mut num_slabs, mut num_objs) = (0, 0);
         for nid in 0..self.nr_nodes {
+            if self.pool.capacity != 0 {
+                // SAFETY: `nid < nr_nodes`; sheaf caches have a barn per node.
+                free += unsafe { &*self.barn.add(nid) }.counts().2;
+            }
             let n = self.node(nid);
             let g = n.list_lock.lock();
             let mut slab = KmemCacheNode::first(&g);

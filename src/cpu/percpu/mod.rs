@@ -2,8 +2,9 @@
 //! commit mode, and the stop + fence that lets another thread touch a slot safely.
 //!
 //! Files: this one (the mechanism, the slot layout, stop + fence, the test slot array),
-//! `seq.rs` (the sequences: x86_64 inline assembly, and their loom model), `mode.rs` (the
-//! commit mode: deciding it once, and why).
+//! `seq.rs` (the sequences on a `{freelist, tid}` slot: x86_64 inline assembly, and their loom
+//! model), `array.rs` (the sequences on a per-CPU array of object pointers: the sheaves'
+//! pop, push and replace), `mode.rs` (the commit mode: deciding it once, and why).
 //!
 //! # The mechanism
 //!
@@ -79,6 +80,7 @@ use crate::sync::{AtomicPtr, AtomicU64, DWord, Ordering};
 
 use super::rseq::RSEQ_SIG;
 
+mod array;
 mod mode;
 mod seq;
 
@@ -86,6 +88,10 @@ mod seq;
 pub(crate) use mode::after_fork_child;
 pub(crate) use mode::thread_can_sequence;
 pub use mode::{commit_mode, commit_mode_reason};
+pub(crate) use array::{
+    array_pop, array_push, replace_on_cpu, ArrayHead, ArraySlot, ArraySlots, Replace,
+    ARRAY_OBJECTS,
+};
 pub(crate) use seq::{cas_on_cpu, pop, push};
 
 /// How the per-CPU fast paths commit.
@@ -218,6 +224,8 @@ pub enum Seq {
     Mismatch,
     /// `push`: the freed object is already the freelist's head (a double free).
     DoubleFree,
+    /// `array_push`: the CPU's array is full (or the CPU has none).
+    Full,
     /// The calling thread cannot run sequences (no rseq registration, or a CPU id beyond the
     /// slot array).
     Unavailable,
@@ -229,6 +237,7 @@ const ST_STOPPED: u64 = 2;
 const ST_MISMATCH: u64 = 3;
 const ST_UNAVAILABLE: u64 = 4;
 const ST_DOUBLE_FREE: u64 = 5;
+const ST_FULL: u64 = 6;
 
 #[inline(always)]
 fn seq_of(st: u64) -> Seq {
@@ -238,6 +247,7 @@ fn seq_of(st: u64) -> Seq {
         ST_STOPPED => Seq::Stopped,
         ST_MISMATCH => Seq::Mismatch,
         ST_DOUBLE_FREE => Seq::DoubleFree,
+        ST_FULL => Seq::Full,
         _ => Seq::Unavailable,
     }
 }
@@ -262,14 +272,24 @@ pub(crate) enum OnCpu {
 /// The caller holds the slot's lock (one stopper at a time). A system call: never from inside a
 /// sequence, and not on a fast path.
 pub(crate) fn stop<S>(slot: &SlotHead<S>, cpu: usize) {
+    stop_word(&slot.stopped, cpu)
+}
+
+/// [`stop`] for a slot's per-CPU array ([`ArraySlot`]; the caller holds its lock).
+pub(crate) fn stop_array(slot: &ArraySlot, cpu: usize) {
+    stop_word(&slot.stopped, cpu)
+}
+
+/// Stores 1 in a slot's stop word, then fences `cpu`.
+fn stop_word(stopped: &AtomicU64, cpu: usize) {
     if cfg!(kmem_mutant = "rseq_fence_before_stop") {
         // Planted bug (loom-tests): a sequence that starts between the fence and the store does
         // not see the stop.
         fence_cpu(cpu);
-        slot.stopped.store(1, Ordering::SeqCst);
+        stopped.store(1, Ordering::SeqCst);
         return;
     }
-    slot.stopped.store(1, Ordering::SeqCst);
+    stopped.store(1, Ordering::SeqCst);
     if !cfg!(kmem_mutant = "rseq_stop_without_fence") {
         fence_cpu(cpu);
     }
@@ -277,6 +297,11 @@ pub(crate) fn stop<S>(slot: &SlotHead<S>, cpu: usize) {
 
 /// Lets sequences commit on `slot` again (the caller's stores before it are visible to them).
 pub(crate) fn resume<S>(slot: &SlotHead<S>) {
+    slot.stopped.store(0, Ordering::Release);
+}
+
+/// [`resume`] for a slot's per-CPU array.
+pub(crate) fn resume_array(slot: &ArraySlot) {
     slot.stopped.store(0, Ordering::Release);
 }
 

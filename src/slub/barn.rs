@@ -1,0 +1,152 @@
+//! The barn (Linux 7.0, `struct node_barn`): per node, a stock of full and empty sheaves that CPU
+//! slots trade with, so a CPU that only frees and one that only allocates exchange whole sheaves
+//! instead of going to the slabs object by object.
+//!
+//! ```text
+//!   Barn (one per node, under its spin lock)
+//!     full   ──▶ sheaf ──▶ sheaf ...   at most MAX_FULL_SHEAVES (freeing CPUs put, allocating CPUs get)
+//!     empty  ──▶ sheaf ──▶ sheaf ...   at most MAX_EMPTY_SHEAVES (the reverse)
+//! ```
+//!
+//! The lock is held only to link or unlink one sheaf (or to take a whole list for shrink): no
+//! other lock is taken under it, and nothing under it can fault or call out. Lock order: a CPU
+//! slot's sheaf lock may be held when the barn lock is taken, never the reverse.
+//!
+//! The limits are the kernel's (`MAX_FULL_SHEAVES`, `MAX_EMPTY_SHEAVES`, both 10). A put that
+//! would pass them fails and the caller flushes the sheaf to the slabs (full) or returns it to
+//! the pool (empty); only a thread that lost a race installing a sheaf it has just refilled puts
+//! it past the limit ([`Barn::put_full_force`]), as the kernel does.
+
+use super::sheaf::Sheaf;
+use crate::sync::SpinLock;
+use core::ptr;
+
+/// Full sheaves a barn keeps at most.
+pub(crate) const MAX_FULL_SHEAVES: usize = 10;
+/// Empty sheaves a barn keeps at most.
+pub(crate) const MAX_EMPTY_SHEAVES: usize = 10;
+
+/// One node's barn.
+#[repr(C, align(64))]
+pub(crate) struct Barn {
+    pub(crate) lists: SpinLock<BarnLists>,
+}
+
+/// The barn's two lists, linked through [`Sheaf::next`].
+pub(crate) struct BarnLists {
+    full: *mut Sheaf,
+    nr_full: usize,
+    empty: *mut Sheaf,
+    nr_empty: usize,
+}
+
+// SAFETY: the sheaves on the lists are owned by the barn and only touched under its lock.
+unsafe impl Send for BarnLists {}
+
+impl BarnLists {
+    fn push(head: &mut *mut Sheaf, n: &mut usize, s: *mut Sheaf) {
+        // SAFETY: the caller hands `s` to the barn (it owns it); linked under the barn lock.
+        unsafe { (*s).next.set(*head) };
+        *head = s;
+        *n += 1;
+    }
+
+    fn pop(head: &mut *mut Sheaf, n: &mut usize) -> Option<*mut Sheaf> {
+        let s = *head;
+        if s.is_null() {
+            return None;
+        }
+        // SAFETY: on the list, which the barn lock guards.
+        *head = unsafe { (*s).next.get() };
+        *n -= 1;
+        Some(s)
+    }
+}
+
+impl Barn {
+    /// An empty barn.
+    pub(crate) fn new() -> Self {
+        Barn {
+            lists: SpinLock::new(
+                "kmem barn lock",
+                BarnLists {
+                    full: ptr::null_mut(),
+                    nr_full: 0,
+                    empty: ptr::null_mut(),
+                    nr_empty: 0,
+                },
+            ),
+        }
+    }
+
+    /// Takes a full sheaf (`barn_replace_empty_sheaf` without the put, which the caller does
+    /// once its slot took the sheaf).
+    pub(crate) fn get_full(&self) -> Option<*mut Sheaf> {
+        let mut l = self.lists.lock();
+        let l = &mut *l;
+        BarnLists::pop(&mut l.full, &mut l.nr_full)
+    }
+
+    /// Takes an empty sheaf (`barn_get_empty_sheaf`).
+    pub(crate) fn get_empty(&self) -> Option<*mut Sheaf> {
+        let mut l = self.lists.lock();
+        let l = &mut *l;
+        BarnLists::pop(&mut l.empty, &mut l.nr_empty)
+    }
+
+    /// Whether a full sheaf could be put now (the caller checks before taking its main out).
+    pub(crate) fn has_room_for_full(&self) -> bool {
+        self.lists.lock().nr_full < MAX_FULL_SHEAVES
+    }
+
+    /// Puts a full (or partly full) sheaf, whatever the limit (`barn_put_full_sheaf`).
+    ///
+    /// # Safety
+    /// The caller owns `s` and gives it up.
+    pub(crate) unsafe fn put_full_force(&self, s: *mut Sheaf) {
+        let mut l = self.lists.lock();
+        let l = &mut *l;
+        BarnLists::push(&mut l.full, &mut l.nr_full, s);
+    }
+
+    /// Puts an empty sheaf if the barn keeps fewer than [`MAX_EMPTY_SHEAVES`]; gives it back
+    /// otherwise (the caller returns it to the pool).
+    ///
+    /// # Safety
+    /// The caller owns `s` (empty) and gives it up on `Ok`.
+    pub(crate) unsafe fn put_empty(&self, s: *mut Sheaf) -> Result<(), *mut Sheaf> {
+        let mut l = self.lists.lock();
+        let l = &mut *l;
+        if l.nr_empty >= MAX_EMPTY_SHEAVES {
+            return Err(s);
+        }
+        BarnLists::push(&mut l.empty, &mut l.nr_empty, s);
+        Ok(())
+    }
+
+    /// Takes both lists whole (shrink, destroy): `(full, empty)`, each linked through `next`.
+    pub(crate) fn take_all(&self) -> (*mut Sheaf, *mut Sheaf) {
+        let mut l = self.lists.lock();
+        let out = (l.full, l.empty);
+        l.full = ptr::null_mut();
+        l.empty = ptr::null_mut();
+        l.nr_full = 0;
+        l.nr_empty = 0;
+        out
+    }
+
+    /// `(full sheaves, empty sheaves, objects in the full ones)`, under the lock.
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+        let l = self.lists.lock();
+        let mut objs = 0;
+        let mut s = l.full;
+        while !s.is_null() {
+            // SAFETY: on the list the held lock guards.
+            unsafe {
+                objs += (*s).len();
+                s = (*s).next.get();
+            }
+        }
+        (l.nr_full, l.nr_empty, objs)
+    }
+}

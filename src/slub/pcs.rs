@@ -1,0 +1,551 @@
+//! The sheaf policy (Linux 7.0 `alloc_from_pcs`, `free_to_pcs`, `__pcs_replace_empty_main`,
+//! `__pcs_replace_full_main`, `refill_sheaf`, `sheaf_flush_*`, `pcs_flush_all`): how the per-CPU
+//! sheaves are used, traded at the barn, refilled from and flushed to the slabs.
+//!
+//! (Part of `impl CacheInner`, split by protocol: see `slub/mod.rs`. The mechanism — the
+//! sequences and the locked-mode steps — is `cpu/percpu/array.rs` and `sheaf.rs`; this file
+//! only calls it.)
+//!
+//! # Allocation
+//!
+//! Pop `main` (one sequence in the rseq mode; under the slot's sheaf lock, taken with
+//! `try_lock`, in the locked mode). If it is empty, [`CacheInner::pcs_replace_empty_main`]:
+//!
+//! 1. the spare has objects: it becomes `main`, the empty main the spare;
+//! 2. the barn has a full sheaf: it becomes `main`, the empty main goes to the spare or back to
+//!    the barn's empty list (`BARN_GET`);
+//! 3. else (`BARN_GET_FAIL`) an empty sheaf (the spare, one from the barn, or a new one from
+//!    the pool) is taken out, the lock dropped, the sheaf refilled from the slabs in bulk
+//!    (`alloc_bulk`: the cpu-slab machinery, `SHEAF_REFILL`), and installed on whatever slot the
+//!    thread is on then (as `main` if that one is empty, else as the spare, else into the barn).
+//!
+//! then the pop is retried. Each `main` change is a replace (`percpu::replace_on_cpu`: a sequence
+//! on the slot's CPU that commits only if `main` still has the count the slow path saw); a
+//! thread that migrated meanwhile gets `Elsewhere` and simply retries on its new CPU. No stop,
+//! no system call.
+//!
+//! # Free
+//!
+//! Push onto `main` (the same way). If it is full, [`CacheInner::pcs_replace_full_main`]: the
+//! spare has room → swap; no spare → an empty sheaf from the barn or the pool becomes `main`
+//! and the full one the spare; both full → the full main goes to the barn (`BARN_PUT`) for an
+//! empty one; the barn at its limit (`BARN_PUT_FAIL`) → the spare is taken out, flushed to the
+//! slabs (`free_bulk`, grouped by slab: `SHEAF_FLUSH`) with no lock held, and comes back empty.
+//!
+//! # Bypass
+//!
+//! When a sheaf cannot be used — the slot's sheaf lock is busy (its holder may be descheduled:
+//! never wait for it), the slot is stopped by a flush, the thread cannot run sequences in the
+//! rseq mode, the allocation asks for a node, the object is of another node's slab, or refills
+//! keep losing races — the operation takes the cpu-slab path (`slab_alloc_cpu`,
+//! `do_slab_free`), which is correct for any object at any time. Nothing waits and nothing is
+//! lost.
+
+use super::barn::Barn;
+use super::cpu_slab::KmemCacheCpu;
+use super::sheaf::Sheaf;
+use super::CacheInner;
+use crate::cpu::percpu::{self, Replace, Seq};
+use crate::stats::StatItem::*;
+use crate::sync::SpinGuard;
+use core::ptr;
+
+/// How many slow-path rounds an operation makes before it takes the cpu-slab path instead.
+const PCS_TRIES: u32 = 4;
+
+/// What a pop or push on the CPU's sheaf found.
+enum Pcs<'a> {
+    /// Done (pop: the object).
+    Done(usize),
+    /// `main` empty (pop) or full (push), on slot `c`.
+    Slow(&'a KmemCacheCpu),
+    /// Take the cpu-slab path.
+    Bypass,
+}
+
+impl CacheInner {
+    /// The barn of slot `c`'s node.
+    #[inline]
+    pub(super) fn barn_of(&self, c: &KmemCacheCpu) -> &Barn {
+        let nid = self.kmem().slot_node(self.slot_index(c));
+        // SAFETY: `nid < nr_nodes`; the barns live as long as the cache (sheaf caches have them).
+        unsafe { &*self.barn.add(nid) }
+    }
+
+    /// The slot whose sheaf part is at `at` (an address `array_pop`/`array_push` returned).
+    #[inline(always)]
+    fn cpu_at_sheaves(&self, at: usize) -> &KmemCacheCpu {
+        self.cpu_at(at - KmemCacheCpu::SHEAVES_OFFSET)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The fast paths
+    // -----------------------------------------------------------------------------------------
+
+    /// `alloc_from_pcs`, then the cpu-slab path if the sheaves cannot serve.
+    #[inline(always)]
+    pub(super) fn alloc_from_pcs(&self) -> *mut u8 {
+        let mut tries = 0;
+        loop {
+            match self.pcs_pop() {
+                Pcs::Done(obj) => return obj as *mut u8,
+                Pcs::Slow(c) if tries < PCS_TRIES => {
+                    tries += 1;
+                    if !self.pcs_replace_empty_main(c) {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.slab_alloc_bypass()
+    }
+
+    /// One pop from the CPU's `main` sheaf.
+    #[inline(always)]
+    fn pcs_pop(&self) -> Pcs<'_> {
+        if self.rseq {
+            loop {
+                // SAFETY: every `main` of this cache's slots is a live sheaf of this cache (or null).
+                let (st, at, obj) = unsafe { percpu::array_pop(self.sheaf_slots) };
+                return match st {
+                    Seq::Done => {
+                        self.cpu_at_sheaves(at).stat(AllocPcs);
+                        Pcs::Done(obj)
+                    }
+                    Seq::Empty => Pcs::Slow(self.cpu_at_sheaves(at)),
+                    Seq::Unavailable if percpu::thread_can_sequence() => continue,
+                    _ => Pcs::Bypass,
+                };
+            }
+        }
+        let c = self.this_cpu();
+        let Some(g) = c.sheaves.lock.try_lock() else {
+            return Pcs::Bypass;
+        };
+        let (st, obj) = c.sheaves.head.pop_locked();
+        drop(g);
+        if st == Seq::Done {
+            c.stat(AllocPcs);
+            Pcs::Done(obj)
+        } else {
+            Pcs::Slow(c)
+        }
+    }
+
+    /// `free_to_pcs`: `true` if `obj` went into a sheaf; `false`: the caller frees it to its
+    /// slab (`do_slab_free`).
+    #[inline(always)]
+    pub(super) fn free_to_pcs(&self, obj: usize) -> bool {
+        let mut tries = 0;
+        loop {
+            match self.pcs_push(obj) {
+                Pcs::Done(_) => return true,
+                Pcs::Slow(c) if tries < PCS_TRIES => {
+                    tries += 1;
+                    if !self.pcs_replace_full_main(c) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// One push onto the CPU's `main` sheaf.
+    #[inline(always)]
+    fn pcs_push(&self, obj: usize) -> Pcs<'_> {
+        let st = if self.rseq {
+            loop {
+                // SAFETY: as in `pcs_pop`; `obj` is the caller's.
+                let (st, at) = unsafe { percpu::array_push(self.sheaf_slots, obj) };
+                match st {
+                    Seq::Unavailable if percpu::thread_can_sequence() => continue,
+                    Seq::Unavailable => return Pcs::Bypass,
+                    _ => break (st, self.cpu_at_sheaves(at)),
+                }
+            }
+        } else {
+            let c = self.this_cpu();
+            let Some(g) = c.sheaves.lock.try_lock() else {
+                return Pcs::Bypass;
+            };
+            let st = c.sheaves.head.push_locked(obj);
+            drop(g);
+            (st, c)
+        };
+        match st {
+            (Seq::Done, c) => {
+                c.stat(FreePcs);
+                Pcs::Done(0)
+            }
+            (Seq::Full, c) => Pcs::Slow(c),
+            (Seq::DoubleFree, _) => {
+                self.double_free(obj, "it is already the last object of its CPU sheaf")
+            }
+            _ => Pcs::Bypass,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Changing `main`
+    // -----------------------------------------------------------------------------------------
+
+    /// Makes `new` slot `c`'s `main` if `main` is still `old` with `expect` objects (the
+    /// caller holds `c`'s sheaf lock). In the rseq mode a sequence on `c`'s CPU; in the locked
+    /// mode a store (the lock excludes the fast paths).
+    fn replace_main(
+        &self,
+        c: &KmemCacheCpu,
+        old: *mut Sheaf,
+        expect: usize,
+        new: *mut Sheaf,
+    ) -> Replace {
+        let slot = &c.sheaves.head;
+        if !self.rseq || cfg!(kmem_mutant = "sheaf_replace_ignores_cpu") {
+            // Planted bug when rseq (loom-tests): a plain store, as if the thread could not
+            // have migrated off the slot's CPU.
+            slot.main.store(
+                Sheaf::as_array(new),
+                crate::sync::Ordering::Release,
+            );
+            return Replace::Done;
+        }
+        // SAFETY: `old` (when not null) and `new` are live sheaves of this cache; the caller owns `new`.
+        unsafe {
+            percpu::replace_on_cpu(
+                slot,
+                c.index(),
+                Sheaf::as_array(old),
+                expect,
+                Sheaf::as_array(new),
+            )
+        }
+    }
+
+    /// The count of `main` as seen now (racy in the rseq mode: a replace re-checks it).
+    fn len_of(s: *mut Sheaf) -> usize {
+        if s.is_null() {
+            0
+        } else {
+            // SAFETY: sheaves live as long as the cache; the count is an atomic.
+            unsafe { (*s).len() }
+        }
+    }
+
+    /// An empty sheaf for slot `c`: from its barn, else from the pool (`SHEAF_ALLOC`).
+    fn get_empty_sheaf(&self, c: &KmemCacheCpu) -> Option<*mut Sheaf> {
+        if let Some(s) = self.barn_of(c).get_empty() {
+            return Some(s);
+        }
+        let s = self.pool.alloc(self.kmem().node_pages(0))?;
+        c.stat(SheafAlloc);
+        Some(s)
+    }
+
+    /// Returns an empty sheaf the caller owns to `c`'s barn, or to the pool if the barn keeps
+    /// enough (`SHEAF_FREE`).
+    fn put_empty_sheaf(&self, c: &KmemCacheCpu, s: *mut Sheaf) {
+        // SAFETY: the caller owns `s` (empty) and gives it up.
+        if let Err(s) = unsafe { self.barn_of(c).put_empty(s) } {
+            c.stat(SheafFree);
+            // SAFETY: from this cache's pool, owned, empty.
+            unsafe { self.pool.free(s) };
+        }
+    }
+
+    /// `__pcs_replace_empty_main`: slot `c`'s `main` was found empty. `true`: retry the pop;
+    /// `false`: take the cpu-slab path.
+    #[cold]
+    #[inline(never)]
+    fn pcs_replace_empty_main(&self, c: &KmemCacheCpu) -> bool {
+        let Some(g) = c.sheaves.lock.try_lock() else {
+            return false;
+        };
+        let sl = &c.sheaves;
+        let main = sl.main();
+        let spare = sl.spare(&g);
+        if Self::len_of(main) != 0 {
+            return true; // a free refilled it meanwhile
+        }
+        if !spare.is_null() && Self::len_of(spare) > 0 {
+            if self.replace_main(c, main, 0, spare) == Replace::Done {
+                sl.set_spare(&g, main);
+                c.stat(SheafSwap);
+            }
+            return true;
+        }
+        let barn = self.barn_of(c);
+        if let Some(full) = barn.get_full() {
+            if self.replace_main(c, main, 0, full) == Replace::Done {
+                c.stat(BarnGet);
+                if !main.is_null() {
+                    if spare.is_null() {
+                        sl.set_spare(&g, main);
+                    } else {
+                        self.put_empty_sheaf(c, main);
+                    }
+                }
+            } else {
+                // SAFETY: we took `full` out of the barn and give it back.
+                unsafe { barn.put_full_force(full) };
+            }
+            return true;
+        }
+        c.stat(BarnGetFail);
+        // Refill an empty sheaf from the slabs, with no sheaf lock held.
+        let empty = if !spare.is_null() {
+            sl.set_spare(&g, ptr::null_mut());
+            spare
+        } else {
+            match self.get_empty_sheaf(c) {
+                Some(s) => s,
+                None => return false,
+            }
+        };
+        drop(g);
+        // SAFETY: `empty` is ours (taken out of the slot, the barn or the pool).
+        let got = unsafe { self.refill_sheaf(c, empty) };
+        if got == 0 {
+            // Out of memory: the cpu-slab path will say so.
+            self.put_empty_sheaf(c, empty);
+            return false;
+        }
+        // SAFETY: `empty` is ours and now holds objects.
+        unsafe { self.install_full_sheaf(empty) };
+        true
+    }
+
+    /// Installs a sheaf the caller refilled on the slot of the CPU the thread is on now: as
+    /// `main` if that one is empty, else as the spare, else into the barn.
+    ///
+    /// # Safety
+    /// The caller owns `full` and gives it up.
+    unsafe fn install_full_sheaf(&self, full: *mut Sheaf) {
+        let c = self.this_cpu();
+        let barn = self.barn_of(c);
+        let Some(g) = c.sheaves.lock.try_lock() else {
+            // SAFETY: ours; given to the barn.
+            unsafe { barn.put_full_force(full) };
+            c.stat(BarnPut);
+            return;
+        };
+        let sl = &c.sheaves;
+        let main = sl.main();
+        if cfg!(kmem_mutant = "sheaf_install_over_main") || Self::len_of(main) == 0 {
+            // Planted bug (loom-tests): installs over a main that frees refilled meanwhile
+            // (its objects are lost with it).
+            let expect = if cfg!(kmem_mutant = "sheaf_install_over_main") {
+                Self::len_of(main)
+            } else {
+                0
+            };
+            if self.replace_main(c, main, expect, full) == Replace::Done {
+                if !main.is_null() {
+                    if cfg!(kmem_mutant = "sheaf_install_over_main") {
+                        // SAFETY: (the planted bug) the old main is treated as empty.
+                        unsafe { (*main).set_len(0) };
+                    }
+                    if sl.spare(&g).is_null() {
+                        sl.set_spare(&g, main);
+                    } else {
+                        self.put_empty_sheaf(c, main);
+                    }
+                }
+                return;
+            }
+        }
+        let spare = sl.spare(&g);
+        if spare.is_null() {
+            sl.set_spare(&g, full);
+        } else if Self::len_of(spare) == 0 {
+            sl.set_spare(&g, full);
+            drop(g);
+            self.put_empty_sheaf(c, spare);
+        } else {
+            drop(g);
+            // SAFETY: ours; given to the barn.
+            unsafe { barn.put_full_force(full) };
+            c.stat(BarnPut);
+        }
+    }
+
+    /// `__pcs_replace_full_main`: slot `c`'s `main` was found full (or missing). `true`: retry
+    /// the push; `false`: free to the slab.
+    #[cold]
+    #[inline(never)]
+    fn pcs_replace_full_main(&self, c: &KmemCacheCpu) -> bool {
+        let Some(g) = c.sheaves.lock.try_lock() else {
+            return false;
+        };
+        let cap = self.pool.capacity;
+        let sl = &c.sheaves;
+        let main = sl.main();
+        let spare = sl.spare(&g);
+        let n = Self::len_of(main);
+        if !main.is_null() && n < cap {
+            return true; // an allocation made room meanwhile
+        }
+        if !spare.is_null() && Self::len_of(spare) < cap {
+            if self.replace_main(c, main, n, spare) == Replace::Done {
+                sl.set_spare(&g, main);
+                c.stat(SheafSwap);
+            }
+            return true;
+        }
+        if main.is_null() || spare.is_null() {
+            // A slot with room for one more sheaf: install an empty one as main.
+            let Some(empty) = self.get_empty_sheaf(c) else {
+                return false;
+            };
+            if self.replace_main(c, main, n, empty) == Replace::Done {
+                if !main.is_null() {
+                    sl.set_spare(&g, main);
+                }
+            } else {
+                self.put_empty_sheaf(c, empty);
+            }
+            return true;
+        }
+        // Main and spare are full.
+        let barn = self.barn_of(c);
+        if barn.has_room_for_full() {
+            let Some(empty) = self.get_empty_sheaf(c) else {
+                return false;
+            };
+            if self.replace_main(c, main, cap, empty) == Replace::Done {
+                // SAFETY: the old main is ours now; given to the barn.
+                unsafe { barn.put_full_force(main) };
+                c.stat(BarnPut);
+            } else {
+                self.put_empty_sheaf(c, empty);
+            }
+            return true;
+        }
+        // The barn keeps enough full sheaves: flush the spare to the slabs, keep it empty.
+        c.stat(BarnPutFail);
+        sl.set_spare(&g, ptr::null_mut());
+        drop(g);
+        // SAFETY: the spare is ours now (taken out under the lock).
+        unsafe { self.sheaf_flush(c, spare) };
+        let c2 = self.this_cpu();
+        match c2.sheaves.lock.try_lock() {
+            Some(g2) if c2.sheaves.spare(&g2).is_null() => c2.sheaves.set_spare(&g2, spare),
+            _ => self.put_empty_sheaf(c2, spare),
+        }
+        true
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Refill and flush
+    // -----------------------------------------------------------------------------------------
+
+    /// `refill_sheaf`: fills `s` from the slabs (`alloc_bulk`) to its capacity; returns how
+    /// many objects it got (fewer only when out of memory).
+    ///
+    /// # Safety
+    /// The caller owns `s`.
+    unsafe fn refill_sheaf(&self, c: &KmemCacheCpu, s: *mut Sheaf) -> usize {
+        // SAFETY: ours (contract).
+        let sheaf = unsafe { &*s };
+        let n = sheaf.len();
+        // SAFETY: ours (contract).
+        let got = self.alloc_bulk(unsafe { sheaf.free_cells() });
+        sheaf.set_len(n + got);
+        c.stat(SheafRefill);
+        got
+    }
+
+    /// `sheaf_flush_unused`: gives every object of `s` back to its slab (`free_bulk`: grouped
+    /// by slab, one CAS per group) and leaves `s` empty.
+    ///
+    /// # Safety
+    /// The caller owns `s`.
+    pub(super) unsafe fn sheaf_flush(&self, c: &KmemCacheCpu, s: *mut Sheaf) {
+        // SAFETY: ours (contract).
+        let sheaf = unsafe { &*s };
+        if sheaf.len() == 0 {
+            return;
+        }
+        // SAFETY: ours; every object in it is an allocated object of this cache, freed once here.
+        unsafe { self.free_bulk(sheaf.objects()) };
+        sheaf.set_len(0);
+        c.stat(SheafFlush);
+    }
+
+    /// Takes slot `c`'s sheaves out (stopping the slot and fencing its CPU in the rseq mode:
+    /// the caller may run anywhere) and returns them `(main, spare)`, leaving the slot with
+    /// none. The caller holds `c`'s sheaf lock.
+    fn pcs_take_locked(&self, c: &KmemCacheCpu, g: &SpinGuard<'_, ()>) -> (*mut Sheaf, *mut Sheaf) {
+        let sl = &c.sheaves;
+        let stop = self.rseq && !cfg!(kmem_mutant = "sheaf_flush_without_stop");
+        if stop {
+            percpu::stop_array(&sl.head, c.index());
+        }
+        let main = sl.main();
+        sl.set_main_stopped(ptr::null_mut());
+        if stop {
+            percpu::resume_array(&sl.head);
+        }
+        let spare = sl.spare(g);
+        sl.set_spare(g, ptr::null_mut());
+        (main, spare)
+    }
+
+    /// `pcs_flush_all` + the barns: every object in a sheaf goes back to its slab, every
+    /// sheaf back to the pool (flush, shrink, destroy).
+    pub(crate) fn flush_sheaves(&self) {
+        if self.pool.capacity == 0 {
+            return;
+        }
+        for i in 0..self.nr_cpus {
+            let c = self.cpu(i);
+            let (main, spare) = {
+                let g = c.sheaves.lock.lock();
+                self.pcs_take_locked(c, &g)
+            };
+            for s in [main, spare] {
+                if !s.is_null() {
+                    // SAFETY: taken out of the slot: ours.
+                    unsafe {
+                        self.sheaf_flush(c, s);
+                        self.pool.free(s);
+                    }
+                }
+            }
+        }
+        for nid in 0..self.nr_nodes {
+            // SAFETY: `nid < nr_nodes`.
+            let barn = unsafe { &*self.barn.add(nid) };
+            let (full, empty) = barn.take_all();
+            for mut s in [full, empty] {
+                while !s.is_null() {
+                    // SAFETY: taken off the barn: ours.
+                    let next = unsafe { (*s).next.get() };
+                    // SAFETY: as above.
+                    unsafe {
+                        self.sheaf_flush(self.cpu(0), s);
+                        self.pool.free(s);
+                    }
+                    s = next;
+                }
+            }
+        }
+    }
+
+    /// The objects in slot `i`'s sheaves, counted with the slot stopped (exact at the moment),
+    /// for `slabinfo`.
+    pub(super) fn pcs_count(&self, i: usize) -> usize {
+        let c = self.cpu(i);
+        let sl = &c.sheaves;
+        let g = sl.lock.lock();
+        if self.rseq {
+            percpu::stop_array(&sl.head, i);
+        }
+        let n = Self::len_of(sl.main()) + Self::len_of(sl.spare(&g));
+        if self.rseq {
+            percpu::resume_array(&sl.head);
+        }
+        n
+    }
+}

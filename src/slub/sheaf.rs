@@ -1,0 +1,354 @@
+//! Sheaves (Linux 7.0, `struct slab_sheaf`; SLAB's `array_cache` reborn): arrays of free object
+//! pointers that sit in front of the slabs, one `main` and one `spare` per CPU slot, and
+//! the memory they live in.
+//!
+//! ```text
+//!   KmemCacheCpu.sheaves (SheafSlot)         Sheaf (ARRAY_OBJECTS + 8 * capacity bytes)
+//!     head.main    ──▶ the fast paths' sheaf   size | capacity | next | objects[capacity]
+//!     head.stopped     (percpu/array.rs)
+//!     spare            under `lock`
+//!     lock             the slow paths (try_lock), the fast paths in the locked mode
+//! ```
+//!
+//! A sheaf is *owned* by exactly one place at a time: a slot (as its `main` or `spare`), a
+//! barn list (`barn.rs`), the pool's free list, or the thread that took it out of one of those
+//! (to refill or flush it with no lock held). Only a slot's `main` is touched by other threads
+//! (the fast paths' sequences, or lock holders in the locked mode); every other owner uses a
+//! sheaf with plain loads and stores.
+//!
+//! The objects in a sheaf are allocated as far as their slabs know (`inuse` counts them) and
+//! free as far as the cache's users know: `slabinfo` counts them as free (`teardown.rs`).
+//!
+//! # Memory
+//!
+//! Sheaves are carved from page blocks of the cache's own instance ([`SheafPool`]), never
+//! from the global allocator (kmem may be it). A block holds at least four sheaves; blocks
+//! stay with the cache until it is destroyed. The number of sheaves is bounded: two per CPU
+//! slot, the barns' limits ([`super::barn`]), and one in flight per thread refilling or
+//! flushing.
+
+use crate::cpu::percpu::{ArrayHead, ArraySlot, ARRAY_OBJECTS};
+use crate::page::{GfpFlags, Page, PAGE_SIZE};
+use crate::sync::{Cell, SpinLock};
+use core::ptr::{self, NonNull};
+
+/// The largest sheaf capacity a cache may ask for.
+pub const MAX_SHEAF_CAPACITY: usize = 1024;
+
+/// A sheaf: an [`ArrayHead`] (count, capacity), a link for the barn and pool lists, then
+/// `capacity` object cells at [`ARRAY_OBJECTS`].
+#[repr(C)]
+pub(crate) struct Sheaf {
+    /// The count and capacity (what the sequences read).
+    pub(crate) head: ArrayHead,
+    /// Next sheaf on a barn list or the pool's free list (the owner's).
+    pub(crate) next: Cell<*mut Sheaf>,
+    _pad: usize,
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::size_of::<Sheaf>() == ARRAY_OBJECTS);
+
+impl Sheaf {
+    /// The number of objects in it.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.head.len()
+    }
+
+    /// Its capacity.
+    #[inline(always)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.head.capacity
+    }
+
+    /// The objects `objects[0 .. len]` of a sheaf the caller owns, as a slice.
+    ///
+    /// # Safety
+    /// The caller owns the sheaf (no one else may change it while the slice lives).
+    pub(crate) unsafe fn objects(&self) -> &[NonNull<u8>] {
+        // SAFETY: cells `0 .. len` hold non-null object pointers, `len <= capacity` cells follow
+        // the head (the pool carved them); the caller's ownership keeps them unchanged.
+        unsafe { core::slice::from_raw_parts(self.head.cell(0) as *const NonNull<u8>, self.len()) }
+    }
+
+    /// The free cells `objects[len .. capacity]` of a sheaf the caller owns, for a refill.
+    ///
+    /// # Safety
+    /// As [`Self::objects`].
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn free_cells(&self) -> &mut [*mut u8] {
+        let n = self.len();
+        // SAFETY: cells `len .. capacity` follow the head inside the sheaf's memory; the caller
+        // owns the sheaf, so no one else reads or writes them.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.head.cell(n) as *mut *mut u8, self.capacity() - n)
+        }
+    }
+
+    /// Sets the count of a sheaf the caller owns.
+    pub(crate) fn set_len(&self, n: usize) {
+        debug_assert!(n <= self.capacity());
+        self.head.size.store(n, crate::sync::Ordering::Relaxed);
+    }
+
+    /// The sheaf as the array the sequences see.
+    #[inline(always)]
+    pub(crate) fn as_array(this: *mut Sheaf) -> *mut ArrayHead {
+        this as *mut ArrayHead
+    }
+}
+
+/// The sheaf part of a CPU slot (`struct slub_percpu_sheaves`: `main`, `spare`, the lock).
+#[repr(C)]
+pub(crate) struct SheafSlot {
+    /// `main` (the fast paths' sheaf) and the stop word: what the sequences read.
+    pub(crate) head: ArraySlot,
+    /// The spare sheaf, or null (under `lock`).
+    spare: Cell<*mut Sheaf>,
+    /// Guards `spare`, the choice of `main`, and in the locked mode the fast paths.
+    pub(crate) lock: SpinLock<()>,
+}
+
+impl SheafSlot {
+    /// A slot with no sheaves.
+    pub(crate) fn new() -> Self {
+        SheafSlot {
+            head: ArraySlot::new(),
+            spare: Cell::new(ptr::null_mut()),
+            lock: SpinLock::new("kmem CPU sheaf lock", ()),
+        }
+    }
+
+    /// The current `main` sheaf (or null). Its pointer is stable for the holder of `lock`;
+    /// its count is not, in the rseq mode (the fast paths change it).
+    #[inline(always)]
+    pub(crate) fn main(&self) -> *mut Sheaf {
+        self.head.main.load(crate::sync::Ordering::Acquire) as *mut Sheaf
+    }
+
+    /// Stores `main` (the caller holds `lock` and, in the rseq mode, has stopped the slot).
+    pub(crate) fn set_main_stopped(&self, s: *mut Sheaf) {
+        self.head
+            .main
+            .store(Sheaf::as_array(s), crate::sync::Ordering::Release);
+    }
+
+    /// The spare sheaf (the caller holds `lock`).
+    pub(crate) fn spare(&self, _g: &crate::sync::SpinGuard<'_, ()>) -> *mut Sheaf {
+        // SAFETY: `spare` is only accessed under `lock`, which the guard proves held.
+        unsafe { self.spare.get() }
+    }
+
+    /// Sets the spare sheaf (the caller holds `lock`).
+    pub(crate) fn set_spare(&self, _g: &crate::sync::SpinGuard<'_, ()>, s: *mut Sheaf) {
+        // SAFETY: as in `spare`.
+        unsafe { self.spare.set(s) }
+    }
+}
+
+/// The memory sheaves are carved from (per cache): blocks from the instance's page allocator,
+/// cut into sheaves of one size, and a free list.
+pub(crate) struct SheafPool {
+    state: SpinLock<PoolState>,
+    /// Bytes per sheaf (a multiple of 64).
+    sheaf_bytes: usize,
+    /// Objects per sheaf (0: the cache has no sheaves).
+    pub(crate) capacity: usize,
+    /// Order of the pool's blocks.
+    order: u32,
+}
+
+pub(crate) struct PoolState {
+    free: *mut Sheaf,
+    blocks: *mut PoolBlock,
+    /// Sheaves carved so far, and how many are on `free`.
+    total: usize,
+    nr_free: usize,
+}
+
+// SAFETY: the raw pointers name pool memory that only the lock holder touches.
+unsafe impl Send for PoolState {}
+
+/// The first 64 bytes of a pool block.
+#[repr(C)]
+struct PoolBlock {
+    next: *mut PoolBlock,
+    page: NonNull<Page>,
+}
+
+impl SheafPool {
+    /// The pool of a cache whose sheaves hold `capacity` objects (0: none).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let sheaf_bytes = (ARRAY_OBJECTS + 8 * capacity).next_multiple_of(64);
+        let want = 64 + 4 * sheaf_bytes;
+        let mut order = 0;
+        while (PAGE_SIZE << order) < want {
+            order += 1;
+        }
+        SheafPool {
+            state: SpinLock::new(
+                "kmem sheaf pool lock",
+                PoolState {
+                    free: ptr::null_mut(),
+                    blocks: ptr::null_mut(),
+                    total: 0,
+                    nr_free: 0,
+                },
+            ),
+            sheaf_bytes,
+            capacity,
+            order,
+        }
+    }
+
+    /// The capacity sheaves of `bytes` bytes have (the kernel rounds the sheaf up to a kmalloc
+    /// size and fills it; kmem rounds to a cache line).
+    pub(crate) fn capacity_for(capacity: usize) -> usize {
+        let bytes = (ARRAY_OBJECTS + 8 * capacity).next_multiple_of(64);
+        (bytes - ARRAY_OBJECTS) / 8
+    }
+
+    /// An empty sheaf (`alloc_empty_sheaf`), or `None` when the page allocator has no block.
+    pub(crate) fn alloc(&self, pages: &crate::page::PageAllocator) -> Option<*mut Sheaf> {
+        let mut st = self.state.lock();
+        if st.free.is_null() {
+            let page = pages.alloc_pages(self.order, GfpFlags::NONE)?;
+            // SAFETY: a block just handed to us.
+            let base = crate::page::page_address(unsafe { page.as_ref() }) as usize;
+            let block = base as *mut PoolBlock;
+            // SAFETY: the block is ours, at least a page, aligned; its first 64 bytes hold the
+            // header, the rest is cut into sheaves.
+            unsafe {
+                ptr::write(
+                    block,
+                    PoolBlock {
+                        next: st.blocks,
+                        page,
+                    },
+                )
+            };
+            st.blocks = block;
+            let mut at = base + 64;
+            while at + self.sheaf_bytes <= base + (PAGE_SIZE << self.order) {
+                let s = at as *mut Sheaf;
+                // SAFETY: `at .. at + sheaf_bytes` lies inside the block and belongs to no
+                // other sheaf; 64-byte aligned.
+                unsafe {
+                    ptr::write(
+                        s,
+                        Sheaf {
+                            head: ArrayHead::new(self.capacity),
+                            next: Cell::new(st.free),
+                            _pad: 0,
+                        },
+                    )
+                };
+                st.free = s;
+                st.total += 1;
+                st.nr_free += 1;
+                at += self.sheaf_bytes;
+            }
+        }
+        let s = st.free;
+        // SAFETY: on the free list, which the lock guards.
+        st.free = unsafe { (*s).next.get() };
+        st.nr_free -= 1;
+        // SAFETY: ours now.
+        unsafe { (*s).set_len(0) };
+        Some(s)
+    }
+
+    /// Gives an empty sheaf back (`free_empty_sheaf`).
+    ///
+    /// # Safety
+    /// `s` came from [`Self::alloc`] on this pool, the caller owns it, and it holds no object.
+    pub(crate) unsafe fn free(&self, s: *mut Sheaf) {
+        // SAFETY: the caller owns `s` (contract).
+        debug_assert_eq!(unsafe { (*s).len() }, 0);
+        let mut st = self.state.lock();
+        // SAFETY: ours (contract); linked under the pool lock.
+        unsafe { (*s).next.set(st.free) };
+        st.free = s;
+        st.nr_free += 1;
+    }
+
+    /// `(sheaves carved, sheaves free)`.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.total, st.nr_free)
+    }
+
+    /// Gives back to `pages` every block whose sheaves are all free (shrink). Sheaves in use
+    /// (installed again since the flush, or in flight) keep their blocks.
+    pub(crate) fn trim(&self, pages: &crate::page::PageAllocator) {
+        let block_bytes = PAGE_SIZE << self.order;
+        let per_block = (block_bytes - 64) / self.sheaf_bytes;
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let mut prev: *mut *mut PoolBlock = &mut st.blocks;
+        // SAFETY: the block list and the free list are guarded by the pool lock we hold; every
+        // sheaf lies inside the block it was carved from (blocks are aligned to their size, so
+        // its block is its address rounded down).
+        unsafe {
+            while !(*prev).is_null() {
+                let b = *prev;
+                let base = b as usize;
+                let mut free_here = 0;
+                let mut s = st.free;
+                while !s.is_null() {
+                    if (s as usize) & !(block_bytes - 1) == base {
+                        free_here += 1;
+                    }
+                    s = (*s).next.get();
+                }
+                if free_here < per_block {
+                    prev = &mut (*b).next;
+                    continue;
+                }
+                // Rebuild the free list without its sheaves, then unlink the block.
+                let mut keep: *mut Sheaf = ptr::null_mut();
+                let mut s = st.free;
+                while !s.is_null() {
+                    let next = (*s).next.get();
+                    if (s as usize) & !(block_bytes - 1) != base {
+                        (*s).next.set(keep);
+                        keep = s;
+                    }
+                    s = next;
+                }
+                st.free = keep;
+                st.total -= per_block;
+                st.nr_free -= per_block;
+                *prev = (*b).next;
+                pages.free_pages((*b).page, self.order);
+            }
+        }
+    }
+
+    /// Gives every block back to `pages` (cache destroy).
+    ///
+    /// # Safety
+    /// No sheaf of this pool is used again.
+    pub(crate) unsafe fn release(&self, pages: &crate::page::PageAllocator) {
+        let mut st = self.state.lock();
+        let mut b = st.blocks;
+        st.blocks = ptr::null_mut();
+        st.free = ptr::null_mut();
+        st.total = 0;
+        st.nr_free = 0;
+        drop(st);
+        while !b.is_null() {
+            // SAFETY: a block header written by `alloc`; no sheaf is used again (contract).
+            let (next, page) = unsafe { ((*b).next, (*b).page) };
+            // SAFETY: the block came from `pages` at `self.order` and is freed once.
+            unsafe { pages.free_pages(page, self.order) };
+            b = next;
+        }
+    }
+
+    /// The pool lock, for the fork handlers.
+    pub(crate) fn lock_for_fork(&self) -> &SpinLock<PoolState> {
+        &self.state
+    }
+}
