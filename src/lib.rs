@@ -89,8 +89,8 @@ pub use kmalloc::cabi;
 pub use kmalloc::kmalloc_reentrancy_simulate_enter;
 #[cfg(not(loom))]
 pub use kmalloc::{
-    kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc,
-    KMALLOC_MAX_CACHE_SIZE,
+    kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_set_sheaves, kmalloc_sheaves,
+    kmalloc_size_classes, Kmalloc, KMALLOC_MAX_CACHE_SIZE, KMALLOC_SHEAVES_DEFAULT,
 };
 pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};

@@ -94,6 +94,12 @@ pub fn flush_cpu(cache: &KmemCache, slot: usize) {
     c.flush_cpu_locked(cpu);
 }
 
+/// `pcs_flush_all` and the barns (what flush, shrink and destroy do first for a sheaf cache):
+/// every slot's sheaves taken out (stopped and fenced in the rseq mode) and flushed.
+pub fn flush_sheaves(cache: &KmemCache) {
+    cache.inner().flush_sheaves();
+}
+
 /// A slow path of slot `slot` that runs wherever the calling model thread is (it chose the slot
 /// on that slot's CPU, then migrated): under the slot lock, detach and re-attach the slot, with
 /// the slow path's own CAS (`KmemCacheCpu::cas_slot`: a sequence on the slot's CPU, or stop +

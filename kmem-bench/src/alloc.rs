@@ -29,8 +29,14 @@ pub const GLOBAL_ENV: &str = "KMEM_BENCH_GLOBAL";
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// kmem's `Kmalloc` (the kmalloc size classes over SLUB caches).
+    /// kmem's `Kmalloc` (the kmalloc size classes over SLUB caches), in its default design
+    /// (sheaves in front of the CPU slabs).
     Kmem,
+    /// kmem's `Kmalloc` with the sheaves switched off: the cpu-slab design alone
+    /// (`KMEM_SHEAVES=0` in a child, `kmem::kmalloc_set_sheaves(false)` in process).
+    #[value(name = "kmem-cpuslab")]
+    #[serde(rename = "kmem-cpuslab")]
+    KmemCpuSlab,
     /// glibc malloc through `std::alloc::System`.
     System,
     /// mimalloc through `mimalloc::MiMalloc`.
@@ -41,8 +47,9 @@ pub enum Backend {
 
 impl Backend {
     /// All backends, kmem first (the reference for ratios).
-    pub const ALL: [Backend; 4] = [
+    pub const ALL: [Backend; 5] = [
         Backend::Kmem,
+        Backend::KmemCpuSlab,
         Backend::System,
         Backend::Mimalloc,
         Backend::Jemalloc,
@@ -52,6 +59,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Kmem => "kmem",
+            Backend::KmemCpuSlab => "kmem-cpuslab",
             Backend::System => "system",
             Backend::Mimalloc => "mimalloc",
             Backend::Jemalloc => "jemalloc",
@@ -69,6 +77,7 @@ impl Backend {
             Backend::System => 2,
             Backend::Mimalloc => 3,
             Backend::Jemalloc => 4,
+            Backend::KmemCpuSlab => 5,
         }
     }
 
@@ -76,7 +85,7 @@ impl Backend {
     /// allocator's own release call. Returns a description of the call made.
     pub fn release(self) -> &'static str {
         match self {
-            Backend::Kmem => kmem_backend::release(),
+            Backend::Kmem | Backend::KmemCpuSlab => kmem_backend::release(),
             Backend::System => {
                 // SAFETY: malloc_trim has no preconditions; it only takes glibc's arena locks.
                 unsafe {
@@ -119,6 +128,24 @@ pub mod kmem_backend {
     /// The value itself.
     pub const ALLOC: Alloc = kmem::Kmalloc::new();
 
+    /// Selects the design of the kmalloc caches for an in-process sample: sheaves (`kmem`) or
+    /// the cpu-slab design alone (`kmem-cpuslab`). Switching flushes the sheaves.
+    pub fn select(b: super::Backend) {
+        let want = b == super::Backend::Kmem;
+        if kmem::kmalloc_sheaves() != want {
+            kmem::kmalloc_set_sheaves(want);
+        }
+    }
+
+    /// The `KMEM_SHEAVES` value a child process of backend `b` runs with.
+    pub fn sheaves_env(b: super::Backend) -> &'static str {
+        if b == super::Backend::KmemCpuSlab {
+            "0"
+        } else {
+            "1"
+        }
+    }
+
     /// Flushes every cache's CPU slabs, discards empty slabs and returns free pages to the OS.
     pub fn release() -> &'static str {
         kmem::Kmem::global().shrink_all();
@@ -141,16 +168,23 @@ pub mod kmem_backend {
     pub fn path_counts() -> String {
         use std::fmt::Write;
         let mut s = String::from(
-            "# paths: cache alloc_fast alloc_slow cpu_partial_alloc from_partial new_slab \
-             cpuslab_flush free_fast free_slow cpu_partial_free\n",
+            "# paths: cache alloc_sheaf free_sheaf sheaf_refill sheaf_flush barn_get barn_put \
+             alloc_fast alloc_slow cpu_partial_alloc from_partial new_slab cpuslab_flush \
+             free_fast free_slow cpu_partial_free\n",
         );
         for (name, c) in kmem::Kmem::global().cache_stats() {
-            if c.alloc_fastpath + c.alloc_slowpath == 0 {
+            if c.alloc_fastpath + c.alloc_slowpath + c.alloc_cpu_sheaf == 0 {
                 continue;
             }
             let _ = writeln!(
                 s,
-                "{name:<16} {} {} {} {} {} {} {} {} {}",
+                "{name:<16} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+                c.alloc_cpu_sheaf,
+                c.free_cpu_sheaf,
+                c.sheaf_refill,
+                c.sheaf_flush,
+                c.barn_get,
+                c.barn_put,
                 c.alloc_fastpath,
                 c.alloc_slowpath,
                 c.cpu_partial_alloc,
@@ -231,7 +265,7 @@ pub mod kmem_backend {
 macro_rules! with_backend {
     ($backend:expr, |$a:ident| $body:expr) => {
         match $backend {
-            $crate::alloc::Backend::Kmem => {
+            $crate::alloc::Backend::Kmem | $crate::alloc::Backend::KmemCpuSlab => {
                 let $a: &'static $crate::alloc::kmem_backend::Alloc = &$crate::alloc::KMEM;
                 $body
             }
@@ -269,6 +303,7 @@ pub fn global_backend() -> Backend {
         2 => Backend::System,
         3 => Backend::Mimalloc,
         4 => Backend::Jemalloc,
+        5 => Backend::KmemCpuSlab,
         _ => choose(),
     }
 }
@@ -286,7 +321,7 @@ fn choose() -> Backend {
             Some(b) => b,
             None => {
                 let msg =
-                    b"kmem-bench: KMEM_BENCH_GLOBAL must be kmem, system, mimalloc or jemalloc\n";
+                    b"kmem-bench: KMEM_BENCH_GLOBAL must be kmem, kmem-cpuslab, system, mimalloc or jemalloc\n";
                 // SAFETY: writing a valid buffer to stderr, then aborting: no allocation.
                 unsafe {
                     libc::write(2, msg.as_ptr().cast(), msg.len());
@@ -303,7 +338,7 @@ fn choose() -> Backend {
 macro_rules! forward {
     (|$a:ident| $body:expr) => {
         match global_backend() {
-            Backend::Kmem => {
+            Backend::Kmem | Backend::KmemCpuSlab => {
                 let $a = &KMEM;
                 $body
             }

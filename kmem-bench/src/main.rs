@@ -180,8 +180,12 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
         })
     };
     match w {
-        Workload::ManyThreads => {
-            let threads = 16 * p.threads;
+        Workload::Churn | Workload::ManyThreads => {
+            let threads = if w == Workload::Churn {
+                p.threads
+            } else {
+                16 * p.threads
+            };
             let m = with_backend!(b, |a| workloads::many_threads(
                 a,
                 threads,
@@ -260,7 +264,8 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
             std::process::exit(2);
         }
     }
-    let slabinfo = (p.slabinfo && b == Backend::Kmem).then(kmem_backend::slabinfo);
+    let slabinfo = (p.slabinfo && matches!(b, Backend::Kmem | Backend::KmemCpuSlab))
+        .then(kmem_backend::slabinfo);
     ChildReport {
         results,
         slabinfo,
@@ -277,6 +282,7 @@ fn spawn_child(w: Workload, b: Backend, p: &Params) -> Result<ChildReport, Strin
         .arg("--child-params")
         .arg(serde_json::to_string(p).expect("params serialise"))
         .env(GLOBAL_ENV, b.name())
+        .env("KMEM_SHEAVES", kmem_backend::sheaves_env(b))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -350,6 +356,9 @@ fn run_real(
 
 /// One in-process sample.
 fn run_case(w: Workload, c: &workloads::Case, b: Backend, d: Duration) -> workloads::Sample {
+    if matches!(b, Backend::Kmem | Backend::KmemCpuSlab) {
+        kmem_backend::select(b);
+    }
     with_backend!(b, |a| match w {
         Workload::Fastpath => workloads::fastpath(a, c.size, d),
         Workload::Batch => workloads::batch(a, c.size, c.threads, d),

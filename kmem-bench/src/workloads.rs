@@ -51,6 +51,8 @@ pub enum Workload {
     Batch,
     /// producers allocate, consumers free.
     RemoteFree,
+    /// 1 thread per core churning working sets of 16-512 B (child process).
+    Churn,
     /// 16x threads per core churning working sets (child process).
     ManyThreads,
     /// Larson-style server churn with cross-thread frees (child process).
@@ -65,10 +67,11 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Fastpath,
         Workload::Batch,
         Workload::RemoteFree,
+        Workload::Churn,
         Workload::ManyThreads,
         Workload::Larson,
         Workload::Fragmentation,
@@ -82,6 +85,7 @@ impl Workload {
             Workload::Fastpath => "fastpath",
             Workload::Batch => "batch",
             Workload::RemoteFree => "remote-free",
+            Workload::Churn => "churn",
             Workload::ManyThreads => "many-threads",
             Workload::Larson => "larson",
             Workload::Fragmentation => "fragmentation",
@@ -96,6 +100,7 @@ impl Workload {
             Workload::Fastpath => "alloc+free pairs, one thread (per-CPU fast path)",
             Workload::Batch => "alloc 1000 then free 1000 (slab refill and release)",
             Workload::RemoteFree => "producers allocate, consumers free (every free remote)",
+            Workload::Churn => "1 thread per core churns a working set of 16-512 B (random frees)",
             Workload::ManyThreads => "16x threads per core churn working sets of 16-512 B",
             Workload::Larson => "server churn, 8-1000 B, objects freed by the next thread",
             Workload::Fragmentation => "fill, free random 90%, release: RSS returned to the OS",
@@ -111,7 +116,11 @@ impl Workload {
     pub fn in_child(self) -> bool {
         matches!(
             self,
-            Workload::ManyThreads | Workload::Larson | Workload::Fragmentation | Workload::Objects
+            Workload::Churn
+                | Workload::ManyThreads
+                | Workload::Larson
+                | Workload::Fragmentation
+                | Workload::Objects
         )
     }
 }

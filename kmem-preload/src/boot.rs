@@ -97,26 +97,12 @@ fn env_flag(name: &core::ffi::CStr) -> bool {
     !v.is_empty() && v != b"0"
 }
 
-/// Whether `name` is set at all.
-fn env_set(name: &core::ffi::CStr) -> bool {
-    // SAFETY: `name` is NUL-terminated.
-    !unsafe { libc::getenv(name.as_ptr()) }.is_null()
-}
-
 /// Runs once, on the first thread that passes the gate; its own allocations meanwhile go to
 /// the arena.
 fn initialise() {
     SHOW_STATS.store(env_flag(c"KMEM_SHOW_STATS"), Ordering::Relaxed);
-    // KMEM_RSEQ is read by kmem itself when the global instance is built (cpu/percpu.rs).
-    for knob in [c"KMEM_SHEAVES"] {
-        if env_set(knob) {
-            crate::stats::write_err(&[
-                "kmem: ",
-                knob.to_str().unwrap_or("?"),
-                " is set, but this build has no such knob yet: ignored (see README.md)\n",
-            ]);
-        }
-    }
+    // KMEM_RSEQ and KMEM_SHEAVES are read by kmem itself when the global instance and its
+    // kmalloc caches are built.
     // SAFETY: sysconf has no preconditions.
     let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if ps > 0 {

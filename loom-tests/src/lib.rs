@@ -67,12 +67,28 @@ pub fn setup_rseq(
     )
 }
 
+/// A private allocator and one cache of two-object slabs with sheaves of 4 objects (the
+/// smallest capacity: a sheaf fills one cache line), in commit mode `mode`.
+pub fn setup_sheaves(mode: kmem::cpu::CommitMode, cpus: usize) -> (Kmem, Arc<KmemCache>) {
+    setup_cfg(mode, cpus, CacheConfig::new().sheaf_capacity(4))
+}
+
 fn setup_mode(
     mode: kmem::cpu::CommitMode,
     cpus: usize,
     min_partial: usize,
     cpu_partial_slabs: usize,
 ) -> (Kmem, Arc<KmemCache>) {
+    setup_cfg(
+        mode,
+        cpus,
+        CacheConfig::new()
+            .min_partial(min_partial)
+            .cpu_partial_slabs(cpu_partial_slabs),
+    )
+}
+
+fn setup_cfg(mode: kmem::cpu::CommitMode, cpus: usize, cfg: CacheConfig) -> (Kmem, Arc<KmemCache>) {
     let k = Kmem::builder()
         .cpus(cpus)
         .nodes(1)
@@ -81,15 +97,7 @@ fn setup_mode(
         .expect("kmem");
     assert_eq!(k.commit_mode(), mode);
     let c = k
-        .create_cache(
-            "loom",
-            OBJ,
-            CacheConfig::new()
-                .min_order(0)
-                .max_order(0)
-                .min_partial(min_partial)
-                .cpu_partial_slabs(cpu_partial_slabs),
-        )
+        .create_cache("loom", OBJ, cfg.min_order(0).max_order(0))
         .expect("cache");
     assert_eq!(
         c.objects_per_slab(),

@@ -333,13 +333,88 @@ fn kmalloc_cache_slow(idx: usize) -> Option<&'static CacheInner> {
 /// `Kmem::slabinfo` holds while it allocates.
 fn create_kmalloc_caches() -> Option<()> {
     let k = Kmem::try_global()?;
+    let sheaves = sheaves_from_env();
     for i in 0..NR_KMALLOC {
-        let cfg = CacheConfig::new().align(CLASS_ALIGN[i]);
+        let cfg = CacheConfig::new()
+            .align(CLASS_ALIGN[i])
+            .sheaf_capacity(crate::config::default_sheaf_capacity(SIZE_CLASSES[i]));
         let cache = core::mem::ManuallyDrop::new(
             k.create_cache(CLASS_NAMES[i], SIZE_CLASSES[i], cfg).ok()?,
         );
+        cache.inner().set_sheaves(sheaves);
         // The handle is never dropped: kmalloc caches live as long as the process.
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }
     Some(())
+}
+
+/// Whether the kmalloc caches start with their sheaves on: [`KMALLOC_SHEAVES_DEFAULT`], or
+/// `KMEM_SHEAVES=0|1` (read with `getenv`, which does not allocate). Any other value is
+/// reported on stderr and the default kept.
+fn sheaves_from_env() -> bool {
+    #[cfg(not(miri))]
+    {
+        // SAFETY: a NUL-terminated name; getenv returns null or a NUL-terminated string.
+        let v = unsafe { libc::getenv(c"KMEM_SHEAVES".as_ptr()) };
+        if v.is_null() {
+            return KMALLOC_SHEAVES_DEFAULT;
+        }
+        // SAFETY: as above.
+        match unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes() {
+            b"0" => false,
+            b"1" => true,
+            _ => {
+                crate::os::write_stderr(&[
+                    "kmem: KMEM_SHEAVES must be 0 or 1; ignored (the default is used)",
+                ]);
+                KMALLOC_SHEAVES_DEFAULT
+            }
+        }
+    }
+    #[cfg(miri)]
+    {
+        KMALLOC_SHEAVES_DEFAULT
+    }
+}
+
+/// Whether the kmalloc caches use sheaves when `KMEM_SHEAVES` is not set: the design that
+/// measured faster (docs/performance.md, "Sheaves").
+pub const KMALLOC_SHEAVES_DEFAULT: bool = true;
+
+/// Whether the global allocator's kmalloc caches use sheaves now (see [`kmalloc_set_sheaves`]).
+///
+/// ```
+/// // KMEM_SHEAVES=0 in the environment starts them off; the default is on.
+/// let on = kmem::kmalloc_sheaves();
+/// assert!(on || std::env::var("KMEM_SHEAVES").as_deref() == Ok("0"));
+/// ```
+pub fn kmalloc_sheaves() -> bool {
+    kmalloc_cache(0).is_some_and(|c| c.use_sheaves())
+}
+
+/// Switches every kmalloc cache between its sheaves and the cpu-slab design (the `{freelist,
+/// tid}` fast paths alone), for comparisons in one process (kmem-bench does). Switching off
+/// flushes the sheaves. Both designs are always correct; only speed and memory differ.
+/// Returns whether the caches now use sheaves (false when they could not be created).
+///
+/// ```
+/// let was = kmem::kmalloc_sheaves();
+/// assert!(!kmem::kmalloc_set_sheaves(false));
+/// let v = vec![1u64; 8]; // served by the cpu-slab fast paths if kmem is the global allocator
+/// drop(v);
+/// kmem::kmalloc_set_sheaves(was);
+/// ```
+pub fn kmalloc_set_sheaves(on: bool) -> bool {
+    if kmalloc_cache(0).is_none() {
+        return false;
+    }
+    let mut now = on;
+    for slot in &KMALLOC_CACHES {
+        let p = slot.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: a published kmalloc cache is never destroyed.
+            now &= unsafe { &*p }.set_sheaves(on);
+        }
+    }
+    now
 }

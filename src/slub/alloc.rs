@@ -19,7 +19,7 @@ impl CacheInner {
     /// the cpu-slab path below.
     #[inline(always)]
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
-        if self.pool.capacity != 0 && node.is_none() {
+        if node.is_none() && self.use_sheaves() {
             return self.alloc_from_pcs();
         }
         self.slab_alloc_cpu(node)

@@ -129,12 +129,11 @@ impl core::ops::Deref for KmemCacheCpu {
 }
 
 #[cfg(not(loom))]
-const _: () =
-    assert!(core::mem::offset_of!(KmemCacheCpu, sheaves) == KmemCacheCpu::SHEAVES_OFFSET);
+const _: () = assert!(KmemCacheCpu::SHEAVES_OFFSET == 32);
 
 impl KmemCacheCpu {
     /// Offset of `sheaves` in the slot (right after the 32-byte `SlotHead`, on its cache line).
-    pub(crate) const SHEAVES_OFFSET: usize = 32;
+    pub(crate) const SHEAVES_OFFSET: usize = core::mem::offset_of!(KmemCacheCpu, sheaves);
 
     /// This slot's index (its CPU, in the rseq mode).
     #[inline(always)]

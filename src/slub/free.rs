@@ -21,7 +21,7 @@ impl CacheInner {
     /// `owning_slab`), owned by the caller and given back once.
     #[inline(always)]
     pub(crate) unsafe fn slab_free(&self, slab: *mut Page, obj: usize) {
-        if self.pool.capacity != 0 && self.node_is_local(slab) && self.free_to_pcs(obj) {
+        if self.use_sheaves() && self.node_is_local(slab) && self.free_to_pcs(obj) {
             return;
         }
         // SAFETY: forwarded contract (a list of one object).

@@ -102,7 +102,7 @@ use crate::instance::KmemShared;
 use crate::os;
 use crate::page::{Page, PAGE_SIZE};
 use crate::stats::{CacheStats, NR_STAT_ITEMS};
-use crate::sync::Cell;
+use crate::sync::{AtomicBool, Cell, Ordering};
 use core::ptr::{self, NonNull};
 use cpu_slab::{KmemCacheCpu, TidStep};
 use geometry::Geometry;
@@ -147,6 +147,9 @@ pub(crate) struct CacheInner {
     /// Sheaves: `pool.capacity` objects per sheaf, 0 when the cache uses the cpu-slab design
     /// only; the slots' sheaf parts as the array sequences see them; one barn per node.
     pub(crate) pool: SheafPool,
+    /// Whether the fast paths use the sheaves now (only ever true with a capacity; a sheaf
+    /// cache can be switched to the cpu-slab design and back: [`CacheInner::set_sheaves`]).
+    pub(crate) sheaves_on: AtomicBool,
     pub(crate) sheaf_slots: ArraySlots,
     pub(crate) barn: *const Barn,
     /// Exact division by `geo.size` for the free path's object-boundary check.
@@ -257,6 +260,7 @@ impl CacheInner {
                         nr_cpus,
                     ),
                     pool: SheafPool::new(sheaf_capacity),
+                    sheaves_on: AtomicBool::new(sheaf_capacity != 0),
                     // The sheaf part of each slot, at a fixed offset in it.
                     sheaf_slots: ArraySlots::new(
                         (cpus as *const u8).add(KmemCacheCpu::SHEAVES_OFFSET) as *const ArraySlot,
@@ -369,6 +373,28 @@ impl CacheInner {
         debug_assert!(n < self.nr_nodes);
         // SAFETY: `n < nr_nodes`; the node array lives as long as the cache.
         unsafe { &*self.node.add(n) }
+    }
+
+    /// Whether allocations and frees use the sheaves now.
+    #[inline(always)]
+    pub(crate) fn use_sheaves(&self) -> bool {
+        self.sheaves_on.load(Ordering::Relaxed)
+    }
+
+    /// Switches a sheaf cache between its sheaves and the cpu-slab design (for comparisons:
+    /// `Kmalloc::set_sheaves`). Switching off flushes every sheaf; an operation that saw the
+    /// old setting may still put an object into a sheaf, where it stays free and counted
+    /// until the next flush. Returns whether the cache now uses sheaves (never, without a
+    /// capacity).
+    pub(crate) fn set_sheaves(&self, on: bool) -> bool {
+        if self.pool.capacity == 0 {
+            return false;
+        }
+        self.sheaves_on.store(on, Ordering::Relaxed);
+        if !on {
+            self.flush_sheaves();
+        }
+        on
     }
 
     /// The barns (one per node; none when the cache has no sheaves).

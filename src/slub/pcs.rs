@@ -123,6 +123,16 @@ impl CacheInner {
         let Some(g) = c.sheaves.lock.try_lock() else {
             return Pcs::Bypass;
         };
+        if cfg!(kmem_mutant = "sheaf_locked_pop_unlocked") {
+            // Planted bug (loom-tests): the lock is dropped before the pop it guards.
+            drop(g);
+            let (st, obj) = c.sheaves.head.pop_locked();
+            return if st == Seq::Done {
+                Pcs::Done(obj)
+            } else {
+                Pcs::Slow(c)
+            };
+        }
         let (st, obj) = c.sheaves.head.pop_locked();
         drop(g);
         if st == Seq::Done {
@@ -202,9 +212,7 @@ impl CacheInner {
         new: *mut Sheaf,
     ) -> Replace {
         let slot = &c.sheaves.head;
-        if !self.rseq || cfg!(kmem_mutant = "sheaf_replace_ignores_cpu") {
-            // Planted bug when rseq (loom-tests): a plain store, as if the thread could not
-            // have migrated off the slot's CPU.
+        if !self.rseq {
             slot.main.store(
                 Sheaf::as_array(new),
                 crate::sync::Ordering::Release,
@@ -244,8 +252,20 @@ impl CacheInner {
     }
 
     /// Returns an empty sheaf the caller owns to `c`'s barn, or to the pool if the barn keeps
-    /// enough (`SHEAF_FREE`).
+    /// enough (`SHEAF_FREE`). A sheaf that still holds objects here means a protocol bug (a
+    /// `main` replaced while a fast path filled it): kmem aborts rather than lose them.
     fn put_empty_sheaf(&self, c: &KmemCacheCpu, s: *mut Sheaf) {
+        let n = Self::len_of(s);
+        if n != 0 {
+            let n = crate::os::Num::dec(n as u64);
+            crate::os::abort_msg(&[
+                "kmem: cache \"",
+                self.name(),
+                "\": a sheaf put back as empty holds ",
+                n.as_str(),
+                " object(s) (sheaf protocol violated)",
+            ]);
+        }
         // SAFETY: the caller owns `s` (empty) and gives it up.
         if let Err(s) = unsafe { self.barn_of(c).put_empty(s) } {
             c.stat(SheafFree);

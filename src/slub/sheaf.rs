@@ -48,6 +48,8 @@ pub(crate) struct Sheaf {
 
 #[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<Sheaf>() == ARRAY_OBJECTS);
+#[cfg(loom)]
+const _: () = assert!(core::mem::size_of::<Sheaf>() <= ARRAY_OBJECTS);
 
 impl Sheaf {
     /// The number of objects in it.
@@ -202,11 +204,14 @@ impl SheafPool {
         }
     }
 
-    /// The capacity sheaves of `bytes` bytes have (the kernel rounds the sheaf up to a kmalloc
-    /// size and fills it; kmem rounds to a cache line).
+    /// The capacity a sheaf asked to hold `capacity` objects gets: the sheaf (a 32-byte head
+    /// and the cells) rounded up to whole cache lines, the cells filling it (the kernel rounds
+    /// to a kmalloc size the same way). The same under loom, whose larger model head only
+    /// moves the cells.
     pub(crate) fn capacity_for(capacity: usize) -> usize {
-        let bytes = (ARRAY_OBJECTS + 8 * capacity).next_multiple_of(64);
-        (bytes - ARRAY_OBJECTS) / 8
+        const HEAD: usize = 32;
+        let bytes = (HEAD + 8 * capacity).next_multiple_of(64);
+        (bytes - HEAD) / 8
     }
 
     /// An empty sheaf (`alloc_empty_sheaf`), or `None` when the page allocator has no block.
@@ -273,12 +278,6 @@ impl SheafPool {
         st.nr_free += 1;
     }
 
-    /// `(sheaves carved, sheaves free)`.
-    pub(crate) fn counts(&self) -> (usize, usize) {
-        let st = self.state.lock();
-        (st.total, st.nr_free)
-    }
-
     /// Gives back to `pages` every block whose sheaves are all free (shrink). Sheaves in use
     /// (installed again since the flush, or in flight) keep their blocks.
     pub(crate) fn trim(&self, pages: &crate::page::PageAllocator) {
@@ -302,7 +301,14 @@ impl SheafPool {
                     }
                     s = (*s).next.get();
                 }
-                if free_here < per_block {
+                let in_use = if cfg!(kmem_mutant = "pool_trim_ignores_in_flight") {
+                    // Planted bug (loom-tests): a block with any free sheaf goes, even if a
+                    // thread is refilling or flushing another sheaf carved from it.
+                    free_here == 0
+                } else {
+                    free_here < per_block
+                };
+                if in_use {
                     prev = &mut (*b).next;
                     continue;
                 }
@@ -319,7 +325,7 @@ impl SheafPool {
                 }
                 st.free = keep;
                 st.total -= per_block;
-                st.nr_free -= per_block;
+                st.nr_free -= free_here;
                 *prev = (*b).next;
                 pages.free_pages((*b).page, self.order);
             }

@@ -39,8 +39,9 @@
 use super::*;
 use crate::sync::AtomicUsize;
 
-/// Offset of `objects[0]` from the start of an [`ArrayHead`].
-pub(crate) const ARRAY_OBJECTS: usize = 32;
+/// Offset of `objects[0]` from the start of an [`ArrayHead`] (under loom the atomics and cells
+/// of the head and its owner's words are larger model objects: the cells start further on).
+pub(crate) const ARRAY_OBJECTS: usize = if cfg!(loom) { 256 } else { 32 };
 /// Offset of `size` in an [`ArrayHead`].
 const OFF_SIZE: usize = 0;
 /// Offset of `capacity` in an [`ArrayHead`].
@@ -523,7 +524,9 @@ pub(crate) unsafe fn replace_on_cpu(
 // The sequences under loom (the model: `sync::cpu_sequence`, as in `seq.rs`)
 // ---------------------------------------------------------------------------------------------
 
-/// The model of [`array_pop`]: the sequence runs under its model CPU's mutex.
+/// The model of [`array_pop`]: the sequence runs under its model CPU's mutex. Its loads of the
+/// slot are Acquire, as every x86_64 load is: a sequence that sees a stopper's `stopped = 0`
+/// sees the `main` the stopper left.
 ///
 /// # Safety
 /// As the x86_64 version.
@@ -536,10 +539,10 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
     }
     let s = slots.get(cpu);
     let at = s as *const ArraySlot as usize;
-    if s.stopped.load(Ordering::Relaxed) != 0 {
+    if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Acquire) != 0 {
         return (Seq::Stopped, at, 0);
     }
-    let arr = s.main.load(Ordering::Relaxed);
+    let arr = s.main.load(Ordering::Acquire);
     if arr.is_null() {
         return (Seq::Empty, at, 0);
     }
@@ -564,10 +567,10 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
     }
     let s = slots.get(cpu);
     let at = s as *const ArraySlot as usize;
-    if s.stopped.load(Ordering::Relaxed) != 0 {
+    if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Acquire) != 0 {
         return (Seq::Stopped, at);
     }
-    let arr = s.main.load(Ordering::Relaxed);
+    let arr = s.main.load(Ordering::Acquire);
     if arr.is_null() {
         return (Seq::Full, at);
     }

@@ -1,0 +1,168 @@
+//! Model 16: sheaves (`src/slub/pcs.rs`, `sheaf.rs`, `barn.rs`, `cpu/percpu/array.rs`) in the rseq
+//! commit mode: per-CPU arrays whose pop and push are sequences on the CPU's slot, changed by
+//! slow paths under the slot's sheaf lock with replaces committed on that CPU, and taken away
+//! by flushes from other CPUs after a stop + fence. Sheaves hold 4 objects; slabs hold 2.
+//!
+//! - `flush_vs_free_other_cpu`: a flush of every slot's sheaves (what shrink and destroy do
+//!   first) on CPU 1 while a thread on CPU 0 frees into, and allocates from, slot 0's sheaf —
+//!   the flush must see every object the sequences committed (mutants
+//!   `sheaf_flush_without_stop`, `rseq_ignores_stop`, `rseq_stop_without_fence`,
+//!   `rseq_fence_before_stop`: an object freed into the sheaf after the flush read it is lost,
+//!   or one it flushed is allocated again);
+//! - `barn_exchange_vs_free`: on CPU 0, an allocation finds `main` and the spare empty and
+//!   trades `main` at the barn for a full sheaf, while another thread frees into `main` (mutant
+//!   `sheaf_replace_ignores_count`: the replace commits although `main` is no longer empty, and
+//!   the sheaf put back as empty still holds the freed object — kmem aborts);
+//! - `refill_vs_free`: on CPU 0, an allocation refills a sheaf from the slabs with no lock held
+//!   while another thread frees into `main`; the refilled sheaf must not be installed over the
+//!   object (mutant `sheaf_install_over_main`);
+//! - `refill_vs_shrink`: a refill in flight on CPU 0 while CPU 1 shrinks the cache (which gives
+//!   wholly free sheaf memory back to the page allocator): the sheaf being refilled must keep its
+//!   memory (mutant `pool_trim_ignores_in_flight`);
+//! - `locked_alloc_vs_free_shared_slot`: the locked commit mode, two threads on one slot: the
+//!   fast paths take the slot's sheaf lock with `try_lock` and take the cpu-slab path when it is
+//!   busy (mutant `sheaf_locked_pop_unlocked`: a pop outside the lock hands an object out twice).
+#![cfg(loom)]
+
+use kmem::cpu::CommitMode::{Locked, Rseq};
+use kmem_loom_tests::*;
+
+#[test]
+fn flush_vs_free_other_cpu() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        // Slot 0's main sheaf: filled with 4 (2 new slabs), 2 popped: 2 left.
+        let x = live.alloc(&c);
+        live.alloc(&c);
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.free(&c1, x);
+            l1.alloc(&c1);
+        });
+        let c2 = c.clone();
+        let b = loom::thread::spawn(move || {
+            on_cpu(1);
+            kmem::__loom::flush_sheaves(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+/// Leaves slot 0 (the calling thread on CPU 0) with `main` and the spare empty and one full
+/// sheaf in the barn, holding 8 objects, which it returns.
+fn main_and_spare_empty_barn_full(c: &kmem::KmemCache, live: &Live) -> Vec<std::ptr::NonNull<u8>> {
+    // 12 allocations: three refills (main S1 empty, spare S2 empty).
+    let mut held: Vec<_> = (0..12).map(|_| live.alloc(c)).collect();
+    // 12 frees: S1 fills and swaps with S2; S2 fills and goes to the barn for an empty S3,
+    // which fills.
+    for p in held.drain(..) {
+        live.free(c, p);
+    }
+    // 8 allocations: S3 emptied, swapped with the full spare S1, S1 emptied.
+    (0..8).map(|_| live.alloc(c)).collect()
+}
+
+#[test]
+fn barn_exchange_vs_free() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        let held = main_and_spare_empty_barn_full(&c, &live);
+        let s = c.stats();
+        assert_eq!((s.barn_put, s.barn_get), (1, 0), "setup: {s:?}");
+        let x = held[0];
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.free(&c1, x);
+        });
+        let (c2, l2) = (c.clone(), live.clone());
+        let b = loom::thread::spawn(move || {
+            on_cpu(0);
+            l2.alloc(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+#[test]
+fn refill_vs_free() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        // One refill of 4, all popped: main empty, no spare, an empty barn.
+        let held: Vec<_> = (0..4).map(|_| live.alloc(&c)).collect();
+        let x = held[0];
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.free(&c1, x);
+        });
+        let (c2, l2) = (c.clone(), live.clone());
+        let b = loom::thread::spawn(move || {
+            on_cpu(0);
+            l2.alloc(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+#[test]
+fn refill_vs_shrink() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        let _held: Vec<_> = (0..4).map(|_| live.alloc(&c)).collect();
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.alloc(&c1);
+        });
+        let c2 = c.clone();
+        let b = loom::thread::spawn(move || {
+            on_cpu(1);
+            c2.shrink();
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+#[test]
+fn locked_alloc_vs_free_shared_slot() {
+    model(|| {
+        let (k, c) = setup_sheaves(Locked, 1);
+        let live = Live::new();
+        on_cpu(0);
+        // One refill of 4, two popped: two objects left in the sheaf.
+        let x = live.alloc(&c);
+        live.alloc(&c);
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.alloc(&c1);
+            l1.free(&c1, x);
+        });
+        let (c2, l2) = (c.clone(), live.clone());
+        let b = loom::thread::spawn(move || {
+            on_cpu(0);
+            l2.alloc(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
