@@ -519,6 +519,34 @@ impl KmemCache {
         self.inner().pool.capacity
     }
 
+    /// Whether allocations and frees use the sheaves now (a cache with a capacity starts with
+    /// them on; see [`KmemCache::set_sheaves`]).
+    pub fn uses_sheaves(&self) -> bool {
+        self.inner().use_sheaves()
+    }
+
+    /// Switches a cache that has sheaves between them and the cpu-slab design, for
+    /// comparisons in one process. Switching off flushes every sheaf back to the slabs. Both
+    /// designs are correct at every moment, including during the switch; an operation that
+    /// raced with it may still leave an object in a sheaf, where it stays free (and counted
+    /// free) until the next flush or shrink. Returns whether the cache now uses sheaves: never
+    /// for a cache created without a capacity.
+    ///
+    /// ```
+    /// use kmem::CacheConfig;
+    /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    /// let c = k.create_cache("switch", 64, CacheConfig::new().sheaf_capacity(60)).unwrap();
+    /// assert!(c.uses_sheaves());
+    /// assert!(!c.set_sheaves(false)); // now the {freelist, tid} fast paths alone
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// assert!(c.set_sheaves(true));
+    /// ```
+    pub fn set_sheaves(&self, on: bool) -> bool {
+        self.inner().set_sheaves(on)
+    }
+
     /// The allocator this cache belongs to.
     ///
     /// ```

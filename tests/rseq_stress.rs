@@ -75,7 +75,7 @@ fn release(s: &TestSlots, a: usize, who: u64, in_handler: bool) {
                     "this thread cannot run sequences"
                 )
             }
-            Seq::DoubleFree | Seq::Empty => {
+            Seq::DoubleFree | Seq::Empty | Seq::Full => {
                 ERRORS.fetch_add(1, Ordering::Relaxed);
                 return;
             }

@@ -43,3 +43,140 @@ fn one_thread_uses_the_sheaves_and_the_barn() {
         assert_eq!((s.sheaf_swap, s.barn_put), (1, 0), "{s:?}");
     }
 }
+
+#[test]
+fn objects_in_sheaves_and_barns_count_as_free_and_shrink_returns_everything() {
+    let k = Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    let c = cache(&k, "sheaf-info", 4);
+    let before = k.page_stats();
+    // Enough traffic to fill mains, spares and the barn.
+    let objs: Vec<NonNull<u8>> = (0..200).map(|_| c.alloc().unwrap()).collect();
+    assert_eq!(c.info().active_objs, 200);
+    for (i, &p) in objs.iter().enumerate() {
+        // SAFETY: allocated from `c`, freed once.
+        unsafe { c.free(p) };
+        assert_eq!(c.info().active_objs, 199 - i, "after {} frees", i + 1);
+    }
+    if cfg!(feature = "stats") {
+        let s = c.stats();
+        assert!(s.free_cpu_sheaf > 0 && s.barn_put > 0, "{s:?}");
+    }
+    c.shrink();
+    let info = c.info();
+    assert_eq!((info.active_objs, info.num_slabs), (0, 0), "{info:?}");
+    // Every page the cache took, the sheaves' pool included, is free again.
+    let after = k.page_stats();
+    assert_eq!(after.free_bytes, after.mapped_bytes, "{after:?} (before: {before:?})");
+}
+
+#[test]
+fn threads_free_each_others_objects_through_sheaves() {
+    let k = Kmem::builder().build().unwrap();
+    let c = cache(&k, "sheaf-remote", 60);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+    std::thread::scope(|s| {
+        let c = &c;
+        s.spawn(move || {
+            for round in 0..200u64 {
+                let batch: Vec<usize> = (0..100)
+                    .map(|i| {
+                        let p = c.alloc().unwrap().as_ptr() as *mut u64;
+                        // SAFETY: a fresh 64-byte object.
+                        unsafe { p.write(round << 32 | i) };
+                        p as usize
+                    })
+                    .collect();
+                tx.send(batch).unwrap();
+            }
+        });
+        s.spawn(move || {
+            let mut round = 0u64;
+            for batch in rx {
+                for (i, p) in batch.into_iter().enumerate() {
+                    // SAFETY: written by the producer, handed over, freed once.
+                    unsafe {
+                        assert_eq!((p as *const u64).read(), round << 32 | i as u64);
+                        c.free(NonNull::new(p as *mut u8).unwrap());
+                    }
+                }
+                round += 1;
+            }
+        });
+    });
+    assert_eq!(c.info().active_objs, 0);
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 0);
+}
+
+#[test]
+fn switching_the_sheaves_off_and_on_loses_nothing() {
+    let k = Kmem::builder().build().unwrap();
+    let c = cache(&k, "sheaf-switch", 60);
+    let plain = k
+        .create_cache("sheaf-none", 64, CacheConfig::new())
+        .unwrap();
+    let held: Vec<NonNull<u8>> = (0..100).map(|_| c.alloc().unwrap()).collect();
+    for &p in &held[..50] {
+        // SAFETY: allocated from `c`, freed once.
+        unsafe { c.free(p) };
+    }
+    assert!(!c.set_sheaves(false));
+    assert!(!c.uses_sheaves());
+    assert_eq!(c.info().active_objs, 50);
+    for &p in &held[50..] {
+        // SAFETY: as above.
+        unsafe { c.free(p) };
+    }
+    assert!(c.set_sheaves(true) && c.uses_sheaves());
+    assert!(!plain.set_sheaves(true), "no capacity: no sheaves");
+    assert_eq!(c.info().active_objs, 0);
+}
+
+#[test]
+fn a_capacity_too_large_is_refused() {
+    let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    let err = k
+        .create_cache(
+            "sheaf-huge",
+            64,
+            CacheConfig::new().sheaf_capacity(kmem::MAX_SHEAF_CAPACITY + 1),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, kmem::KmemError::InvalidConfig { parameter: "sheaf_capacity", .. }),
+        "{err}"
+    );
+    let c = cache(&k, "sheaf-max", kmem::MAX_SHEAF_CAPACITY);
+    assert_eq!(c.sheaf_capacity(), kmem::MAX_SHEAF_CAPACITY);
+    let p = c.alloc().unwrap();
+    // SAFETY: allocated from `c`, freed once.
+    unsafe { c.free(p) };
+}
+
+mod common;
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn a_double_free_into_a_sheaf_aborts() {
+    if common::in_child() {
+        pin_to_cpu0();
+        let k = Kmem::builder().build().unwrap();
+        let c = cache(&k, "sheaf-double", 4);
+        // Fill the sheaf to its last cell with the object: the check must still see it.
+        let objs: Vec<NonNull<u8>> = (0..4).map(|_| c.alloc().unwrap()).collect();
+        // SAFETY: the last free is deliberately the second of `objs[3]`.
+        unsafe {
+            for &p in &objs {
+                c.free(p);
+            }
+            c.free(objs[3]);
+        }
+        std::process::exit(0);
+    }
+    let (st, err) = common::child("a_double_free_into_a_sheaf_aborts");
+    common::assert_aborted(
+        st,
+        &err,
+        &["kmem: cache \"sheaf-double\": double free of 0x", "last object of its CPU sheaf"],
+    );
+}

@@ -249,7 +249,7 @@ pub mod kmem_backend {
             let b = c.alloc([1; 4]).unwrap();
             let info = super::slabinfo();
             assert!(info.contains("bench-test-live"), "{info}");
-            assert!(info.contains("# paths: cache alloc_fast"), "{info}");
+            assert!(info.contains("# paths: cache alloc_sheaf"), "{info}");
             assert!(
                 info.lines().any(|l| l.starts_with("bench-test-live ")),
                 "{info}"

@@ -172,7 +172,7 @@ impl Geometry {
             return Err(KmemError::InvalidConfig {
                 parameter: "sheaf_capacity",
                 value: cfg.sheaf_capacity,
-                reason: "at most MAX_SHEAF_CAPACITY (1024)",
+                reason: "at most MAX_SHEAF_CAPACITY (1020)",
             });
         }
         if let Some(p) = cfg.cpu_partial_slabs {

@@ -32,8 +32,9 @@ use crate::page::{GfpFlags, Page, PAGE_SIZE};
 use crate::sync::{Cell, SpinLock};
 use core::ptr::{self, NonNull};
 
-/// The largest sheaf capacity a cache may ask for.
-pub const MAX_SHEAF_CAPACITY: usize = 1024;
+/// The largest sheaf capacity a cache may ask for (a sheaf of 8 KiB: a 32-byte head and 1020
+/// cells).
+pub const MAX_SHEAF_CAPACITY: usize = 1020;
 
 /// A sheaf: an [`ArrayHead`] (count, capacity), a link for the barn and pool lists, then
 /// `capacity` object cells at [`ARRAY_OBJECTS`].

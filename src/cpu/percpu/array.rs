@@ -12,8 +12,8 @@
 //!
 //! - pop: `cpu = cpu_id; slot = slots[cpu]; stopped? → Stopped; arr = main; null or size == 0 →
 //!   Empty; obj = objects[size - 1]`; commit `size = size - 1`.
-//! - push: `... arr = main; null or size == capacity → Full; objects[size - 1] == obj →
-//!   DoubleFree; objects[size] = obj`; commit `size = size + 1`. The store into `objects[size]`
+//! - push: `... arr = main; null → Full; objects[size - 1] == obj → DoubleFree; size ==
+//!   capacity → Full; objects[size] = obj`; commit `size = size + 1`. The store into `objects[size]`
 //!   before the commit is into a cell no one reads (it is beyond `size`): a restart redoes it,
 //!   and if the array leaves the CPU in between, the stray word is beyond its count.
 //! - replace: `cpu_id == c? else Elsewhere; main == old? and (old null or old.size == expect)?
@@ -124,16 +124,16 @@ impl ArrayHead {
     #[inline(always)]
     pub(crate) unsafe fn push_owned(&self, obj: usize) -> Result<bool, ()> {
         let n = self.size.load(Ordering::Relaxed);
+        // The double-free check first, so that it also sees an object that filled the array.
+        // SAFETY: cell `n - 1 < capacity` lies inside the array (contract).
+        if n > 0 && unsafe { crate::sync::load_free_ptr(self.cell(n - 1)) } == obj {
+            return Ok(false);
+        }
         if n >= self.capacity {
             return Err(());
         }
-        // SAFETY: cells `n - 1` and `n` are below `capacity` (contract).
-        unsafe {
-            if n > 0 && crate::sync::load_free_ptr(self.cell(n - 1)) == obj {
-                return Ok(false);
-            }
-            crate::sync::store_free_ptr(self.cell(n), obj);
-        }
+        // SAFETY: cell `n < capacity` lies inside the array (contract).
+        unsafe { crate::sync::store_free_ptr(self.cell(n), obj) };
         self.size.store(n + 1, Ordering::Relaxed);
         Ok(true)
     }
@@ -348,13 +348,13 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
             "test {arr}, {arr}",
             "jz 28f",
             "mov {n}, qword ptr [{arr}]",
-            "cmp {n}, qword ptr [{arr} + {o_cap}]",
-            "jae 28f",
             "test {n}, {n}",
             "jz 4f",
             "cmp {obj}, qword ptr [{arr} + {n} * 8 + {om8}]",
             "je 27f",
             "4:",
+            "cmp {n}, qword ptr [{arr} + {o_cap}]",
+            "jae 28f",
             "mov qword ptr [{arr} + {n} * 8 + {o0}], {obj}",
             "add {n}, 1",
             "mov qword ptr [{arr}], {n}",
