@@ -5,9 +5,12 @@
 //! `black_box`, and frees it:
 //!
 //! - `kmem_private`: a `KmemCache` of a private `Kmem::builder()` instance;
+//! - `kmem_private_sheaves`: the same with sheaves (`default_sheaf_capacity(size)`): a pop and
+//!   a push on the CPU's sheaf;
 //! - `kmem_global`: a `KmemCache` created on `Kmem::global()`;
 //! - `kmalloc`: `<kmem::Kmalloc as GlobalAlloc>::alloc` + `dealloc`, called directly (the
-//!   global allocator's path: size class, then the same fast paths);
+//!   global allocator's path: size class, then the same fast paths; sheaves unless
+//!   `KMEM_SHEAVES=0`);
 //! - `mimalloc`: `<mimalloc::MiMalloc as GlobalAlloc>::alloc` + `dealloc`, called directly;
 //! - `system`: `<std::alloc::System as GlobalAlloc>::alloc` + `dealloc` (glibc malloc);
 //! - `cmpxchg16b_pair`: the floor of this design — two successful LOCKed `cmpxchg16b` (kmem's
@@ -25,7 +28,8 @@
 //!
 //! The main thread is pinned to CPU 0 so that kmem's slot does not change during the run.
 //! After the groups, each kmem cache's `stats()` is printed to stderr: it must be
-//! overwhelmingly `alloc_fastpath`/`free_fastpath`.
+//! overwhelmingly `alloc_fastpath`/`free_fastpath` (`alloc_cpu_sheaf`/`free_cpu_sheaf` for the
+//! sheaf cache).
 //!
 //! Run: `cargo bench --bench fastpath -- --warm-up-time 1 --measurement-time 5`.
 
@@ -73,10 +77,12 @@ fn fastpath_size(
     c: &mut Criterion<ThreadTime>,
     size: usize,
     private: &KmemCache,
+    sheaves: &KmemCache,
     global: &KmemCache,
 ) {
     let mut g = c.benchmark_group(format!("fastpath_pair_{size}B"));
     g.bench_function("kmem_private", |b| kmem_pair(b, private));
+    g.bench_function("kmem_private_sheaves", |b| kmem_pair(b, sheaves));
     g.bench_function("kmem_global", |b| kmem_pair(b, global));
     g.bench_function("kmalloc", |b| global_alloc_pair(b, &kmem::Kmalloc, size));
     g.bench_function("mimalloc", |b| global_alloc_pair(b, &MiMalloc, size));
@@ -167,13 +173,21 @@ fn fastpath(c: &mut Criterion<ThreadTime>) {
             .expect("private cache");
         let global = KmemCache::new(&format!("bench-global-{size}"), size, CacheConfig::new())
             .expect("global cache");
-        fastpath_size(c, size, &private, &global);
+        let sheaves = k
+            .create_cache(
+                &format!("bench-sheaves-{size}"),
+                size,
+                CacheConfig::new().sheaf_capacity(kmem::default_sheaf_capacity(size)),
+            )
+            .expect("sheaf cache");
+        fastpath_size(c, size, &private, &sheaves, &global);
         caches.push(private);
+        caches.push(sheaves);
         caches.push(global);
     }
     for cache in &caches {
         let s = cache.stats();
-        let fast = s.alloc_fastpath + s.free_fastpath;
+        let fast = s.alloc_fastpath + s.free_fastpath + s.alloc_cpu_sheaf + s.free_cpu_sheaf;
         let slow = s.alloc_slowpath + s.free_slowpath;
         eprintln!(
             "fastpath: {}: alloc_fastpath {} alloc_slowpath {} free_fastpath {} free_slowpath {} \

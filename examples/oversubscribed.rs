@@ -53,11 +53,12 @@ fn main() {
         el * 1e9 * cores as f64 / n as f64
     );
     for (name, s) in kmem::Kmem::global().cache_stats() {
-        if s.alloc_fastpath + s.alloc_slowpath == 0 {
+        if s.alloc_fastpath + s.alloc_slowpath + s.alloc_cpu_sheaf == 0 {
             continue;
         }
         println!(
-            "{name:>12}: alloc fast {} slow {} | free fast {} slow {} (frozen {}, cpu_partial_free {}) | cas_cpu_fail {} cas_fail {} | from_partial {} new_slab {} free_slab {} drain {}",
+            "{name:>12}: sheaf alloc {} free {} refill {} flush {} | alloc fast {} slow {} | free fast {} slow {} (frozen {}, cpu_partial_free {}) | cas_cpu_fail {} cas_fail {} | from_partial {} new_slab {} free_slab {} drain {}",
+            s.alloc_cpu_sheaf, s.free_cpu_sheaf, s.sheaf_refill, s.sheaf_flush,
             s.alloc_fastpath, s.alloc_slowpath, s.free_fastpath, s.free_slowpath, s.free_frozen,
             s.cpu_partial_free, s.cmpxchg_double_cpu_fail, s.cmpxchg_double_fail, s.alloc_from_partial,
             s.alloc_slab, s.free_slab, s.cpu_partial_drain
