@@ -246,6 +246,8 @@ impl CacheInner {
             }
             let mut name_buf = [0u8; MAX_CACHE_NAME];
             name_buf[..name.len()].copy_from_slice(name.as_bytes());
+            let pool = SheafPool::new(sheaf_capacity);
+            let sheaf_geo = pool.geo();
             let inner = base as *mut CacheInner;
             ptr::write(
                 inner,
@@ -259,13 +261,14 @@ impl CacheInner {
                         core::mem::size_of::<KmemCacheCpu>(),
                         nr_cpus,
                     ),
-                    pool: SheafPool::new(sheaf_capacity),
+                    pool,
                     sheaves_on: AtomicBool::new(sheaf_capacity != 0),
                     // The sheaf part of each slot, at a fixed offset in it.
                     sheaf_slots: ArraySlots::new(
                         (cpus as *const u8).add(KmemCacheCpu::SHEAVES_OFFSET) as *const ArraySlot,
                         core::mem::size_of::<KmemCacheCpu>(),
                         nr_cpus,
+                        sheaf_geo,
                     ),
                     barn: barns,
                     offset: geo.offset,

@@ -126,14 +126,14 @@ impl CacheInner {
         if cfg!(kmem_mutant = "sheaf_locked_pop_unlocked") {
             // Planted bug (loom-tests): the lock is dropped before the pop it guards.
             drop(g);
-            let (st, obj) = c.sheaves.head.pop_locked();
+            let (st, obj) = c.sheaves.head.pop_locked(self.sheaf_slots.geo);
             return if st == Seq::Done {
                 Pcs::Done(obj)
             } else {
                 Pcs::Slow(c)
             };
         }
-        let (st, obj) = c.sheaves.head.pop_locked();
+        let (st, obj) = c.sheaves.head.pop_locked(self.sheaf_slots.geo);
         drop(g);
         if st == Seq::Done {
             c.stat(AllocPcs);
@@ -180,7 +180,7 @@ impl CacheInner {
             let Some(g) = c.sheaves.lock.try_lock() else {
                 return Pcs::Bypass;
             };
-            let st = c.sheaves.head.push_locked(obj);
+            let st = c.sheaves.head.push_locked(self.sheaf_slots.geo, obj);
             drop(g);
             (st, c)
         };
@@ -201,37 +201,31 @@ impl CacheInner {
     // Changing `main`
     // -----------------------------------------------------------------------------------------
 
-    /// Makes `new` slot `c`'s `main` if `main` is still `old` with `expect` objects (the
-    /// caller holds `c`'s sheaf lock). In the rseq mode a sequence on `c`'s CPU; in the locked
-    /// mode a store (the lock excludes the fast paths).
-    fn replace_main(
-        &self,
-        c: &KmemCacheCpu,
-        old: *mut Sheaf,
-        expect: usize,
-        new: *mut Sheaf,
-    ) -> Replace {
+    /// Installs sheaf `new` (the caller's, its count in it; null: none) as slot `c`'s `main`
+    /// if the slot's top is still `old_top` (the caller holds `c`'s sheaf lock). In the rseq
+    /// mode a sequence on `c`'s CPU; in the locked mode a store (the lock excludes the fast
+    /// paths). On `Done` the old `main` is the caller's, with its count written into it.
+    fn replace_main(&self, c: &KmemCacheCpu, old_top: usize, new: *mut Sheaf) -> Replace {
         let slot = &c.sheaves.head;
-        if !self.rseq {
-            slot.main.store(
-                Sheaf::as_array(new),
-                crate::sync::Ordering::Release,
-            );
-            return Replace::Done;
+        let new_top = Sheaf::top(new);
+        let r = if !self.rseq {
+            slot.set_top_stopped(new_top);
+            Replace::Done
+        } else {
+            percpu::replace_on_cpu(slot, c.index(), old_top, new_top)
+        };
+        if r == Replace::Done {
+            let (old, n) = self.sheaf_slots.geo.split(old_top);
+            if !old.is_null() {
+                // SAFETY: the replace took the old sheaf out of the slot at this top: it is ours,
+                // and the top it had is its count.
+                unsafe { (*(old as *mut Sheaf)).set_len(n) };
+            }
         }
-        // SAFETY: `old` (when not null) and `new` are live sheaves of this cache; the caller owns `new`.
-        unsafe {
-            percpu::replace_on_cpu(
-                slot,
-                c.index(),
-                Sheaf::as_array(old),
-                expect,
-                Sheaf::as_array(new),
-            )
-        }
+        r
     }
 
-    /// The count of `main` as seen now (racy in the rseq mode: a replace re-checks it).
+    /// The count of a sheaf no slot holds (0 for null).
     fn len_of(s: *mut Sheaf) -> usize {
         if s.is_null() {
             0
@@ -283,13 +277,13 @@ impl CacheInner {
             return false;
         };
         let sl = &c.sheaves;
-        let main = sl.main();
+        let (top, main, n) = sl.main(self.sheaf_slots.geo);
         let spare = sl.spare(&g);
-        if Self::len_of(main) != 0 {
+        if n != 0 {
             return true; // a free refilled it meanwhile
         }
         if !spare.is_null() && Self::len_of(spare) > 0 {
-            if self.replace_main(c, main, 0, spare) == Replace::Done {
+            if self.replace_main(c, top, spare) == Replace::Done {
                 sl.set_spare(&g, main);
                 c.stat(SheafSwap);
             }
@@ -297,7 +291,7 @@ impl CacheInner {
         }
         let barn = self.barn_of(c);
         if let Some(full) = barn.get_full() {
-            if self.replace_main(c, main, 0, full) == Replace::Done {
+            if self.replace_main(c, top, full) == Replace::Done {
                 c.stat(BarnGet);
                 if !main.is_null() {
                     if spare.is_null() {
@@ -351,16 +345,11 @@ impl CacheInner {
             return;
         };
         let sl = &c.sheaves;
-        let main = sl.main();
-        if cfg!(kmem_mutant = "sheaf_install_over_main") || Self::len_of(main) == 0 {
+        let (top, main, n) = sl.main(self.sheaf_slots.geo);
+        if cfg!(kmem_mutant = "sheaf_install_over_main") || n == 0 {
             // Planted bug (loom-tests): installs over a main that frees refilled meanwhile
             // (its objects are lost with it).
-            let expect = if cfg!(kmem_mutant = "sheaf_install_over_main") {
-                Self::len_of(main)
-            } else {
-                0
-            };
-            if self.replace_main(c, main, expect, full) == Replace::Done {
+            if self.replace_main(c, top, full) == Replace::Done {
                 if !main.is_null() {
                     if cfg!(kmem_mutant = "sheaf_install_over_main") {
                         // SAFETY: (the planted bug) the old main is treated as empty.
@@ -400,14 +389,13 @@ impl CacheInner {
         };
         let cap = self.pool.capacity;
         let sl = &c.sheaves;
-        let main = sl.main();
+        let (top, main, n) = sl.main(self.sheaf_slots.geo);
         let spare = sl.spare(&g);
-        let n = Self::len_of(main);
         if !main.is_null() && n < cap {
             return true; // an allocation made room meanwhile
         }
         if !spare.is_null() && Self::len_of(spare) < cap {
-            if self.replace_main(c, main, n, spare) == Replace::Done {
+            if self.replace_main(c, top, spare) == Replace::Done {
                 sl.set_spare(&g, main);
                 c.stat(SheafSwap);
             }
@@ -418,7 +406,7 @@ impl CacheInner {
             let Some(empty) = self.get_empty_sheaf(c) else {
                 return false;
             };
-            if self.replace_main(c, main, n, empty) == Replace::Done {
+            if self.replace_main(c, top, empty) == Replace::Done {
                 if !main.is_null() {
                     sl.set_spare(&g, main);
                 }
@@ -433,7 +421,7 @@ impl CacheInner {
             let Some(empty) = self.get_empty_sheaf(c) else {
                 return false;
             };
-            if self.replace_main(c, main, cap, empty) == Replace::Done {
+            if self.replace_main(c, top, empty) == Replace::Done {
                 // SAFETY: the old main is ours now; given to the barn.
                 unsafe { barn.put_full_force(main) };
                 c.stat(BarnPut);
@@ -502,8 +490,7 @@ impl CacheInner {
         if stop {
             percpu::stop_array(&sl.head, c.index());
         }
-        let main = sl.main();
-        sl.set_main_stopped(ptr::null_mut());
+        let main = sl.take_main_stopped(self.sheaf_slots.geo);
         if stop {
             percpu::resume_array(&sl.head);
         }
@@ -562,7 +549,7 @@ impl CacheInner {
         if self.rseq {
             percpu::stop_array(&sl.head, i);
         }
-        let n = Self::len_of(sl.main()) + Self::len_of(sl.spare(&g));
+        let n = sl.main(self.sheaf_slots.geo).2 + Self::len_of(sl.spare(&g));
         if self.rseq {
             percpu::resume_array(&sl.head);
         }

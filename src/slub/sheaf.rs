@@ -3,12 +3,18 @@
 //! the memory they live in.
 //!
 //! ```text
-//!   KmemCacheCpu.sheaves (SheafSlot)         Sheaf (ARRAY_OBJECTS + 8 * capacity bytes)
-//!     head.main    ──▶ the fast paths' sheaf   size | capacity | next | objects[capacity]
+//!   KmemCacheCpu.sheaves (SheafSlot)        Sheaf (a power of two of bytes, aligned to it)
+//!     head.top     ──▶ into `main`:          size | capacity | next | objects[capacity]
+//!                      the first free cell   (size: the count while no slot holds it)
 //!     head.stopped     (percpu/array.rs)
 //!     spare            under `lock`
 //!     lock             the slow paths (try_lock), the fast paths in the locked mode
 //! ```
+//!
+//! The slot holds no pointer to `main` apart from its top: `main` is `top` rounded down to the
+//! sheaf size, its count the distance from the first cell (`percpu/array.rs`). So a sheaf's
+//! `size` field is its count only while no slot holds it; taking a sheaf out of a slot writes
+//! the count its top said.
 //!
 //! A sheaf is *owned* by exactly one place at a time: a slot (as its `main` or `spare`), a
 //! barn list (`barn.rs`), the pool's free list, or the thread that took it out of one of those
@@ -27,7 +33,7 @@
 //! slot, the barns' limits ([`super::barn`]), and one in flight per thread refilling or
 //! flushing.
 
-use crate::cpu::percpu::{ArrayHead, ArraySlot, ARRAY_OBJECTS};
+use crate::cpu::percpu::{ArrayGeo, ArrayHead, ArraySlot, ARRAY_OBJECTS};
 use crate::page::{GfpFlags, Page, PAGE_SIZE};
 use crate::sync::{Cell, SpinLock};
 use core::ptr::{self, NonNull};
@@ -53,7 +59,7 @@ const _: () = assert!(core::mem::size_of::<Sheaf>() == ARRAY_OBJECTS);
 const _: () = assert!(core::mem::size_of::<Sheaf>() <= ARRAY_OBJECTS);
 
 impl Sheaf {
-    /// The number of objects in it.
+    /// The number of objects in it (a sheaf no slot holds).
     #[inline(always)]
     pub(crate) fn len(&self) -> usize {
         self.head.len()
@@ -92,13 +98,17 @@ impl Sheaf {
     /// Sets the count of a sheaf the caller owns.
     pub(crate) fn set_len(&self, n: usize) {
         debug_assert!(n <= self.capacity());
-        self.head.size.store(n, crate::sync::Ordering::Relaxed);
+        self.head.set_len(n);
     }
 
-    /// The sheaf as the array the sequences see.
+    /// The top a slot holding `this` (with its count) stores (0 for null).
     #[inline(always)]
-    pub(crate) fn as_array(this: *mut Sheaf) -> *mut ArrayHead {
-        this as *mut ArrayHead
+    pub(crate) fn top(this: *mut Sheaf) -> usize {
+        if this.is_null() {
+            return 0;
+        }
+        // SAFETY: a live sheaf its caller owns (not in a slot: its `size` is its count).
+        ArrayGeo::top_of(this as *mut ArrayHead, unsafe { (*this).len() })
     }
 }
 
@@ -123,18 +133,26 @@ impl SheafSlot {
         }
     }
 
-    /// The current `main` sheaf (or null). Its pointer is stable for the holder of `lock`;
-    /// its count is not, in the rseq mode (the fast paths change it).
+    /// `(top, main, count)`: the slot's top, the sheaf it points into (null: none) and its
+    /// count. The sheaf is stable for the holder of `lock`; the count is not, in the rseq mode
+    /// (the fast paths move the top): a replace re-checks the top it was computed from.
     #[inline(always)]
-    pub(crate) fn main(&self) -> *mut Sheaf {
-        self.head.main.load(crate::sync::Ordering::Acquire) as *mut Sheaf
+    pub(crate) fn main(&self, geo: ArrayGeo) -> (usize, *mut Sheaf, usize) {
+        let top = self.head.top();
+        let (arr, n) = geo.split(top);
+        (top, arr as *mut Sheaf, n)
     }
 
-    /// Stores `main` (the caller holds `lock` and, in the rseq mode, has stopped the slot).
-    pub(crate) fn set_main_stopped(&self, s: *mut Sheaf) {
-        self.head
-            .main
-            .store(Sheaf::as_array(s), crate::sync::Ordering::Release);
+    /// Takes `main` out of a stopped (or, in the locked mode, locked) slot: writes its count
+    /// into it, leaves the slot with none, and returns it (null: none).
+    pub(crate) fn take_main_stopped(&self, geo: ArrayGeo) -> *mut Sheaf {
+        let (_, main, n) = self.main(geo);
+        if !main.is_null() {
+            // SAFETY: the slot is stopped (or locked): the sheaf is the caller's now.
+            unsafe { (*main).set_len(n) };
+        }
+        self.head.set_top_stopped(0);
+        main
     }
 
     /// The spare sheaf (the caller holds `lock`).
@@ -151,10 +169,11 @@ impl SheafSlot {
 }
 
 /// The memory sheaves are carved from (per cache): blocks from the instance's page allocator,
-/// cut into sheaves of one size, and a free list.
+/// cut into sheaves of one power-of-two size (each aligned to it), and a free list. Blocks are
+/// chained through their page descriptors' `next` link.
 pub(crate) struct SheafPool {
     state: SpinLock<PoolState>,
-    /// Bytes per sheaf (a multiple of 64).
+    /// Bytes per sheaf (a power of two, at least 64).
     sheaf_bytes: usize,
     /// Objects per sheaf (0: the cache has no sheaves).
     pub(crate) capacity: usize,
@@ -162,9 +181,10 @@ pub(crate) struct SheafPool {
     order: u32,
 }
 
+/// The pool's lists (under its lock).
 pub(crate) struct PoolState {
     free: *mut Sheaf,
-    blocks: *mut PoolBlock,
+    blocks: *mut Page,
     /// Sheaves carved so far, and how many are on `free`.
     total: usize,
     nr_free: usize,
@@ -173,20 +193,12 @@ pub(crate) struct PoolState {
 // SAFETY: the raw pointers name pool memory that only the lock holder touches.
 unsafe impl Send for PoolState {}
 
-/// The first 64 bytes of a pool block.
-#[repr(C)]
-struct PoolBlock {
-    next: *mut PoolBlock,
-    page: NonNull<Page>,
-}
-
 impl SheafPool {
     /// The pool of a cache whose sheaves hold `capacity` objects (0: none).
     pub(crate) fn new(capacity: usize) -> Self {
-        let sheaf_bytes = (ARRAY_OBJECTS + 8 * capacity).next_multiple_of(64);
-        let want = 64 + 4 * sheaf_bytes;
+        let sheaf_bytes = Self::bytes_for(capacity);
         let mut order = 0;
-        while (PAGE_SIZE << order) < want {
+        while (PAGE_SIZE << order) < sheaf_bytes {
             order += 1;
         }
         SheafPool {
@@ -205,13 +217,23 @@ impl SheafPool {
         }
     }
 
+    /// Bytes of a sheaf of `capacity` cells (a power of two, at least 64).
+    fn bytes_for(capacity: usize) -> usize {
+        (ARRAY_OBJECTS + 8 * capacity).next_power_of_two().max(64)
+    }
+
+    /// The shape of this pool's sheaves, as the sequences see it.
+    pub(crate) fn geo(&self) -> ArrayGeo {
+        ArrayGeo::new(self.sheaf_bytes, self.capacity)
+    }
+
     /// The capacity a sheaf asked to hold `capacity` objects gets: the sheaf (a 32-byte head
-    /// and the cells) rounded up to whole cache lines, the cells filling it (the kernel rounds
-    /// to a kmalloc size the same way). The same under loom, whose larger model head only
-    /// moves the cells.
+    /// and the cells) rounded up to a power of two of bytes, the cells filling it (the kernel
+    /// rounds to a kmalloc size the same way: 60, 28, 12 and 4 fill 512, 256, 128 and 64
+    /// bytes exactly). The same under loom, whose larger model head only makes sheaves larger.
     pub(crate) fn capacity_for(capacity: usize) -> usize {
         const HEAD: usize = 32;
-        let bytes = (HEAD + 8 * capacity).next_multiple_of(64);
+        let bytes = (HEAD + 8 * capacity).next_power_of_two().max(64);
         (bytes - HEAD) / 8
     }
 
@@ -220,26 +242,18 @@ impl SheafPool {
         let mut st = self.state.lock();
         if st.free.is_null() {
             let page = pages.alloc_pages(self.order, GfpFlags::NONE)?;
-            // SAFETY: a block just handed to us.
-            let base = crate::page::page_address(unsafe { page.as_ref() }) as usize;
-            let block = base as *mut PoolBlock;
-            // SAFETY: the block is ours, at least a page, aligned; its first 64 bytes hold the
-            // header, the rest is cut into sheaves.
-            unsafe {
-                ptr::write(
-                    block,
-                    PoolBlock {
-                        next: st.blocks,
-                        page,
-                    },
-                )
-            };
-            st.blocks = block;
-            let mut at = base + 64;
+            // SAFETY: a block just handed to us; its descriptor's list link is unused by the
+            // page allocator while the block is allocated.
+            let p = unsafe { page.as_ref() };
+            // SAFETY: as above.
+            unsafe { p.next.set(st.blocks) };
+            st.blocks = page.as_ptr();
+            let base = crate::page::page_address(p) as usize;
+            let mut at = base;
             while at + self.sheaf_bytes <= base + (PAGE_SIZE << self.order) {
                 let s = at as *mut Sheaf;
                 // SAFETY: `at .. at + sheaf_bytes` lies inside the block and belongs to no
-                // other sheaf; 64-byte aligned.
+                // other sheaf; aligned to `sheaf_bytes` (the block is aligned to its size).
                 unsafe {
                     ptr::write(
                         s,
@@ -283,21 +297,21 @@ impl SheafPool {
     /// (installed again since the flush, or in flight) keep their blocks.
     pub(crate) fn trim(&self, pages: &crate::page::PageAllocator) {
         let block_bytes = PAGE_SIZE << self.order;
-        let per_block = (block_bytes - 64) / self.sheaf_bytes;
+        let per_block = block_bytes / self.sheaf_bytes;
         let mut st = self.state.lock();
         let st = &mut *st;
-        let mut prev: *mut *mut PoolBlock = &mut st.blocks;
-        // SAFETY: the block list and the free list are guarded by the pool lock we hold; every
-        // sheaf lies inside the block it was carved from (blocks are aligned to their size, so
-        // its block is its address rounded down).
+        let mut keep_blocks: *mut Page = ptr::null_mut();
+        let mut b = st.blocks;
+        // SAFETY: the block list (through the descriptors' `next`) and the free list are
+        // guarded by the pool lock we hold; a sheaf lies inside the block it was carved from.
         unsafe {
-            while !(*prev).is_null() {
-                let b = *prev;
-                let base = b as usize;
+            while !b.is_null() {
+                let next_block = (*b).next.get();
+                let base = crate::page::page_address(&*b) as usize;
                 let mut free_here = 0;
                 let mut s = st.free;
                 while !s.is_null() {
-                    if (s as usize) & !(block_bytes - 1) == base {
+                    if (s as usize).wrapping_sub(base) < block_bytes {
                         free_here += 1;
                     }
                     s = (*s).next.get();
@@ -310,27 +324,29 @@ impl SheafPool {
                     free_here < per_block
                 };
                 if in_use {
-                    prev = &mut (*b).next;
-                    continue;
-                }
-                // Rebuild the free list without its sheaves, then unlink the block.
-                let mut keep: *mut Sheaf = ptr::null_mut();
-                let mut s = st.free;
-                while !s.is_null() {
-                    let next = (*s).next.get();
-                    if (s as usize) & !(block_bytes - 1) != base {
-                        (*s).next.set(keep);
-                        keep = s;
+                    (*b).next.set(keep_blocks);
+                    keep_blocks = b;
+                } else {
+                    // Rebuild the free list without its sheaves, then give the block back.
+                    let mut keep: *mut Sheaf = ptr::null_mut();
+                    let mut s = st.free;
+                    while !s.is_null() {
+                        let next = (*s).next.get();
+                        if (s as usize).wrapping_sub(base) >= block_bytes {
+                            (*s).next.set(keep);
+                            keep = s;
+                        }
+                        s = next;
                     }
-                    s = next;
+                    st.free = keep;
+                    st.total -= per_block;
+                    st.nr_free -= free_here;
+                    pages.free_pages(NonNull::new_unchecked(b), self.order);
                 }
-                st.free = keep;
-                st.total -= per_block;
-                st.nr_free -= free_here;
-                *prev = (*b).next;
-                pages.free_pages((*b).page, self.order);
+                b = next_block;
             }
         }
+        st.blocks = keep_blocks;
     }
 
     /// Gives every block back to `pages` (cache destroy).
@@ -346,10 +362,11 @@ impl SheafPool {
         st.nr_free = 0;
         drop(st);
         while !b.is_null() {
-            // SAFETY: a block header written by `alloc`; no sheaf is used again (contract).
-            let (next, page) = unsafe { ((*b).next, (*b).page) };
+            // SAFETY: a block of this pool (its descriptor links the list); no sheaf is used
+            // again (contract).
+            let next = unsafe { (*b).next.get() };
             // SAFETY: the block came from `pages` at `self.order` and is freed once.
-            unsafe { pages.free_pages(page, self.order) };
+            unsafe { pages.free_pages(NonNull::new_unchecked(b), self.order) };
             b = next;
         }
     }

@@ -1,34 +1,43 @@
-//! Per-CPU arrays of object pointers (tcmalloc's per-CPU cache, Linux 7.0's sheaves): the slot
-//! of each CPU points at an array with a count, and a pop or push is one restartable sequence
-//! whose commit is the store of the new count.
+//! Per-CPU arrays of object pointers (tcmalloc's per-CPU cache, Linux 7.0's sheaves): each
+//! CPU's slot holds a pointer into its current array — the *top*, the first free cell — and a
+//! pop or push is one restartable sequence whose commit is the store of the new top.
 //!
 //! ```text
-//!   ArraySlot (in the CPU slot)         ArrayHead (the array, e.g. a sheaf)
-//!   +0  main    ───────────────────▶    +0   size       number of objects (the commit word)
-//!   +8  stopped                         +8   capacity   fixed when the array is created
-//!                                       +16  (the owner's words)
-//!                                       +32  objects[0 .. capacity]
+//!   ArraySlot (in the CPU slot)        an array (e.g. a sheaf): BYTES bytes, a power of two,
+//!   +0  top  ─────────────────┐        aligned to BYTES
+//!   +8  stopped               │        +0    size       its count while no slot holds it
+//!                             │        +8    capacity
+//!                             │        +16   (the owner's words)
+//!                             │        +32   objects[0] ...
+//!                             └──────▶       objects[n-1]  (top: array + 24 + 8 n; 24 if empty)
+//!                                            ... objects[capacity - 1]
 //! ```
 //!
-//! - pop: `cpu = cpu_id; slot = slots[cpu]; stopped? → Stopped; arr = main; null or size == 0 →
-//!   Empty; obj = objects[size - 1]`; commit `size = size - 1`.
-//! - push: `... arr = main; null → Full; objects[size - 1] == obj → DoubleFree; size ==
-//!   capacity → Full; objects[size] = obj`; commit `size = size + 1`. The store into `objects[size]`
-//!   before the commit is into a cell no one reads (it is beyond `size`): a restart redoes it,
-//!   and if the array leaves the CPU in between, the stray word is beyond its count.
-//! - replace: `cpu_id == c? else Elsewhere; main == old? and (old null or old.size == expect)?
-//!   else Changed`; commit `main = new`. Used by the slow paths, under the slot's lock, to swap
-//!   the array the fast paths see (a full one for an empty one, the spare for the main). The
-//!   check of `old.size` inside the sequence is what keeps an object pushed on this CPU after
-//!   the slow path looked at the array from being lost with it.
+//! Because an array is aligned to its power-of-two size, `top` alone names both the array
+//! (`top & !mask`) and its count (`((top & mask) - 24) / 8`): a pop or push reads one word of the
+//! slot and one cell, and stores one word — the shortest chain of dependent loads a per-CPU
+//! array can have (tcmalloc's `current` plays the same part). `top` points at the last object
+//! rather than past it so that a full array's top stays inside the array even when its cells
+//! fill it to the end.
 //!
-//! Only the holder of the slot's lock changes `main` (by a replace on the slot's CPU, or after
-//! stopping the slot and fencing its CPU, see `percpu/mod.rs`); the fast paths change only
-//! `size` (and cells beyond it) of the array `main` points at. An array that is not `main` of
-//! any slot belongs to whoever took it out, who may use it with plain loads and stores.
+//! - pop: `cpu = cpu_id; slot = slots[cpu]; stopped? → Stopped; top = slot.top; top & mask <= 24
+//!   (no array: top 0, or an empty one) → Empty; obj = *top`; commit `slot.top = top - 8`.
+//! - push: `...; top == 0 → Full; top & mask != 24 and *top == obj → DoubleFree; top & mask ==
+//!   full → Full; *(top + 8) = obj`; commit `slot.top = top + 8`. The store before the commit is
+//!   into a cell beyond the count, which no one reads: a restart redoes it, and if the array
+//!   leaves the CPU in between, the stray word is beyond its count.
+//! - replace: `cpu_id == c? else Elsewhere; slot.top == old? else Changed`; commit
+//!   `slot.top = new`. Used by the slow paths, under the slot's lock, to install another array.
+//!   Comparing the whole top compares the array *and* its count: an object pushed on this CPU
+//!   after the slow path looked makes the replace fail instead of leaving with the old array.
+//!
+//! Only the holder of the slot's lock changes which array `top` points into (by a replace on
+//! the slot's CPU, or after stopping the slot and fencing its CPU, see `percpu/mod.rs`); the
+//! fast paths only move `top` within the array. An array that no slot holds carries its count
+//! in `size` and belongs to whoever took it out, who may use it with plain loads and stores.
 //!
 //! In the locked commit mode there are no sequences: the slot's lock (taken with `try_lock` by
-//! the fast paths) guards `main` and the array it points at, and [`ArraySlot::pop_locked`] /
+//! the fast paths) guards `top` and the array, and [`ArraySlot::pop_locked`] /
 //! [`ArraySlot::push_locked`] do the same steps as plain code.
 
 #![cfg_attr(
@@ -42,39 +51,33 @@ use crate::sync::AtomicUsize;
 /// Offset of `objects[0]` from the start of an [`ArrayHead`] (under loom the atomics and cells
 /// of the head and its owner's words are larger model objects: the cells start further on).
 pub(crate) const ARRAY_OBJECTS: usize = if cfg!(loom) { 256 } else { 32 };
-/// Offset of `size` in an [`ArrayHead`].
-const OFF_SIZE: usize = 0;
-/// Offset of `capacity` in an [`ArrayHead`].
-const OFF_CAPACITY: usize = 8;
-/// Offset of `main` in an [`ArraySlot`].
-const OFF_MAIN: usize = 0;
+/// Offset of `top` in an [`ArraySlot`].
+const OFF_TOP: usize = 0;
 /// Offset of `stopped` in an [`ArraySlot`].
 const OFF_ASTOP: usize = 8;
 
-/// The first 16 bytes of an array: its count and capacity; `objects` start at
-/// [`ARRAY_OBJECTS`].
+/// The first words of an array: its count (while no slot holds it) and capacity; `objects`
+/// start at [`ARRAY_OBJECTS`].
 #[repr(C)]
 pub(crate) struct ArrayHead {
-    /// The number of objects, `objects[0 .. size]`.
+    /// The number of objects, `objects[0 .. size]`, while no slot holds the array.
     pub(crate) size: AtomicUsize,
     /// The number of object cells.
     pub(crate) capacity: usize,
 }
 
-/// The per-CPU part the array sequences read: which array is the CPU's, and the stop word.
+/// The per-CPU part the array sequences read: the top of the CPU's array, and the stop word.
 #[repr(C)]
 pub(crate) struct ArraySlot {
-    /// The array the fast paths use, or null (pop: empty; push: full).
-    pub(crate) main: AtomicPtr<ArrayHead>,
+    /// The first free cell of the CPU's array, or 0 when it has none (pop: empty; push: full).
+    pub(crate) top: AtomicUsize,
     /// Non-zero while a stopper owns the slot.
     pub(crate) stopped: AtomicU64,
 }
 
 #[cfg(not(loom))]
 const _: () = {
-    assert!(core::mem::offset_of!(ArrayHead, size) == OFF_SIZE);
-    assert!(core::mem::offset_of!(ArrayHead, capacity) == OFF_CAPACITY);
-    assert!(core::mem::offset_of!(ArraySlot, main) == OFF_MAIN);
+    assert!(core::mem::offset_of!(ArraySlot, top) == OFF_TOP);
     assert!(core::mem::offset_of!(ArraySlot, stopped) == OFF_ASTOP);
 };
 
@@ -93,49 +96,64 @@ impl ArrayHead {
         (self as *const ArrayHead as usize + ARRAY_OBJECTS + i * 8) as *mut usize
     }
 
-    /// The count (for an array the caller owns or whose slot it has stopped).
+    /// The count of an array no slot holds.
     #[inline(always)]
     pub(crate) fn len(&self) -> usize {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// Pops the last object of an array the caller owns (or guards with the slot lock in the
-    /// locked mode).
-    ///
-    /// # Safety
-    /// The caller has exclusive use of the array; its cells below `size` hold objects.
+    /// Sets the count of an array no slot holds (its owner's).
     #[inline(always)]
-    pub(crate) unsafe fn pop_owned(&self) -> Option<usize> {
-        let n = self.size.load(Ordering::Relaxed);
-        if n == 0 {
-            return None;
+    pub(crate) fn set_len(&self, n: usize) {
+        self.size.store(n, Ordering::Relaxed)
+    }
+}
+
+/// `top & mask` of an empty array: the cell before the first.
+const EMPTY_OFF: usize = ARRAY_OBJECTS - 8;
+
+/// The shape every array of one kind shares: `BYTES` (a power of two, the alignment too) and
+/// the offset of the last cell (`ARRAY_OBJECTS + 8 * capacity <= BYTES`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ArrayGeo {
+    /// `BYTES - 1`.
+    pub(crate) mask: usize,
+    /// `EMPTY_OFF + 8 * capacity`: `top & mask` of a full array.
+    pub(crate) full: usize,
+}
+
+impl ArrayGeo {
+    /// The shape of arrays of `bytes` bytes (a power of two) holding `capacity` objects.
+    pub(crate) fn new(bytes: usize, capacity: usize) -> Self {
+        assert!(bytes.is_power_of_two() && ARRAY_OBJECTS + 8 * capacity <= bytes);
+        // A top is never 0 inside an array (EMPTY_OFF > 0), so 0 can mean "no array".
+        ArrayGeo {
+            mask: bytes - 1,
+            full: EMPTY_OFF + 8 * capacity,
         }
-        // SAFETY: cell `n - 1 < capacity` lies inside the array (contract).
-        let obj = unsafe { crate::sync::load_free_ptr(self.cell(n - 1)) };
-        self.size.store(n - 1, Ordering::Relaxed);
-        Some(obj)
     }
 
-    /// Pushes `obj` onto an array the caller owns; `Err(())` when it is full,
-    /// `Ok(false)` when `obj` is already its last object (a double free).
-    ///
-    /// # Safety
-    /// As [`Self::pop_owned`].
+    /// The top of `arr` holding `len` objects (0 for no array).
     #[inline(always)]
-    pub(crate) unsafe fn push_owned(&self, obj: usize) -> Result<bool, ()> {
-        let n = self.size.load(Ordering::Relaxed);
-        // The double-free check first, so that it also sees an object that filled the array.
-        // SAFETY: cell `n - 1 < capacity` lies inside the array (contract).
-        if n > 0 && unsafe { crate::sync::load_free_ptr(self.cell(n - 1)) } == obj {
-            return Ok(false);
+    pub(crate) fn top_of(arr: *mut ArrayHead, len: usize) -> usize {
+        if arr.is_null() {
+            0
+        } else {
+            arr as usize + EMPTY_OFF + 8 * len
         }
-        if n >= self.capacity {
-            return Err(());
+    }
+
+    /// The array `top` points into and its count (`(null, 0)` for 0).
+    #[inline(always)]
+    pub(crate) fn split(self, top: usize) -> (*mut ArrayHead, usize) {
+        if top == 0 {
+            (core::ptr::null_mut(), 0)
+        } else {
+            (
+                (top & !self.mask) as *mut ArrayHead,
+                ((top & self.mask) - EMPTY_OFF) / 8,
+            )
         }
-        // SAFETY: cell `n < capacity` lies inside the array (contract).
-        unsafe { crate::sync::store_free_ptr(self.cell(n), obj) };
-        self.size.store(n + 1, Ordering::Relaxed);
-        Ok(true)
     }
 }
 
@@ -143,61 +161,81 @@ impl ArraySlot {
     /// A slot with no array, running.
     pub(crate) fn new() -> Self {
         ArraySlot {
-            main: AtomicPtr::new(core::ptr::null_mut()),
+            top: AtomicUsize::new(0),
             stopped: AtomicU64::new(0),
         }
     }
 
-    /// Pop in the locked mode (the caller holds the slot's lock): `Seq::Done` with the object,
-    /// or `Seq::Empty`.
+    /// The slot's top (stable for the holder of the slot's lock in the locked mode, or of a
+    /// stopped slot; a snapshot otherwise).
     #[inline(always)]
-    pub(crate) fn pop_locked(&self) -> (Seq, usize) {
-        let arr = self.main.load(Ordering::Relaxed);
-        if arr.is_null() {
-            return (Seq::Empty, 0);
-        }
-        // SAFETY: the slot lock gives the holder exclusive use of `main`'s array in the locked
-        // mode (module docs); arrays live as long as their cache.
-        match unsafe { (*arr).pop_owned() } {
-            Some(obj) => (Seq::Done, obj),
-            None => (Seq::Empty, 0),
-        }
+    pub(crate) fn top(&self) -> usize {
+        self.top.load(Ordering::Acquire)
     }
 
-    /// Push in the locked mode (the caller holds the slot's lock): `Done`, `Full` or
-    /// `DoubleFree`.
+    /// Stores the top (the caller holds the slot's lock and, in the rseq mode, has stopped the
+    /// slot).
+    pub(crate) fn set_top_stopped(&self, top: usize) {
+        self.top.store(top, Ordering::Release)
+    }
+
+    /// Pop in the locked mode (the caller holds the slot's lock; the model of the sequence
+    /// under loom): `Seq::Done` with the object, or `Seq::Empty`.
     #[inline(always)]
-    pub(crate) fn push_locked(&self, obj: usize) -> Seq {
-        let arr = self.main.load(Ordering::Relaxed);
-        if arr.is_null() {
+    pub(crate) fn pop_locked(&self, geo: ArrayGeo) -> (Seq, usize) {
+        let top = self.top.load(Ordering::Relaxed);
+        if top & geo.mask <= EMPTY_OFF {
+            return (Seq::Empty, 0); // no array (top 0), or an empty one
+        }
+        // SAFETY: `top` is the last object's cell of the slot's live array, which the caller's
+        // lock (or the model sequence) gives it alone.
+        let obj = unsafe { crate::sync::load_free_ptr(top as *const usize) };
+        self.top.store(top - 8, Ordering::Relaxed);
+        (Seq::Done, obj)
+    }
+
+    /// Push in the locked mode (as [`Self::pop_locked`]): `Done`, `Full` or `DoubleFree`.
+    #[inline(always)]
+    pub(crate) fn push_locked(&self, geo: ArrayGeo, obj: usize) -> Seq {
+        let top = self.top.load(Ordering::Relaxed);
+        if top == 0 {
             return Seq::Full;
         }
-        // SAFETY: as in `pop_locked`.
-        match unsafe { (*arr).push_owned(obj) } {
-            Ok(true) => Seq::Done,
-            Ok(false) => Seq::DoubleFree,
-            Err(()) => Seq::Full,
+        let off = top & geo.mask;
+        // The double-free check first, so that it also sees an object that filled the array.
+        // SAFETY: `top` is the last object's cell of the slot's live array when it is not empty.
+        if off != EMPTY_OFF && unsafe { crate::sync::load_free_ptr(top as *const usize) } == obj {
+            return Seq::DoubleFree;
         }
+        if off >= geo.full {
+            return Seq::Full;
+        }
+        // SAFETY: `top + 8` is a free cell of the slot's live array (`off < full`).
+        unsafe { crate::sync::store_free_ptr((top + 8) as *mut usize, obj) };
+        self.top.store(top + 8, Ordering::Relaxed);
+        Seq::Done
     }
 }
 
 /// The result of [`replace_on_cpu`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Replace {
-    /// `main` is now the new array; the old one belongs to the caller.
+    /// The slot's top is now the new one; the old array belongs to the caller.
     Done,
-    /// `main` was not `old`, or `old`'s count was not the one expected.
+    /// The slot's top was not the one expected.
     Changed,
     /// The thread is not on the slot's CPU (it migrated, or cannot run sequences).
     Elsewhere,
 }
 
-/// An array of [`ArraySlot`]s indexed by CPU id, `stride` bytes apart.
+/// An array of [`ArraySlot`]s indexed by CPU id, `stride` bytes apart, and the shape of their
+/// arrays.
 #[derive(Clone, Copy)]
 pub(crate) struct ArraySlots {
     base: usize,
     stride: usize,
     nr: usize,
+    pub(crate) geo: ArrayGeo,
 }
 
 // SAFETY: an address range of slots whose fields are atomics; sharing it shares only those.
@@ -206,15 +244,21 @@ unsafe impl Send for ArraySlots {}
 unsafe impl Sync for ArraySlots {}
 
 impl ArraySlots {
-    /// The `nr` slots starting at `first`, `stride` bytes apart.
+    /// The `nr` slots starting at `first`, `stride` bytes apart, whose arrays have shape `geo`.
     ///
     /// # Safety
     /// `first + i * stride` is a live [`ArraySlot`] for every `i < nr` while the value is used.
-    pub(crate) unsafe fn new(first: *const ArraySlot, stride: usize, nr: usize) -> Self {
+    pub(crate) unsafe fn new(
+        first: *const ArraySlot,
+        stride: usize,
+        nr: usize,
+        geo: ArrayGeo,
+    ) -> Self {
         ArraySlots {
             base: first as usize,
             stride,
             nr,
+            geo,
         }
     }
 
@@ -237,18 +281,18 @@ impl ArraySlots {
 /// `Stopped` with the slot's address; `Unavailable` (no registration, or a CPU beyond the slots).
 ///
 /// # Safety
-/// Every array a slot's `main` points at is live, with `capacity` cells after its head.
+/// Every slot's top is 0 or points into a live array of shape `slots.geo`.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
 pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
     let (st, slot, obj): (u64, usize, usize);
     // Why this is sound: the sequence reads `cpu_id` from, and arms `rseq_cs` in, this thread's
     // rseq area (registered: else `cpu_id` reads as >= nr and the sequence stops before touching
-    // a slot); it reads slot `cpu < nr` (the `ArraySlots` contract) and the live array `main`
-    // points at (the caller's contract), and commits one store to that array's `size`. The
-    // descriptor is in `__rseq_cs`, its start label follows the store that arms it, the commit is
-    // the last instruction of the range, and the abort handler, outside the range, is preceded by
-    // the signature and restarts from the arming store.
+    // a slot); it reads slot `cpu < nr` (the `ArraySlots` contract) and the last object cell
+    // below its top (the caller's contract: a live array), and commits one store to the slot's
+    // top. The descriptor is in `__rseq_cs`, its start label follows the store that arms it, the
+    // commit is the last instruction of the range, and the abort handler, outside the range, is
+    // preceded by the signature and restarts from the arming store.
     // SAFETY: the invariants stated just above hold here.
     unsafe {
         core::arch::asm!(
@@ -263,15 +307,14 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
             "add {slot}, {base}",
             "cmp qword ptr [{slot} + {o_stop}], 0",
             "jne 26f",
-            "mov {arr}, qword ptr [{slot} + {o_main}]",
-            "test {arr}, {arr}",
-            "jz 28f",
-            "mov {n}, qword ptr [{arr}]",
-            "test {n}, {n}",
-            "jz 28f",
-            "mov {obj}, qword ptr [{arr} + {n} * 8 + {om8}]",
-            "sub {n}, 1",
-            "mov qword ptr [{arr}], {n}",
+            "mov {top}, qword ptr [{slot} + {o_top}]",
+            "mov {t}, {top}",
+            "and {t}, {mask}",
+            "cmp {t}, {empty}",
+            "jbe 28f",
+            "mov {obj}, qword ptr [{top}]",
+            "sub {top}, 8",
+            "mov qword ptr [{slot} + {o_top}], {top}",
             "5:",
             "xor {t:e}, {t:e}",
             "jmp 29f",
@@ -301,15 +344,15 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
             nr = in(reg) slots.nr,
             stride = in(reg) slots.stride,
             base = in(reg) slots.base,
+            mask = in(reg) slots.geo.mask,
             t = out(reg) st,
             slot = out(reg) slot,
-            arr = out(reg) _,
-            n = out(reg) _,
+            top = out(reg) _,
             obj = out(reg) obj,
             cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
             o_stop = const OFF_ASTOP,
-            o_main = const OFF_MAIN,
-            om8 = const ARRAY_OBJECTS - 8,
+            o_top = const OFF_TOP,
+            empty = const EMPTY_OFF,
             sig = const RSEQ_SIG,
             st_unavail = const ST_UNAVAILABLE,
             st_stopped = const ST_STOPPED,
@@ -330,7 +373,7 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
 #[inline(always)]
 pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
     let (st, slot): (u64, usize);
-    // SAFETY: as in `array_pop`; the one store before the commit is into cell `size` of the array, beyond its count (read by no one, redone by a restart).
+    // SAFETY: as in `array_pop`; the one store before the commit is into the free cell at the top, beyond the count (read by no one, redone by a restart).
     unsafe {
         core::arch::asm!(
             "2:",
@@ -344,20 +387,21 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
             "add {slot}, {base}",
             "cmp qword ptr [{slot} + {o_stop}], 0",
             "jne 26f",
-            "mov {arr}, qword ptr [{slot} + {o_main}]",
-            "test {arr}, {arr}",
+            "mov {top}, qword ptr [{slot} + {o_top}]",
+            "test {top}, {top}",
             "jz 28f",
-            "mov {n}, qword ptr [{arr}]",
-            "test {n}, {n}",
-            "jz 4f",
-            "cmp {obj}, qword ptr [{arr} + {n} * 8 + {om8}]",
+            "mov {t}, {top}",
+            "and {t}, {mask}",
+            "cmp {t}, {empty}",
+            "je 4f",
+            "cmp {obj}, qword ptr [{top}]",
             "je 27f",
             "4:",
-            "cmp {n}, qword ptr [{arr} + {o_cap}]",
+            "cmp {t}, {full}",
             "jae 28f",
-            "mov qword ptr [{arr} + {n} * 8 + {o0}], {obj}",
-            "add {n}, 1",
-            "mov qword ptr [{arr}], {n}",
+            "mov qword ptr [{top} + 8], {obj}",
+            "add {top}, 8",
+            "mov qword ptr [{slot} + {o_top}], {top}",
             "5:",
             "xor {t:e}, {t:e}",
             "jmp 29f",
@@ -390,17 +434,16 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
             nr = in(reg) slots.nr,
             stride = in(reg) slots.stride,
             base = in(reg) slots.base,
+            mask = in(reg) slots.geo.mask,
+            full = in(reg) slots.geo.full,
             obj = in(reg) obj,
             t = out(reg) st,
             slot = out(reg) slot,
-            arr = out(reg) _,
-            n = out(reg) _,
+            top = out(reg) _,
             cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
             o_stop = const OFF_ASTOP,
-            o_main = const OFF_MAIN,
-            o_cap = const OFF_CAPACITY,
-            om8 = const ARRAY_OBJECTS - 8,
-            o0 = const ARRAY_OBJECTS,
+            o_top = const OFF_TOP,
+            empty = const EMPTY_OFF,
             sig = const RSEQ_SIG,
             st_unavail = const ST_UNAVAILABLE,
             st_stopped = const ST_STOPPED,
@@ -412,25 +455,15 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
     (seq_of(st), slot)
 }
 
-/// Replaces slot `slot`'s array `old` (whose count must be `expect`; any if `old` is null) by
-/// `new`, as the commit of a sequence that first checks the thread runs on CPU `cpu` (module
-/// docs). The caller holds the slot's lock.
-///
-/// # Safety
-/// `old`, when not null, is a live array; `new` is a live array the caller owns (it becomes the
-/// slot's).
+/// Replaces slot `slot`'s top `old` by `new`, as the commit of a sequence that first checks that
+/// the thread runs on CPU `cpu` (module docs). The caller holds the slot's lock.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline]
-pub(crate) unsafe fn replace_on_cpu(
-    slot: &ArraySlot,
-    cpu: usize,
-    old: *mut ArrayHead,
-    expect: usize,
-    new: *mut ArrayHead,
-) -> Replace {
+pub(crate) fn replace_on_cpu(slot: &ArraySlot, cpu: usize, old: usize, new: usize) -> Replace {
     let st: u64;
-    // SAFETY: as in `array_pop` for the sequence; it reads the slot and, when not null, `old`'s
-    // count (live: contract), and commits one store to the slot's `main`.
+    // Why this is sound: as in `array_pop` for the sequence; it reads and commits one store to
+    // the slot's top, an atomic word of a live slot (the reference).
+    // SAFETY: the invariants stated just above hold here.
     unsafe {
         core::arch::asm!(
             "2:",
@@ -439,14 +472,9 @@ pub(crate) unsafe fn replace_on_cpu(
             "3:",
             "cmp dword ptr fs:[{off} + 4], {cpu:e}",
             "jne 27f",
-            "cmp qword ptr [{slot} + {o_main}], {old}",
+            "cmp qword ptr [{slot} + {o_top}], {old}",
             "jne 28f",
-            "test {old}, {old}",
-            "jz 4f",
-            "cmp qword ptr [{old}], {expect}",
-            "jne 28f",
-            "4:",
-            "mov qword ptr [{slot} + {o_main}], {new}",
+            "mov qword ptr [{slot} + {o_top}], {new}",
             "5:",
             "xor {t:e}, {t:e}",
             "jmp 29f",
@@ -473,11 +501,10 @@ pub(crate) unsafe fn replace_on_cpu(
             cpu = in(reg) cpu,
             slot = in(reg) slot as *const ArraySlot,
             old = in(reg) old,
-            expect = in(reg) expect,
             new = in(reg) new,
             t = out(reg) st,
             cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
-            o_main = const OFF_MAIN,
+            o_top = const OFF_TOP,
             sig = const RSEQ_SIG,
             options(nostack),
         );
@@ -510,13 +537,7 @@ pub(crate) unsafe fn array_push(_: ArraySlots, _: usize) -> (Seq, usize) {
 
 /// See the x86_64 version.
 #[cfg(all(not(loom), any(miri, not(target_arch = "x86_64"))))]
-pub(crate) unsafe fn replace_on_cpu(
-    _: &ArraySlot,
-    _: usize,
-    _: *mut ArrayHead,
-    _: usize,
-    _: *mut ArrayHead,
-) -> Replace {
+pub(crate) fn replace_on_cpu(_: &ArraySlot, _: usize, _: usize, _: usize) -> Replace {
     Replace::Elsewhere
 }
 
@@ -526,7 +547,7 @@ pub(crate) unsafe fn replace_on_cpu(
 
 /// The model of [`array_pop`]: the sequence runs under its model CPU's mutex. Its loads of the
 /// slot are Acquire, as every x86_64 load is: a sequence that sees a stopper's `stopped = 0`
-/// sees the `main` the stopper left.
+/// sees the top the stopper left.
 ///
 /// # Safety
 /// As the x86_64 version.
@@ -542,16 +563,9 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
     if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Acquire) != 0 {
         return (Seq::Stopped, at, 0);
     }
-    let arr = s.main.load(Ordering::Acquire);
-    if arr.is_null() {
-        return (Seq::Empty, at, 0);
-    }
-    // SAFETY: inside the model sequence the array is this CPU's alone (the caller's contract
-    // keeps it live).
-    match unsafe { (*arr).pop_owned() } {
-        Some(obj) => (Seq::Done, at, obj),
-        None => (Seq::Empty, at, 0),
-    }
+    let _ = s.top.load(Ordering::Acquire);
+    let (st, obj) = s.pop_locked(slots.geo);
+    (st, at, obj)
 }
 
 /// The model of [`array_push`].
@@ -570,45 +584,70 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
     if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Acquire) != 0 {
         return (Seq::Stopped, at);
     }
-    let arr = s.main.load(Ordering::Acquire);
-    if arr.is_null() {
-        return (Seq::Full, at);
-    }
-    // SAFETY: as in `array_pop`.
-    match unsafe { (*arr).push_owned(obj) } {
-        Ok(true) => (Seq::Done, at),
-        Ok(false) => (Seq::DoubleFree, at),
-        Err(()) => (Seq::Full, at),
-    }
+    let _ = s.top.load(Ordering::Acquire);
+    (s.push_locked(slots.geo, obj), at)
 }
 
 /// The model of [`replace_on_cpu`].
-///
-/// # Safety
-/// As the x86_64 version.
 #[cfg(loom)]
-pub(crate) unsafe fn replace_on_cpu(
-    slot: &ArraySlot,
-    cpu: usize,
-    old: *mut ArrayHead,
-    expect: usize,
-    new: *mut ArrayHead,
-) -> Replace {
+pub(crate) fn replace_on_cpu(slot: &ArraySlot, cpu: usize, old: usize, new: usize) -> Replace {
     let here = crate::cpu::current_cpu();
     let _seq = crate::sync::cpu_sequence(here);
     if here != cpu {
         return Replace::Elsewhere;
     }
-    if slot.main.load(Ordering::Relaxed) != old {
+    let cur = slot.top.load(Ordering::Acquire);
+    let same = if cfg!(kmem_mutant = "sheaf_replace_ignores_count") {
+        // Planted bug (loom-tests): compares only the array (arrays are at least 512 bytes
+        // under loom), not its count.
+        cur != 0 && old != 0 && (cur ^ old) < 512
+    } else {
+        cur == old
+    };
+    if !same {
         return Replace::Changed;
     }
-    // SAFETY: `old` is live (contract).
-    if !cfg!(kmem_mutant = "sheaf_replace_ignores_count")
-        && !old.is_null()
-        && unsafe { (*old).size.load(Ordering::Relaxed) } != expect
-    {
-        return Replace::Changed;
-    }
-    slot.main.store(new, Ordering::Relaxed);
+    slot.top.store(new, Ordering::Release);
     Replace::Done
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// An array of `bytes` bytes aligned to them, in a leaked allocation.
+    fn array(bytes: usize, capacity: usize) -> *mut ArrayHead {
+        let layout = std::alloc::Layout::from_size_align(bytes, bytes).unwrap();
+        // SAFETY: a non-zero layout; the memory is leaked (the test is short).
+        let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut ArrayHead;
+        // SAFETY: fresh, aligned, large enough for the head.
+        unsafe { p.write(ArrayHead::new(capacity)) };
+        p
+    }
+
+    #[test]
+    fn top_names_the_array_and_its_count_up_to_a_full_array() {
+        // 1020 cells fill 8 KiB exactly: a full top must still name this array.
+        for (bytes, cap) in [(64, 4), (512, 60), (8192, 1020)] {
+            let geo = ArrayGeo::new(bytes, cap);
+            let a = array(bytes, cap);
+            let slot = ArraySlot::new();
+            assert_eq!(slot.pop_locked(geo).0, Seq::Empty, "no array");
+            assert_eq!(slot.push_locked(geo, 8), Seq::Full, "no array");
+            slot.set_top_stopped(ArrayGeo::top_of(a, 0));
+            assert_eq!(geo.split(slot.top()), (a, 0));
+            assert_eq!(slot.pop_locked(geo).0, Seq::Empty);
+            for i in 0..cap {
+                assert_eq!(slot.push_locked(geo, 0x1000 + 8 * i), Seq::Done);
+                assert_eq!(geo.split(slot.top()), (a, i + 1));
+            }
+            assert_eq!(slot.push_locked(geo, 0x1000 + 8 * (cap - 1)), Seq::DoubleFree);
+            assert_eq!(slot.push_locked(geo, 8), Seq::Full);
+            for i in (0..cap).rev() {
+                assert_eq!(slot.pop_locked(geo), (Seq::Done, 0x1000 + 8 * i));
+            }
+            assert_eq!(slot.pop_locked(geo).0, Seq::Empty);
+            assert_eq!(geo.split(slot.top()), (a, 0));
+        }
+    }
 }

@@ -89,7 +89,7 @@ pub(crate) use mode::after_fork_child;
 pub(crate) use mode::thread_can_sequence;
 pub use mode::{commit_mode, commit_mode_reason};
 pub(crate) use array::{
-    array_pop, array_push, replace_on_cpu, ArrayHead, ArraySlot, ArraySlots, Replace,
+    array_pop, array_push, replace_on_cpu, ArrayGeo, ArrayHead, ArraySlot, ArraySlots, Replace,
     ARRAY_OBJECTS,
 };
 pub(crate) use seq::{cas_on_cpu, pop, push};
