@@ -61,7 +61,6 @@ pub use cache::KmemCache;
 pub use config::{
     default_sheaf_capacity, CacheConfig, CacheFlags, CACHE_LINE_SIZE, MAX_CACHE_NAME,
 };
-pub use slub::sheaf::MAX_SHEAF_CAPACITY;
 /// crossbeam-epoch, re-exported: the guards that [`KmemCache::free_deferred`] and
 /// [`SlabBox::drop_deferred`] take.
 ///
@@ -93,6 +92,7 @@ pub use kmalloc::{
     kmalloc_size_classes, Kmalloc, KMALLOC_MAX_CACHE_SIZE, KMALLOC_SHEAVES_DEFAULT,
 };
 pub use page::{FaultInjection, PageStats, STATS_ORDERS};
+pub use slub::sheaf::MAX_SHEAF_CAPACITY;
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
 pub use typed::{Cache, SlabBox};
 

@@ -126,12 +126,8 @@ fn run(sheaf_capacity: usize) {
     let kb = Kmem::builder().build().unwrap();
     assert_eq!(ka.commit_mode(), CommitMode::Rseq);
     assert_eq!(kb.commit_mode(), CommitMode::Rseq);
-    let a = ka
-        .create_cache("rseq-stress-a", SIZE, cfg.clone())
-        .unwrap();
-    let b = kb
-        .create_cache("rseq-stress-handler", SIZE, cfg)
-        .unwrap();
+    let a = ka.create_cache("rseq-stress-a", SIZE, cfg.clone()).unwrap();
+    let b = kb.create_cache("rseq-stress-handler", SIZE, cfg).unwrap();
     // Objects ready for the handler before the first signal: its fast path stays hot.
     let warm: Vec<_> = (0..256).map(|_| b.alloc().unwrap()).collect();
     for p in warm {

@@ -66,7 +66,10 @@ fn objects_in_sheaves_and_barns_count_as_free_and_shrink_returns_everything() {
     assert_eq!((info.active_objs, info.num_slabs), (0, 0), "{info:?}");
     // Every page the cache took, the sheaves' pool included, is free again.
     let after = k.page_stats();
-    assert_eq!(after.free_bytes, after.mapped_bytes, "{after:?} (before: {before:?})");
+    assert_eq!(
+        after.free_bytes, after.mapped_bytes,
+        "{after:?} (before: {before:?})"
+    );
 }
 
 #[test]
@@ -90,8 +93,8 @@ fn threads_free_each_others_objects_through_sheaves() {
             }
         });
         s.spawn(move || {
-            let mut round = 0u64;
-            for batch in rx {
+            for (round, batch) in rx.into_iter().enumerate() {
+                let round = round as u64;
                 for (i, p) in batch.into_iter().enumerate() {
                     // SAFETY: written by the producer, handed over, freed once.
                     unsafe {
@@ -99,7 +102,6 @@ fn threads_free_each_others_objects_through_sheaves() {
                         c.free(NonNull::new(p as *mut u8).unwrap());
                     }
                 }
-                round += 1;
             }
         });
     });
@@ -143,7 +145,13 @@ fn a_capacity_too_large_is_refused() {
         )
         .unwrap_err();
     assert!(
-        matches!(err, kmem::KmemError::InvalidConfig { parameter: "sheaf_capacity", .. }),
+        matches!(
+            err,
+            kmem::KmemError::InvalidConfig {
+                parameter: "sheaf_capacity",
+                ..
+            }
+        ),
         "{err}"
     );
     let c = cache(&k, "sheaf-max", kmem::MAX_SHEAF_CAPACITY);
@@ -177,6 +185,9 @@ fn a_double_free_into_a_sheaf_aborts() {
     common::assert_aborted(
         st,
         &err,
-        &["kmem: cache \"sheaf-double\": double free of 0x", "last object of its CPU sheaf"],
+        &[
+            "kmem: cache \"sheaf-double\": double free of 0x",
+            "last object of its CPU sheaf",
+        ],
     );
 }

@@ -95,18 +95,18 @@ mod teardown;
 use crate::config::MAX_CACHE_NAME;
 use crate::config::{CacheConfig, CacheFlags};
 use crate::cpu::percpu::{ArraySlot, ArraySlots, SlotHead, Slots};
-use barn::Barn;
-use sheaf::SheafPool;
 use crate::error::KmemError;
 use crate::instance::KmemShared;
 use crate::os;
 use crate::page::{Page, PAGE_SIZE};
 use crate::stats::{CacheStats, NR_STAT_ITEMS};
 use crate::sync::{AtomicBool, Cell, Ordering};
+use barn::Barn;
 use core::ptr::{self, NonNull};
 use cpu_slab::{KmemCacheCpu, TidStep};
 use geometry::Geometry;
 use node::KmemCacheNode;
+use sheaf::SheafPool;
 use slab::ExactDiv;
 
 /// A frozen slab and the whole freelist taken from it, both owned by the caller: what
@@ -208,8 +208,8 @@ impl CacheInner {
         let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
         let node_off = cpu_off + nr_cpus * core::mem::size_of::<KmemCacheCpu>();
         let node_off = node_off.next_multiple_of(128);
-        let barn_off = (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>())
-            .next_multiple_of(128);
+        let barn_off =
+            (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>()).next_multiple_of(128);
         let sheaf_capacity = match cfg.sheaf_capacity {
             0 => 0,
             n => SheafPool::capacity_for(n),
@@ -402,7 +402,11 @@ impl CacheInner {
 
     /// The barns (one per node; none when the cache has no sheaves).
     pub(crate) fn barns(&self) -> &[Barn] {
-        let n = if self.pool.capacity != 0 { self.nr_nodes } else { 0 };
+        let n = if self.pool.capacity != 0 {
+            self.nr_nodes
+        } else {
+            0
+        };
         // SAFETY: `n` barns were written at `barn` when the cache was created (none without
         // sheaves); they live as long as the cache.
         unsafe { core::slice::from_raw_parts(self.barn, n) }

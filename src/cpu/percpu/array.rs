@@ -641,7 +641,10 @@ mod tests {
                 assert_eq!(slot.push_locked(geo, 0x1000 + 8 * i), Seq::Done);
                 assert_eq!(geo.split(slot.top()), (a, i + 1));
             }
-            assert_eq!(slot.push_locked(geo, 0x1000 + 8 * (cap - 1)), Seq::DoubleFree);
+            assert_eq!(
+                slot.push_locked(geo, 0x1000 + 8 * (cap - 1)),
+                Seq::DoubleFree
+            );
             assert_eq!(slot.push_locked(geo, 8), Seq::Full);
             for i in (0..cap).rev() {
                 assert_eq!(slot.pop_locked(geo), (Seq::Done, 0x1000 + 8 * i));

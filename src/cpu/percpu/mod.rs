@@ -84,14 +84,14 @@ mod array;
 mod mode;
 mod seq;
 
-#[cfg(not(any(loom, miri)))]
-pub(crate) use mode::after_fork_child;
-pub(crate) use mode::thread_can_sequence;
-pub use mode::{commit_mode, commit_mode_reason};
 pub(crate) use array::{
     array_pop, array_push, replace_on_cpu, ArrayGeo, ArrayHead, ArraySlot, ArraySlots, Replace,
     ARRAY_OBJECTS,
 };
+#[cfg(not(any(loom, miri)))]
+pub(crate) use mode::after_fork_child;
+pub(crate) use mode::thread_can_sequence;
+pub use mode::{commit_mode, commit_mode_reason};
 pub(crate) use seq::{cas_on_cpu, pop, push};
 
 /// How the per-CPU fast paths commit.
