@@ -41,6 +41,7 @@ m12_rseq_slub                           rseq_commit_outside_sequence
 m13_treiber_aba                         deferred_batch_runs_at_once
 m14_deferred_drop_vs_run                deferred_drop_checks_pending_early
 m15_typesafe_reader_vs_shrink           typesafe_shrink_discards
+m15_typesafe_reader_vs_shrink           typesafe_slabs_released_at_once
 m16_sheaves                             sheaf_flush_without_stop
 m16_sheaves                             rseq_ignores_stop
 m16_sheaves                             rseq_stop_without_fence

@@ -348,6 +348,67 @@ impl KmemCache {
         self.inner().shrink()
     }
 
+    /// [`KmemCache::shrink`], and for a [`TYPESAFE_BY_RCU`](crate::CacheFlags::TYPESAFE_BY_RCU)
+    /// cache also the release of its empty slabs after a grace period (`SLAB_TYPESAFE_BY_RCU`'s
+    /// `call_rcu` of a slab): they leave the partial lists now — no allocation reuses them —
+    /// and go back to the page allocator once every thread pinned in `guard`'s collector at
+    /// the time of the call has unpinned. A reader pinned there that still holds a pointer into
+    /// one of them keeps seeing an object of the cache until it unpins. Readers pinned in
+    /// another collector are not covered: use the collector the readers use (an unprotected
+    /// guard releases at once). For an ordinary cache this is `shrink`.
+    ///
+    /// ```
+    /// use kmem::{epoch, CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let cfg = CacheConfig::new().flags(CacheFlags::TYPESAFE_BY_RCU);
+    /// let c = k.create_cache("ts-release", 256, cfg).unwrap();
+    /// let objs: Vec<_> = (0..100).map(|_| c.alloc().unwrap()).collect();
+    /// // SAFETY: every pointer came from `c` and is freed once.
+    /// unsafe { c.free_bulk(&objs) };
+    /// let reader = epoch::pin(); // a lock-free reader, still pinned
+    /// c.shrink_deferred(&epoch::pin());
+    /// assert!(objs.iter().all(|&p| c.node_of(p) == 0)); // still objects of `c`
+    /// drop(reader);
+    /// // Once the epoch has moved on, the slabs go back to the page allocator.
+    /// for _ in 0..1000 {
+    ///     if c.info().num_slabs == 0 {
+    ///         break;
+    ///     }
+    ///     epoch::pin().flush();
+    /// }
+    /// assert_eq!(c.info().num_slabs, 0);
+    /// ```
+    pub fn shrink_deferred(&self, guard: &crate::epoch::Guard) {
+        self.shrink();
+        let inner = self.inner();
+        if !inner
+            .flags
+            .contains(crate::config::CacheFlags::TYPESAFE_BY_RCU)
+        {
+            return;
+        }
+        let d = self.deferred();
+        for nid in 0..inner.nr_nodes {
+            let (chain, n) = inner.take_empty_partials(nid);
+            if n != 0 {
+                // SAFETY: the block lives as long as this handle; the chain was just unlinked.
+                unsafe { Deferred::defer_slabs(d, chain, n, guard) };
+            }
+        }
+        guard.flush();
+    }
+
+    /// Empty `TYPESAFE_BY_RCU` slabs handed to a collector by
+    /// [`KmemCache::shrink_deferred`] and not yet released.
+    pub fn deferred_slabs(&self) -> usize {
+        let d = self.deferred.load(Ordering::Acquire);
+        if d.is_null() {
+            return 0;
+        }
+        // SAFETY: the block lives as long as this handle.
+        unsafe { (*d).pending_slabs() }
+    }
+
     /// Event counters summed over the CPU slots (zero without the `stats` feature).
     ///
     /// ```

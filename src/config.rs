@@ -85,12 +85,16 @@ impl CacheFlags {
     /// sequence/generation field inside the object, rechecking the key), exactly as kernel code
     /// does with `SLAB_TYPESAFE_BY_RCU` caches.
     ///
-    /// How kmem provides it (stronger than a grace period, and simpler): the slabs of such a
-    /// cache are never returned to the page allocator while the cache lives. Empty slabs stay
-    /// on the node partial lists (`min_partial` is unbounded); `shrink` and the memory-limit
-    /// reclaim leave them alone. Only destroying the cache returns them: drop the cache only
-    /// when no reader can still reach its objects (the kernel's `kmem_cache_destroy` runs
-    /// `rcu_barrier` for the same reason). The price is memory: a cache that once held many
+    /// How kmem provides it: empty slabs of such a cache stay on the node partial lists
+    /// (`min_partial` is unbounded); `shrink` and the memory-limit reclaim leave them alone (the
+    /// reclaim can run inside the global allocator, which must not enter crossbeam-epoch). They
+    /// go back to the page allocator in two ways: after a grace period of the readers'
+    /// collector, through [`KmemCache::shrink_deferred`](crate::KmemCache::shrink_deferred)
+    /// (the kernel's `call_rcu` of an empty slab: the slabs leave the partial lists at once, so
+    /// no allocation reuses them, and are released once every thread pinned at the call has
+    /// unpinned); or when the cache is destroyed: drop the cache only when no reader can still
+    /// reach its objects (the kernel's `kmem_cache_destroy` runs `rcu_barrier` for the same
+    /// reason). Without `shrink_deferred` the price is memory: a cache that once held many
     /// objects keeps their slabs.
     ///
     /// ```

@@ -43,6 +43,7 @@
 
 use crate::cache::KmemCache;
 use crate::instance::Kmem;
+use crate::page::Page;
 use crate::slub::CacheInner;
 use crate::sync::{AtomicUsize, Ordering, SpinLock};
 use core::ptr::{self, NonNull};
@@ -90,8 +91,11 @@ pub(crate) struct Deferred {
     inner: NonNull<CacheInner>,
     /// Keeps the allocator alive while deferred objects are pending.
     kmem: Kmem,
-    /// Objects accepted and not yet freed, plus the `DYING` bit.
+    /// Objects accepted and not yet freed, and typesafe slabs handed over and not yet
+    /// released, plus the `DYING` bit.
     pending: AtomicUsize,
+    /// The slabs among `pending` (`KmemCache::shrink_deferred`).
+    pending_slabs: AtomicUsize,
     slots: Box<[SpinLock<Filling>]>,
 }
 
@@ -103,6 +107,7 @@ impl Deferred {
             inner: cache.inner,
             kmem: cache.kmem.clone(),
             pending: AtomicUsize::new(0),
+            pending_slabs: AtomicUsize::new(0),
             slots: (0..nr)
                 .map(|_| {
                     SpinLock::new(
@@ -137,7 +142,68 @@ impl Deferred {
                 }
             })
             .sum();
-        filling + (self.pending.load(Ordering::Acquire) & !DYING)
+        let all = self.pending.load(Ordering::Acquire) & !DYING;
+        filling + all.saturating_sub(self.pending_slabs.load(Ordering::Acquire))
+    }
+
+    /// Typesafe slabs handed to a collector and not yet released.
+    pub(crate) fn pending_slabs(&self) -> usize {
+        self.pending_slabs.load(Ordering::Acquire)
+    }
+
+    /// Hands `n` empty slabs of a `TYPESAFE_BY_RCU` cache (`chain`, linked through `next`) to
+    /// `g`'s collector: they go back to the page allocator once every thread pinned there now
+    /// has unpinned (an unprotected guard: at once). Until then they stay slabs of the cache,
+    /// on no list, so a reader that still holds a pointer into one sees an object of the cache.
+    ///
+    /// # Safety
+    /// `this` is live; the slabs were taken by `take_empty_partials` and are the caller's.
+    pub(crate) unsafe fn defer_slabs(this: *const Deferred, chain: *mut Page, n: usize, g: &Guard) {
+        assert_outside_kmalloc("shrink_deferred");
+        // SAFETY: live per the contract.
+        let d = unsafe { &*this };
+        if g.collector().is_none() || cfg!(kmem_mutant = "typesafe_slabs_released_at_once") {
+            // No thread can be pinned (or, planted bug for loom-tests: released at once, under
+            // readers that may still be pinned).
+            // SAFETY: the chain is ours (contract).
+            unsafe { d.inner().discard_chain(chain) };
+            return;
+        }
+        // Count the slabs before the collector can run the closure (it subtracts them).
+        d.inner().note_handed_over(chain);
+        d.pending_slabs.fetch_add(n, Ordering::AcqRel);
+        d.pending.fetch_add(n, Ordering::AcqRel);
+        let (dp, c) = (this as usize, chain as usize);
+        // SAFETY: the closure owns the chain and runs once, after every thread pinned now has unpinned; `this` stays live until `pending` (which counts the slabs) drops to 0.
+        unsafe {
+            g.defer_unchecked(move || Self::run_slabs(dp as *const Deferred, c as *mut Page))
+        };
+    }
+
+    /// The deferred closure of [`Self::defer_slabs`]: releases the slabs, and destroys the cache
+    /// if that was the last pending work of a dropped cache.
+    ///
+    /// # Safety
+    /// `chain` is a chain of `this`'s handed-over slabs whose grace period has passed.
+    unsafe fn run_slabs(this: *const Deferred, chain: *mut Page) {
+        assert_outside_kmalloc("a deferred slab release");
+        // SAFETY: `this` lives while its pending count covers the chain.
+        let d = unsafe { &*this };
+        let mut n = 0;
+        let mut p = chain;
+        while !p.is_null() {
+            n += 1;
+            // SAFETY: a slab of the chain, ours.
+            p = unsafe { (*p).next.get() };
+        }
+        // SAFETY: the chain is ours and its grace period has passed.
+        unsafe { d.inner().release_handed_over(chain) };
+        d.pending_slabs.fetch_sub(n, Ordering::AcqRel);
+        let prev = d.pending.fetch_sub(n, Ordering::AcqRel);
+        if prev == DYING | n {
+            // SAFETY: the handle is gone and nothing is pending: we are the last user.
+            unsafe { Self::finalize(this) };
+        }
     }
 
     /// Queues `obj` (after running `drop` on it, if any) to be freed once every thread pinned

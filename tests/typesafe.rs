@@ -78,3 +78,46 @@ fn ordinary_caches_still_release() {
     c.shrink();
     assert_eq!(c.info().num_slabs, 0);
 }
+
+#[test]
+fn shrink_deferred_releases_typesafe_slabs_after_the_grace_period() {
+    use kmem::epoch;
+    let k = Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    let c = k.create_cache("ts-deferred", 512, typesafe()).unwrap();
+    let objs: Vec<_> = (0..500).map(|_| c.alloc().unwrap()).collect();
+    let slabs = c.info().num_slabs;
+    assert!(slabs > 0);
+    let free_before = k.page_stats().free_bytes;
+    // SAFETY: from `c`, each freed once.
+    unsafe { c.free_bulk(&objs) };
+    // A reader pinned in the default collector before the shrink.
+    let reader = epoch::pin();
+    c.shrink_deferred(&epoch::pin());
+    assert_eq!(c.deferred_slabs(), slabs, "every empty slab handed over");
+    for _ in 0..100 {
+        epoch::pin().flush();
+    }
+    // The reader is still pinned: nothing released, every old pointer still an object of `c`.
+    assert_eq!(c.deferred_slabs(), slabs);
+    let info = c.info();
+    assert_eq!((info.active_objs, info.num_slabs), (0, slabs), "{info:?}");
+    for &p in &objs {
+        assert_eq!(c.node_of(p), 0);
+    }
+    // Handed-over slabs take no new allocation.
+    let q = c.alloc().unwrap();
+    assert!(!objs.contains(&q), "a handed-over slab was reused");
+    // SAFETY: from `c`, freed once.
+    unsafe { c.free(q) };
+    drop(reader);
+    let mut rounds = 0;
+    while c.deferred_slabs() != 0 {
+        rounds += 1;
+        assert!(rounds < 100_000, "the slabs were never released");
+        epoch::pin().flush();
+    }
+    assert!(k.page_stats().free_bytes > free_before, "pages went back");
+    // Left: the slab `q` came from (plain `shrink` keeps typesafe slabs).
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 1);
+}

@@ -7,6 +7,12 @@
 //! both objects of the only slab, then `shrink()`s, which for an ordinary cache returns the
 //! empty slab to the page allocator. Mutant `typesafe_shrink_discards` (shrink ignores the
 //! flag): the slab goes back to the page allocator under the reader, which aborts.
+//!
+//! `pinned_reader_vs_shrink_deferred`: the same with `shrink_deferred`, which hands the empty
+//! slab to the writer's crossbeam-epoch collector; the reader is pinned in that collector
+//! while it checks `x`, so the slab may go back only after it unpinned. At the end the
+//! collector is dropped (running what it holds) and every page must be free. Mutant
+//! `typesafe_slabs_released_at_once`: the slab is released at hand-over, under the reader.
 #![cfg(loom)]
 
 use kmem::{CacheConfig, CacheFlags, Kmem};
@@ -44,5 +50,55 @@ fn reader_vs_free_and_shrink() {
         drop(c);
         let ps = k.page_stats();
         assert_eq!(ps.free_bytes, ps.mapped_bytes, "destroy kept pages: {ps:?}");
+    });
+}
+
+#[test]
+fn pinned_reader_vs_shrink_deferred() {
+    use kmem::epoch::Collector;
+    model(|| {
+        on_cpu(0);
+        let k = Kmem::builder().cpus(2).nodes(1).build().unwrap();
+        let cfg = CacheConfig::new()
+            .min_order(0)
+            .max_order(0)
+            .flags(CacheFlags::TYPESAFE_BY_RCU);
+        let c = Arc::new(k.create_cache("typesafe", OBJ, cfg).unwrap());
+        let collector = Collector::new();
+        let x = c.alloc().unwrap();
+        let y = c.alloc().unwrap();
+        let xa = x.as_ptr() as usize;
+        // The reader found `x` while it was in use: it pins before the writer frees it.
+        let pinned = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let (c1, col1, p1) = (c.clone(), collector.clone(), pinned.clone());
+        let reader = loom::thread::spawn(move || {
+            on_cpu(1);
+            let h = col1.register();
+            let g = h.pin();
+            p1.store(true, std::sync::atomic::Ordering::Release);
+            // A scheduling point: the check below touches only page descriptors, which are not
+            // loom objects, so without one loom would never run the writer in between.
+            loom::thread::yield_now();
+            let x = std::ptr::NonNull::new(xa as *mut u8).unwrap();
+            // Still an object of the cache while pinned, whatever the writer did.
+            assert_eq!(c1.node_of(x), 0);
+            drop(g);
+        });
+        while !pinned.load(std::sync::atomic::Ordering::Acquire) {
+            loom::thread::yield_now();
+        }
+        let h = collector.register();
+        // SAFETY: both from `c`, each freed once; the reader only inspects `x`'s slab.
+        unsafe { c.free_bulk(&[x, y]) };
+        c.shrink_deferred(&h.pin());
+        reader.join().unwrap();
+        drop(h);
+        drop(collector);
+        assert_eq!(c.deferred_slabs(), 0, "the slab was never released");
+        let info = c.info();
+        assert_eq!((info.active_objs, info.num_slabs), (0, 0), "{info:?}");
+        drop(c);
+        let ps = k.page_stats();
+        assert_eq!(ps.free_bytes, ps.mapped_bytes, "pages kept: {ps:?}");
     });
 }

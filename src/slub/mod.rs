@@ -100,7 +100,7 @@ use crate::instance::KmemShared;
 use crate::os;
 use crate::page::{Page, PAGE_SIZE};
 use crate::stats::{CacheStats, NR_STAT_ITEMS};
-use crate::sync::{AtomicBool, Cell, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Cell, Ordering};
 use barn::Barn;
 use core::ptr::{self, NonNull};
 use cpu_slab::{KmemCacheCpu, TidStep};
@@ -150,6 +150,9 @@ pub(crate) struct CacheInner {
     /// Whether the fast paths use the sheaves now (only ever true with a capacity; a sheaf
     /// cache can be switched to the cpu-slab design and back: [`CacheInner::set_sheaves`]).
     pub(crate) sheaves_on: AtomicBool,
+    /// Objects of the `TYPESAFE_BY_RCU` slabs handed to a collector and not yet released
+    /// (free objects of slabs on no list: `slabinfo` counts them as free).
+    pub(crate) handed_over_objs: AtomicUsize,
     pub(crate) sheaf_slots: ArraySlots,
     pub(crate) barn: *const Barn,
     /// Exact division by `geo.size` for the free path's object-boundary check.
@@ -263,6 +266,7 @@ impl CacheInner {
                     ),
                     pool,
                     sheaves_on: AtomicBool::new(sheaf_capacity != 0),
+                    handed_over_objs: AtomicUsize::new(0),
                     // The sheaf part of each slot, at a fixed offset in it.
                     sheaf_slots: ArraySlots::new(
                         (cpus as *const u8).add(KmemCacheCpu::SHEAVES_OFFSET) as *const ArraySlot,

@@ -56,38 +56,87 @@ impl CacheInner {
 
     /// Frees every empty slab on node `nid`'s partial list, whatever the flags (`destroy`).
     fn discard_empty_partials_always(&self, nid: usize) -> usize {
+        let (chain, count) = self.take_empty_partials(nid);
+        // SAFETY: the chain was just unlinked: its slabs are ours.
+        unsafe { self.discard_chain(chain) };
+        count
+    }
+
+    /// Unlinks every empty slab of node `nid`'s partial list and returns them chained through
+    /// `next`, with their number. With `list_lock` held and no object of it allocated, nobody
+    /// can change such a slab (no frees: nothing is out; no allocation: only via this list), so
+    /// once unlinked it is the caller's: still a slab of this cache, its objects still objects.
+    pub(crate) fn take_empty_partials(&self, nid: usize) -> (*mut Page, usize) {
         let n = self.node(nid);
-        let mut discard: *mut Page = ptr::null_mut();
+        let mut chain: *mut Page = ptr::null_mut();
         let mut count = 0;
-        {
-            let mut g = n.list_lock.lock();
-            let mut slab = KmemCacheNode::first(&g);
-            while !slab.is_null() {
-                // SAFETY: on the list `g` protects.
-                let next = unsafe { KmemCacheNode::next_of(&g, slab) };
-                // With list_lock held and no object of it allocated, nobody can change it: no frees
-                // (nothing is out), no allocation (only via this list).
-                // SAFETY: `slab` is a live unfrozen slab on our list.
-                let s = unsafe { &*slab };
-                if s.slab_state().1.inuse() == 0 {
-                    // SAFETY: on this list, lock held; then ours.
-                    unsafe {
-                        n.remove_partial(&mut g, slab);
-                        s.next.set(discard);
-                    }
-                    discard = slab;
-                    count += 1;
+        let mut g = n.list_lock.lock();
+        let mut slab = KmemCacheNode::first(&g);
+        while !slab.is_null() {
+            // SAFETY: on the list `g` protects.
+            let next = unsafe { KmemCacheNode::next_of(&g, slab) };
+            // SAFETY: `slab` is a live unfrozen slab on our list.
+            let s = unsafe { &*slab };
+            if s.slab_state().1.inuse() == 0 {
+                // SAFETY: on this list, lock held; then ours.
+                unsafe {
+                    n.remove_partial(&mut g, slab);
+                    s.next.set(chain);
                 }
-                slab = next;
+                chain = slab;
+                count += 1;
+            }
+            slab = next;
+        }
+        (chain, count)
+    }
+
+    /// Counts the slabs of `chain` (from [`Self::take_empty_partials`]) as handed to a
+    /// collector: their objects stay free objects of the cache for `slabinfo` until
+    /// [`Self::release_handed_over`].
+    pub(crate) fn note_handed_over(&self, chain: *mut Page) {
+        let mut objs = 0;
+        let mut p = chain;
+        while !p.is_null() {
+            // SAFETY: the caller's chain of live slabs.
+            unsafe {
+                objs += (*p).slab_state().1.objects() as usize;
+                p = (*p).next.get();
             }
         }
-        while !discard.is_null() {
-            // SAFETY: chained above.
-            let next = unsafe { (*discard).next.get() };
-            self.discard_slab(discard);
-            discard = next;
+        self.handed_over_objs.fetch_add(objs, Ordering::AcqRel);
+    }
+
+    /// Releases a chain noted by [`Self::note_handed_over`] once its grace period has passed.
+    ///
+    /// # Safety
+    /// As [`Self::discard_chain`].
+    pub(crate) unsafe fn release_handed_over(&self, chain: *mut Page) {
+        let mut p = chain;
+        while !p.is_null() {
+            // SAFETY: the caller's chain of live slabs (contract).
+            unsafe {
+                let objs = (*p).slab_state().1.objects() as usize;
+                self.handed_over_objs.fetch_sub(objs, Ordering::AcqRel);
+                p = (*p).next.get();
+            }
         }
-        count
+        // SAFETY: forwarded contract.
+        unsafe { self.discard_chain(chain) };
+    }
+
+    /// Returns every slab of `chain` (linked through `next`) to the page allocator.
+    ///
+    /// # Safety
+    /// The slabs are empty slabs of this cache on no list, owned by the caller
+    /// ([`Self::take_empty_partials`]).
+    pub(crate) unsafe fn discard_chain(&self, mut chain: *mut Page) {
+        while !chain.is_null() {
+            // SAFETY: chained by `take_empty_partials`; ours (contract).
+            let next = unsafe { (*chain).next.get() };
+            self.discard_slab(chain);
+            chain = next;
+        }
     }
 
     /// `kmem_cache_shrink`.
@@ -223,6 +272,7 @@ impl CacheInner {
             num_slabs += n.nr_slabs.load(Ordering::Relaxed);
             num_objs += n.total_objects.load(Ordering::Relaxed);
         }
+        free += self.handed_over_objs.load(Ordering::Acquire);
         let mut name = [0u8; crate::config::MAX_CACHE_NAME];
         name[..self.name().len()].copy_from_slice(self.name().as_bytes());
         SlabInfoRaw {
