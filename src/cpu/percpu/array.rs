@@ -615,14 +615,21 @@ pub(crate) fn replace_on_cpu(slot: &ArraySlot, cpu: usize, old: usize, new: usiz
 mod tests {
     use super::*;
 
-    /// An array of `bytes` bytes aligned to them, in a leaked allocation.
+    /// An array of `bytes` bytes aligned to them (freed with [`free`]).
     fn array(bytes: usize, capacity: usize) -> *mut ArrayHead {
         let layout = std::alloc::Layout::from_size_align(bytes, bytes).unwrap();
-        // SAFETY: a non-zero layout; the memory is leaked (the test is short).
+        // SAFETY: a non-zero layout.
         let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut ArrayHead;
         // SAFETY: fresh, aligned, large enough for the head.
         unsafe { p.write(ArrayHead::new(capacity)) };
         p
+    }
+
+    /// Frees an array made by [`array`].
+    fn free(a: *mut ArrayHead, bytes: usize) {
+        let layout = std::alloc::Layout::from_size_align(bytes, bytes).unwrap();
+        // SAFETY: allocated by `array` with this layout, freed once.
+        unsafe { std::alloc::dealloc(a as *mut u8, layout) };
     }
 
     #[test]
@@ -651,6 +658,7 @@ mod tests {
             }
             assert_eq!(slot.pop_locked(geo).0, Seq::Empty);
             assert_eq!(geo.split(slot.top()), (a, 0));
+            free(a, bytes);
         }
     }
 }
