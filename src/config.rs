@@ -110,7 +110,52 @@ impl CacheFlags {
     /// ```
     pub const TYPESAFE_BY_RCU: CacheFlags = CacheFlags(1 << 2);
 
-    pub(crate) const ALL: u32 = (1 << 3) - 1;
+    /// `SLAB_CONSISTENCY_CHECKS` (`slub_debug` letter `F`): every allocation and free of the
+    /// cache checks its object — a valid object start, not already free (the whole slab
+    /// freelist is searched), red zones and poison intact, the free pointer inside the slab,
+    /// the slab's counters — and a failed check prints a report in the kernel's words on stderr
+    /// and aborts. Any debug flag sends the cache off the lockless fast paths (see
+    /// [`KmemCache::validate`](crate::KmemCache::validate) and the `debug` section of the
+    /// README); the other three lay the object out for checking, this one checks on every
+    /// call.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let all = CacheFlags::CONSISTENCY_CHECKS
+    ///     | CacheFlags::RED_ZONE
+    ///     | CacheFlags::POISON
+    ///     | CacheFlags::STORE_USER;
+    /// let c = k.create_cache("checked", 64, CacheConfig::new().flags(all)).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` is a live 64-byte object of `c`.
+    /// unsafe { p.as_ptr().write_bytes(1, 64) };
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// assert!(c.validate().is_ok());
+    /// assert!(c.size() > 64); // red zones, free pointer and two owner records
+    /// ```
+    pub const CONSISTENCY_CHECKS: CacheFlags = CacheFlags(1 << 3);
+    /// `SLAB_RED_ZONE` (`Z`): a red zone before and after each object (`0xbb` while it is
+    /// free, `0xcc` while it is allocated), so that a write one byte before or past the object
+    /// is seen (by `CONSISTENCY_CHECKS` on its free, and by
+    /// [`KmemCache::validate`](crate::KmemCache::validate)). The object pointer stays the
+    /// object's start and keeps the cache's alignment.
+    pub const RED_ZONE: CacheFlags = CacheFlags(1 << 4);
+    /// `SLAB_POISON` (`P`): free objects are filled with `0x6b` and end with `0xa5`
+    /// (`POISON_FREE`, `POISON_END`), unused padding with `0x5a` (`POISON_INUSE`), so a write
+    /// after free is seen when the object is next allocated (with `CONSISTENCY_CHECKS`) or
+    /// validated. The free pointer moves out of the object. Caches with a constructor or
+    /// `TYPESAFE_BY_RCU` keep their objects' contents (no poison), as in the kernel.
+    pub const POISON: CacheFlags = CacheFlags(1 << 5);
+    /// `SLAB_STORE_USER` (`U`): each object records its last allocation and its last free —
+    /// the caller's return address, thread id, CPU and time — and every report prints them.
+    pub const STORE_USER: CacheFlags = CacheFlags(1 << 6);
+
+    /// The four `slub_debug` flags.
+    pub(crate) const DEBUG: u32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6);
+
+    pub(crate) const ALL: u32 = (1 << 7) - 1;
 
     /// No flags.
     ///
@@ -163,8 +208,17 @@ impl fmt::Debug for CacheFlags {
         if self.contains(CacheFlags::HWCACHE_ALIGN) {
             l.entry(&"HWCACHE_ALIGN");
         }
-        if self.contains(CacheFlags::NO_MERGE) {
-            l.entry(&"NO_MERGE");
+        for (f, name) in [
+            (CacheFlags::NO_MERGE, "NO_MERGE"),
+            (CacheFlags::TYPESAFE_BY_RCU, "TYPESAFE_BY_RCU"),
+            (CacheFlags::CONSISTENCY_CHECKS, "CONSISTENCY_CHECKS"),
+            (CacheFlags::RED_ZONE, "RED_ZONE"),
+            (CacheFlags::POISON, "POISON"),
+            (CacheFlags::STORE_USER, "STORE_USER"),
+        ] {
+            if self.contains(f) {
+                l.entry(&name);
+            }
         }
         l.finish()
     }

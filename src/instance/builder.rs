@@ -133,6 +133,8 @@ impl KmemBuilder {
         if !crate::sync::DWord::is_lock_free() {
             return Err(KmemError::NoDoubleWordCas);
         }
+        // KMEM_DEBUG is read once per process; a bad value builds no instance.
+        crate::debug::flags::check_env()?;
         let cfg = |parameter, value, reason| KmemError::InvalidConfig {
             parameter,
             value,

@@ -126,6 +126,9 @@ pub(crate) struct CacheInner {
     pub(crate) nr_cpus: usize,
     /// rseq mode: the fast paths run `cpu/percpu/`'s sequences on `slots` (the same slots).
     pub(crate) rseq: bool,
+    /// A debug cache (any slub_debug flag): every allocation and free takes the node-only
+    /// paths of `debug/paths.rs`, tested first thing on the fast paths.
+    pub(crate) debug: bool,
     pub(crate) slots: Slots<Page>,
     /// Offset of the free pointer inside an object.
     pub(crate) offset: usize,
@@ -181,6 +184,11 @@ impl CacheInner {
         }
         let nr_cpus = kmem.nr_cpus;
         let nr_nodes = kmem.nr_nodes;
+        // KMEM_DEBUG (slub_debug syntax) adds its flags for this name (debug/flags.rs).
+        let mut cfg = cfg.clone();
+        cfg.flags = cfg.flags | crate::debug::flags::env_flags_for(name);
+        let cfg = &cfg;
+        let debug = cfg.flags.0 & CacheFlags::DEBUG != 0;
         let geo = Geometry::compute(name, object_size, cfg, nr_cpus)?;
 
         let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
@@ -220,6 +228,7 @@ impl CacheInner {
                     cpu_slab: cpus,
                     nr_cpus,
                     rseq: kmem.rseq,
+                    debug,
                     // A slot starts with its `SlotHead` (`repr(C)`, first field).
                     slots: Slots::new(
                         cpus as *const SlotHead<Page>,
@@ -229,7 +238,9 @@ impl CacheInner {
                     offset: geo.offset,
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
-                    pow2_mask: if geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
+                    // Not for a debug cache: its objects start `red_left_pad` into their
+                    // slots (its free checks take the cold path, see `owning_slab`).
+                    pow2_mask: if !debug && geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
                         geo.size - 1
                     } else {
                         0
