@@ -205,12 +205,14 @@ impl DebugOptions {
     }
 }
 
+/// A refused value: the error, and (a prefix of) the value and its length, for the message.
+type Refused = (ParseError, [u8; MAX_VALUE + 1], usize);
+
 /// `KMEM_DEBUG` of this process, read and parsed on first use.
-static OPTIONS: OnceSlot<Result<DebugOptions, (ParseError, [u8; MAX_VALUE + 1], usize)>> =
-    OnceSlot::new();
+static OPTIONS: OnceSlot<Result<DebugOptions, Refused>> = OnceSlot::new();
 
 /// Reads `KMEM_DEBUG` once (`getenv`: no allocation).
-fn read_env() -> &'static Result<DebugOptions, (ParseError, [u8; MAX_VALUE + 1], usize)> {
+fn read_env() -> &'static Result<DebugOptions, Refused> {
     if let Some(o) = OPTIONS.get() {
         return o;
     }

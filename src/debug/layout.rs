@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn an_unaligned_object_has_its_red_bytes_in_the_last_word() {
         let l = calculate_sizes(60, 8, CacheFlags::RED_ZONE, false);
-        assert_eq!((l.inuse, l.offset), (64, 28)); // the free pointer stays inside
+        assert_eq!((l.inuse, l.offset), (64, 24)); // the free pointer stays inside
         let l = calculate_sizes(4, 8, CacheFlags::RED_ZONE, false);
         assert_eq!((l.inuse, l.offset), (8, 8)); // the object's only word is red: moved
     }

@@ -270,17 +270,18 @@ fn print_addr(l: &mut Line, addr: usize) {
         // SAFETY: an all-zero `Dl_info` is a valid out-parameter.
         let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
         // dladdr reads the loader's tables; it does not allocate.
-        // SAFETY: any address may be asked about; `info` is a valid out-parameter.
-        if addr != 0 && unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } != 0 {
-            if !info.dli_fname.is_null() {
-                // SAFETY: dladdr filled a NUL-terminated path.
-                let f = unsafe { core::ffi::CStr::from_ptr(info.dli_fname) };
-                l.s(" (")
-                    .s(f.to_str().unwrap_or("?"))
-                    .s("+")
-                    .hex((addr - info.dli_fbase as usize) as u64)
-                    .s(")");
-            }
+        let found = addr != 0
+            // SAFETY: any address may be asked about; `info` is a valid out-parameter.
+            && unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } != 0
+            && !info.dli_fname.is_null();
+        if found {
+            // SAFETY: dladdr filled a NUL-terminated path.
+            let f = unsafe { core::ffi::CStr::from_ptr(info.dli_fname) };
+            l.s(" (")
+                .s(f.to_str().unwrap_or("?"))
+                .s("+")
+                .hex((addr - info.dli_fbase as usize) as u64)
+                .s(")");
         }
     }
 }

@@ -105,7 +105,7 @@ fn find(func: &str, ptr: *mut u8) -> Found {
                     && off + cache.geo.size <= slab_bytes
             };
             // A debug cache's objects start `red_left_pad` into their slots (KMEM_DEBUG).
-            if !valid && !(cache.debug && cache.debug_valid_pointer(page, ptr as usize)) {
+            if !(valid || cache.debug && cache.debug_valid_pointer(page, ptr as usize)) {
                 invalid(
                     func,
                     ptr,
