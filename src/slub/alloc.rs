@@ -17,12 +17,12 @@ impl CacheInner {
     /// `slab_alloc_node`: one object, from `node` if given.
     #[inline(always)]
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
-        if self.debug {
-            // slub_debug: the node-only path under list_lock (debug/paths.rs).
-            return crate::debug::alloc_entry(self, node);
-        }
         if self.rseq {
             return self.slab_alloc_rseq(node);
+        }
+        if self.debug {
+            // slub_debug (never in rseq mode): the node-only path under list_lock.
+            return crate::debug::alloc_entry(self, node);
         }
         loop {
             let c = self.this_cpu();

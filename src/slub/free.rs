@@ -20,14 +20,14 @@ impl CacheInner {
     /// `head -> ... -> tail` through their free pointers, and owned by the caller.
     #[inline(always)]
     pub(crate) unsafe fn do_slab_free(&self, slab: *mut Page, head: usize, tail: usize, cnt: u32) {
-        if self.debug {
-            // slub_debug: the node-only path under list_lock (debug/paths.rs).
-            // SAFETY: forwarded contract.
-            return unsafe { crate::debug::free_entry(self, slab, head, tail, cnt) };
-        }
         if self.rseq {
             // SAFETY: forwarded contract.
             return unsafe { self.do_slab_free_rseq(slab, head, tail, cnt) };
+        }
+        if self.debug {
+            // slub_debug (never in rseq mode): the node-only path under list_lock.
+            // SAFETY: forwarded contract.
+            return unsafe { crate::debug::free_entry(self, slab, head, tail, cnt) };
         }
         loop {
             let c = self.this_cpu();

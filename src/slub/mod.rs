@@ -127,7 +127,8 @@ pub(crate) struct CacheInner {
     /// rseq mode: the fast paths run `cpu/percpu/`'s sequences on `slots` (the same slots).
     pub(crate) rseq: bool,
     /// A debug cache (any slub_debug flag): every allocation and free takes the node-only
-    /// paths of `debug/paths.rs`, tested first thing on the fast paths.
+    /// paths of `debug/paths.rs`. Such a cache has `rseq == false`, so the fast paths test
+    /// this only after the rseq test (an rseq-mode cache pays nothing for it).
     pub(crate) debug: bool,
     pub(crate) slots: Slots<Page>,
     /// Offset of the free pointer inside an object.
@@ -212,7 +213,7 @@ impl CacheInner {
             for i in 0..nr_cpus {
                 ptr::write(
                     cpus.add(i),
-                    KmemCacheCpu::new(tid_step.init_tid(i), i, kmem.rseq),
+                    KmemCacheCpu::new(tid_step.init_tid(i), i, kmem.rseq && !debug),
                 );
             }
             let nodes = base.add(node_off) as *mut KmemCacheNode;
@@ -227,7 +228,9 @@ impl CacheInner {
                 CacheInner {
                     cpu_slab: cpus,
                     nr_cpus,
-                    rseq: kmem.rseq,
+                    // A debug cache never runs a fast path: its (unused) slots take the locked
+                    // protocol, and the rseq test below stays the fast paths' only test.
+                    rseq: kmem.rseq && !debug,
                     debug,
                     // A slot starts with its `SlotHead` (`repr(C)`, first field).
                     slots: Slots::new(
