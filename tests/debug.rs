@@ -357,22 +357,36 @@ fn validate_without_debug_flags_checks_node_freelists() {
     assert!(c.validate().is_ok());
     // The free object's free pointer is in its middle (offset 32). validate flushed the CPU
     // partial list, so both slabs are on the node partial list now.
-    // SAFETY: deliberately corrupting a free object's free pointer.
-    unsafe { objs[n].as_ptr().add(32).cast::<usize>().write(0xdead_0000) };
+    let word = objs[n].as_ptr().wrapping_add(32).cast::<usize>();
+    // SAFETY: deliberately corrupting a free object's free pointer (kept to restore it: with
+    // `freelist-hardened` it is stored encoded).
+    let saved = unsafe { word.read() };
+    // SAFETY: as above.
+    unsafe { word.write(0xdead_0000) };
     let e = c.validate().unwrap_err();
     assert!(
         matches!(
             e,
             KmemError::CacheCorrupted {
                 kind: "Freepointer corrupt",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    #[cfg(not(feature = "freelist-hardened"))]
+    assert!(
+        matches!(
+            e,
+            KmemError::CacheCorrupted {
                 address: 0xdead_0000,
                 ..
             }
         ),
         "{e}"
     );
-    // SAFETY: repair it (it was the last free object of its slab).
-    unsafe { objs[n].as_ptr().add(32).cast::<usize>().write(0) };
+    // SAFETY: repair it.
+    unsafe { word.write(saved) };
     assert!(c.validate().is_ok());
     // SAFETY: every other pointer came from `c` and is freed once.
     unsafe { c.free_bulk(&objs[1..n]) };

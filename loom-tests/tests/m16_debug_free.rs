@@ -35,7 +35,11 @@ fn debug_frees_and_alloc() {
         // Three debug objects of 1000 bytes per one-page slab.
         let cfg = CacheConfig::new().min_order(0).max_order(0).flags(flags);
         let c = Arc::new(k.create_cache("debug", 1000, cfg).unwrap());
-        assert_eq!(c.objects_per_slab(), 3, "the model assumes three objects per slab");
+        assert_eq!(
+            c.objects_per_slab(),
+            3,
+            "the model assumes three objects per slab"
+        );
         let live = Live::new();
         let x = live.alloc(&c);
         let y = live.alloc(&c);

@@ -359,6 +359,8 @@ impl TestSlots {
 
     /// `nr` empty slots (tids 0..nr).
     pub fn new(nr: usize) -> Self {
+        // The freelist secret (`freelist-hardened`) before the first push.
+        crate::sync::init_freelist_random();
         let slots: Box<[PaddedSlot]> = (0..nr)
             .map(|i| {
                 let h = SlotHead::new(i as u64);
