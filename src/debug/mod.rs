@@ -86,6 +86,12 @@
 //! | `report.rs` | allocation-free reports | `slab_bug`, `slab_err`, `object_err`, `print_trailer` |
 //! | `paths.rs` | the node-only alloc and free under `list_lock`, the full list | `alloc_single_from_partial`, `free_to_partial_list` |
 //! | `validate.rs` | walking every slab | `validate_slab_cache` |
+//! | `shuffle.rs` | freelist randomisation (`freelist-random` feature) | `shuffle_freelist` |
+//!
+//! Hardening that is not debugging lives here too: `shuffle.rs`, and the free pointer
+//! obfuscation of the `freelist-hardened` feature, which is in `sync/mod.rs`
+//! (`load_free_ptr`/`store_free_ptr`) and the rseq sequences because every free pointer
+//! passes through them.
 
 pub(crate) mod flags;
 pub(crate) mod layout;
@@ -94,6 +100,7 @@ pub(crate) mod track;
 mod check;
 mod paths;
 mod report;
+pub(crate) mod shuffle;
 mod validate;
 
 pub(crate) use track::{alloc_entry, free_entry};

@@ -476,6 +476,9 @@ impl CacheInner {
             unsafe { set_freepointer(obj, self.offset, next) };
         }
         core::mem::forget(give_back);
+        // freelist-random: relink in the cache's random order (`debug/shuffle.rs`).
+        // SAFETY: the fresh slab is ours and every object is constructed.
+        let first = unsafe { self.shuffle_freelist(base, objects as usize) }.unwrap_or(base);
         p.freelist_counters
             .store(0, Counters::new(objects, objects, true).0);
         p.cache
@@ -489,7 +492,7 @@ impl CacheInner {
         self.node(nid).inc_slabs(objects as usize);
         FrozenSlab {
             slab: page.as_ptr(),
-            freelist: base,
+            freelist: first,
         }
     }
 }

@@ -154,6 +154,11 @@ pub(crate) struct CacheInner {
     name_len: usize,
     name_buf: [u8; MAX_CACHE_NAME],
     map_size: usize,
+    /// `freelist-random`: the cache's permutation of `0..random_seq_len` (in this mapping;
+    /// null without the feature and for debug caches), and its secret.
+    pub(crate) random_seq: *const u16,
+    pub(crate) random_seq_len: usize,
+    pub(crate) random: u64,
 }
 
 // SAFETY: all shared mutable state inside is reached through atomics, `Cell`s under locks, or the
@@ -195,7 +200,9 @@ impl CacheInner {
         let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
         let node_off = cpu_off + nr_cpus * core::mem::size_of::<KmemCacheCpu>();
         let node_off = node_off.next_multiple_of(128);
-        let map_size = (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>())
+        let seq_off = node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>();
+        let seq_len = if debug { 0 } else { geo.oo.objects as usize };
+        let map_size = (seq_off + crate::debug::shuffle::random_seq_bytes(seq_len))
             .next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
             .ok_or(KmemError::OutOfMemory {
@@ -220,6 +227,14 @@ impl CacheInner {
             for i in 0..nr_nodes {
                 ptr::write(nodes.add(i), KmemCacheNode::new());
             }
+            let random = crate::debug::shuffle::cache_random();
+            let random_seq = if crate::debug::shuffle::random_seq_bytes(seq_len) != 0 {
+                let seq = base.add(seq_off) as *mut u16;
+                crate::debug::shuffle::init_random_seq(seq, seq_len, random);
+                seq as *const u16
+            } else {
+                ptr::null()
+            };
             let mut name_buf = [0u8; MAX_CACHE_NAME];
             name_buf[..name.len()].copy_from_slice(name.as_bytes());
             let inner = base as *mut CacheInner;
@@ -259,6 +274,9 @@ impl CacheInner {
                     name_len: name.len(),
                     name_buf,
                     map_size,
+                    random_seq,
+                    random_seq_len: seq_len,
+                    random,
                 },
             );
             Ok(NonNull::new_unchecked(inner))

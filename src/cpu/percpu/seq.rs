@@ -115,6 +115,7 @@ pub(crate) unsafe fn pop<S>(
             nr = in(reg) slots.nr,
             stride = in(reg) slots.stride,
             base = in(reg) slots.base,
+            expect = in(reg) expect_slab,
             foff = in(reg) free_off,
             $($ops)*
             t = out(reg) st,
@@ -133,20 +134,20 @@ pub(crate) unsafe fn pop<S>(
             };
         }
         #[cfg(not(feature = "freelist-hardened"))]
-        pop_asm!([] [expect = in(reg) expect_slab,]);
-        // Decode `next ^ random ^ swab(obj + foff)`, with `expect` (checked already) as the
-        // scratch register.
+        pop_asm!([] []);
+        // Decode `next ^ random ^ swab(obj + foff)` in a scratch register of its own (an
+        // input may not be clobbered: an aborted sequence restarts from the top with them).
         #[cfg(feature = "freelist-hardened")]
         pop_asm!(
             [
-                "lea {expect}, [{obj} + {foff}]",
-                "bswap {expect}",
-                "xor {t}, {expect}",
+                "lea {x}, [{obj} + {foff}]",
+                "bswap {x}",
+                "xor {t}, {x}",
                 "xor {t}, {rnd}"
             ]
             [
-                expect = inout(reg) expect_slab => _,
                 rnd = in(reg) crate::sync::freelist_random(),
+                x = out(reg) _,
             ]
         );
     }
