@@ -254,6 +254,7 @@ pub struct CacheConfig {
     pub(crate) min_objects: usize,
     pub(crate) min_partial: Option<usize>,
     pub(crate) cpu_partial_slabs: Option<usize>,
+    pub(crate) failslab: crate::page::FaultInjection,
 }
 
 impl fmt::Debug for CacheConfig {
@@ -267,6 +268,7 @@ impl fmt::Debug for CacheConfig {
             .field("min_objects", &self.min_objects)
             .field("min_partial", &self.min_partial)
             .field("cpu_partial_slabs", &self.cpu_partial_slabs)
+            .field("failslab", &self.failslab)
             .finish()
     }
 }
@@ -431,6 +433,35 @@ impl CacheConfig {
     /// ```
     pub fn cpu_partial_slabs(mut self, n: usize) -> Self {
         self.cpu_partial_slabs = Some(n);
+        self
+    }
+
+    /// `failslab`: object allocations of this cache fail on purpose (return `None`, or a null
+    /// pointer from `alloc_bulk`'s count), deterministically: `EveryNth(n)` fails the n-th,
+    /// 2n-th, … allocation, `Probability { percent, seed }` fails the i-th with a probability
+    /// drawn from `seed` and `i` alone, so a failing run replays exactly. For testing a
+    /// program's out-of-memory paths one cache at a time (page-level injection for a whole
+    /// instance is [`KmemBuilder::fault_injection`](crate::KmemBuilder::fault_injection)).
+    ///
+    /// A cache with fault injection takes the debug caches' paths (`src/debug/`: every
+    /// allocation and free under the node's list lock, no per-CPU fast path), so caches
+    /// without it pay nothing for the feature.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, FaultInjection};
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k
+    ///     .create_cache("flaky", 64, CacheConfig::new().failslab(FaultInjection::EveryNth(3)))
+    ///     .unwrap();
+    /// let got: Vec<_> = (0..6).map(|_| c.alloc()).collect();
+    /// assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [true, true, false, true, true, false]);
+    /// for p in got.into_iter().flatten() {
+    ///     // SAFETY: each came from `c` and is freed once.
+    ///     unsafe { c.free(p) };
+    /// }
+    /// ```
+    pub fn failslab(mut self, f: crate::page::FaultInjection) -> Self {
+        self.failslab = f;
         self
     }
 }

@@ -610,3 +610,84 @@ fn a_bad_kmem_debug_stops_the_global_instance_with_a_message() {
         ],
     );
 }
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn failslab_is_deterministic_by_seed() {
+    use kmem::FaultInjection;
+    let k = one_slot();
+    let pattern = |f: FaultInjection, name: &str| {
+        let c = k
+            .create_cache(name, 48, CacheConfig::new().failslab(f))
+            .unwrap();
+        let got: Vec<_> = (0..200).map(|_| c.alloc()).collect();
+        let fates: Vec<bool> = got.iter().map(Option::is_none).collect();
+        for p in got.into_iter().flatten() {
+            // SAFETY: each came from `c` and is freed once.
+            unsafe { c.free(p) };
+        }
+        assert!(c.validate().is_ok());
+        assert_eq!(c.info().active_objs, 0);
+        fates
+    };
+    let every = pattern(FaultInjection::EveryNth(4), "every4");
+    assert!(every
+        .iter()
+        .enumerate()
+        .all(|(i, &f)| f == ((i + 1) % 4 == 0)));
+    let p = FaultInjection::Probability {
+        percent: 30,
+        seed: 7,
+    };
+    let a = pattern(p, "seed7-a");
+    let b = pattern(p, "seed7-b");
+    assert_eq!(a, b, "the same seed must fail the same allocations");
+    let failed = a.iter().filter(|&&f| f).count();
+    assert!((30..=90).contains(&failed), "{failed} of 200 failed at 30%");
+    let c = pattern(
+        FaultInjection::Probability {
+            percent: 30,
+            seed: 8,
+        },
+        "seed8",
+    );
+    assert_ne!(a, c, "another seed, another pattern");
+    // Bulk allocation stops at the first injected failure.
+    let bulk = k
+        .create_cache(
+            "bulk-every5",
+            32,
+            CacheConfig::new().failslab(FaultInjection::EveryNth(5)),
+        )
+        .unwrap();
+    let mut out = [core::ptr::null_mut(); 10];
+    assert_eq!(bulk.alloc_bulk(&mut out), 4);
+    let objs: Vec<_> = out[..4].iter().map(|&p| NonNull::new(p).unwrap()).collect();
+    // SAFETY: every pointer came from `bulk` and is freed once.
+    unsafe { bulk.free_bulk(&objs) };
+}
+
+/// `freelist-random`: a fresh slab hands its objects out in a random order, each once.
+#[test]
+#[cfg(feature = "freelist-random")]
+#[cfg_attr(miri, ignore)]
+fn shuffled_slabs_hand_out_every_object_once_out_of_order() {
+    let k = one_slot();
+    let c = k
+        .create_cache("shuffled", 64, CacheConfig::new().max_order(0))
+        .unwrap();
+    let n = c.objects_per_slab();
+    let objs: Vec<_> = (0..n)
+        .map(|_| c.alloc().unwrap().as_ptr() as usize)
+        .collect();
+    let mut sorted = objs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), n);
+    assert_eq!(sorted[n - 1] - sorted[0], (n - 1) * 64, "one slab");
+    assert_ne!(objs, sorted, "address order (chance 1/{n}!)");
+    for p in objs {
+        // SAFETY: each came from `c` and is freed once.
+        unsafe { c.free(NonNull::new(p as *mut u8).unwrap()) };
+    }
+}

@@ -87,6 +87,7 @@
 //! | `paths.rs` | the node-only alloc and free under `list_lock`, the full list | `alloc_single_from_partial`, `free_to_partial_list` |
 //! | `validate.rs` | walking every slab | `validate_slab_cache` |
 //! | `shuffle.rs` | freelist randomisation (`freelist-random` feature) | `shuffle_freelist` |
+//! | `failslab.rs` | per-cache fault injection, deterministic by seed (`CacheConfig::failslab`) | `should_failslab` |
 //!
 //! Hardening that is not debugging lives here too: `shuffle.rs`, and the free pointer
 //! obfuscation of the `freelist-hardened` feature, which is in `sync/mod.rs`
@@ -98,6 +99,7 @@ pub(crate) mod layout;
 pub(crate) mod track;
 
 mod check;
+mod failslab;
 mod paths;
 mod report;
 pub(crate) mod shuffle;

@@ -91,6 +91,9 @@ impl CacheInner {
     pub(crate) fn debug_slab_alloc(&self, node: Option<usize>, ret: usize) -> *mut u8 {
         let c = self.this_cpu();
         c.stat(AllocSlowpath);
+        if self.should_failslab() {
+            return ptr::null_mut();
+        }
         let home = node.unwrap_or_else(|| self.kmem().slot_node(self.slot_index(c)));
         let tries = if node.is_some() { 1 } else { self.nr_nodes };
         for i in 0..tries {

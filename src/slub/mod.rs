@@ -159,6 +159,9 @@ pub(crate) struct CacheInner {
     pub(crate) random_seq: *const u16,
     pub(crate) random_seq_len: usize,
     pub(crate) random: u64,
+    /// `failslab` (`debug/failslab.rs`): the injection and the allocations counted so far.
+    pub(crate) failslab: crate::page::FaultInjection,
+    pub(crate) failslab_calls: crate::sync::AtomicU64,
 }
 
 // SAFETY: all shared mutable state inside is reached through atomics, `Cell`s under locks, or the
@@ -194,7 +197,9 @@ impl CacheInner {
         let mut cfg = cfg.clone();
         cfg.flags = cfg.flags | crate::debug::flags::env_flags_for(name);
         let cfg = &cfg;
-        let debug = cfg.flags.0 & CacheFlags::DEBUG != 0;
+        // failslab takes the debug paths too (its test is there, off every fast path).
+        let debug = cfg.flags.0 & CacheFlags::DEBUG != 0
+            || cfg.failslab != crate::page::FaultInjection::None;
         let geo = Geometry::compute(name, object_size, cfg, nr_cpus)?;
 
         let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
@@ -277,6 +282,8 @@ impl CacheInner {
                     random_seq,
                     random_seq_len: seq_len,
                     random,
+                    failslab: cfg.failslab,
+                    failslab_calls: crate::sync::AtomicU64::new(0),
                 },
             );
             Ok(NonNull::new_unchecked(inner))
