@@ -262,26 +262,102 @@ pub(crate) fn print_section(text: &str, addr: usize, len: usize) {
     }
 }
 
-/// An address as `0x… (file+0x…)` when `dladdr` knows its object file.
+/// An address as `0x… (file+0x…)`: the object file mapped there and the address's offset from
+/// that file's load base (what `addr2line -e file` takes), found in `/proc/self/maps` with
+/// `open`/`read` into a stack buffer. Not `dladdr`: it takes the dynamic loader's lock, which a
+/// thread inside `dlopen` may hold while it waits in kmem for the list lock this report is
+/// written under.
 fn print_addr(l: &mut Line, addr: usize) {
     l.hex(addr as u64);
     #[cfg(not(any(miri, loom)))]
-    {
-        // SAFETY: an all-zero `Dl_info` is a valid out-parameter.
-        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-        // dladdr reads the loader's tables; it does not allocate.
-        let found = addr != 0
-            // SAFETY: any address may be asked about; `info` is a valid out-parameter.
-            && unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } != 0
-            && !info.dli_fname.is_null();
-        if found {
-            // SAFETY: dladdr filled a NUL-terminated path.
-            let f = unsafe { core::ffi::CStr::from_ptr(info.dli_fname) };
+    if addr != 0 {
+        let mut path = [0u8; 256];
+        if let Some((base, len)) = mapping_of(addr, &mut path) {
             l.s(" (")
-                .s(f.to_str().unwrap_or("?"))
+                .s(core::str::from_utf8(&path[..len]).unwrap_or("?"))
                 .s("+")
-                .hex((addr - info.dli_fbase as usize) as u64)
+                .hex((addr - base) as u64)
                 .s(")");
         }
     }
+}
+
+/// The load base (the start of the file's mapping at offset 0) and the path (copied into
+/// `path`, its length returned) of the file mapping that contains `addr`.
+#[cfg(not(any(miri, loom)))]
+fn mapping_of(addr: usize, path: &mut [u8; 256]) -> Option<(usize, usize)> {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    let (mut have, mut result) = (0usize, None);
+    // The start of the last mapping at file offset 0, and its path.
+    let (mut base, mut base_path, mut base_len) = (0usize, [0u8; 256], 0usize);
+    'read: loop {
+        // SAFETY: reading into the free tail of our stack buffer.
+        let n = unsafe { libc::read(fd, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+        if n <= 0 {
+            break;
+        }
+        have += n as usize;
+        let mut start = 0;
+        while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            // "lo-hi perms offset dev inode   path"
+            let mut f = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+            let (Some(range), Some(_perms), Some(off), Some(_dev), Some(_inode)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let file = f.next().unwrap_or(&[]);
+            let mut r = range.split(|&b| b == b'-');
+            let (Some(lo), Some(hi), Some(off)) =
+                (r.next().and_then(hex), r.next().and_then(hex), hex(off))
+            else {
+                continue;
+            };
+            let plen = file.len().min(256);
+            if off == 0 && plen > 0 {
+                base = lo;
+                base_path[..plen].copy_from_slice(&file[..plen]);
+                base_len = plen;
+            }
+            if (lo..hi).contains(&addr) {
+                if plen > 0 && base_path[..base_len] == file[..plen] {
+                    path[..plen].copy_from_slice(&file[..plen]);
+                    result = Some((base, plen));
+                }
+                break 'read;
+            }
+        }
+        // Keep the unfinished line; a line longer than the buffer is skipped.
+        buf.copy_within(start..have, 0);
+        have -= start;
+        if have == buf.len() {
+            have = 0;
+        }
+    }
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// A hexadecimal number without prefix.
+#[cfg(not(any(miri, loom)))]
+fn hex(t: &[u8]) -> Option<usize> {
+    if t.is_empty() || t.len() > 16 {
+        return None;
+    }
+    t.iter().try_fold(0usize, |v, &c| {
+        Some(v << 4 | (c as char).to_digit(16)? as usize)
+    })
 }

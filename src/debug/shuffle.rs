@@ -34,19 +34,18 @@ pub(crate) fn splitmix64(mut z: u64) -> u64 {
 
 /// A per-cache secret (`getrandom`, else the clock), never 0.
 pub(crate) fn cache_random() -> u64 {
-    let mut r = 0u64;
     #[cfg(not(any(miri, loom)))]
-    {
+    let r = {
+        let mut r = 0u64;
         // SAFETY: writes at most 8 bytes into `r`.
         let n = unsafe { libc::getrandom((&mut r as *mut u64).cast(), 8, 0) };
         if n != 8 {
             r = splitmix64(crate::os::now_ns());
         }
-    }
+        r
+    };
     #[cfg(any(miri, loom))]
-    {
-        r = 0x2545_f491_4f6c_dd1d;
-    }
+    let r = 0x2545_f491_4f6c_dd1d_u64;
     r | 1
 }
 
