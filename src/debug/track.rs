@@ -10,7 +10,7 @@
 //! - `cpu`: the CPU the thread ran on (the CPU id kmem uses to pick its slot).
 //!
 //! Reports print them as the kernel does (`Allocated in ... age=... cpu=... pid=...`), with the
-//! address resolved by `dladdr` to `file+offset` (feed it to `addr2line -e file`).
+//! address resolved through `/proc/self/maps` to `file+offset` (feed it to `addr2line -e file`).
 //!
 //! # Which return address (the choice, and its limits)
 //!

@@ -224,3 +224,64 @@ impl CacheInner {
         Ok(())
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::config::{CacheConfig, CacheFlags};
+    use crate::error::KmemError;
+    use crate::instance::Kmem;
+    use crate::slub::slab::{get_freepointer, set_freepointer};
+
+    fn kind(e: Result<(), KmemError>) -> &'static str {
+        match e {
+            Err(KmemError::CacheCorrupted { kind, .. }) => kind,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Counters and freelists corrupted behind the cache's back: each defect is named.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn validate_names_counter_and_freelist_defects() {
+        let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
+        let flags = CacheFlags(CacheFlags::DEBUG);
+        let c = k
+            .create_cache("counted", 64, CacheConfig::new().flags(flags))
+            .unwrap();
+        let objs: Vec<_> = (0..4).map(|_| c.alloc().unwrap()).collect();
+        let s = c.inner();
+        let slab = s.owning_slab(objs[0].as_ptr());
+        // SAFETY: a live slab of `c`.
+        let p = unsafe { &*slab };
+        let (fl, n) = p.slab_state();
+        assert!(c.validate().is_ok());
+
+        // `inuse` one too high.
+        p.freelist_counters.store(fl, n.with_inuse(n.inuse() + 1).0);
+        assert_eq!(kind(c.validate()), "Wrong object count");
+        p.freelist_counters.store(fl, n.0);
+        assert!(c.validate().is_ok());
+
+        // The second free object's free pointer into the void: the chain is corrupt there.
+        // SAFETY: `fl` heads the slab's freelist (nothing else runs on this cache).
+        let second = unsafe { get_freepointer(fl, s.geo.offset) };
+        // SAFETY: as above.
+        let saved = unsafe { get_freepointer(second, s.geo.offset) };
+        // SAFETY: as above.
+        unsafe { set_freepointer(second, s.geo.offset, 0x10) };
+        assert_eq!(kind(c.validate()), "Freechain corrupt");
+        // A cycle: the second points back to the first.
+        // SAFETY: as above.
+        unsafe { set_freepointer(second, s.geo.offset, fl) };
+        assert_eq!(kind(c.validate()), "Freelist cycle detected");
+        // SAFETY: restore.
+        unsafe { set_freepointer(second, s.geo.offset, saved) };
+        assert!(c.validate().is_ok());
+
+        for o in objs {
+            // SAFETY: each came from `c` and is freed once.
+            unsafe { c.free(o) };
+        }
+        assert!(c.validate().is_ok());
+    }
+}

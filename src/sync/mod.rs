@@ -82,15 +82,7 @@ pub(crate) mod global {
 // Object memory: the free pointer inside a free object
 // ---------------------------------------------------------------------------------------------
 
-/// `CONFIG_SLAB_FREELIST_HARDENED` (the `freelist-hardened` feature): every free pointer is
-/// stored as `ptr ^ random ^ swab(addr)`, where `addr` is the address of the word that holds it
-/// and `random` a secret drawn once per process ([`init_freelist_random`]), so that a
-/// use-after-free write or a heap overflow cannot plant a chosen pointer in a freelist, and a
-/// leaked free object does not reveal a heap address. The kernel's `random` is per cache;
-/// kmem's is per process, so that this one function (which knows only the address) and the
-/// rseq sequences (`cpu/percpu/seq.rs`, which decode and encode in their own instructions) can
-/// apply it without the cache at hand. Without the feature the functions below store the
-/// pointer as is.
+/// The freelist secret of the `freelist-hardened` feature (see [`freelist_ptr`]).
 #[cfg(feature = "freelist-hardened")]
 static FREELIST_RANDOM: global::AtomicUsize = global::AtomicUsize::new(0);
 
@@ -140,7 +132,15 @@ pub(crate) fn freelist_random() -> usize {
     }
 }
 
-/// `freelist_ptr_encode` / `decode` (the same operation): see [`FREELIST_RANDOM`].
+/// `freelist_ptr_encode` / `decode` (one operation, its own inverse), for
+/// `CONFIG_SLAB_FREELIST_HARDENED` (the `freelist-hardened` feature): every free pointer is
+/// stored as `ptr ^ random ^ swab(addr)`, where `addr` is the address of the word that holds
+/// it and `random` a secret drawn once per process ([`init_freelist_random`]), so that a
+/// use-after-free write or a heap overflow cannot plant a chosen pointer in a freelist, and a
+/// free object does not reveal a heap address. The kernel's `random` is per cache; kmem's is
+/// per process, so that this function (which knows only the address) and the rseq sequences
+/// (`cpu/percpu/seq.rs`, which decode and encode in their own instructions) apply it without
+/// the cache at hand. Without the feature it returns `v`: free pointers are stored as is.
 #[inline(always)]
 pub(crate) fn freelist_ptr(v: usize, addr: usize) -> usize {
     if cfg!(feature = "freelist-hardened") {
