@@ -15,6 +15,8 @@ BENCH=${BENCH:-fastpath}
 FILTER=${FILTER:-'fastpath_pair_64B/(kmem_private|kmem_global|cmpxchg16b_pair)$'}
 out=$PWD/target/bench-compare
 mkdir -p "$out"
+# Criterion directories of an earlier run (maybe of another bench) would enter the table.
+rm -rf "$out"/crit-*
 build() { # rev label -> prints the bench executable
     local rev=$1 label=$2 dir=$PWD
     if [ "$rev" != WORK ]; then
