@@ -42,14 +42,15 @@ m13_treiber_aba                         deferred_batch_runs_at_once
 m14_deferred_drop_vs_run                deferred_drop_checks_pending_early
 m15_typesafe_reader_vs_shrink           typesafe_shrink_discards
 m15_typesafe_reader_vs_shrink           typesafe_slabs_released_at_once
-m16_sheaves                             sheaf_flush_without_stop
-m16_sheaves                             rseq_ignores_stop
-m16_sheaves                             rseq_stop_without_fence
-m16_sheaves                             rseq_fence_before_stop
-m16_sheaves                             sheaf_replace_ignores_count
-m16_sheaves                             sheaf_install_over_main
-m16_sheaves                             pool_trim_ignores_in_flight
-m16_sheaves                             sheaf_locked_pop_unlocked
+m17_sheaves                             sheaf_flush_without_stop
+m17_sheaves                             rseq_ignores_stop
+m17_sheaves                             rseq_stop_without_fence
+m17_sheaves                             rseq_fence_before_stop
+m17_sheaves                             sheaf_replace_ignores_count
+m17_sheaves                             sheaf_install_over_main
+m17_sheaves                             pool_trim_ignores_in_flight
+m17_sheaves                             sheaf_locked_pop_unlocked
+m16_debug_free                          debug_free_without_list_lock
 "
 
 # Runs model $1 built with mutant $2 ("" = clean); prints PASS or FAIL and the seconds taken.

@@ -106,6 +106,26 @@ if have gcc; then
     grep -q "${case#*:}" "$WORK/bad.out" || fail "bad_free $name: no message: $(cat "$WORK/bad.out")"
   done
   say "bad frees (interior pointer, page-block and slab double free) abort with a message"
+  # slub_debug (KMEM_DEBUG, issue 15): corruption that only the debug checks see.
+  for case in "overflow:Right Redzone overwritten" "underflow:Left Redzone overwritten" \
+    "uaf:Poison overwritten" "deep:Object already free"; do
+    name=${case%%:*}
+    if { KMEM_DEBUG=FZPU LD_PRELOAD="$LIB" "$WORK/bad_free" "$name" >"$WORK/bad.out" 2>&1; } 2>/dev/null; then
+      fail "KMEM_DEBUG bad_free $name: not caught ($(cat "$WORK/bad.out"))"
+    fi
+    grep -q "BUG kmalloc-112 (kmem): ${case#*:}" "$WORK/bad.out" \
+      || fail "KMEM_DEBUG bad_free $name: no report: $(cat "$WORK/bad.out")"
+  done
+  say "KMEM_DEBUG=FZPU: overflow, underflow, write after free, deep double free reported and aborted"
+  if { KMEM_DEBUG=FZQ LD_PRELOAD="$LIB" "$WORK/bad_free" none >"$WORK/bad.out" 2>&1; } 2>/dev/null; then
+    fail "KMEM_DEBUG=FZQ was accepted"
+  fi
+  grep -q 'KMEM_DEBUG="FZQ": "Q" at byte 2: unknown flag' "$WORK/bad.out" \
+    || fail "KMEM_DEBUG=FZQ: no message: $(cat "$WORK/bad.out")"
+  say "contract_test under KMEM_DEBUG=FZPU (every kmalloc cache on the debug paths)"
+  KMEM_DEBUG=FZPU LD_PRELOAD="$LIB" "$WORK/contract_test" >"$WORK/cd.out" 2>&1 \
+    || { tail -20 "$WORK/cd.out" >&2; fail "contract_test under KMEM_DEBUG=FZPU"; }
+  tail -1 "$WORK/cd.out"
   say "contract_test on a debug libkmem.so with kmem's re-entrancy guard (aborts if kmem re-enters itself)"
   cargo build -q -p kmem-preload --features debug-reentrancy
   LD_PRELOAD="$TARGET_DIR/debug/libkmem.so" "$WORK/contract_test" >"$WORK/cg.out" 2>&1 \

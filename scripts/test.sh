@@ -35,6 +35,10 @@ section "rseq stress tests on kmem's own rseq registration (glibc's disabled)"
 GLIBC_TUNABLES=glibc.pthread.rseq=0 cargo test --release -p kmem --test rseq_stress --test rseq_cache_stress
 section "without the stats feature"
 cargo test -p kmem --no-default-features --lib --test slub_paths --test stress
+section "the hardening features (freelist-hardened, freelist-random), both modes"
+cargo test -p kmem --features freelist-hardened,freelist-random --lib --tests
+KMEM_RSEQ=0 cargo test -p kmem --features freelist-hardened,freelist-random --lib --test debug --test slub_paths --test stress
+cargo test --release -p kmem --features freelist-hardened,freelist-random --test rseq_stress --test rseq_cache_stress
 
 section "libkmem.so under LD_PRELOAD: C contract, python3, sqlite3, redis, git (scripts/preload.sh)"
 bash scripts/preload.sh

@@ -114,7 +114,52 @@ impl CacheFlags {
     /// ```
     pub const TYPESAFE_BY_RCU: CacheFlags = CacheFlags(1 << 2);
 
-    pub(crate) const ALL: u32 = (1 << 3) - 1;
+    /// `SLAB_CONSISTENCY_CHECKS` (`slub_debug` letter `F`): every allocation and free of the
+    /// cache checks its object — a valid object start, not already free (the whole slab
+    /// freelist is searched), red zones and poison intact, the free pointer inside the slab,
+    /// the slab's counters — and a failed check prints a report in the kernel's words on stderr
+    /// and aborts. Any debug flag sends the cache off the lockless fast paths (see
+    /// [`KmemCache::validate`](crate::KmemCache::validate) and the `debug` section of the
+    /// README); the other three lay the object out for checking, this one checks on every
+    /// call.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, CacheFlags};
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let all = CacheFlags::CONSISTENCY_CHECKS
+    ///     | CacheFlags::RED_ZONE
+    ///     | CacheFlags::POISON
+    ///     | CacheFlags::STORE_USER;
+    /// let c = k.create_cache("checked", 64, CacheConfig::new().flags(all)).unwrap();
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY: `p` is a live 64-byte object of `c`.
+    /// unsafe { p.as_ptr().write_bytes(1, 64) };
+    /// // SAFETY: `p` came from `c` and is freed once.
+    /// unsafe { c.free(p) };
+    /// assert!(c.validate().is_ok());
+    /// assert!(c.size() > 64); // red zones, free pointer and two owner records
+    /// ```
+    pub const CONSISTENCY_CHECKS: CacheFlags = CacheFlags(1 << 3);
+    /// `SLAB_RED_ZONE` (`Z`): a red zone before and after each object (`0xbb` while it is
+    /// free, `0xcc` while it is allocated), so that a write one byte before or past the object
+    /// is seen (by `CONSISTENCY_CHECKS` on its free, and by
+    /// [`KmemCache::validate`](crate::KmemCache::validate)). The object pointer stays the
+    /// object's start and keeps the cache's alignment.
+    pub const RED_ZONE: CacheFlags = CacheFlags(1 << 4);
+    /// `SLAB_POISON` (`P`): free objects are filled with `0x6b` and end with `0xa5`
+    /// (`POISON_FREE`, `POISON_END`), unused padding with `0x5a` (`POISON_INUSE`), so a write
+    /// after free is seen when the object is next allocated (with `CONSISTENCY_CHECKS`) or
+    /// validated. The free pointer moves out of the object. Caches with a constructor or
+    /// `TYPESAFE_BY_RCU` keep their objects' contents (no poison), as in the kernel.
+    pub const POISON: CacheFlags = CacheFlags(1 << 5);
+    /// `SLAB_STORE_USER` (`U`): each object records its last allocation and its last free —
+    /// the caller's return address, thread id, CPU and time — and every report prints them.
+    pub const STORE_USER: CacheFlags = CacheFlags(1 << 6);
+
+    /// The four `slub_debug` flags.
+    pub(crate) const DEBUG: u32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6);
+
+    pub(crate) const ALL: u32 = (1 << 7) - 1;
 
     /// No flags.
     ///
@@ -167,8 +212,17 @@ impl fmt::Debug for CacheFlags {
         if self.contains(CacheFlags::HWCACHE_ALIGN) {
             l.entry(&"HWCACHE_ALIGN");
         }
-        if self.contains(CacheFlags::NO_MERGE) {
-            l.entry(&"NO_MERGE");
+        for (f, name) in [
+            (CacheFlags::NO_MERGE, "NO_MERGE"),
+            (CacheFlags::TYPESAFE_BY_RCU, "TYPESAFE_BY_RCU"),
+            (CacheFlags::CONSISTENCY_CHECKS, "CONSISTENCY_CHECKS"),
+            (CacheFlags::RED_ZONE, "RED_ZONE"),
+            (CacheFlags::POISON, "POISON"),
+            (CacheFlags::STORE_USER, "STORE_USER"),
+        ] {
+            if self.contains(f) {
+                l.entry(&name);
+            }
         }
         l.finish()
     }
@@ -205,6 +259,7 @@ pub struct CacheConfig {
     pub(crate) min_partial: Option<usize>,
     pub(crate) cpu_partial_slabs: Option<usize>,
     pub(crate) sheaf_capacity: usize,
+    pub(crate) failslab: crate::page::FaultInjection,
 }
 
 impl fmt::Debug for CacheConfig {
@@ -219,6 +274,7 @@ impl fmt::Debug for CacheConfig {
             .field("min_partial", &self.min_partial)
             .field("cpu_partial_slabs", &self.cpu_partial_slabs)
             .field("sheaf_capacity", &self.sheaf_capacity)
+            .field("failslab", &self.failslab)
             .finish()
     }
 }
@@ -383,6 +439,35 @@ impl CacheConfig {
     /// ```
     pub fn cpu_partial_slabs(mut self, n: usize) -> Self {
         self.cpu_partial_slabs = Some(n);
+        self
+    }
+
+    /// `failslab`: object allocations of this cache fail on purpose (return `None`, or a null
+    /// pointer from `alloc_bulk`'s count), deterministically: `EveryNth(n)` fails the n-th,
+    /// 2n-th, … allocation, `Probability { percent, seed }` fails the i-th with a probability
+    /// drawn from `seed` and `i` alone, so a failing run replays exactly. For testing a
+    /// program's out-of-memory paths one cache at a time (page-level injection for a whole
+    /// instance is [`KmemBuilder::fault_injection`](crate::KmemBuilder::fault_injection)).
+    ///
+    /// A cache with fault injection takes the debug caches' paths (`src/debug/`: every
+    /// allocation and free under the node's list lock, no per-CPU fast path), so caches
+    /// without it pay nothing for the feature.
+    ///
+    /// ```
+    /// use kmem::{CacheConfig, FaultInjection};
+    /// let k = kmem::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    /// let c = k
+    ///     .create_cache("flaky", 64, CacheConfig::new().failslab(FaultInjection::EveryNth(3)))
+    ///     .unwrap();
+    /// let got: Vec<_> = (0..6).map(|_| c.alloc()).collect();
+    /// assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [true, true, false, true, true, false]);
+    /// for p in got.into_iter().flatten() {
+    ///     // SAFETY: each came from `c` and is freed once.
+    ///     unsafe { c.free(p) };
+    /// }
+    /// ```
+    pub fn failslab(mut self, f: crate::page::FaultInjection) -> Self {
+        self.failslab = f;
         self
     }
 

@@ -57,6 +57,30 @@ pub enum KmemError {
         /// How many bytes.
         bytes: usize,
     },
+    /// `KMEM_DEBUG` is set to something that is not `slub_debug` syntax (see
+    /// [`CacheFlags::CONSISTENCY_CHECKS`](crate::CacheFlags::CONSISTENCY_CHECKS) and the
+    /// README's debugging section): no instance is built until it is fixed.
+    InvalidDebugOption {
+        /// The whole value (at most 1025 bytes of it).
+        value: String,
+        /// The bad part.
+        part: String,
+        /// Its byte offset in the value.
+        position: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// [`KmemCache::validate`](crate::KmemCache::validate) found a defect; the full report (the
+    /// kernel's `BUG <cache>: <kind>` with hex dumps) is on stderr.
+    CacheCorrupted {
+        /// The cache.
+        cache: String,
+        /// The first defect, in the kernel's words (`Right Redzone overwritten`, `Poison
+        /// overwritten`, `Freepointer corrupt`, `Wrong object count`, ...).
+        kind: &'static str,
+        /// The first damaged byte, object or slab (0 for a count of a whole node).
+        address: usize,
+    },
     /// This CPU has no lock-free 16-byte compare-and-swap, which kmem's fast path needs.
     NoDoubleWordCas,
     /// The OS page size (`sysconf(_SC_PAGESIZE)`) is not a power of two or is larger than
@@ -104,6 +128,24 @@ impl fmt::Display for KmemError {
                 f,
                 "unsupported OS page size {os_page_size}: kmem needs a power of two no larger \
                  than its 4 MiB chunk"
+            ),
+            KmemError::InvalidDebugOption {
+                value,
+                part,
+                position,
+                reason,
+            } => write!(
+                f,
+                "invalid KMEM_DEBUG={value:?}: {part:?} at byte {position}: {reason} (the syntax \
+                 is slub_debug's: FZPU, FZ,cache-a,cache-b, or -)"
+            ),
+            KmemError::CacheCorrupted {
+                cache,
+                kind,
+                address,
+            } => write!(
+                f,
+                "cache {cache:?} is corrupt: {kind} at {address:#x} (the report is on stderr)"
             ),
             KmemError::NoDoubleWordCas => f.write_str(
                 "this CPU has no lock-free 16-byte compare-and-swap (cmpxchg16b); kmem's \

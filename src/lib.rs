@@ -45,6 +45,7 @@
 mod cache;
 mod config;
 pub mod cpu;
+mod debug;
 mod deferred;
 mod error;
 mod instance;

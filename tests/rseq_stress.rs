@@ -167,7 +167,7 @@ fn sequences_under_signals_migration_stop_fence_and_fork() {
         let mut h = head;
         for &a in chunk {
             // SAFETY: not yet on any list: ours.
-            unsafe { *(a as *mut usize) = h };
+            unsafe { TestSlots::set_next(a, h) };
             h = a;
         }
         // SAFETY: the list is ours; the slot was stopped by `stop_and_take`.
@@ -277,7 +277,8 @@ fn sequences_under_signals_migration_stop_fence_and_fork() {
                     }
                     len += 1;
                     assert!(len <= OBJECTS, "cycle on slot {i}'s list");
-                    p = obj(p).next;
+                    // SAFETY: a list we took (stopped slot): ours.
+                    p = unsafe { TestSlots::next_of(p) };
                 }
                 if j != i {
                     let other = slots.stop_and_take(j);

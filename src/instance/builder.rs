@@ -133,6 +133,10 @@ impl KmemBuilder {
         if !crate::sync::DWord::is_lock_free() {
             return Err(KmemError::NoDoubleWordCas);
         }
+        // KMEM_DEBUG is read once per process; a bad value builds no instance.
+        crate::debug::flags::check_env()?;
+        // The freelist secret (the `freelist-hardened` feature) exists before any free pointer.
+        crate::sync::init_freelist_random();
         let cfg = |parameter, value, reason| KmemError::InvalidConfig {
             parameter,
             value,

@@ -144,6 +144,9 @@ impl Kmem {
             return Some(k);
         }
         GLOBAL.get_or_try_init(|| {
+            // A malformed KMEM_DEBUG stops the process here, with a message naming the bad
+            // part (the error the builder would return needs an allocation).
+            crate::debug::flags::check_env_or_abort();
             let k = KmemBuilder::default()
                 .build_shared()
                 .ok()

@@ -104,7 +104,8 @@ fn find(func: &str, ptr: *mut u8) -> Found {
                 cache.size_div.is_index(cache.size_div.index(off))
                     && off + cache.geo.size <= slab_bytes
             };
-            if !valid {
+            // A debug cache's objects start `red_left_pad` into their slots (KMEM_DEBUG).
+            if !(valid || cache.debug && cache.debug_valid_pointer(page, ptr as usize)) {
                 invalid(
                     func,
                     ptr,

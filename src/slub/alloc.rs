@@ -37,6 +37,10 @@ impl CacheInner {
         if self.rseq {
             return self.slab_alloc_rseq(node);
         }
+        if self.debug {
+            // slub_debug (never in rseq mode): the node-only path under list_lock.
+            return crate::debug::alloc_entry(self, node);
+        }
         loop {
             let c = self.this_cpu();
             let (object, tid) = c.load_freelist();
@@ -386,7 +390,7 @@ impl CacheInner {
     /// memory, discards this cache's empty partial slabs and tries once more. Called with no
     /// slot lock held (`c` only picks the node and takes the counts); takes node `list_lock`s
     /// (the reclaim) and page locks, and runs the constructor.
-    pub(super) fn new_slab(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<FrozenSlab> {
+    pub(crate) fn new_slab(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<FrozenSlab> {
         let kmem = self.kmem();
         let home = node.unwrap_or_else(|| kmem.slot_node(self.slot_index(c)));
         let mut nodes =
@@ -438,6 +442,34 @@ impl CacheInner {
         let p = unsafe { page.as_ref() };
         let base = crate::page::page_address(p) as usize;
         let size = self.geo.size;
+        if self.debug {
+            // slub_debug: poison, red zones, records, then the constructor; counted by the
+            // debug path under the node's list_lock (debug/paths.rs), not here.
+            let give_back = GiveBackOnUnwind {
+                pages: self.kmem().node_pages(nid),
+                page,
+                order,
+            };
+            // SAFETY: the fresh block of `PAGE_SIZE << order` bytes is ours.
+            let first = unsafe {
+                self.setup_slab_debug(base, crate::page::PAGE_SIZE << order, objects as usize)
+            };
+            core::mem::forget(give_back);
+            p.freelist_counters
+                .store(0, Counters::new(objects, objects, true).0);
+            p.cache
+                .store(self as *const CacheInner as *mut u8, Ordering::Release);
+            p.set_info(crate::page::PageInfo::head(
+                PageKind::Slab,
+                order,
+                nid,
+                false,
+            ));
+            return FrozenSlab {
+                slab: page.as_ptr(),
+                freelist: first,
+            };
+        }
         // The constructor is the user's code: if it panics, the block goes back to the page
         // allocator as the unwind passes (nothing else has seen it yet), so a caught panic
         // loses nothing.
@@ -461,6 +493,9 @@ impl CacheInner {
             unsafe { set_freepointer(obj, self.offset, next) };
         }
         core::mem::forget(give_back);
+        // freelist-random: relink in the cache's random order (`debug/shuffle.rs`).
+        // SAFETY: the fresh slab is ours and every object is constructed.
+        let first = unsafe { self.shuffle_freelist(base, objects as usize) }.unwrap_or(base);
         p.freelist_counters
             .store(0, Counters::new(objects, objects, true).0);
         p.cache
@@ -474,7 +509,7 @@ impl CacheInner {
         self.node(nid).inc_slabs(objects as usize);
         FrozenSlab {
             slab: page.as_ptr(),
-            freelist: base,
+            freelist: first,
         }
     }
 }

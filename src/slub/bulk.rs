@@ -14,6 +14,17 @@ impl CacheInner {
         if out.is_empty() {
             return 0;
         }
+        if self.debug {
+            // slub_debug: one object at a time through the node-only path.
+            for (i, slot) in out.iter_mut().enumerate() {
+                let p = self.slab_alloc(None);
+                if p.is_null() {
+                    return i;
+                }
+                *slot = p;
+            }
+            return out.len();
+        }
         let mut c = self.this_cpu();
         let mut guard = c.lock.lock();
         let mut i = 0;
@@ -81,6 +92,17 @@ impl CacheInner {
     /// As [`KmemCache::free`](crate::KmemCache::free) for each object; no duplicates.
     pub(crate) unsafe fn free_bulk(&self, objs: &[NonNull<u8>]) {
         const GROUP: usize = 16;
+        if self.debug {
+            // slub_debug: each object checked and freed on its own, before any is linked
+            // (linking would overwrite the free pointer of an object freed twice).
+            for o in objs {
+                let slab = self.owning_slab(o.as_ptr());
+                let p = o.as_ptr() as usize;
+                // SAFETY: the caller hands `p`, an object of `slab`, back (contract).
+                unsafe { self.do_slab_free(slab, p, p, 1) };
+            }
+            return;
+        }
         for chunk in objs.chunks(GROUP) {
             let mut slabs = [ptr::null_mut::<Page>(); GROUP];
             for (i, o) in chunk.iter().enumerate() {

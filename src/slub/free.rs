@@ -51,6 +51,11 @@ impl CacheInner {
             // SAFETY: forwarded contract.
             return unsafe { self.do_slab_free_rseq(slab, head, tail, cnt) };
         }
+        if self.debug {
+            // slub_debug (never in rseq mode): the node-only path under list_lock.
+            // SAFETY: forwarded contract.
+            return unsafe { crate::debug::free_entry(self, slab, head, tail, cnt) };
+        }
         loop {
             let c = self.this_cpu();
             // `{freelist, tid}` first, then `slab` (see `load_for_free`).
@@ -135,7 +140,7 @@ impl CacheInner {
             // Power-of-two sizes (see `pow2_mask`): objects sit at the multiples of the size.
             if obj as usize & self.pow2_mask != 0 {
                 let slab_bytes = crate::page::PAGE_SIZE << info.order();
-                self.bad_object(obj, obj as usize & (slab_bytes - 1), slab_bytes)
+                self.bad_object(page, obj, obj as usize & (slab_bytes - 1), slab_bytes)
             }
         } else {
             // A slab is one buddy block, aligned to its own size (chunks are aligned to the
@@ -146,17 +151,29 @@ impl CacheInner {
             // starts ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
             if !self.size_div.is_index(self.size_div.index(off)) || off + self.geo.size > slab_bytes
             {
-                self.bad_object(obj, off, slab_bytes)
+                self.bad_object(page, obj, off, slab_bytes)
             }
         }
         page as *const Page as *mut Page
     }
 
     /// Aborts on a free of a pointer inside one of this cache's slabs that is not the start of
-    /// an object.
+    /// an object. A debug cache's objects start `red_left_pad` bytes into their slots, which
+    /// the O(1) test above does not know: every free of one comes here, and returns if the
+    /// pointer does start an object (its free path checks it again, exactly, under the lock).
     #[cold]
     #[inline(never)]
-    pub(super) fn bad_object(&self, obj: *mut u8, off: usize, slab_bytes: usize) -> ! {
+    pub(super) fn bad_object(&self, page: &Page, obj: *mut u8, off: usize, slab_bytes: usize) {
+        if self.debug {
+            if self.debug_valid_pointer(page, obj as usize) {
+                return;
+            }
+            self.slab_err(page, "Invalid object pointer", Some(obj as usize));
+            self.abort_corrupt(crate::debug::Defect {
+                kind: "Invalid object pointer",
+                addr: obj as usize,
+            });
+        }
         let addr = crate::os::Num::hex(obj as u64);
         let base = crate::os::Num::hex(obj as u64 - off as u64);
         let size = crate::os::Num::dec(self.geo.size as u64);
@@ -181,7 +198,7 @@ impl CacheInner {
     /// Aborts on a detected double free of `obj`.
     #[cold]
     #[inline(never)]
-    pub(super) fn double_free(&self, obj: usize, why: &str) -> ! {
+    pub(crate) fn double_free(&self, obj: usize, why: &str) -> ! {
         let addr = crate::os::Num::hex(obj as u64);
         crate::os::abort_msg(&[
             "kmem: cache \"",

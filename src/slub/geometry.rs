@@ -91,6 +91,12 @@ pub(crate) struct Geometry {
     pub(crate) size: usize,
     pub(crate) align: usize,
     pub(crate) offset: usize,
+    /// The end of the object and its right red zone, from the object's start (`s->inuse`):
+    /// the free pointer (when outside the object) and the owner records follow it.
+    pub(crate) inuse: usize,
+    /// Bytes of left red zone before each object (`s->red_left_pad`; 0 without `RED_ZONE`):
+    /// object `i` of a slab starts at `base + i * size + red_left_pad`.
+    pub(crate) red_left_pad: usize,
     pub(crate) oo: OrderObjects,
     pub(crate) min: OrderObjects,
     pub(crate) min_partial: usize,
@@ -197,13 +203,28 @@ impl Geometry {
         // calculate_sizes: the free pointer sits in the middle of the object (so that a small
         // overflow off either end does not hit it), or after the object when a constructor's
         // state must survive being free.
-        let mut size = object_size.next_multiple_of(WORD);
-        let offset = if cfg.ctor.is_some() {
-            let off = size;
-            size += WORD;
-            off
+        // A cache with slub_debug flags lays its objects out as `calculate_sizes` does under
+        // `SLAB_RED_ZONE` / `SLAB_POISON` / `SLAB_STORE_USER` (`debug/layout.rs`); without
+        // them the layout below is the whole story.
+        let (size, offset, inuse, red_left_pad) = if cfg.flags.0 & CacheFlags::DEBUG != 0 {
+            let l = crate::debug::layout::calculate_sizes(
+                object_size,
+                align,
+                cfg.flags,
+                cfg.ctor.is_some(),
+            );
+            (l.size, l.offset, l.inuse, l.red_left_pad)
         } else {
-            (object_size / 2) / WORD * WORD
+            let mut size = object_size.next_multiple_of(WORD);
+            let inuse = size;
+            let offset = if cfg.ctor.is_some() {
+                let off = size;
+                size += WORD;
+                off
+            } else {
+                (object_size / 2) / WORD * WORD
+            };
+            (size, offset, inuse, 0)
         };
         let size = size.next_multiple_of(align);
         if size > max_object {
@@ -260,6 +281,8 @@ impl Geometry {
             size,
             align,
             offset,
+            inuse,
+            red_left_pad,
             oo,
             min,
             min_partial,

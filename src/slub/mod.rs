@@ -140,6 +140,10 @@ pub(crate) struct CacheInner {
     pub(crate) nr_cpus: usize,
     /// rseq mode: the fast paths run `cpu/percpu/`'s sequences on `slots` (the same slots).
     pub(crate) rseq: bool,
+    /// A debug cache (any slub_debug flag): every allocation and free takes the node-only
+    /// paths of `debug/paths.rs`. Such a cache has `rseq == false`, so the fast paths test
+    /// this only after the rseq test (an rseq-mode cache pays nothing for it).
+    pub(crate) debug: bool,
     pub(crate) slots: Slots<Page>,
     /// Offset of the free pointer inside an object.
     pub(crate) offset: usize,
@@ -175,6 +179,14 @@ pub(crate) struct CacheInner {
     name_len: usize,
     name_buf: [u8; MAX_CACHE_NAME],
     map_size: usize,
+    /// `freelist-random`: the cache's permutation of `0..random_seq_len` (in this mapping;
+    /// null without the feature and for debug caches), and its secret.
+    pub(crate) random_seq: *const u16,
+    pub(crate) random_seq_len: usize,
+    pub(crate) random: u64,
+    /// `failslab` (`debug/failslab.rs`): the injection and the allocations counted so far.
+    pub(crate) failslab: crate::page::FaultInjection,
+    pub(crate) failslab_calls: crate::sync::AtomicU64,
 }
 
 // SAFETY: all shared mutable state inside is reached through atomics, `Cell`s under locks, or the
@@ -206,6 +218,13 @@ impl CacheInner {
         }
         let nr_cpus = kmem.nr_cpus;
         let nr_nodes = kmem.nr_nodes;
+        // KMEM_DEBUG (slub_debug syntax) adds its flags for this name (debug/flags.rs).
+        let mut cfg = cfg.clone();
+        cfg.flags = cfg.flags | crate::debug::flags::env_flags_for(name);
+        let cfg = &cfg;
+        // failslab takes the debug paths too (its test is there, off every fast path).
+        let debug = cfg.flags.0 & CacheFlags::DEBUG != 0
+            || cfg.failslab != crate::page::FaultInjection::None;
         let geo = Geometry::compute(name, object_size, cfg, nr_cpus)?;
 
         let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
@@ -218,8 +237,10 @@ impl CacheInner {
             n => SheafPool::capacity_for(n),
         };
         let nr_barns = if sheaf_capacity != 0 { nr_nodes } else { 0 };
-        let map_size =
-            (barn_off + nr_barns * core::mem::size_of::<Barn>()).next_multiple_of(PAGE_SIZE);
+        let seq_off = barn_off + nr_barns * core::mem::size_of::<Barn>();
+        let seq_len = if debug { 0 } else { geo.oo.objects as usize };
+        let map_size = (seq_off + crate::debug::shuffle::random_seq_bytes(seq_len))
+            .next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
             .ok_or(KmemError::OutOfMemory {
                 what: "cache metadata",
@@ -236,7 +257,7 @@ impl CacheInner {
             for i in 0..nr_cpus {
                 ptr::write(
                     cpus.add(i),
-                    KmemCacheCpu::new(tid_step.init_tid(i), i, kmem.rseq),
+                    KmemCacheCpu::new(tid_step.init_tid(i), i, kmem.rseq && !debug),
                 );
             }
             let nodes = base.add(node_off) as *mut KmemCacheNode;
@@ -247,6 +268,14 @@ impl CacheInner {
             for i in 0..nr_barns {
                 ptr::write(barns.add(i), Barn::new());
             }
+            let random = crate::debug::shuffle::cache_random();
+            let random_seq = if crate::debug::shuffle::random_seq_bytes(seq_len) != 0 {
+                let seq = base.add(seq_off) as *mut u16;
+                crate::debug::shuffle::init_random_seq(seq, seq_len, random);
+                seq as *const u16
+            } else {
+                ptr::null()
+            };
             let mut name_buf = [0u8; MAX_CACHE_NAME];
             name_buf[..name.len()].copy_from_slice(name.as_bytes());
             let pool = SheafPool::new(sheaf_capacity);
@@ -257,7 +286,10 @@ impl CacheInner {
                 CacheInner {
                     cpu_slab: cpus,
                     nr_cpus,
-                    rseq: kmem.rseq,
+                    // A debug cache never runs a fast path: its (unused) slots take the locked
+                    // protocol, and the rseq test below stays the fast paths' only test.
+                    rseq: kmem.rseq && !debug,
+                    debug,
                     // A slot starts with its `SlotHead` (`repr(C)`, first field).
                     slots: Slots::new(
                         cpus as *const SlotHead<Page>,
@@ -265,7 +297,8 @@ impl CacheInner {
                         nr_cpus,
                     ),
                     pool,
-                    sheaves_on: AtomicBool::new(sheaf_capacity != 0),
+                    // A debug cache checks every object on the node-only paths: no sheaves.
+                    sheaves_on: AtomicBool::new(sheaf_capacity != 0 && !debug),
                     handed_over_objs: AtomicUsize::new(0),
                     // The sheaf part of each slot, at a fixed offset in it.
                     sheaf_slots: ArraySlots::new(
@@ -278,7 +311,9 @@ impl CacheInner {
                     offset: geo.offset,
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
-                    pow2_mask: if geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
+                    // Not for a debug cache: its objects start `red_left_pad` into their
+                    // slots (its free checks take the cold path, see `owning_slab`).
+                    pow2_mask: if !debug && geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
                         geo.size - 1
                     } else {
                         0
@@ -294,6 +329,11 @@ impl CacheInner {
                     name_len: name.len(),
                     name_buf,
                     map_size,
+                    random_seq,
+                    random_seq_len: seq_len,
+                    random,
+                    failslab: cfg.failslab,
+                    failslab_calls: crate::sync::AtomicU64::new(0),
                 },
             );
             Ok(NonNull::new_unchecked(inner))
@@ -392,9 +432,10 @@ impl CacheInner {
     /// `Kmalloc::set_sheaves`). Switching off flushes every sheaf; an operation that saw the
     /// old setting may still put an object into a sheaf, where it stays free and counted
     /// until the next flush. Returns whether the cache now uses sheaves (never, without a
-    /// capacity).
+    /// capacity, nor for a slub_debug cache, whose objects are all checked on the node-only
+    /// paths).
     pub(crate) fn set_sheaves(&self, on: bool) -> bool {
-        if self.pool.capacity == 0 {
+        if self.pool.capacity == 0 || self.debug {
             return false;
         }
         self.sheaves_on.store(on, Ordering::Relaxed);
@@ -405,6 +446,7 @@ impl CacheInner {
     }
 
     /// The barns (one per node; none when the cache has no sheaves).
+    #[cfg_attr(any(loom, miri), allow(dead_code))] // the fork handlers
     pub(crate) fn barns(&self) -> &[Barn] {
         let n = if self.pool.capacity != 0 {
             self.nr_nodes

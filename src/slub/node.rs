@@ -14,10 +14,13 @@ use crate::page::Page;
 use crate::sync::{AtomicUsize, Ordering, SpinGuard, SpinLock};
 use core::ptr;
 
-/// The partial list proper (behind `list_lock`).
+/// The partial list proper (behind `list_lock`), and the full list of a debug cache.
 pub(crate) struct PartialList {
     head: *mut Page,
     tail: *mut Page,
+    /// `n->full`: the slabs of a debug cache that have no free object (`debug/paths.rs`);
+    /// always empty for other caches, whose full slabs are on no list.
+    pub(crate) full: *mut Page,
 }
 
 // SAFETY: the raw pointers name page descriptors that live as long as the allocator; they are
@@ -55,6 +58,7 @@ impl KmemCacheNode {
                 PartialList {
                     head: ptr::null_mut(),
                     tail: ptr::null_mut(),
+                    full: ptr::null_mut(),
                 },
             ),
             nr_partial: AtomicUsize::new(0),

@@ -69,12 +69,18 @@ pub(crate) fn retry_hint() {
     loom::thread::yield_now();
 }
 
-/// A non-zero token unique to the calling (loom) thread.
+/// A token unique to the calling (loom) thread, never 0, 1 or 2 (`OnceSlot`'s states).
+///
+/// Drawn from a counter, not an address: a loom thread's locals are freed when it ends, so a
+/// later thread could get the same address while a `Relaxed` load of a lock's `owner` still
+/// returns the ended thread's store (nothing synchronised the two threads), and `lock` would
+/// take the new thread for the holder (`m16_debug_free` ran into exactly that).
 pub(crate) fn thread_token() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
     loom::thread_local! {
-        static TOKEN: u8 = 0;
+        static TOKEN: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    TOKEN.with(|t| t as *const u8 as usize)
+    TOKEN.with(|t| *t)
 }
 
 /// The spin lock, modelled as a loom `Mutex` (its `try_lock` fallbacks are explored, not the

@@ -82,6 +82,97 @@ pub(crate) mod global {
 // Object memory: the free pointer inside a free object
 // ---------------------------------------------------------------------------------------------
 
+/// The freelist secret of the `freelist-hardened` feature (see [`freelist_ptr`]).
+#[cfg(feature = "freelist-hardened")]
+static FREELIST_RANDOM: global::AtomicUsize = global::AtomicUsize::new(0);
+
+/// Draws the freelist secret (once per process, before the first free pointer is written:
+/// `KmemBuilder::build` calls this first). `getrandom(2)`, no allocation; under Miri and loom
+/// a fixed odd constant, so that models stay deterministic.
+pub(crate) fn init_freelist_random() {
+    #[cfg(feature = "freelist-hardened")]
+    {
+        use global::Ordering;
+        if FREELIST_RANDOM.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        #[cfg(any(miri, loom))]
+        let r = 0x9e37_79b9_7f4a_7c15_usize;
+        #[cfg(not(any(miri, loom)))]
+        let r = {
+            let mut r = 0usize;
+            // SAFETY: writes at most `size_of::<usize>()` bytes into `r`.
+            let n = unsafe {
+                libc::getrandom(
+                    (&mut r as *mut usize).cast(),
+                    core::mem::size_of::<usize>(),
+                    0,
+                )
+            };
+            if n != core::mem::size_of::<usize>() as isize {
+                // No entropy source: mix the clock and an address (still never 0).
+                r = (crate::os::now_ns() as usize) ^ (&r as *const usize as usize).rotate_left(17);
+            }
+            r | 1
+        };
+        let _ = FREELIST_RANDOM.compare_exchange(0, r, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// The freelist secret (0 before [`init_freelist_random`], and without the feature).
+#[inline(always)]
+pub(crate) fn freelist_random() -> usize {
+    #[cfg(feature = "freelist-hardened")]
+    {
+        FREELIST_RANDOM.load(global::Ordering::Relaxed)
+    }
+    #[cfg(not(feature = "freelist-hardened"))]
+    {
+        0
+    }
+}
+
+/// `freelist_ptr_encode` / `decode` (one operation, its own inverse), for
+/// `CONFIG_SLAB_FREELIST_HARDENED` (the `freelist-hardened` feature): every free pointer is
+/// stored as `ptr ^ random ^ swab(addr)`, where `addr` is the address of the word that holds
+/// it and `random` a secret drawn once per process ([`init_freelist_random`]), so that a
+/// use-after-free write or a heap overflow cannot plant a chosen pointer in a freelist, and a
+/// free object does not reveal a heap address. The kernel's `random` is per cache; kmem's is
+/// per process, so that this function (which knows only the address) and the rseq sequences
+/// (`cpu/percpu/seq.rs`, which decode and encode in their own instructions) apply it without
+/// the cache at hand. Without the feature it returns `v`: free pointers are stored as is.
+#[inline(always)]
+pub(crate) fn freelist_ptr(v: usize, addr: usize) -> usize {
+    if cfg!(feature = "freelist-hardened") {
+        v ^ freelist_random() ^ addr.swap_bytes()
+    } else {
+        v
+    }
+}
+
+/// Reads a word of plain object memory that other threads may write (Relaxed; no freelist
+/// hardening: for cells that hold object pointers outside freelists, such as a sheaf's).
+///
+/// # Safety
+/// `addr` is aligned to `usize` and lies in mapped memory.
+#[inline(always)]
+pub(crate) unsafe fn load_word(addr: *const usize) -> usize {
+    // SAFETY: `addr` is aligned and mapped per the contract.
+    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr as *mut usize) }
+        .load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes a word of plain object memory (Relaxed; no freelist hardening).
+///
+/// # Safety
+/// `addr` is aligned, mapped and the caller's to write.
+#[inline(always)]
+pub(crate) unsafe fn store_word(addr: *mut usize, v: usize) {
+    // SAFETY: aligned, mapped and writable per the contract.
+    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr) }
+        .store(v, core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Reads the free pointer stored at `addr` (Relaxed). May race with the object's new owner;
 /// the caller must validate the value with a CAS before using it.
 ///
@@ -93,8 +184,9 @@ pub(crate) unsafe fn load_free_ptr(addr: *const usize) -> usize {
     // An atomic access makes the race with the owner's writes a benign, discarded read rather than
     // a torn one.
     // SAFETY: `addr` is aligned and mapped per the contract.
-    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr as *mut usize) }
-        .load(core::sync::atomic::Ordering::Relaxed)
+    let v = unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr as *mut usize) }
+        .load(core::sync::atomic::Ordering::Relaxed);
+    freelist_ptr(v, addr as usize)
 }
 
 /// Writes the free pointer at `addr` (Relaxed; published by the CAS that links the object).
@@ -104,8 +196,10 @@ pub(crate) unsafe fn load_free_ptr(addr: *const usize) -> usize {
 #[inline(always)]
 pub(crate) unsafe fn store_free_ptr(addr: *mut usize, v: usize) {
     // SAFETY: aligned, mapped and owned per the contract.
-    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr) }
-        .store(v, core::sync::atomic::Ordering::Relaxed)
+    unsafe { core::sync::atomic::AtomicUsize::from_ptr(addr) }.store(
+        freelist_ptr(v, addr as usize),
+        core::sync::atomic::Ordering::Relaxed,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,6 +277,25 @@ mod tests {
         assert_ne!(a, 0);
         assert_ne!(a, b);
         assert_eq!(a, thread_token());
+    }
+
+    #[test]
+    #[cfg(feature = "freelist-hardened")]
+    fn hardened_free_pointers_are_stored_encoded() {
+        init_freelist_random();
+        assert_ne!(freelist_random(), 0);
+        let mut w = [0usize; 2];
+        let p = w.as_mut_ptr();
+        // SAFETY: a live, aligned local array.
+        unsafe {
+            store_free_ptr(p, 0x7f00_1234_5678);
+            assert_eq!(load_free_ptr(p), 0x7f00_1234_5678);
+            // The word holds neither the pointer nor (for null) zero.
+            assert_ne!(w[0], 0x7f00_1234_5678);
+            store_free_ptr(p.add(1), 0);
+            assert_ne!(w[1], 0);
+            assert_eq!(load_free_ptr(p.add(1)), 0);
+        }
     }
 
     #[test]

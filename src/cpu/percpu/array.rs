@@ -189,7 +189,7 @@ impl ArraySlot {
         }
         // SAFETY: `top` is the last object's cell of the slot's live array, which the caller's
         // lock (or the model sequence) gives it alone.
-        let obj = unsafe { crate::sync::load_free_ptr(top as *const usize) };
+        let obj = unsafe { crate::sync::load_word(top as *const usize) };
         self.top.store(top - 8, Ordering::Relaxed);
         (Seq::Done, obj)
     }
@@ -204,14 +204,14 @@ impl ArraySlot {
         let off = top & geo.mask;
         // The double-free check first, so that it also sees an object that filled the array.
         // SAFETY: `top` is the last object's cell of the slot's live array when it is not empty.
-        if off != EMPTY_OFF && unsafe { crate::sync::load_free_ptr(top as *const usize) } == obj {
+        if off != EMPTY_OFF && unsafe { crate::sync::load_word(top as *const usize) } == obj {
             return Seq::DoubleFree;
         }
         if off >= geo.full {
             return Seq::Full;
         }
         // SAFETY: `top + 8` is a free cell of the slot's live array (`off < full`).
-        unsafe { crate::sync::store_free_ptr((top + 8) as *mut usize, obj) };
+        unsafe { crate::sync::store_word((top + 8) as *mut usize, obj) };
         self.top.store(top + 8, Ordering::Relaxed);
         Seq::Done
     }

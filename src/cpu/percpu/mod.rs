@@ -384,6 +384,8 @@ impl TestSlots {
 
     /// `nr` empty slots (tids 0..nr).
     pub fn new(nr: usize) -> Self {
+        // The freelist secret (`freelist-hardened`) before the first push.
+        crate::sync::init_freelist_random();
         let slots: Box<[PaddedSlot]> = (0..nr)
             .map(|i| {
                 let h = SlotHead::new(i as u64);
@@ -495,6 +497,27 @@ impl TestSlots {
                 Err(seen) => cur = seen,
             }
         }
+    }
+
+    /// Links `obj` to `next` through its free pointer (at offset 0), as the sequences expect it:
+    /// encoded when the `freelist-hardened` feature is on. Build lists for these slots with
+    /// this, not with a plain store.
+    ///
+    /// # Safety
+    /// `obj` is an 8-byte aligned, writable word the caller owns.
+    pub unsafe fn set_next(obj: usize, next: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { crate::sync::store_free_ptr(obj as *mut usize, next) }
+    }
+
+    /// The object after `obj` on a list (its free pointer, decoded as [`Self::set_next`]
+    /// encoded it).
+    ///
+    /// # Safety
+    /// `obj` is an 8-byte aligned word on a list the caller owns.
+    pub unsafe fn next_of(obj: usize) -> usize {
+        // SAFETY: the caller's contract.
+        unsafe { crate::sync::load_free_ptr(obj as *const usize) }
     }
 
     /// Puts the list `head` (linked through free pointers, 0-terminated) on stopped slot `i`

@@ -56,6 +56,10 @@ pub(crate) unsafe fn pop<S>(
     // handler re-arms the descriptor (the kernel clears `rseq_cs` on abort) and restarts.
     // SAFETY: the invariants stated just above hold here.
     unsafe {
+        // The sequence, with the free pointer's decoding spliced in when `freelist-hardened`
+        // is on (and nothing, not even a register, without it).
+        macro_rules! pop_asm {
+            ([$($decode:literal),*] [$($ops:tt)*]) => {
         core::arch::asm!(
             "2:",
             "lea {t}, [rip + 9f]",
@@ -77,6 +81,7 @@ pub(crate) unsafe fn pop<S>(
             "test {obj}, {obj}",
             "jz 28f",
             "mov {t}, qword ptr [{obj} + {foff}]",
+            $($decode,)*
             "mov qword ptr [{slot}], {t}",
             "5:",
             "xor {t:e}, {t:e}",
@@ -112,6 +117,7 @@ pub(crate) unsafe fn pop<S>(
             base = in(reg) slots.base,
             expect = in(reg) expect_slab,
             foff = in(reg) free_off,
+            $($ops)*
             t = out(reg) st,
             slot = out(reg) slot,
             obj = out(reg) obj,
@@ -124,6 +130,25 @@ pub(crate) unsafe fn pop<S>(
             st_mismatch = const ST_MISMATCH,
             st_empty = const ST_EMPTY,
             options(nostack),
+        )
+            };
+        }
+        #[cfg(not(feature = "freelist-hardened"))]
+        pop_asm!([] []);
+        // Decode `next ^ random ^ swab(obj + foff)` in a scratch register of its own (an
+        // input may not be clobbered: an aborted sequence restarts from the top with them).
+        #[cfg(feature = "freelist-hardened")]
+        pop_asm!(
+            [
+                "lea {x}, [{obj} + {foff}]",
+                "bswap {x}",
+                "xor {t}, {x}",
+                "xor {t}, {rnd}"
+            ]
+            [
+                rnd = in(reg) crate::sync::freelist_random(),
+                x = out(reg) _,
+            ]
         );
     }
     (seq_of(st), slot, obj)
@@ -151,6 +176,9 @@ pub(crate) unsafe fn push<S>(
     let (st, slot): (u64, usize);
     // SAFETY: as in `pop`; the one store before the commit is into `tail`, which the caller owns (contract).
     unsafe {
+        // As in `pop`: the encoding spliced in only with `freelist-hardened`.
+        macro_rules! push_asm {
+            ([$($encode:literal),*] [$($ops:tt)*]) => {
         core::arch::asm!(
             "2:",
             "lea {t}, [rip + 9f]",
@@ -168,6 +196,7 @@ pub(crate) unsafe fn push<S>(
             "mov {t}, qword ptr [{slot}]",
             "cmp {t}, {tail}",
             "je 28f",
+            $($encode,)*
             "mov qword ptr [{tail} + {foff}], {t}",
             "mov qword ptr [{slot}], {head}",
             "5:",
@@ -206,6 +235,7 @@ pub(crate) unsafe fn push<S>(
             head = in(reg) head,
             tail = in(reg) tail,
             foff = in(reg) free_off,
+            $($ops)*
             t = out(reg) st,
             slot = out(reg) slot,
             cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
@@ -217,6 +247,17 @@ pub(crate) unsafe fn push<S>(
             st_mismatch = const ST_MISMATCH,
             st_double = const ST_DOUBLE_FREE,
             options(nostack),
+        )
+            };
+        }
+        #[cfg(not(feature = "freelist-hardened"))]
+        push_asm!([] []);
+        // Store `old ^ key`, `key = random ^ swab(tail + foff)` computed before the sequence
+        // (after the double-free test, which compares the plain head).
+        #[cfg(feature = "freelist-hardened")]
+        push_asm!(
+            ["xor {t}, {key}"]
+            [key = in(reg) crate::sync::freelist_ptr(0, tail + free_off),]
         );
     }
     (seq_of(st), slot)

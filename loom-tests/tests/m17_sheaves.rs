@@ -1,4 +1,4 @@
-//! Model 16: sheaves (`src/slub/pcs.rs`, `sheaf.rs`, `barn.rs`, `cpu/percpu/array.rs`) in the rseq
+//! Model 17: sheaves (`src/slub/pcs.rs`, `sheaf.rs`, `barn.rs`, `cpu/percpu/array.rs`) in the rseq
 //! commit mode: per-CPU arrays whose pop and push are sequences on the CPU's slot, changed by
 //! slow paths under the slot's sheaf lock with replaces committed on that CPU, and taken away
 //! by flushes from other CPUs after a stop + fence. Sheaves hold 4 objects; slabs hold 2.
