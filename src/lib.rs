@@ -86,7 +86,7 @@ pub use kmalloc::cabi;
 pub use kmalloc::kmalloc_reentrancy_simulate_enter;
 #[cfg(not(loom))]
 pub use kmalloc::{
-    kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc,
+    kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc, KmallocClasses,
     KMALLOC_MAX_CACHE_SIZE,
 };
 pub use page::{FaultInjection, PageStats, STATS_ORDERS};

@@ -156,7 +156,7 @@ pub fn init() -> bool {
 pub fn malloc(size: usize) -> *mut u8 {
     let _g = super::reentry::enter();
     match malloc_layout(size, MALLOC_ALIGN) {
-        Some(l) => kmalloc(l),
+        Some(l) => kmalloc(l, KmallocClasses::Spaced),
         None => ptr::null_mut(),
     }
 }
@@ -178,7 +178,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
         .checked_mul(size)
         .and_then(|b| malloc_layout(b, MALLOC_ALIGN))
     {
-        Some(l) => kzalloc(l),
+        Some(l) => kzalloc(l, KmallocClasses::Spaced),
         None => ptr::null_mut(),
     }
 }
@@ -199,7 +199,7 @@ pub fn aligned(align: usize, size: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     match malloc_layout(size, align) {
-        Some(l) => kmalloc(l),
+        Some(l) => kmalloc(l, KmallocClasses::Spaced),
         None => ptr::null_mut(),
     }
 }
@@ -329,7 +329,7 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
             _ => Ok(ptr::null_mut()),
         };
     };
-    let old_usable = match (&found, kind_of(new)) {
+    let old_usable = match (&found, kind_of(new, KmallocClasses::Spaced)) {
         (Found::Foreign, _) => return Err(NotKmem),
         (Found::Object(cache, _), Kind::Class(idx)) => {
             if ptr::eq(KMALLOC_CACHES[idx].load(Ordering::Relaxed), *cache) {
@@ -360,7 +360,7 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
         }
         (&Found::Mapping(bytes, _), _) => bytes,
     };
-    let p = kmalloc(new);
+    let p = kmalloc(new, KmallocClasses::Spaced);
     if !p.is_null() {
         // SAFETY: both allocations are live, distinct, and at least this long.
         unsafe { ptr::copy_nonoverlapping(ptr, p, old_usable.min(size)) };

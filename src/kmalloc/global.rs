@@ -4,6 +4,7 @@
 
 use super::paths::{kfree, kmalloc, krealloc, kzalloc};
 use super::reentry;
+use super::KmallocClasses;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
@@ -33,8 +34,13 @@ use core::ptr::{self, NonNull};
 /// v.extend_from_slice(b"slab");
 /// assert_eq!(&v[..], b"slab");
 /// ```
-#[derive(Clone, Copy, Default, Debug)]
-pub struct Kmalloc;
+///
+/// The size classes are the spaced set ([`KmallocClasses::Spaced`], the default); a
+/// [`Kmalloc::with_classes`]`(`[`KmallocClasses::Kernel`]`)` rounds to the kernel's sizes instead.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Kmalloc {
+    classes: KmallocClasses,
+}
 
 impl Kmalloc {
     /// The allocator (a zero-sized handle to [`Kmem::global()`](crate::Kmem::global)'s kmalloc caches).
@@ -50,7 +56,32 @@ impl Kmalloc {
     /// unsafe { a.dealloc(p, layout) };
     /// ```
     pub const fn new() -> Self {
-        Kmalloc
+        Kmalloc {
+            classes: KmallocClasses::Spaced,
+        }
+    }
+
+    /// The allocator rounding small layouts to the classes of `classes`. Memory must be freed
+    /// by a `Kmalloc` of the same set: the class is derived from the layout.
+    ///
+    /// ```
+    /// use core::alloc::{GlobalAlloc, Layout};
+    /// use kmem::{Kmalloc, KmallocClasses};
+    /// static KERNEL: Kmalloc = Kmalloc::with_classes(KmallocClasses::Kernel);
+    /// let layout = Layout::from_size_align(300, 8).unwrap();
+    /// // SAFETY: `layout` has a non-zero size.
+    /// let p = unsafe { KERNEL.alloc(layout) };
+    /// assert_eq!(kmem::cabi::usable_size(p), Some(512)); // kmalloc-512
+    /// // SAFETY: `p` came from `KERNEL.alloc(layout)` and is freed once with the same layout.
+    /// unsafe { KERNEL.dealloc(p, layout) };
+    /// ```
+    pub const fn with_classes(classes: KmallocClasses) -> Self {
+        Kmalloc { classes }
+    }
+
+    /// The class set of this allocator.
+    pub const fn classes(&self) -> KmallocClasses {
+        self.classes
     }
 }
 
@@ -58,12 +89,12 @@ impl Kmalloc {
 impl Kmalloc {
     /// Memory for `layout` (size > 0), zeroed if asked; null when exhausted.
     #[inline(always)]
-    fn core_alloc(layout: Layout, zero: bool) -> *mut u8 {
+    fn core_alloc(self, layout: Layout, zero: bool) -> *mut u8 {
         let _g = reentry::enter();
         if zero {
-            kzalloc(layout)
+            kzalloc(layout, self.classes)
         } else {
-            kmalloc(layout)
+            kmalloc(layout, self.classes)
         }
     }
 
@@ -72,10 +103,10 @@ impl Kmalloc {
     /// # Safety
     /// `ptr` came from this allocator with `layout` and is freed once.
     #[inline(always)]
-    unsafe fn core_free(ptr: *mut u8, layout: Layout) {
+    unsafe fn core_free(self, ptr: *mut u8, layout: Layout) {
         let _g = reentry::enter();
         // SAFETY: forwarded contract.
-        unsafe { kfree(ptr, layout) }
+        unsafe { kfree(ptr, layout, self.classes) }
     }
 
     /// Moves `ptr` (allocated with `old`, size > 0) to memory for `new` (size > 0), zeroing the
@@ -84,10 +115,16 @@ impl Kmalloc {
     /// # Safety
     /// `ptr` came from this allocator with `old`; `new.align() == old.align()`.
     #[inline]
-    unsafe fn core_realloc(ptr: *mut u8, old: Layout, new: Layout, zero_tail: bool) -> *mut u8 {
+    unsafe fn core_realloc(
+        self,
+        ptr: *mut u8,
+        old: Layout,
+        new: Layout,
+        zero_tail: bool,
+    ) -> *mut u8 {
         let _g = reentry::enter();
         // SAFETY: forwarded contract.
-        let p = unsafe { krealloc(ptr, old, new) };
+        let p = unsafe { krealloc(ptr, old, new, self.classes) };
         if zero_tail && !p.is_null() && new.size() > old.size() {
             // SAFETY: `p` holds `new.size()` bytes; the tail past the old contents is ours.
             unsafe { ptr::write_bytes(p.add(old.size()), 0, new.size() - old.size()) };
@@ -102,18 +139,18 @@ impl Kmalloc {
 unsafe impl GlobalAlloc for Kmalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        Self::core_alloc(layout, false)
+        self.core_alloc(layout, false)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        Self::core_alloc(layout, true)
+        self.core_alloc(layout, true)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc contract: `ptr` was allocated by us with `layout`.
-        unsafe { Self::core_free(ptr, layout) }
+        unsafe { self.core_free(ptr, layout) }
     }
 
     #[inline]
@@ -121,7 +158,7 @@ unsafe impl GlobalAlloc for Kmalloc {
         // SAFETY: GlobalAlloc contract: `new_size` rounded up to `layout.align()` fits in isize.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         // SAFETY: GlobalAlloc contract: `ptr` is ours with `layout`; `new_size > 0`.
-        unsafe { Self::core_realloc(ptr, layout, new, false) }
+        unsafe { self.core_realloc(ptr, layout, new, false) }
     }
 }
 
@@ -151,7 +188,7 @@ mod api2 {
             if layout.size() == 0 {
                 return Ok(dangling(layout.align()));
             }
-            slice(Kmalloc::core_alloc(layout, false), layout.size())
+            slice(self.core_alloc(layout, false), layout.size())
         }
 
         #[inline]
@@ -159,14 +196,14 @@ mod api2 {
             if layout.size() == 0 {
                 return Ok(dangling(layout.align()));
             }
-            slice(Kmalloc::core_alloc(layout, true), layout.size())
+            slice(self.core_alloc(layout, true), layout.size())
         }
 
         #[inline]
         unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
             if layout.size() != 0 {
                 // SAFETY: Allocator contract: allocated by us with `layout`.
-                unsafe { Kmalloc::core_free(ptr.as_ptr(), layout) }
+                unsafe { self.core_free(ptr.as_ptr(), layout) }
             }
         }
 
@@ -177,7 +214,7 @@ mod api2 {
             new: Layout,
         ) -> Result<NonNull<[u8]>, AllocError> {
             // SAFETY: Allocator contract.
-            unsafe { resize(ptr, old, new, false) }
+            unsafe { resize(*self, ptr, old, new, false) }
         }
 
         unsafe fn grow_zeroed(
@@ -187,7 +224,7 @@ mod api2 {
             new: Layout,
         ) -> Result<NonNull<[u8]>, AllocError> {
             // SAFETY: Allocator contract.
-            unsafe { resize(ptr, old, new, true) }
+            unsafe { resize(*self, ptr, old, new, true) }
         }
 
         unsafe fn shrink(
@@ -197,7 +234,7 @@ mod api2 {
             new: Layout,
         ) -> Result<NonNull<[u8]>, AllocError> {
             // SAFETY: Allocator contract.
-            unsafe { resize(ptr, old, new, false) }
+            unsafe { resize(*self, ptr, old, new, false) }
         }
     }
 
@@ -207,12 +244,12 @@ mod api2 {
     /// # Safety
     /// The `Allocator::grow`/`shrink` contract: `ptr` is ours with `old`.
     unsafe fn resize(
+        a: Kmalloc,
         ptr: NonNull<u8>,
         old: Layout,
         new: Layout,
         zero: bool,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        let a = Kmalloc;
         if old.size() == 0 {
             return if zero {
                 a.allocate_zeroed(new)
@@ -243,7 +280,7 @@ mod api2 {
             return Ok(fresh);
         }
         // SAFETY: Allocator contract: `ptr` is ours with `old`; both sizes > 0, same alignment.
-        let p = unsafe { Kmalloc::core_realloc(ptr.as_ptr(), old, new, zero) };
+        let p = unsafe { a.core_realloc(ptr.as_ptr(), old, new, zero) };
         slice(p, new.size())
     }
 }

@@ -7,8 +7,8 @@ use core::ptr::NonNull;
 
 /// `kmalloc`: memory for `layout` (size > 0), or null when memory is exhausted.
 #[inline(always)]
-pub(super) fn kmalloc(layout: Layout) -> *mut u8 {
-    match kmalloc_index(layout.size(), layout.align()) {
+pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
+    match classes.index(layout.size(), layout.align()) {
         Some(idx) => match kmalloc_cache(idx) {
             Some(c) => c.slab_alloc(None),
             None => ptr::null_mut(),
@@ -20,8 +20,8 @@ pub(super) fn kmalloc(layout: Layout) -> *mut u8 {
 /// `kzalloc`: as [`kmalloc`], zeroed. Page blocks and OS mappings skip the `memset` where the
 /// memory is known to be fresh.
 #[inline]
-pub(super) fn kzalloc(layout: Layout) -> *mut u8 {
-    match kmalloc_index(layout.size(), layout.align()) {
+pub(super) fn kzalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
+    match classes.index(layout.size(), layout.align()) {
         Some(idx) => {
             let p = match kmalloc_cache(idx) {
                 Some(c) => c.slab_alloc(None),
@@ -132,8 +132,8 @@ pub(super) fn page_block(
 /// # Safety
 /// `ptr` came from [`kmalloc`]/[`kzalloc`]/[`krealloc`] with `layout`, and is not used again.
 #[inline(always)]
-pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout) {
-    match kmalloc_index(layout.size(), layout.align()) {
+pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
+    match classes.index(layout.size(), layout.align()) {
         Some(idx) => {
             let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
             if p.is_null() {
@@ -201,8 +201,13 @@ pub(super) unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
 ///
 /// # Safety
 /// As [`kfree`] for `ptr` and `old`; `new.size() > 0`.
-pub(super) unsafe fn krealloc(ptr: *mut u8, old: Layout, new: Layout) -> *mut u8 {
-    let (old_kind, new_kind) = (kind_of(old), kind_of(new));
+pub(super) unsafe fn krealloc(
+    ptr: *mut u8,
+    old: Layout,
+    new: Layout,
+    classes: KmallocClasses,
+) -> *mut u8 {
+    let (old_kind, new_kind) = (kind_of(old, classes), kind_of(new, classes));
     if old_kind == new_kind {
         return ptr;
     }
@@ -217,12 +222,12 @@ pub(super) unsafe fn krealloc(ptr: *mut u8, old: Layout, new: Layout) -> *mut u8
             return ptr;
         }
     }
-    let p = kmalloc(new);
+    let p = kmalloc(new, classes);
     if !p.is_null() {
         // SAFETY: both blocks are live, distinct, and at least this long.
         unsafe { ptr::copy_nonoverlapping(ptr, p, old.size().min(new.size())) };
         // SAFETY: caller contract.
-        unsafe { kfree(ptr, old) };
+        unsafe { kfree(ptr, old, classes) };
     }
     p
 }

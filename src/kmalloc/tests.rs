@@ -3,21 +3,92 @@
 use super::*;
 use core::alloc::GlobalAlloc;
 
-/// The reference rule: the smallest class with size >= size and alignment >= align.
-fn reference(size: usize, align: usize) -> Option<usize> {
-    SIZE_CLASSES
+/// The reference rule: the smallest class of `set` with size >= size and alignment >= align,
+/// as an index into the cache table.
+fn reference_in(set: &[usize], size: usize, align: usize) -> Option<usize> {
+    let c = set
         .iter()
-        .position(|&c| c >= size && natural_align(c) >= align)
+        .find(|&&c| c >= size && natural_align(c) >= align)?;
+    SIZE_CLASSES.iter().position(|x| x == c)
+}
+
+fn reference(size: usize, align: usize) -> Option<usize> {
+    reference_in(&SIZE_CLASSES, size, align)
 }
 
 #[test]
 fn class_alignment_rule() {
     let want = [
-        8, 16, 32, 16, 64, 16, 32, 16, 128, 32, 64, 256, 512, 1024, 2048, 4096, 4096,
+        8, 16, 32, 16, 64, 16, 32, 16, 128, 32, 64, 32, 256, 64, 128, 64, 512, 128, 256, 128,
+        1024, 256, 512, 256, 2048, 512, 1024, 512, 4096, 1024, 2048, 1024, 4096,
     ];
     assert_eq!(CLASS_ALIGN, want);
     assert_eq!(SIZE_CLASSES, SIZE_CLASSES_CONST);
     assert_eq!(kmalloc_size_classes(), &SIZE_CLASSES[..]);
+    assert_eq!(KmallocClasses::Spaced.sizes(), kmalloc_size_classes());
+    // Every kernel size is a class of the spaced set (the two share the caches).
+    for k in KmallocClasses::Kernel.sizes() {
+        assert!(SIZE_CLASSES.contains(k), "{k}");
+    }
+}
+
+#[test]
+fn spaced_classes_are_at_most_a_quarter_apart() {
+    for w in SIZE_CLASSES.windows(2) {
+        assert!(w[0] < w[1]);
+        if w[0] >= 64 {
+            assert!(w[1] * 4 <= w[0] * 5, "{} -> {}", w[0], w[1]);
+        }
+    }
+    // The cache names follow the sizes (the kernel's `k` suffix for multiples of 1024).
+    for (i, &c) in SIZE_CLASSES.iter().enumerate() {
+        let want = if c >= 1024 && c % 1024 == 0 {
+            format!("kmalloc-{}k", c / 1024)
+        } else {
+            format!("kmalloc-{c}")
+        };
+        assert_eq!(CLASS_NAMES[i], want);
+    }
+}
+
+#[test]
+// Pure arithmetic over ~100k cases: nothing for Miri to check, and minutes under it.
+#[cfg_attr(miri, ignore)]
+fn kernel_set_maps_every_layout_to_its_smallest_fitting_class() {
+    for shift in 0..=14 {
+        let align = 1usize << shift;
+        for size in 1..=KMALLOC_MAX_CACHE_SIZE + 16 {
+            assert_eq!(
+                kernel_index(size, align),
+                reference_in(&KERNEL_CLASSES, size, align),
+                "size {size} align {align}"
+            );
+        }
+    }
+    let k = |s| KmallocClasses::Kernel.class_for(Layout::from_size_align(s, 8).unwrap());
+    assert_eq!(k(200), Some(256));
+    assert_eq!(k(257), Some(512));
+    assert_eq!(k(4097), Some(8192));
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn kernel_classes_round_trip_through_kmalloc() {
+    let a = Kmalloc::with_classes(KmallocClasses::Kernel);
+    assert_eq!(a.classes(), KmallocClasses::Kernel);
+    for size in [1usize, 100, 300, 600, 3000, 5000, 8192, 9000] {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: non-zero layouts; each block is freed once with its layout and set.
+        unsafe {
+            let p = a.alloc(l);
+            assert!(!p.is_null());
+            if let Some(c) = KmallocClasses::Kernel.class_for(l) {
+                assert_eq!(super::cabi::usable_size(p), Some(c), "size {size}");
+            }
+            let q = a.realloc(p, l, size + 1);
+            a.dealloc(q, Layout::from_size_align(size + 1, 8).unwrap());
+        }
+    }
 }
 
 #[test]
@@ -59,12 +130,16 @@ fn every_size_and_alignment_maps_to_the_smallest_fitting_class() {
     assert_eq!(class(150, 32), Some(160));
     assert_eq!(class(150, 128), Some(256)); // 160 and 192 are too little aligned
     assert_eq!(class(150, 64), Some(192)); // 192 is fine
+    assert_eq!(class(300, 256), Some(512)); // 320, 384, 448 are too little aligned
+    assert_eq!(class(600, 128), Some(640));
+    assert_eq!(class(1025, 512), Some(1536)); // 1280 is 256-aligned
+    assert_eq!(class(5000, 2048), Some(6144));
     assert_eq!(kmalloc_index(8, 8192), None);
 }
 
 #[test]
 fn large_kinds() {
-    let k = |s, a| kind_of(Layout::from_size_align(s, a).unwrap());
+    let k = |s, a| kind_of(Layout::from_size_align(s, a).unwrap(), KmallocClasses::Spaced);
     assert_eq!(k(8192, 8), Kind::Class(NR_KMALLOC - 1));
     assert_eq!(k(8193, 8), Kind::Pages(2));
     assert_eq!(k(16384, 8), Kind::Pages(2));
