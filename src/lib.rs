@@ -87,7 +87,7 @@ pub use kmalloc::kmalloc_reentrancy_simulate_enter;
 #[cfg(not(loom))]
 pub use kmalloc::{
     kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc, KmallocClasses,
-    KMALLOC_MAX_CACHE_SIZE,
+    KmallocKernel, KMALLOC_MAX_CACHE_SIZE,
 };
 pub use page::{FaultInjection, PageStats, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};

@@ -498,7 +498,12 @@ pub fn workload_chart(
     if is_frag || is_idle {
         let (stages, names): (&[&str], &[&str]) = if is_frag {
             (
-                &["rss_filled_kib", "rss_freed_kib", "rss_released_kib", "page_floor_kib"],
+                &[
+                    "rss_filled_kib",
+                    "rss_freed_kib",
+                    "rss_released_kib",
+                    "page_floor_kib",
+                ],
                 &["filled", "after free 90%", "after release", "page floor"],
             )
         } else {

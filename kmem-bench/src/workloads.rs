@@ -758,7 +758,12 @@ fn realloc_obj<A: GlobalAlloc>(a: &A, o: Obj, new: usize) -> Obj {
 /// random sizes 8 KiB–1 MiB: a quarter of the operations grow a random object with `realloc`
 /// to 1.25–2 times its size (capped at 1 MiB; an object already at the cap is replaced), the
 /// others free a random object and allocate a new one. One operation = one of those.
-pub fn large<A: GlobalAlloc + Sync>(a: &A, threads: usize, seed: u64, duration: Duration) -> Sample {
+pub fn large<A: GlobalAlloc + Sync>(
+    a: &A,
+    threads: usize,
+    seed: u64,
+    duration: Duration,
+) -> Sample {
     timed_threads(
         threads,
         duration,
@@ -953,7 +958,12 @@ mod tests {
         let base = 0x10_0000usize;
         let o = |off: usize, size| Obj((base + off) as *mut u8, size);
         // One byte on page 0, a span over pages 1-2, a second object on page 2, page 5.
-        let objs = [o(10, 1), o(4096 + 4000, 200), o(8192 + 500, 8), o(5 * 4096, 4096)];
+        let objs = [
+            o(10, 1),
+            o(4096 + 4000, 200),
+            o(8192 + 500, 8),
+            o(5 * 4096, 4096),
+        ];
         assert_eq!(page_floor_kib(objs.into_iter()), 4 * 4);
     }
 

@@ -14,8 +14,8 @@
 //! | request (`max(size, align)`, `align`)     | served by                                        |
 //! |-------------------------------------------|--------------------------------------------------|
 //! | fits a class (≤ 8192 B, align ≤ 4096)     | the smallest fitting `kmalloc-*` slab cache       |
-//! | otherwise, ≤ 4 MiB (`PAGE_SIZE << MAX_ORDER`) | one buddy block of the smallest fitting order |
-//! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free), 4 MiB-aligned and registered in `huge.rs` |
+//! | otherwise, ≤ 4 MiB (`PAGE_SIZE << MAX_ORDER`) | a page block of exactly the pages needed (`alloc_pages_exact`) |
+//! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free, `mremap` on `realloc`), 4 MiB-aligned and registered in `huge.rs` |
 //!
 //! The classes ([`kmalloc_size_classes`], [`KmallocClasses::Spaced`]) are 8, 16, 32, every
 //! multiple of 16 up to 128, then four per power of two — `2^k · {5, 6, 7, 8} / 4`: 160, 192,
@@ -24,7 +24,7 @@
 //! classes wastes at most a fifth of its object. The kernel's set (8, 16, 32, 64, 96, 128, 192,
 //! then powers of two) wastes up to half an object between 256 and 8192 (issue 16: 22% more
 //! RSS than glibc on uniformly distributed sizes); it stays available as
-//! [`KmallocClasses::Kernel`] through [`Kmalloc::with_classes`], served by the same caches (its
+//! [`KmallocClasses::Kernel`] through [`Kmalloc::kernel_classes`] ([`KmallocKernel`]), served by the same caches (its
 //! sizes are a subset). The caches are named as in the kernel: `kmalloc-8` … `kmalloc-896`,
 //! `kmalloc-1k`, `kmalloc-1280`, … `kmalloc-8k` (a `k` suffix for multiples of 1024).
 //!
@@ -54,10 +54,10 @@
 //!
 //! # Freeing and checking
 //!
-//! `dealloc` derives the kind (class, block order, or OS mapping) from the layout alone and
+//! `dealloc` derives the kind (class, block page count, or OS mapping) from the layout alone and
 //! checks in O(1) that the pointer agrees: a class object's slab must belong to that class's
 //! cache and the pointer must start one of its objects (a double free that finds the object at
-//! a freelist head, or that would underflow its slab's `inuse`, is refused too); a block pointer must be the head of an allocated block of exactly that order; an OS
+//! a freelist head, or that would underflow its slab's `inuse`, is refused too); a block pointer must be the head of an allocated block of exactly that page count; an OS
 //! pointer must start a registered kmalloc mapping of that length. A mismatch aborts with a message naming what was
 //! expected and what was found.
 //!
@@ -94,7 +94,7 @@ mod reentry;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-pub use global::Kmalloc;
+pub use global::{Kmalloc, KmallocKernel};
 pub(crate) use reentry::assert_outside;
 pub use reentry::kmalloc_reentrancy_guard;
 #[cfg(feature = "debug-reentrancy")]
@@ -138,14 +138,16 @@ const IDX_256: usize = 12;
 const IDX_1K: usize = 20;
 /// The largest size the byte table [`SIZE_INDEX`] covers.
 const TABLE_MAX: usize = 1024;
-const _: () = assert!(SIZE_CLASSES_CONST[IDX_256] == 256 && SIZE_CLASSES_CONST[IDX_1K] == TABLE_MAX);
+const _: () =
+    assert!(SIZE_CLASSES_CONST[IDX_256] == 256 && SIZE_CLASSES_CONST[IDX_1K] == TABLE_MAX);
 const _: () = assert!(SIZE_CLASSES_CONST[NR_KMALLOC - 1] == KMALLOC_MAX_CACHE_SIZE);
 /// The class sizes, with a `'static` address for [`kmalloc_size_classes`].
 static SIZE_CLASSES: [usize; NR_KMALLOC] = SIZE_CLASSES_CONST;
 
 /// The kernel's kmalloc sizes (`kmalloc-8` … `kmalloc-8k`), served by the same caches.
-const KERNEL_CLASSES_CONST: [usize; 13] =
-    [8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192];
+const KERNEL_CLASSES_CONST: [usize; 13] = [
+    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
+];
 /// The kernel's sizes, with a `'static` address for [`KmallocClasses::sizes`].
 static KERNEL_CLASSES: [usize; 13] = KERNEL_CLASSES_CONST;
 
@@ -247,9 +249,10 @@ const KERNEL_SIZE_INDEX: [u8; 25] = {
 /// Which size classes a [`Kmalloc`] rounds small layouts to.
 ///
 /// Both sets are served by the same `kmalloc-*` caches of [`Kmem::global()`] (the kernel's
-/// sizes are a subset of the spaced ones), so memory from one [`Kmalloc`] must be freed by a
-/// [`Kmalloc`] of the same set (the layout decides the class; a mismatch aborts as any wrong
-/// layout does). The C ABI (`kmem-preload`) uses the spaced set.
+/// sizes are a subset of the spaced ones): [`Kmalloc`] uses the spaced set, [`KmallocKernel`]
+/// (from [`Kmalloc::kernel_classes`]) the kernel's. Memory must be freed by the type that
+/// allocated it (the layout decides the class; a mismatch aborts as any wrong layout does).
+/// The C ABI (`kmem-preload`) uses the spaced set.
 ///
 /// ```
 /// use core::alloc::Layout;
@@ -393,33 +396,30 @@ fn aligned_class_after(idx: usize, align: usize) -> Option<usize> {
     (idx + 1..NR_KMALLOC).find(|&i| align <= CLASS_ALIGN[i])
 }
 
+/// The most pages of one page block: a whole chunk (`PAGE_SIZE << MAX_ORDER`, 4 MiB).
+const PAGE_SIZE_PAGES_MAX: usize = 1 << MAX_ORDER;
+
 /// Where a layout's memory lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     /// An object of kmalloc class `idx`.
     Class(usize),
-    /// A buddy block of this order.
-    Pages(u32),
+    /// A page block of exactly this many pages (`alloc_pages_exact`).
+    Pages(usize),
     /// An OS mapping of `bytes` (a page multiple) aligned to `align` (at least a page).
     Os { bytes: usize, align: usize },
 }
 
-/// The smallest order whose block holds `bytes`.
-#[inline]
-fn order_for(bytes: usize) -> u32 {
-    // `bytes <= isize::MAX` (a `Layout`), so `pages < 2^52` and `next_power_of_two` cannot
-    // overflow (it would panic in debug builds).
-    let pages = bytes.div_ceil(PAGE_SIZE).max(1);
-    pages.next_power_of_two().trailing_zeros()
-}
-
-/// The kind for a layout above the classes.
+/// The kind for a layout above the classes: `max(size, align)` rounded up to whole pages, as
+/// one exact page block when that fits a chunk (the block of the next order is aligned to at
+/// least its own page count, so to `align`), else an OS mapping.
 #[inline]
 fn large_kind(size: usize, align: usize) -> Kind {
     let bytes = if size > align { size } else { align };
-    let order = order_for(bytes);
-    if order <= MAX_ORDER {
-        Kind::Pages(order)
+    // `bytes <= isize::MAX` (a `Layout`): no overflow.
+    let pages = bytes.div_ceil(PAGE_SIZE).max(1);
+    if pages <= PAGE_SIZE_PAGES_MAX {
+        Kind::Pages(pages)
     } else {
         Kind::Os {
             // `size <= isize::MAX - (align - 1)` (a `Layout`): rounding up to a page cannot

@@ -19,8 +19,8 @@ fn reference(size: usize, align: usize) -> Option<usize> {
 #[test]
 fn class_alignment_rule() {
     let want = [
-        8, 16, 32, 16, 64, 16, 32, 16, 128, 32, 64, 32, 256, 64, 128, 64, 512, 128, 256, 128,
-        1024, 256, 512, 256, 2048, 512, 1024, 512, 4096, 1024, 2048, 1024, 4096,
+        8, 16, 32, 16, 64, 16, 32, 16, 128, 32, 64, 32, 256, 64, 128, 64, 512, 128, 256, 128, 1024,
+        256, 512, 256, 2048, 512, 1024, 512, 4096, 1024, 2048, 1024, 4096,
     ];
     assert_eq!(CLASS_ALIGN, want);
     assert_eq!(SIZE_CLASSES, SIZE_CLASSES_CONST);
@@ -74,7 +74,7 @@ fn kernel_set_maps_every_layout_to_its_smallest_fitting_class() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn kernel_classes_round_trip_through_kmalloc() {
-    let a = Kmalloc::with_classes(KmallocClasses::Kernel);
+    let a = Kmalloc::kernel_classes();
     assert_eq!(a.classes(), KmallocClasses::Kernel);
     for size in [1usize, 100, 300, 600, 3000, 5000, 8192, 9000] {
         let l = Layout::from_size_align(size, 8).unwrap();
@@ -139,14 +139,21 @@ fn every_size_and_alignment_maps_to_the_smallest_fitting_class() {
 
 #[test]
 fn large_kinds() {
-    let k = |s, a| kind_of(Layout::from_size_align(s, a).unwrap(), KmallocClasses::Spaced);
+    let k = |s, a| {
+        kind_of(
+            Layout::from_size_align(s, a).unwrap(),
+            KmallocClasses::Spaced,
+        )
+    };
     assert_eq!(k(8192, 8), Kind::Class(NR_KMALLOC - 1));
-    assert_eq!(k(8193, 8), Kind::Pages(2));
-    assert_eq!(k(16384, 8), Kind::Pages(2));
-    assert_eq!(k(1, 8192), Kind::Pages(1));
+    // Page multiples, not powers of two: 8193 B takes 3 pages, not 4.
+    assert_eq!(k(8193, 8), Kind::Pages(3));
+    assert_eq!(k(16384, 8), Kind::Pages(4));
+    assert_eq!(k(20_000, 8), Kind::Pages(5));
+    assert_eq!(k(1, 8192), Kind::Pages(2));
     // 1 MiB is order 8 where the page allocator goes that high (MAX_ORDER is 5 under Miri).
     let mib = if MAX_ORDER >= 8 {
-        Kind::Pages(8)
+        Kind::Pages(256)
     } else {
         Kind::Os {
             bytes: 1 << 20,
@@ -154,7 +161,7 @@ fn large_kinds() {
         }
     };
     assert_eq!(k(1 << 20, 8), mib);
-    assert_eq!(k(PAGE_SIZE << MAX_ORDER, 8), Kind::Pages(MAX_ORDER));
+    assert_eq!(k(PAGE_SIZE << MAX_ORDER, 8), Kind::Pages(1 << MAX_ORDER));
     assert_eq!(
         k((PAGE_SIZE << MAX_ORDER) + 1, 8),
         Kind::Os {
@@ -261,5 +268,66 @@ fn realloc_in_place_within_a_class_and_an_order() {
         let p3 = a.realloc(p2, l9k, 60_000);
         assert!((0..9_000).all(|i| *p3.add(i) == 0x3c), "contents kept");
         a.dealloc(p3, Layout::from_size_align(60_000, 8).unwrap());
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // mremap: Miri copies instead
+fn os_mappings_grow_and_shrink_with_mremap() {
+    let a = Kmalloc::new();
+    let l5 = Layout::from_size_align(5 << 20, 8).unwrap();
+    // SAFETY: paired alloc/realloc/dealloc with matching layouts.
+    unsafe {
+        let p = a.alloc(l5);
+        assert!(!p.is_null());
+        for i in (0..5 << 20).step_by(4096) {
+            p.add(i).write((i >> 12) as u8);
+        }
+        // Growing: in place or moved by mremap; either way the table knows the new length
+        // and the contents moved with the pages.
+        let q = a.realloc(p, l5, 9 << 20);
+        assert!(!q.is_null());
+        assert_eq!(huge::lookup(q as usize).map(|m| m.0), Some(9 << 20));
+        if q != p {
+            assert_eq!(huge::lookup(p as usize), None, "the old start is forgotten");
+        }
+        assert!((0..5 << 20)
+            .step_by(4096)
+            .all(|i| *q.add(i) == (i >> 12) as u8));
+        q.add((9 << 20) - 1).write(7);
+        // Shrinking is always in place.
+        let l9 = Layout::from_size_align(9 << 20, 8).unwrap();
+        let r = a.realloc(q, l9, (6 << 20) + 1);
+        assert_eq!(r, q);
+        assert_eq!(huge::lookup(r as usize).map(|m| m.0), Some(6 << 20 | 4096));
+        assert!((0..5 << 20)
+            .step_by(4096)
+            .all(|i| *r.add(i) == (i >> 12) as u8));
+        a.dealloc(r, Layout::from_size_align((6 << 20) + 1, 8).unwrap());
+        assert_eq!(huge::lookup(r as usize), None);
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn page_blocks_are_page_multiples_and_resize_in_place() {
+    let a = Kmalloc::new();
+    let l = Layout::from_size_align(8193, 8).unwrap();
+    // SAFETY: paired alloc/realloc/dealloc with matching layouts.
+    unsafe {
+        let p = a.alloc(l);
+        assert_eq!(super::cabi::usable_size(p), Some(3 * PAGE_SIZE));
+        p.write_bytes(0x5a, 8193);
+        a.dealloc(p, l);
+        let l = Layout::from_size_align(20_000, 8).unwrap();
+        let p = a.alloc(l);
+        assert_eq!(super::cabi::usable_size(p), Some(5 * PAGE_SIZE));
+        p.write_bytes(0x5a, 20_000);
+        // Shrinking to 3 pages gives the last two back, in place.
+        let q = a.realloc(p, l, 12_000);
+        assert_eq!(q, p);
+        assert_eq!(super::cabi::usable_size(q), Some(3 * PAGE_SIZE));
+        assert!((0..12_000).all(|i| *q.add(i) == 0x5a));
+        a.dealloc(q, Layout::from_size_align(12_000, 8).unwrap());
     }
 }

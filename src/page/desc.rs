@@ -8,7 +8,7 @@
 //! | kind      | `info`                          | `lru_prev/lru_next`      | slab fields        |
 //! |-----------|---------------------------------|--------------------------|--------------------|
 //! | `Free`    | order, node, released           | buddy free-list links    | unused             |
-//! | `Block`   | order, node (head of a block)   | unused                   | unused             |
+//! | `Block`   | order, node, exact page count (0: `2^order`) | unused      | unused             |
 //! | `Slab`    | order, node (head of a slab)    | node partial-list links  | all meaningful     |
 //! | `Tail`    | offset to the head page         | unused                   | unused             |
 //! | `Absent`  | (page beyond a partial chunk)   | unused                   | unused             |
@@ -64,6 +64,29 @@ impl PageInfo {
                 | ((released as u32) << Self::RELEASED_SHIFT)
                 | ((node as u32) << Self::NODE_SHIFT),
         )
+    }
+
+    /// The head word of an allocated non-slab block of `pages` pages (`alloc_pages_exact`):
+    /// kind `Block`, order `order_for_pages(pages)`, the exact page count in the bits a tail
+    /// uses for its head offset (0 there means the whole `2^order` block, as
+    /// [`PageInfo::head`] writes it).
+    #[inline]
+    pub(crate) const fn block(order: u32, node: usize, pages: usize) -> Self {
+        let full = pages == 1 << order;
+        PageInfo(
+            PageInfo::head(PageKind::Block, order, node, false).0
+                | ((if full { 0 } else { pages as u32 }) << Self::HEAD_SHIFT),
+        )
+    }
+
+    /// The pages of an allocated block (heads of kind `Block` or `Slab`): its exact page count
+    /// when it was allocated or resized to one, else `2^order`.
+    #[inline]
+    pub(crate) const fn block_pages(self) -> usize {
+        match self.head_offset() {
+            0 => 1 << self.order(),
+            n => n,
+        }
     }
 
     /// A tail-page word, `offset` pages after its head.
@@ -206,6 +229,18 @@ mod tests {
                 }
             }
         }
+        for pages in [1usize, 3, 5, 8, 1000, 1024] {
+            let order = pages.next_power_of_two().trailing_zeros();
+            let b = PageInfo::block(order, 7, pages);
+            assert_eq!(b.kind(), PageKind::Block);
+            assert_eq!((b.order(), b.node(), b.released()), (order, 7, false));
+            assert_eq!(b.block_pages(), pages);
+        }
+        // A whole block reads as a plain head.
+        assert_eq!(
+            PageInfo::block(3, 1, 8),
+            PageInfo::head(PageKind::Block, 3, 1, false)
+        );
         let t = PageInfo::tail(PageInfo::MAX_HEAD_OFFSET, 3);
         assert_eq!(t.kind(), PageKind::Tail);
         assert_eq!(t.head_offset(), PageInfo::MAX_HEAD_OFFSET);

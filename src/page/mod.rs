@@ -29,7 +29,11 @@
 //! what the page is:
 //!
 //! - the head of a free block: `Free` with its order and `released` bit;
-//! - the head of an allocated block: `Block` (the slab layer turns it into `Slab`);
+//! - the head of an allocated block: `Block` (the slab layer turns it into `Slab`); a block
+//!   of an exact page count (`alloc_pages_exact`: kmalloc's large sizes, which round to pages,
+//!   not powers of two) keeps the count in its head (the block of the next order is taken and
+//!   the pages past the count go back to the free lists as the aligned blocks that tile them;
+//!   `free_pages_exact` gives the count back the same way, each piece merging with its buddies);
 //! - any other page of an allocated block: `Tail` with the offset back to its head, written at
 //!   allocation, so an interior pointer finds its head in O(1);
 //! - any other page of a free block: a `Tail` whose offset leads (possibly through an older,

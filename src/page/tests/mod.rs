@@ -592,6 +592,19 @@ fn abort_child() {
                 pa.free_pages(NonNull::from(&fake), 0)
             }
             "other_node" => f.nodes[1].free_pages(p, 2),
+            "exact_as_order" => {
+                let e = pa.alloc_pages_exact(3, NORETRY).unwrap();
+                pa.free_pages(e, 2)
+            }
+            "exact_wrong_count" => {
+                let e = pa.alloc_pages_exact(3, NORETRY).unwrap();
+                pa.free_pages_exact(e, 4)
+            }
+            "exact_double_free" => {
+                let e = pa.alloc_pages_exact(5, NORETRY).unwrap();
+                pa.free_pages_exact(e, 5);
+                pa.free_pages_exact(e, 5)
+            }
             _ => panic!("unknown scenario"),
         }
     }
@@ -609,6 +622,15 @@ fn bad_frees_abort_with_precise_messages() {
         ("tail_page", "not the head of a block (tail page)"),
         ("foreign", "not a kmem page descriptor"),
         ("other_node", "block belongs to another node"),
+        (
+            "exact_as_order",
+            "wrong size: the block has an exact page count",
+        ),
+        (
+            "exact_wrong_count",
+            "wrong size: the block was allocated with another page count",
+        ),
+        ("exact_double_free", "double free"),
     ] {
         let out = std::process::Command::new(&exe)
             .args([
@@ -633,59 +655,6 @@ fn bad_frees_abort_with_precise_messages() {
         );
         assert!(stderr.contains("kmem: free_pages: "), "{stderr}");
     }
-}
-
-#[test]
-fn resize_in_place_shrinks_and_grows_through_free_buddies() {
-    let f = Fixture::one(usize::MAX);
-    let pa = f.pa();
-    // The chunk's first block: aligned for every order.
-    let p = pa.alloc_pages(3, NORETRY).expect("order 3");
-    let base = mem(p);
-    // SAFETY: `p` is our block of order 3 on this node.
-    assert!(unsafe { pa.resize_in_place(p, 3, 1) });
-    assert_eq!(
-        f.stats().free_bytes + (2 * PAGE_SIZE),
-        f.stats().mapped_bytes
-    );
-    // SAFETY: `p` is a descriptor; it is now an order-1 block head.
-    assert_eq!(unsafe { p.as_ref() }.info().order(), 1);
-    // The freed upper halves are real free blocks: allocating them hands out those pages, and
-    // an interior pointer of one finds its own head.
-    let q = pa.alloc_pages(1, NORETRY).expect("order 1");
-    assert_eq!(mem(q) as usize, base as usize + 2 * PAGE_SIZE);
-    // SAFETY: 5 pages into our former order-3 block: inside the chunk.
-    let interior = virt_to_page(unsafe { base.add(5 * PAGE_SIZE) }).expect("ours");
-    assert_eq!(interior.info().kind(), PageKind::Free);
-    assert_eq!(interior.info().order(), 2);
-    // Growing to order 2 needs the buddy at +2 pages, which `q` holds: refused, nothing changes.
-    // SAFETY: as above.
-    assert!(!unsafe { pa.resize_in_place(p, 1, 2) });
-    // SAFETY: `q` is ours, order 1.
-    unsafe { pa.free_pages(q, 1) };
-    // Now order 1 -> 3 absorbs the free buddies at +2 (order 1) and +4 (order 2).
-    // SAFETY: as above.
-    assert!(unsafe { pa.resize_in_place(p, 1, 3) });
-    // SAFETY: 7 pages into our grown order-3 block.
-    let tail = virt_to_page(unsafe { base.add(7 * PAGE_SIZE) }).expect("ours");
-    assert!(
-        core::ptr::eq(tail, p.as_ptr()),
-        "interior pages lead to the grown head"
-    );
-    // A misaligned block cannot grow: the order-1 block at +2 pages would need +0..+4.
-    // SAFETY: `p` is ours, order 3.
-    unsafe { pa.free_pages(p, 3) };
-    let a = pa.alloc_pages(1, NORETRY).unwrap();
-    let b = pa.alloc_pages(1, NORETRY).unwrap();
-    let (lo, hi) = if mem(a) < mem(b) { (a, b) } else { (b, a) };
-    // SAFETY: `hi` is ours, order 1, at an odd order-1 index.
-    assert!(!unsafe { pa.resize_in_place(hi, 1, 2) });
-    // SAFETY: ours.
-    unsafe {
-        pa.free_pages(lo, 1);
-        pa.free_pages(hi, 1);
-    }
-    assert_all_free(&f);
 }
 
 /// Issue #10 item 5: threads that reach the limit together while one of them maps the only
@@ -730,4 +699,5 @@ fn limit_reached_during_a_concurrent_grow_rechecks_the_free_lists() {
     );
 }
 
+mod exact;
 mod release;
