@@ -477,7 +477,7 @@ fn kmalloc_cache_slow(idx: usize) -> Option<&'static CacheInner> {
 fn create_kmalloc_caches() -> Option<()> {
     let k = Kmem::try_global()?;
     for i in 0..NR_KMALLOC {
-        let cfg = CacheConfig::new().align(CLASS_ALIGN[i]);
+        let cfg = CacheConfig::new().align(CLASS_ALIGN[i]).min_objects(4);
         let cache = core::mem::ManuallyDrop::new(
             k.create_cache(CLASS_NAMES[i], SIZE_CLASSES[i], cfg).ok()?,
         );
