@@ -89,7 +89,7 @@ pub use kmalloc::{
     kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_size_classes, Kmalloc, KmallocClasses,
     KmallocKernel, KMALLOC_MAX_CACHE_SIZE,
 };
-pub use page::{FaultInjection, PageStats, STATS_ORDERS};
+pub use page::{FaultInjection, PageStats, DEFAULT_DECAY_MS, STATS_ORDERS};
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
 pub use typed::{Cache, SlabBox};
 

@@ -304,6 +304,22 @@ pub(crate) unsafe fn release(ptr: *mut u8, size: usize, os: &OsPages) -> bool {
     }
 }
 
+/// Coarse monotonic time in nanoseconds (`CLOCK_MONOTONIC_COARSE`: the last timer tick, a few
+/// milliseconds of resolution, read from the vDSO without a system call; no allocation), for
+/// the decay's due times.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
 /// Monotonic time in nanoseconds (`CLOCK_MONOTONIC`; no allocation), for bounded waits.
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn now_ns() -> u64 {

@@ -24,7 +24,9 @@ pub(crate) use shared::{KmemShared, Registry};
 use crate::cache::KmemCache;
 use crate::config::CacheConfig;
 use crate::error::KmemError;
-use crate::page::{FaultInjection, PageAllocator, PageBudget, PageStats, CHUNK_SIZE, PAGE_SIZE};
+use crate::page::{
+    FaultInjection, PageAllocator, PageBudget, PageStats, CHUNK_SIZE, DEFAULT_DECAY_MS, PAGE_SIZE,
+};
 use crate::slub::cpu_slab::TidStep;
 use crate::slub::CacheInner;
 use crate::stats::SlabInfo;
@@ -145,6 +147,7 @@ impl Kmem {
         }
         GLOBAL.get_or_try_init(|| {
             let k = KmemBuilder::default()
+                .decay_from_env()
                 .build_shared()
                 .ok()
                 .map(|shared| Kmem { shared })?;

@@ -51,6 +51,19 @@ impl KmemShared {
         unsafe { *self.slot_node.add(slot) as usize }
     }
 
+    /// A decay tick on every node (`page/decay.rs`): cheap unless a run is due. Called from
+    /// the slab allocation slow path with no kmem lock held.
+    #[inline]
+    pub(crate) fn decay_tick(&self) {
+        if self.budget.decay_ns.is_none() {
+            return;
+        }
+        let now = self.budget.decay_now();
+        for nid in 0..self.nr_nodes {
+            self.node_pages(nid).decay_tick(now);
+        }
+    }
+
     /// Records that a cache leaked slabs: the instance's memory must then never be unmapped.
     pub(crate) fn mark_leaked(&self) {
         self.leaked.store(true, Ordering::Relaxed);

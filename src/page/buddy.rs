@@ -101,6 +101,9 @@ pub(super) struct BuddyState {
     /// Bumped when a fork child takes the transit list over: a release that began before the
     /// fork (in the forking thread) then forgets its blocks.
     pub(super) generation: u64,
+    /// The decay epoch (`decay.rs`): advanced by every decay run; a dirty free block records
+    /// the epoch it was put on its list in, in its head's `slabs`.
+    pub(super) epoch: u32,
 }
 
 // SAFETY: the raw pointers name descriptors and chunks owned by this node; the state is only
@@ -171,6 +174,10 @@ impl BuddyState {
         self.free_bytes += PAGE_SIZE << order;
         if released {
             self.released_free += PAGE_SIZE << order;
+        } else {
+            // Its age for the decay (`decay.rs`).
+            // SAFETY: as above.
+            unsafe { (*p).slabs.set(self.epoch) };
         }
     }
 
@@ -229,6 +236,8 @@ pub(crate) struct PageAllocator {
     pub(super) reclaim_calls: AtomicU64,
     pub(super) hook: AtomicPtr<()>,
     pub(super) hook_arg: AtomicPtr<()>,
+    /// When the next decay run is due (`decay.rs`), in `os::coarse_now_ns` time.
+    pub(super) next_decay: AtomicU64,
 }
 
 // SAFETY: `budget` points to a Sync PageBudget that outlives the allocator (constructor
@@ -265,6 +274,7 @@ impl PageAllocator {
                     transit: 0,
                     isolated: null_mut(),
                     generation: 0,
+                    epoch: 0,
                 },
             ),
             failed: AtomicU64::new(0),
@@ -272,6 +282,7 @@ impl PageAllocator {
             reclaim_calls: AtomicU64::new(0),
             hook: AtomicPtr::new(null_mut()),
             hook_arg: AtomicPtr::new(null_mut()),
+            next_decay: AtomicU64::new(0),
         }
     }
 
@@ -325,6 +336,7 @@ impl PageAllocator {
     /// [`PageAllocator::alloc_pages`] and [`PageAllocator::alloc_pages_exact`]: `pages` of a
     /// block of `order` (`2^(order-1) < pages <= 2^order`).
     fn alloc_block(&self, order: u32, pages: usize, flags: GfpFlags) -> Option<NonNull<Page>> {
+        self.decay_tick_now();
         if self.budget().inject() {
             return self.fail(true);
         }
@@ -495,6 +507,8 @@ impl PageAllocator {
         }
         // SAFETY: validated under the lock: an allocated block of ours of `pages` pages.
         unsafe { self.free_validated(st, p, 0, pages) };
+        // Exact blocks are kmalloc's large sizes, freed with no kmem lock held.
+        self.decay_tick_now();
     }
 
     /// The descriptor `page` once it is shown to be one of a registered chunk of this node
@@ -718,7 +732,7 @@ impl PageAllocator {
                 }
                 let new_order = order + 1;
                 if released != bi.released() {
-                    if new_order >= RELEASE_ORDER && may_release && self.releasable(order) {
+                    if self.release_at_once(new_order) && may_release && self.releasable(order) {
                         let dirty = if released { bidx } else { idx };
                         // SAFETY: the dirty half lies in the detached merged block.
                         let r = unsafe {
@@ -741,7 +755,7 @@ impl PageAllocator {
                 idx = lo;
                 order = new_order;
             }
-            if order >= RELEASE_ORDER && !released && may_release && self.releasable(order) {
+            if self.release_at_once(order) && !released && may_release && self.releasable(order) {
                 // SAFETY: a detached free block of ours.
                 let r = unsafe {
                     self.release_detached(

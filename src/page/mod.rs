@@ -1,9 +1,10 @@
 //! The buddy page allocator: kmem's `mm/page_alloc.c`.
 //!
 //! Files: this one (the constants, flags and public statistics, and the algorithm below),
-//! `buddy.rs` (`PageAllocator`: the free lists, allocation, freeing with coalescing, in-place
-//! resizing), `chunk.rs` (chunks: mapping and unmapping them, pointer → page descriptor),
-//! `release.rs` (returning free blocks to the OS, blocks in transit, fork), `budget.rs` (the
+//! `buddy.rs` (`PageAllocator`: the free lists, allocation, freeing with coalescing, exact page
+//! counts, in-place resizing), `chunk.rs` (chunks: mapping and unmapping them, pointer → page
+//! descriptor), `release.rs` (returning free blocks to the OS, blocks in transit, fork),
+//! `decay.rs` (returning free memory by itself after a delay), `budget.rs` (the
 //! memory limit and fault injection), `desc.rs` (`struct page`), `radix.rs` (the chunk table).
 //! `impl PageAllocator` is split across `buddy.rs`, `chunk.rs` and `release.rs` by concern, each
 //! file holding the methods of one part of the algorithm.
@@ -69,6 +70,9 @@
 //!     common case (the first page freed in a freshly mapped chunk) would otherwise cost one
 //!     `madvise` per small free.
 //! - [`PageAllocator::release_free`] releases every free block not yet released.
+//! - With a decay delay (`decay.rs`, the default for `Kmem` instances), no block is released as
+//!   it forms: the decay releases the dirty blocks that have stayed free for the delay, from
+//!   the slow paths.
 //!
 //! `madvise` and `memset` run without the node lock: the block is detached first (its head is
 //! marked with a zero-offset `Tail`, "in transit", so that it cannot be merged or freed twice),
@@ -116,6 +120,7 @@
 mod buddy;
 mod budget;
 mod chunk;
+mod decay;
 mod desc;
 mod radix;
 mod release;
@@ -125,6 +130,7 @@ mod tests;
 pub(crate) use buddy::{BoundedWait, PageAllocator};
 pub(crate) use budget::PageBudget;
 pub(crate) use chunk::{page_address, virt_to_page, ChunkMeta};
+pub use decay::DEFAULT_DECAY_MS;
 
 #[allow(unused_imports)]
 pub(crate) use desc::{Page, PageInfo, PageKind};

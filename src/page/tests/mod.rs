@@ -33,6 +33,16 @@ impl Fixture {
     fn one(limit: usize) -> Self {
         Self::new(limit, FaultInjection::None, 1)
     }
+    /// One unlimited node whose free memory decays after `delay_ns` (`decay.rs`).
+    fn decaying(delay_ns: u64) -> Self {
+        let budget = Box::into_raw(Box::new(
+            PageBudget::new(usize::MAX, FaultInjection::None).with_decay(Some(delay_ns)),
+        ));
+        Fixture {
+            nodes: vec![PageAllocator::new(0, budget)],
+            budget,
+        }
+    }
     /// One node, limited to one chunk, whose releases go to an emulated kernel (`os::TestOs`).
     fn with_os(os_page: usize, test: os::TestOs) -> Self {
         let os = os::OsPages {
@@ -699,5 +709,6 @@ fn limit_reached_during_a_concurrent_grow_rechecks_the_free_lists() {
     );
 }
 
+mod decay;
 mod exact;
 mod release;
