@@ -262,7 +262,11 @@ impl KmemBuilder {
         let nodes_off = core::mem::size_of::<KmemShared>().next_multiple_of(128);
         let slot_off =
             (nodes_off + nr_nodes * core::mem::size_of::<PageAllocator>()).next_multiple_of(64);
-        let map_size = (slot_off + nr_cpus * 2).next_multiple_of(PAGE_SIZE);
+        // Per node, one per-CPU page list slot per CPU slot (`page/pcp.rs`).
+        let pcp_off = (slot_off + nr_cpus * 2).next_multiple_of(128);
+        let nr_pcp = nr_nodes * nr_cpus;
+        let map_size =
+            (pcp_off + nr_pcp * core::mem::size_of::<PcpSlot>()).next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
             .ok_or(KmemError::OutOfMemory {
                 what: "allocator metadata",
@@ -277,6 +281,10 @@ impl KmemBuilder {
             let shared = base as *mut KmemShared;
             let nodes = base.add(nodes_off) as *mut PageAllocator;
             let slot_node = base.add(slot_off) as *mut u16;
+            let pcp = base.add(pcp_off) as *mut PcpSlot;
+            for i in 0..nr_pcp {
+                ptr::write(pcp.add(i), PcpSlot::new());
+            }
             for slot in 0..nr_cpus {
                 let nid = if fake_nodes {
                     slot * nr_nodes / nr_cpus
@@ -309,7 +317,11 @@ impl KmemBuilder {
             );
             let budget = &(*shared).budget as *const PageBudget;
             for nid in 0..nr_nodes {
-                ptr::write(nodes.add(nid), PageAllocator::new(nid, budget));
+                // Node `nid` owns slots `[nid * nr_cpus, (nid + 1) * nr_cpus)`.
+                ptr::write(
+                    nodes.add(nid),
+                    PageAllocator::new(nid, budget).with_pcp(pcp.add(nid * nr_cpus), nr_cpus),
+                );
                 // The instance outlives its page allocators (they live inside it).
                 (*nodes.add(nid)).set_reclaim_hook(reclaim_hook, shared as *const ());
             }

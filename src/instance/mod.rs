@@ -25,7 +25,8 @@ use crate::cache::KmemCache;
 use crate::config::CacheConfig;
 use crate::error::KmemError;
 use crate::page::{
-    FaultInjection, PageAllocator, PageBudget, PageStats, CHUNK_SIZE, DEFAULT_DECAY_MS, PAGE_SIZE,
+    FaultInjection, PageAllocator, PageBudget, PageStats, PcpSlot, CHUNK_SIZE, DEFAULT_DECAY_MS,
+    PAGE_SIZE,
 };
 use crate::slub::cpu_slab::TidStep;
 use crate::slub::CacheInner;
@@ -274,7 +275,9 @@ impl Kmem {
     pub fn shrink_all(&self) {
         self.shared().for_each_cache(|c| c.shrink());
         for nid in 0..self.nodes() {
-            self.shared().node_pages(nid).release_free();
+            let pages = self.shared().node_pages(nid);
+            pages.drain_pcp(false);
+            pages.release_free();
         }
     }
 

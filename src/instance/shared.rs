@@ -106,7 +106,7 @@ impl KmemShared {
     /// Fork support (the `pthread_atfork` prepare handler in `instance/fork.rs`): takes every lock of
     /// this instance, in lock order, and returns with all of them held and no guard:
     /// the registry lock, then every slot lock of every cache, then every node `list_lock` of
-    /// every cache, then every node's page lock. Taking a whole level before the next keeps the
+    /// every cache, then every node's per-CPU page list locks, then every node's page lock. Taking a whole level before the next keeps the
     /// walk consistent with the lock order (no kmem path holds a lower-level lock while waiting
     /// for a higher-level one), so the walk cannot deadlock with running allocations.
     #[cfg(not(any(loom, miri)))]
@@ -125,6 +125,9 @@ impl KmemShared {
         each(&|c| (0..c.nr_cpus).for_each(|i| c.cpu(i).lock.raw_lock()));
         each(&|c| (0..c.nr_nodes).for_each(|n| c.node(n).list_lock.raw_lock()));
         for nid in 0..self.nr_nodes {
+            self.node_pages(nid).fork_lock_pcp();
+        }
+        for nid in 0..self.nr_nodes {
             self.node_pages(nid).fork_lock();
         }
         core::mem::forget(r);
@@ -140,7 +143,10 @@ impl KmemShared {
     pub(crate) unsafe fn fork_unlock_all(&self) {
         for nid in 0..self.nr_nodes {
             // SAFETY: taken by fork_lock_all (contract).
-            unsafe { self.node_pages(nid).fork_unlock() };
+            unsafe {
+                self.node_pages(nid).fork_unlock();
+                self.node_pages(nid).fork_unlock_pcp();
+            }
         }
         // Dropping `r` at the end releases it.
         // SAFETY: the registry lock was taken by fork_lock_all (contract).
@@ -263,6 +269,8 @@ pub(super) unsafe fn destroy_shared(shared: NonNull<KmemShared>) {
     // SAFETY: exclusive: no handle or cache refers to `shared` any more (contract).
     unsafe {
         for nid in 0..s.nr_nodes {
+            // Its per-CPU lists go back to the buddy lists first (the slots live in this
+            // mapping, after the allocators; plain data, nothing to drop).
             ptr::drop_in_place(s.nodes.add(nid) as *mut PageAllocator);
         }
         let size = s.map_size;

@@ -119,7 +119,7 @@ fn find(func: &str, ptr: *mut u8) -> Found {
             }
             Found::Block(page, info.block_pages())
         }
-        PageKind::Free => invalid(func, ptr, "a free kmem page (double free?)"),
+        PageKind::Free | PageKind::Pcp => invalid(func, ptr, "a free kmem page (double free?)"),
         _ => invalid(func, ptr, "inside kmem page memory that is not allocated"),
     }
 }

@@ -94,7 +94,9 @@ pub(super) fn page_block(
     let info = page.info();
     match info.kind() {
         PageKind::Block => {}
-        PageKind::Free => bad_kfree(ptr, layout, "the page block is already free (double free)"),
+        PageKind::Free | PageKind::Pcp => {
+            bad_kfree(ptr, layout, "the page block is already free (double free)")
+        }
         PageKind::Slab => bad_kfree(
             ptr,
             layout,

@@ -3,6 +3,7 @@
 //! split by concern.)
 
 use super::chunk::*;
+use super::pcp::{PcpSlot, PCP_MAX_ORDER};
 use super::*;
 use crate::os::Num;
 use crate::sync::{AtomicPtr, AtomicU64, Backoff, Ordering, PageReleaseScope, SpinGuard, SpinLock};
@@ -238,6 +239,9 @@ pub(crate) struct PageAllocator {
     pub(super) hook_arg: AtomicPtr<()>,
     /// When the next decay run is due (`decay.rs`), in `os::coarse_now_ns` time.
     pub(super) next_decay: AtomicU64,
+    /// The per-CPU page lists (`pcp.rs`): `nr_pcp` slots (0: none).
+    pub(super) pcp: *const PcpSlot,
+    pub(super) nr_pcp: usize,
 }
 
 // SAFETY: `budget` points to a Sync PageBudget that outlives the allocator (constructor
@@ -283,7 +287,21 @@ impl PageAllocator {
             hook: AtomicPtr::new(null_mut()),
             hook_arg: AtomicPtr::new(null_mut()),
             next_decay: AtomicU64::new(0),
+            pcp: core::ptr::null(),
+            nr_pcp: 0,
         }
+    }
+
+    /// This allocator with per-CPU page lists in front of its buddy lists (`pcp.rs`): `n`
+    /// slots at `slots`.
+    ///
+    /// # Safety
+    /// `slots` points to `n` initialised [`PcpSlot`]s that outlive the allocator and are used
+    /// by no other allocator.
+    pub(crate) unsafe fn with_pcp(mut self, slots: *const PcpSlot, n: usize) -> Self {
+        self.pcp = slots;
+        self.nr_pcp = n;
+        self
     }
 
     #[inline]
@@ -340,6 +358,12 @@ impl PageAllocator {
         if self.budget().inject() {
             return self.fail(true);
         }
+        if let Some(page) = self.pcp_alloc(order, pages) {
+            // Blocks on per-CPU lists are dirty (a ZERO allocation memsets).
+            self.finish_alloc(page, pages, false, flags);
+            // SAFETY: descriptors are never null.
+            return Some(unsafe { NonNull::new_unchecked(page) });
+        }
         let mut wait = BoundedWait::new();
         let mut limit_hits = 0u32;
         let mut reclaimed = false;
@@ -366,7 +390,10 @@ impl PageAllocator {
                     limit_hits += 1;
                     if limit_hits == 1 {
                         // Re-check the free lists once: a concurrent free or grow may have
-                        // filled them since `take_free` looked.
+                        // filled them since `take_free` looked; and give the per-CPU lists'
+                        // blocks back first (the kernel's `drain_all_pages` before OOM), only
+                        // trying each slot lock (this may run under a slot or list lock).
+                        self.drain_pcp(true);
                         continue;
                     }
                     let hook = self.hook.load(Ordering::Acquire);
@@ -389,14 +416,38 @@ impl PageAllocator {
     /// `Block`, and says whether its memory is released (zero).
     pub(super) fn take_free(&self, order: u32, pages: usize) -> Result<(*mut Page, bool), Empty> {
         let mut st = self.state.lock();
+        let Some((p, released)) = self.take_locked(&mut st, order) else {
+            // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
+            let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
+            return Err(if wait { Empty::InTransit } else { Empty::Empty });
+        };
+        for_each_piece(pages, 1 << order, |j, o| {
+            // SAFETY: `j < 2^order`: a page of our detached block; the lock is held. The piece
+            // is aligned (relative to a block aligned to 2^order) and cannot merge (see
+            // `alloc_pages_exact`), so it goes on its list as it is.
+            unsafe {
+                let q = p.add(j);
+                (*q).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
+                st.push(q, o, released);
+            }
+        });
+        // SAFETY: `p` is ours now.
+        unsafe { (*p).set_info(PageInfo::block(order, self.node, pages)) };
+        st.allocs += 1;
+        Ok((p, released))
+    }
+
+    /// Unlinks a free block of exactly `order` (splitting a larger one, whose upper halves go
+    /// back on their lists) and says whether its memory is released; `None` when no list of
+    /// order `>= order` has a block. The block is detached; its head's `info` is still the old
+    /// free head's: the caller sets it.
+    pub(super) fn take_locked(&self, st: &mut BuddyState, order: u32) -> Option<(*mut Page, bool)> {
         let mut o = order;
         while (o as usize) < NR_ORDERS && st.free[o as usize].is_null() {
             o += 1;
         }
         if o as usize >= NR_ORDERS {
-            // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
-            let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
-            return Err(if wait { Empty::InTransit } else { Empty::Empty });
+            return None;
         }
         let p = st.free[o as usize];
         // SAFETY: `p` is a free head on list `o` of this node; the lock is held.
@@ -413,20 +464,7 @@ impl PageAllocator {
                 st.push(hi, o, released);
             }
         }
-        for_each_piece(pages, 1 << order, |j, o| {
-            // SAFETY: `j < 2^order`: a page of our detached block; the lock is held. The piece
-            // is aligned (relative to a block aligned to 2^order) and cannot merge (see
-            // `alloc_pages_exact`), so it goes on its list as it is.
-            unsafe {
-                let q = p.add(j);
-                (*q).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
-                st.push(q, o, released);
-            }
-        });
-        // SAFETY: `p` is ours now.
-        unsafe { (*p).set_info(PageInfo::block(order, self.node, pages)) };
-        st.allocs += 1;
-        Ok((p, released))
+        Some((p, released))
     }
 
     /// Writes the tail descriptors of the block's `pages` pages and zeroes them if asked; runs
@@ -458,26 +496,20 @@ impl PageAllocator {
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) unsafe fn free_pages(&self, page: NonNull<Page>, order: u32) {
         let (p, addr) = self.checked_descriptor(page, order);
+        if order <= PCP_MAX_ORDER && self.nr_pcp != 0 {
+            // SAFETY: genuine descriptor.
+            let info = unsafe { &*p }.info();
+            check_order_free(info, addr, order);
+            // The CAS in pcp_free makes the check and the claim one step.
+            // SAFETY: validated: an allocated head of ours of `order` (contract: ours to give).
+            if unsafe { self.pcp_free(p, info, 1 << order) } {
+                return;
+            }
+        }
         let st = self.state.lock();
         // SAFETY: genuine descriptor.
         let info = unsafe { &*p }.info();
-        check_allocated_head(info, addr, order);
-        if info.order() != order {
-            bad_free(
-                "wrong order: the block was allocated with another order",
-                addr,
-                order,
-                Some(info),
-            );
-        }
-        if info.block_pages() != 1 << order {
-            bad_free(
-                "wrong size: the block has an exact page count (free_pages_exact)",
-                addr,
-                order,
-                Some(info),
-            );
-        }
+        check_order_free(info, addr, order);
         // SAFETY: validated under the lock: an allocated head of ours of `order`.
         unsafe { self.free_validated(st, p, 0, 1 << order) };
     }
@@ -486,27 +518,29 @@ impl PageAllocator {
     /// [`PageAllocator::alloc_pages_exact`] or [`PageAllocator::resize_exact`]), validated as
     /// [`PageAllocator::free_pages`] validates, with the page count in place of the order.
     /// The pages go back as the aligned blocks that tile them, each coalescing with its free
-    /// buddies (so the pages given back at allocation merge again).
+    /// buddies (so the pages given back at allocation merge again), or onto the calling CPU's
+    /// page lists when the block is small.
     ///
     /// # Safety
     /// The caller no longer uses the block's memory.
     pub(crate) unsafe fn free_pages_exact(&self, page: NonNull<Page>, pages: usize) {
         let order = order_for_pages(pages.max(1));
         let (p, addr) = self.checked_descriptor(page, order);
-        let st = self.state.lock();
-        // SAFETY: genuine descriptor.
-        let info = unsafe { &*p }.info();
-        check_allocated_head(info, addr, order);
-        if info.kind() != PageKind::Block || info.block_pages() != pages {
-            bad_free(
-                "wrong size: the block was allocated with another page count",
-                addr,
-                order,
-                Some(info),
-            );
+        let done = order <= PCP_MAX_ORDER && self.nr_pcp != 0 && {
+            // SAFETY: genuine descriptor.
+            let info = unsafe { &*p }.info();
+            check_exact_free(info, addr, order, pages);
+            // SAFETY: validated: an allocated block of ours of `pages` pages (contract).
+            unsafe { self.pcp_free(p, info, pages) }
+        };
+        if !done {
+            let st = self.state.lock();
+            // SAFETY: genuine descriptor.
+            let info = unsafe { &*p }.info();
+            check_exact_free(info, addr, order, pages);
+            // SAFETY: validated under the lock: an allocated block of ours of `pages` pages.
+            unsafe { self.free_validated(st, p, 0, pages) };
         }
-        // SAFETY: validated under the lock: an allocated block of ours of `pages` pages.
-        unsafe { self.free_validated(st, p, 0, pages) };
         // Exact blocks are kmalloc's large sizes, freed with no kmem lock held.
         self.decay_tick_now();
     }
@@ -808,12 +842,47 @@ pub(super) fn for_each_piece(from: usize, to: usize, mut f: impl FnMut(usize, u3
     }
 }
 
+/// The checks of `free_pages(order)`: an allocated head of that order, whole (aborts naming
+/// what is wrong).
+fn check_order_free(info: PageInfo, addr: usize, order: u32) {
+    check_allocated_head(info, addr, order);
+    if info.order() != order {
+        bad_free(
+            "wrong order: the block was allocated with another order",
+            addr,
+            order,
+            Some(info),
+        );
+    }
+    if info.block_pages() != 1 << order {
+        bad_free(
+            "wrong size: the block has an exact page count (free_pages_exact)",
+            addr,
+            order,
+            Some(info),
+        );
+    }
+}
+
+/// The checks of `free_pages_exact(pages)`: an allocated `Block` of that page count.
+fn check_exact_free(info: PageInfo, addr: usize, order: u32, pages: usize) {
+    check_allocated_head(info, addr, order);
+    if info.kind() != PageKind::Block || info.block_pages() != pages {
+        bad_free(
+            "wrong size: the block was allocated with another page count",
+            addr,
+            order,
+            Some(info),
+        );
+    }
+}
+
 /// The kind checks of a free: `info` must head an allocated block (aborts naming what it is
 /// instead).
 fn check_allocated_head(info: PageInfo, addr: usize, order: u32) {
     match info.kind() {
         PageKind::Block | PageKind::Slab => {}
-        PageKind::Free => bad_free(
+        PageKind::Free | PageKind::Pcp => bad_free(
             "double free: block is already free",
             addr,
             order,
@@ -828,7 +897,7 @@ fn check_allocated_head(info: PageInfo, addr: usize, order: u32) {
         PageKind::Tail => {
             // A tail of an allocated block, or an interior page of a free one.
             let head = virt_to_page(addr as *const u8).map(|h| h.info().kind());
-            if head == Some(PageKind::Free) {
+            if matches!(head, Some(PageKind::Free | PageKind::Pcp)) {
                 bad_free(
                     "double free: page lies inside a free block",
                     addr,
@@ -866,6 +935,7 @@ pub(super) fn bad_free(what: &str, addr: usize, order: u32, info: Option<PageInf
                 PageKind::Block => "Block",
                 PageKind::Slab => "Slab",
                 PageKind::Tail => "Tail",
+                PageKind::Pcp => "Pcp",
             },
             Num::dec(i.order() as u64),
         ),

@@ -74,6 +74,7 @@ impl PageAllocator {
         };
         if delay == 0 {
             // No delay: every tick releases every dirty free block.
+            self.drain_pcp(true);
             return self.release_dirty(Some(0));
         }
         let due = self.next_decay.load(Ordering::Relaxed);
@@ -93,6 +94,7 @@ impl PageAllocator {
         {
             return 0; // another thread runs this one
         }
+        self.decay_pcp();
         self.release_dirty(Some(DECAY_STEPS + 1))
     }
 }

@@ -11,6 +11,7 @@
 //! | `Block`   | order, node, exact page count (0: `2^order`) | unused      | unused             |
 //! | `Slab`    | order, node (head of a slab)    | node partial-list links  | all meaningful     |
 //! | `Tail`    | offset to the head page         | unused                   | unused             |
+//! | `Pcp`     | order, node (free, on a CPU slot's page list) | unused     | `next`: the list link |
 //! | `Absent`  | (page beyond a partial chunk)   | unused                   | unused             |
 //!
 //! `info` is atomic because [`virt_to_page`](super::virt_to_page) and the free paths read it
@@ -32,6 +33,9 @@ pub(crate) enum PageKind {
     Slab = 3,
     /// A non-head page of an allocated block; `head_offset` leads to the head.
     Tail = 4,
+    /// Head of a free block of `order` held on a CPU slot's page list (`pcp.rs`): free, but not
+    /// on the buddy lists, so never a merge partner.
+    Pcp = 5,
 }
 
 /// The packed `info` word of a page descriptor.
@@ -107,6 +111,7 @@ impl PageInfo {
             2 => PageKind::Block,
             3 => PageKind::Slab,
             4 => PageKind::Tail,
+            5 => PageKind::Pcp,
             _ => PageKind::Absent,
         }
     }
@@ -215,7 +220,12 @@ mod tests {
 
     #[test]
     fn info_round_trips_every_field() {
-        for kind in [PageKind::Free, PageKind::Block, PageKind::Slab] {
+        for kind in [
+            PageKind::Free,
+            PageKind::Block,
+            PageKind::Slab,
+            PageKind::Pcp,
+        ] {
             for order in [0u32, 1, 10, 31] {
                 for node in [0usize, 1, PageInfo::MAX_NODE] {
                     for released in [false, true] {

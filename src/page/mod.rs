@@ -122,6 +122,7 @@ mod budget;
 mod chunk;
 mod decay;
 mod desc;
+mod pcp;
 mod radix;
 mod release;
 #[cfg(all(test, not(loom)))]
@@ -131,6 +132,7 @@ pub(crate) use buddy::{BoundedWait, PageAllocator};
 pub(crate) use budget::PageBudget;
 pub(crate) use chunk::{page_address, virt_to_page, ChunkMeta};
 pub use decay::DEFAULT_DECAY_MS;
+pub(crate) use pcp::PcpSlot;
 
 #[allow(unused_imports)]
 pub(crate) use desc::{Page, PageInfo, PageKind};
@@ -243,6 +245,9 @@ pub struct PageStats {
     pub resident_bytes: usize,
     /// Bytes on the buddy free lists.
     pub free_bytes: usize,
+    /// Bytes of free blocks held on the per-CPU page lists (free, but not on the buddy lists;
+    /// resident).
+    pub pcp_bytes: usize,
     /// Page allocations refused (limit, `NORETRY`, OS refusal, injected).
     pub failed_allocs: u64,
     /// Of `failed_allocs`, those caused by fault injection.

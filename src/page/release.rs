@@ -206,6 +206,7 @@ impl PageAllocator {
                 out.free_blocks[o] += n;
             }
         }
+        self.add_pcp_stats(out);
         out.failed_allocs += self.failed.load(Ordering::Relaxed);
         out.injected_failures += self.injected.load(Ordering::Relaxed);
         out.reclaim_calls += self.reclaim_calls.load(Ordering::Relaxed);

@@ -16,6 +16,8 @@ const NORETRY: GfpFlags = GfpFlags::NORETRY;
 struct Fixture {
     nodes: Vec<PageAllocator>,
     budget: *mut PageBudget,
+    /// Per-CPU page list slots of node 0 (`pcp.rs`), when it has them.
+    pcp: Option<*mut [PcpSlot]>,
 }
 
 // SAFETY: the budget is Sync (atomics) and outlives the nodes; the raw pointer is only a
@@ -28,6 +30,7 @@ impl Fixture {
         Fixture {
             nodes: (0..nodes).map(|n| PageAllocator::new(n, budget)).collect(),
             budget,
+            pcp: None,
         }
     }
     fn one(limit: usize) -> Self {
@@ -41,6 +44,7 @@ impl Fixture {
         Fixture {
             nodes: vec![PageAllocator::new(0, budget)],
             budget,
+            pcp: None,
         }
     }
     /// One node, limited to one chunk, whose releases go to an emulated kernel (`os::TestOs`).
@@ -57,6 +61,24 @@ impl Fixture {
         Fixture {
             nodes: vec![PageAllocator::new(0, budget)],
             budget,
+            pcp: None,
+        }
+    }
+    /// One node with `slots` per-CPU page list slots, limited to `limit` bytes, decaying after
+    /// `decay_ns` if given.
+    fn with_pcp(slots: usize, limit: usize, decay_ns: Option<u64>) -> Self {
+        let budget = Box::into_raw(Box::new(
+            PageBudget::new(limit, FaultInjection::None).with_decay(decay_ns),
+        ));
+        let pcp: Box<[PcpSlot]> = (0..slots).map(|_| PcpSlot::new()).collect();
+        let pcp = Box::into_raw(pcp);
+        // SAFETY: `pcp` holds `slots` initialised slots that outlive the node (freed in Drop,
+        // after the nodes) and belong to it alone.
+        let node = unsafe { PageAllocator::new(0, budget).with_pcp(pcp as *const PcpSlot, slots) };
+        Fixture {
+            nodes: vec![node],
+            budget,
+            pcp: Some(pcp),
         }
     }
     fn pa(&self) -> &PageAllocator {
@@ -73,10 +95,14 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        // Nodes first: they reference the budget.
+        // Nodes first: they reference the budget and the per-CPU slots.
         self.nodes.clear();
         // SAFETY: from Box::into_raw in `new`; no node refers to it any more.
         drop(unsafe { Box::from_raw(self.budget) });
+        if let Some(pcp) = self.pcp {
+            // SAFETY: from Box::into_raw in `with_pcp`; the node that used them is gone.
+            drop(unsafe { Box::from_raw(pcp) });
+        }
     }
 }
 
@@ -610,6 +636,12 @@ fn abort_child() {
                 let e = pa.alloc_pages_exact(3, NORETRY).unwrap();
                 pa.free_pages_exact(e, 4)
             }
+            "pcp_double_free" => {
+                let g = Fixture::with_pcp(1, usize::MAX, None);
+                let q = g.pa().alloc_pages(0, NORETRY).unwrap();
+                g.pa().free_pages(q, 0);
+                g.pa().free_pages(q, 0)
+            }
             "exact_double_free" => {
                 let e = pa.alloc_pages_exact(5, NORETRY).unwrap();
                 pa.free_pages_exact(e, 5);
@@ -641,6 +673,7 @@ fn bad_frees_abort_with_precise_messages() {
             "wrong size: the block was allocated with another page count",
         ),
         ("exact_double_free", "double free"),
+        ("pcp_double_free", "double free: block is already free"),
     ] {
         let out = std::process::Command::new(&exe)
             .args([
@@ -711,4 +744,5 @@ fn limit_reached_during_a_concurrent_grow_rechecks_the_free_lists() {
 
 mod decay;
 mod exact;
+mod pcp;
 mod release;
