@@ -52,7 +52,7 @@ fn a_slot_never_holds_more_than_the_high_watermark() {
     let f = Fixture::with_pcp(1, usize::MAX, None);
     let pa = f.pa();
     for order in 0..=PCP_MAX_ORDER {
-        let blocks: Vec<_> = (0..(4 * PCP_HIGH >> order))
+        let blocks: Vec<_> = (0..((4 * PCP_HIGH) >> order))
             .map(|_| pa.alloc_pages(order, NORETRY).unwrap())
             .collect();
         for b in blocks {
