@@ -41,6 +41,7 @@ m12_rseq_slub                           rseq_commit_outside_sequence
 m13_treiber_aba                         deferred_batch_runs_at_once
 m14_deferred_drop_vs_run                deferred_drop_checks_pending_early
 m15_typesafe_reader_vs_shrink           typesafe_shrink_discards
+m16_pcp_lists                           pcp_free_marks_free
 "
 
 # Runs model $1 built with mutant $2 ("" = clean); prints PASS or FAIL and the seconds taken.

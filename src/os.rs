@@ -230,6 +230,7 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, reserve: usize, align: usize) {
 ///
 /// # Safety
 /// `ptr` and `old` are those of one live mapping of ours whose owner is the caller.
+#[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
 pub(crate) unsafe fn remap_in_place(ptr: NonNull<u8>, old: usize, new: usize) -> bool {
     #[cfg(not(miri))]
     {
@@ -252,6 +253,7 @@ pub(crate) unsafe fn remap_in_place(ptr: NonNull<u8>, old: usize, new: usize) ->
 ///
 /// # Safety
 /// The caller owns both the mapping and the reservation, which do not overlap.
+#[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
 pub(crate) unsafe fn remap_to(
     ptr: NonNull<u8>,
     old: usize,

@@ -137,6 +137,7 @@ impl KmemBuilder {
     /// The global instance's decay delay: `KMEM_DECAY_MS` when set (read with `getenv`, which
     /// does not allocate), else the default. A value that is neither a number of milliseconds
     /// nor `off` is reported on stderr once and the default is used.
+    #[cfg_attr(any(miri, loom), allow(unused_mut))]
     pub(super) fn decay_from_env(mut self) -> Self {
         #[cfg(not(any(miri, loom)))]
         {
@@ -369,6 +370,7 @@ const MAX_DECAY_MS: u64 = 10_000_000_000;
 
 /// Parses `KMEM_DECAY_MS`: `off` (no decay) or a decimal number of milliseconds up to
 /// [`MAX_DECAY_MS`]; `None` for anything else.
+#[cfg_attr(any(miri, loom), allow(dead_code))]
 fn parse_decay(v: &[u8]) -> Option<Option<u64>> {
     if v == b"off" {
         return Some(None);

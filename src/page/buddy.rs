@@ -344,6 +344,7 @@ impl PageAllocator {
     /// that tile them (none can merge: each one's buddy is, or contains, a page we keep). The
     /// head records the exact count ([`PageInfo::block`]); free with
     /// [`PageAllocator::free_pages_exact`] and the same count.
+    #[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
     pub(crate) fn alloc_pages_exact(&self, pages: usize, flags: GfpFlags) -> Option<NonNull<Page>> {
         if pages == 0 || pages > PAGES_PER_CHUNK {
             return self.fail(false);
@@ -523,6 +524,7 @@ impl PageAllocator {
     ///
     /// # Safety
     /// The caller no longer uses the block's memory.
+    #[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
     pub(crate) unsafe fn free_pages_exact(&self, page: NonNull<Page>, pages: usize) {
         let order = order_for_pages(pages.max(1));
         let (p, addr) = self.checked_descriptor(page, order);
@@ -638,6 +640,7 @@ impl PageAllocator {
     ///
     /// # Safety
     /// `page` heads a block of `old` pages allocated from this node, owned by the caller.
+    #[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
     pub(crate) unsafe fn resize_exact(&self, page: NonNull<Page>, old: usize, new: usize) -> bool {
         let p = page.as_ptr();
         if new == old {
@@ -819,6 +822,7 @@ impl PageAllocator {
 
 /// The smallest order whose block holds `pages` pages (`pages >= 1`).
 #[inline]
+#[cfg_attr(loom, allow(dead_code))] // exact blocks are kmalloc's, which loom builds do not use
 pub(crate) const fn order_for_pages(pages: usize) -> u32 {
     pages.next_power_of_two().trailing_zeros()
 }
@@ -865,6 +869,7 @@ fn check_order_free(info: PageInfo, addr: usize, order: u32) {
 }
 
 /// The checks of `free_pages_exact(pages)`: an allocated `Block` of that page count.
+#[cfg_attr(loom, allow(dead_code))]
 fn check_exact_free(info: PageInfo, addr: usize, order: u32, pages: usize) {
     check_allocated_head(info, addr, order);
     if info.kind() != PageKind::Block || info.block_pages() != pages {

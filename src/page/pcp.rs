@@ -270,11 +270,18 @@ impl PageAllocator {
         };
         l.used = true;
         l.frees += 1;
+        // (Planted bug for loom-tests: mark the pieces `Free`, so that a buddy being freed to
+        // the buddy lists merges with a block that is on a per-CPU list, not on a free list.)
+        let kind = if cfg!(kmem_mutant = "pcp_free_marks_free") {
+            PageKind::Free
+        } else {
+            PageKind::Pcp
+        };
         for_each_piece(0, pages, |j, o| {
             // SAFETY: pages of our claimed block; the slot lock is held.
             unsafe {
                 let q = p.add(j);
-                (*q).set_info(PageInfo::head(PageKind::Pcp, o, self.node, false));
+                (*q).set_info(PageInfo::head(kind, o, self.node, false));
                 l.push(q, o);
             }
         });
