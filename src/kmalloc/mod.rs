@@ -73,7 +73,7 @@
 //!
 //! When the global instance is built, `pthread_atfork` handlers are registered once. The
 //! prepare handler takes every lock of the global instance in lock order (registry → every
-//! cache's slot locks → every cache's node `list_lock`s → every node's page lock); the parent
+//! cache's slot locks → every cache's node `list_lock`s → every node's per-CPU page list locks → every node's page lock); the parent
 //! and child handlers release them. So the child of a multi-threaded parent never inherits a
 //! lock held by a thread that does not exist in it, and can allocate. What the child can
 //! inherit is a lock-free operation cut in half by the fork (another thread between two of its
