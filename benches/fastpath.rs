@@ -84,7 +84,9 @@ fn fastpath_size(
     g.bench_function("kmem_private", |b| kmem_pair(b, private));
     g.bench_function("kmem_private_sheaves", |b| kmem_pair(b, sheaves));
     g.bench_function("kmem_global", |b| kmem_pair(b, global));
-    g.bench_function("kmalloc", |b| global_alloc_pair(b, &kmem::Kmalloc, size));
+    g.bench_function("kmalloc", |b| {
+        global_alloc_pair(b, &kmem::Kmalloc::new(), size)
+    });
     g.bench_function("mimalloc", |b| global_alloc_pair(b, &MiMalloc, size));
     g.bench_function("system", |b| global_alloc_pair(b, &System, size));
     g.bench_function("cmpxchg16b_pair", |b| {

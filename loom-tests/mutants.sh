@@ -51,6 +51,7 @@ m17_sheaves                             sheaf_install_over_main
 m17_sheaves                             pool_trim_ignores_in_flight
 m17_sheaves                             sheaf_locked_pop_unlocked
 m16_debug_free                          debug_free_without_list_lock
+m18_pcp_lists                           pcp_free_marks_free
 "
 
 # Runs model $1 built with mutant $2 ("" = clean); prints PASS or FAIL and the seconds taken.

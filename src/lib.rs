@@ -90,9 +90,10 @@ pub use kmalloc::kmalloc_reentrancy_simulate_enter;
 #[cfg(not(loom))]
 pub use kmalloc::{
     kmalloc_class_for, kmalloc_reentrancy_guard, kmalloc_set_sheaves, kmalloc_sheaves,
-    kmalloc_size_classes, Kmalloc, KMALLOC_MAX_CACHE_SIZE, KMALLOC_SHEAVES_DEFAULT,
+    kmalloc_size_classes, Kmalloc, KmallocClasses, KmallocKernel, KMALLOC_MAX_CACHE_SIZE,
+    KMALLOC_SHEAVES_DEFAULT,
 };
-pub use page::{FaultInjection, PageStats, STATS_ORDERS};
+pub use page::{FaultInjection, PageStats, DEFAULT_DECAY_MS, STATS_ORDERS};
 pub use slub::sheaf::MAX_SHEAF_CAPACITY;
 pub use stats::{CacheStats, SlabInfo, SlabInfoTable};
 pub use typed::{Cache, SlabBox};

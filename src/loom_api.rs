@@ -1,7 +1,7 @@
 //! Internals exposed to `loom-tests/` only (built with `--cfg loom`); not part of the API.
 //! `lib.rs` mounts this file as `kmem::__loom`.
 
-use crate::page::{FaultInjection, GfpFlags, Page, PageAllocator, PageBudget, PageKind};
+use crate::page::{FaultInjection, GfpFlags, Page, PageAllocator, PageBudget, PageKind, PcpSlot};
 use crate::sync::Ordering;
 use crate::KmemCache;
 use core::ptr::NonNull;
@@ -17,6 +17,8 @@ pub struct Pages {
     // A raw pointer, not a `Box`: moving a `Box` would invalidate the allocator's pointer
     // to it under Stacked Borrows.
     budget: *mut PageBudget,
+    /// The per-CPU page list slots (`with_pcp`), freed after the allocator.
+    pcp: Option<*mut [PcpSlot]>,
 }
 
 // SAFETY: the budget is Sync and owned by this value; the allocator is Send + Sync.
@@ -30,6 +32,10 @@ impl Drop for Pages {
         unsafe { core::mem::ManuallyDrop::drop(&mut self.alloc) };
         // SAFETY: from Box::into_raw in `new`; nothing refers to it any more.
         drop(unsafe { Box::from_raw(self.budget) });
+        if let Some(pcp) = self.pcp {
+            // SAFETY: from Box::into_raw in `with_pcp`; the allocator using them is gone.
+            drop(unsafe { Box::from_raw(pcp) });
+        }
     }
 }
 
@@ -51,7 +57,39 @@ impl Pages {
     pub fn new() -> Self {
         let budget = Box::into_raw(Box::new(PageBudget::new(usize::MAX, FaultInjection::None)));
         let alloc = core::mem::ManuallyDrop::new(PageAllocator::new(0, budget));
-        Pages { alloc, budget }
+        Pages {
+            alloc,
+            budget,
+            pcp: None,
+        }
+    }
+
+    /// A fresh allocator for node 0 with `slots` per-CPU page list slots (model CPU `c` uses
+    /// slot `c % slots`).
+    pub fn with_pcp(slots: usize) -> Self {
+        let budget = Box::into_raw(Box::new(PageBudget::new(usize::MAX, FaultInjection::None)));
+        let pcp: Box<[PcpSlot]> = (0..slots).map(|_| PcpSlot::new()).collect();
+        let pcp = Box::into_raw(pcp);
+        // SAFETY: `slots` initialised slots, freed only after the allocator (Drop), used by it
+        // alone.
+        let alloc = unsafe { PageAllocator::new(0, budget).with_pcp(pcp as *const PcpSlot, slots) };
+        Pages {
+            alloc: core::mem::ManuallyDrop::new(alloc),
+            budget,
+            pcp: Some(pcp),
+        }
+    }
+
+    /// `drain_all_pages`: every per-CPU list back to the buddy lists; the pages moved.
+    pub fn drain(&self) -> usize {
+        self.alloc.drain_pcp(false)
+    }
+
+    /// Bytes held on the per-CPU lists.
+    pub fn pcp_bytes(&self) -> usize {
+        let mut s = crate::PageStats::default();
+        self.alloc.add_stats(&mut s);
+        s.pcp_bytes
     }
 
     /// `alloc_pages(order)`.

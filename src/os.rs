@@ -223,6 +223,64 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, reserve: usize, align: usize) {
     }
 }
 
+/// Resizes a mapping made by [`map`] from `old` to `new` bytes (page multiples) where it is,
+/// keeping its contents: `mremap` without `MREMAP_MAYMOVE` (always possible when shrinking;
+/// when growing, only if the address space after the mapping is free). On `false` nothing
+/// changed. Under Miri: always `false` (the caller copies).
+///
+/// # Safety
+/// `ptr` and `old` are those of one live mapping of ours whose owner is the caller.
+#[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
+pub(crate) unsafe fn remap_in_place(ptr: NonNull<u8>, old: usize, new: usize) -> bool {
+    #[cfg(not(miri))]
+    {
+        // SAFETY: the caller owns the whole mapping; without MREMAP_MAYMOVE it stays put or
+        // the call fails and changes nothing.
+        unsafe { libc::mremap(ptr.as_ptr().cast(), old, new, 0) != libc::MAP_FAILED }
+    }
+    #[cfg(miri)]
+    {
+        let _ = (ptr, old, new);
+        false
+    }
+}
+
+/// Moves a mapping of ours (`old` bytes at `ptr`) onto the reservation `target` of `new`
+/// bytes (made by [`map_partial`]), growing or shrinking it, with
+/// `mremap(MREMAP_MAYMOVE | MREMAP_FIXED)`: the page table entries move, not the bytes. On
+/// `true` the old range is unmapped and `target` holds the contents; on `false` nothing
+/// changed (the reservation is still the caller's). Under Miri: always `false`.
+///
+/// # Safety
+/// The caller owns both the mapping and the reservation, which do not overlap.
+#[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
+pub(crate) unsafe fn remap_to(
+    ptr: NonNull<u8>,
+    old: usize,
+    new: usize,
+    target: NonNull<u8>,
+) -> bool {
+    #[cfg(not(miri))]
+    {
+        // SAFETY: both ranges are the caller's; MREMAP_FIXED replaces the reservation.
+        let r = unsafe {
+            libc::mremap(
+                ptr.as_ptr().cast(),
+                old,
+                new,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                target.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        r != libc::MAP_FAILED
+    }
+    #[cfg(miri)]
+    {
+        let _ = (ptr, old, new, target);
+        false
+    }
+}
+
 /// Returns the pages of `[ptr, ptr + size)` to the OS; on `true` the range stays mapped and
 /// reads as zero afterwards. Returns `false`, with the memory untouched, when the range is not
 /// made of whole OS pages (`os.size`), or when `madvise` fails: the caller must then treat the
@@ -246,6 +304,22 @@ pub(crate) unsafe fn release(ptr: *mut u8, size: usize, os: &OsPages) -> bool {
         unsafe { core::ptr::write_bytes(ptr, 0, size) };
         true
     }
+}
+
+/// Coarse monotonic time in nanoseconds (`CLOCK_MONOTONIC_COARSE`: the last timer tick, a few
+/// milliseconds of resolution, read from the vDSO without a system call; no allocation), for
+/// the decay's due times.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// Monotonic time in nanoseconds (`CLOCK_MONOTONIC`; no allocation), for bounded waits.

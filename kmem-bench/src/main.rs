@@ -68,7 +68,7 @@ struct Cli {
     /// Objects per thread in many-threads and larson [default: 2000; quick: 500]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     working_set: Option<u32>,
-    /// MiB requested by the fragmentation fill [default: 256; quick: 64]
+    /// MiB requested by the fragmentation fill (idle: half of it in small objects) [default: 256; quick: 64]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     frag_mib: Option<u32>,
     /// Seed of every random choice
@@ -235,12 +235,42 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
                 ("rss_filled_kib", f.rss_filled_kib),
                 ("rss_freed_kib", f.rss_freed_kib),
                 ("rss_released_kib", f.rss_released_kib),
+                ("page_floor_kib", f.page_floor_kib),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v as f64))
             .collect();
             push(format!("{} MiB", p.frag_mib), b.name(), f.sample, extra);
             notes.push(format!("fragmentation: {} released with {call}", b.name()));
+        }
+        Workload::Large => {
+            let threads = p.threads;
+            let s = with_backend!(b, |a| workloads::large(a, threads, p.seed, d));
+            push(
+                format!("{threads} thr, 8 KiB-1 MiB"),
+                b.name(),
+                s,
+                Default::default(),
+            );
+        }
+        Workload::Idle => {
+            let small = (p.frag_mib << 20) / 2;
+            let f = with_backend!(b, |a| workloads::idle(a, small, p.seed));
+            let extra = [
+                ("rss_base_kib", f.rss_base_kib),
+                ("rss_burst_kib", f.rss_burst_kib),
+                ("rss_freed_kib", f.rss_freed_kib),
+                ("rss_idle_kib", f.rss_idle_kib),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v as f64))
+            .collect();
+            push(
+                format!("{} MiB small + 64 MiB large", p.frag_mib / 2),
+                b.name(),
+                f.sample,
+                extra,
+            );
         }
         Workload::Objects => {
             let s = workloads::objects_box(workloads::make64, d);

@@ -237,6 +237,7 @@ pub fn workload_table(rows: &[&Row]) -> String {
                 *e.get("rss_released_kib")?,
             );
             let grown = (filled - base).max(1.0);
+            let floor = e.get("page_floor_kib").copied();
             Some(vec![
                 r.allocator.clone(),
                 fmt_mib(filled),
@@ -245,6 +246,10 @@ pub fn workload_table(rows: &[&Row]) -> String {
                 fmt_mib(freed - released),
                 format!("{:.0}%", 100.0 * (filled - released) / grown),
                 format!("{:.0}%", 100.0 * (released - base) / grown),
+                floor.map_or("-".into(), fmt_mib),
+                floor.map_or("-".into(), |f| {
+                    format!("{:.2}x", (released - base) / f.max(1.0))
+                }),
             ])
         })
         .collect();
@@ -259,12 +264,53 @@ pub fn workload_table(rows: &[&Row]) -> String {
                 "by release",
                 "returned",
                 "kept",
+                "page floor",
+                "kept/floor",
             ],
             &frag,
-            &[false, true, true, true, true, true, true],
+            &[false, true, true, true, true, true, true, true, true],
         ));
         out.push_str(
-            " (MiB; 10% of the objects stay live; returned/kept are shares of what the fill grew RSS by)\n",
+            " (MiB; 10% of the objects stay live; returned/kept are shares of what the fill grew RSS by;\n  \
+             page floor = the 4 KiB pages holding a byte of a live object; kept/floor = (after release - RSS before the fill) / page floor)\n",
+        );
+    }
+    let idle: Vec<Vec<String>> = rows
+        .iter()
+        .filter_map(|r| {
+            let e = &r.extra;
+            let (base, burst, freed, idle) = (
+                *e.get("rss_base_kib")?,
+                *e.get("rss_burst_kib")?,
+                *e.get("rss_freed_kib")?,
+                *e.get("rss_idle_kib")?,
+            );
+            Some(vec![
+                r.allocator.clone(),
+                fmt_mib(base),
+                fmt_mib(burst),
+                fmt_mib(freed),
+                fmt_mib(idle),
+                fmt_mib(idle - base),
+            ])
+        })
+        .collect();
+    if !idle.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "allocator",
+                "RSS before",
+                "burst",
+                "freed",
+                "after 1 s",
+                "kept",
+            ],
+            &idle,
+            &[false, true, true, true, true, true],
+        ));
+        out.push_str(
+            " (MiB; kept = RSS one second after the burst was freed whole, minus RSS before it; no release call)\n",
         );
     }
     out
@@ -280,11 +326,14 @@ pub fn csv_field(s: &str) -> String {
 }
 
 /// Extra columns written to the CSV (empty where a workload has no such figure).
-pub const CSV_EXTRA: [&str; 4] = [
+pub const CSV_EXTRA: [&str; 7] = [
     "rss_base_kib",
     "rss_filled_kib",
     "rss_freed_kib",
     "rss_released_kib",
+    "page_floor_kib",
+    "rss_burst_kib",
+    "rss_idle_kib",
 ];
 
 /// All rows as CSV with a header line.
@@ -445,12 +494,25 @@ pub fn workload_chart(
     let variants = uniq(|r| &r.variant);
     let allocs = uniq(|r| &r.allocator);
     let is_frag = rows.iter().any(|r| r.extra.contains_key("rss_filled_kib"));
-    if is_frag {
-        let stages = ["rss_filled_kib", "rss_freed_kib", "rss_released_kib"];
-        let names: Vec<String> = ["filled", "after free 90%", "after release"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let is_idle = rows.iter().any(|r| r.extra.contains_key("rss_idle_kib"));
+    if is_frag || is_idle {
+        let (stages, names): (&[&str], &[&str]) = if is_frag {
+            (
+                &[
+                    "rss_filled_kib",
+                    "rss_freed_kib",
+                    "rss_released_kib",
+                    "page_floor_kib",
+                ],
+                &["filled", "after free 90%", "after release", "page floor"],
+            )
+        } else {
+            (
+                &["rss_burst_kib", "rss_freed_kib", "rss_idle_kib"],
+                &["burst", "freed", "1 s later"],
+            )
+        };
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let values: Vec<Vec<Bar>> = allocs
             .iter()
             .map(|a| {
@@ -634,6 +696,7 @@ mod tests {
             ("rss_filled_kib", 101.0 * 1024.0),
             ("rss_freed_kib", 91.0 * 1024.0),
             ("rss_released_kib", 21.0 * 1024.0),
+            ("page_floor_kib", 16.0 * 1024.0),
         ] {
             r.extra.insert(k.into(), v);
         }
@@ -646,6 +709,27 @@ mod tests {
             t.contains("70.0") && t.contains("80%") && t.contains("20%"),
             "{t}"
         );
+        // 20 MiB kept over a 16 MiB page floor.
+        assert!(t.contains("16.0") && t.contains("1.25x"), "{t}");
+    }
+
+    #[test]
+    fn idle_section_shows_what_was_kept() {
+        let mut r = raw("64 MiB", "mimalloc", 40.0);
+        r.workload = "idle".into();
+        for (k, v) in [
+            ("rss_base_kib", 2048.0),
+            ("rss_burst_kib", 130.0 * 1024.0),
+            ("rss_freed_kib", 90.0 * 1024.0),
+            ("rss_idle_kib", 7.5 * 1024.0),
+        ] {
+            r.extra.insert(k.into(), v);
+        }
+        let rows = aggregate(&[r]);
+        let t = workload_table(&rows.iter().collect::<Vec<_>>());
+        assert!(t.contains("after 1 s") && t.contains("130.0"), "{t}");
+        // 7.5 - 2 MiB kept.
+        assert!(t.contains("5.5"), "{t}");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! | `larson` | child | server churn after Larson & Krishnan: random sizes 8–1000 B, each thread hands its fresh objects to the next thread, which swaps them into a random slot of its working set and frees what it evicts |
 //! | `fragmentation` | child | fill with random sizes 8–1000 B, free a random 90%, then call the allocator's release (kmem shrink, `mi_collect`, jemalloc purge, `malloc_trim`): RSS before and after, how much goes back to the OS |
 //! | `objects` | child | alloc 1000 typed objects then drop them: `kmem::Cache<T>` against `Box<T>` on each global allocator |
+//! | `large` | child | one thread per core churns a working set of random sizes 8 KiB–1 MiB: a quarter of the operations grow an object with `realloc` (×1.25–2, up to 1 MiB), the rest free one and allocate another: page blocks, large sizes, `realloc` in place or by copy |
+//! | `idle` | child | a burst (random 8–1000 B objects, half the fragmentation fill, plus a 64 MiB set of 8 KiB–1 MiB ones) freed whole, then one second of a little work (ten rounds, 100 ms apart, each allocating and freeing 1% of the burst's objects): RSS one second after the burst was freed, with no release call |
 //!
 //! "In process" workloads call the `GlobalAlloc` value directly from the parent (whose global
 //! allocator stays `system`). "Child" workloads run in a re-executed copy of this binary whose
@@ -61,13 +63,17 @@ pub enum Workload {
     Fragmentation,
     /// kmem::Cache<T> against Box<T> (child process).
     Objects,
+    /// 8 KiB–1 MiB churn with realloc growth, one thread per core (child process).
+    Large,
+    /// RSS one second after a burst is freed whole (child process).
+    Idle,
     /// redis-server under redis-benchmark, each allocator LD_PRELOADed (`real.rs`).
     Real,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Fastpath,
         Workload::Batch,
         Workload::RemoteFree,
@@ -76,6 +82,8 @@ impl Workload {
         Workload::Larson,
         Workload::Fragmentation,
         Workload::Objects,
+        Workload::Large,
+        Workload::Idle,
         Workload::Real,
     ];
 
@@ -90,6 +98,8 @@ impl Workload {
             Workload::Larson => "larson",
             Workload::Fragmentation => "fragmentation",
             Workload::Objects => "objects",
+            Workload::Large => "large",
+            Workload::Idle => "idle",
             Workload::Real => "real",
         }
     }
@@ -105,6 +115,8 @@ impl Workload {
             Workload::Larson => "server churn, 8-1000 B, objects freed by the next thread",
             Workload::Fragmentation => "fill, free random 90%, release: RSS returned to the OS",
             Workload::Objects => "1000 typed objects: kmem::Cache<T> vs Box<T>",
+            Workload::Large => "8 KiB-1 MiB churn with realloc growth, one thread per core",
+            Workload::Idle => "a burst freed whole, then 1 s of a little work: RSS kept",
             Workload::Real => {
                 "redis-server under redis-benchmark, each allocator LD_PRELOADed: ns per \
                  request (Mops/s = M requests/s) and the server's peak RSS"
@@ -121,6 +133,8 @@ impl Workload {
                 | Workload::Larson
                 | Workload::Fragmentation
                 | Workload::Objects
+                | Workload::Large
+                | Workload::Idle
         )
     }
 }
@@ -651,6 +665,22 @@ pub struct Fragmentation {
     pub rss_freed_kib: u64,
     /// RSS after the release call.
     pub rss_released_kib: u64,
+    /// The page floor: KiB of the 4 KiB pages that hold at least one byte of a surviving
+    /// object (nothing can return those to the OS).
+    pub page_floor_kib: u64,
+}
+
+/// KiB of the distinct 4 KiB pages that `[p, p + size)` of the objects touch.
+fn page_floor_kib(objs: impl Iterator<Item = Obj>) -> u64 {
+    let mut pages: Vec<usize> = Vec::new();
+    for Obj(p, size) in objs {
+        let first = p as usize >> 12;
+        let last = (p as usize + size - 1) >> 12;
+        pages.extend(first..=last);
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    pages.len() as u64 * 4
 }
 
 /// `fragmentation`: allocates random sizes 8–1000 B until `bytes` are requested, frees a
@@ -694,6 +724,7 @@ pub fn fragmentation<A: GlobalAlloc>(
     let rss_freed_kib = current_rss_kib();
     release();
     let rss_released_kib = current_rss_kib();
+    let page_floor_kib = page_floor_kib(order[victims..].iter().map(|&i| objs[i]));
     for &i in &order[victims..] {
         free_obj(a, objs[i]);
     }
@@ -706,6 +737,152 @@ pub fn fragmentation<A: GlobalAlloc>(
         rss_filled_kib,
         rss_freed_kib,
         rss_released_kib,
+        page_floor_kib,
+    }
+}
+
+/// Smallest and largest size of the `large` workload.
+pub const LARGE_MIN: usize = 8 << 10;
+/// See [`LARGE_MIN`].
+pub const LARGE_MAX: usize = 1 << 20;
+/// Objects per thread in `large`.
+pub const LARGE_WORKING_SET: usize = 24;
+
+/// Grows `o` with `realloc` to `new` bytes and touches the new last byte.
+fn realloc_obj<A: GlobalAlloc>(a: &A, o: Obj, new: usize) -> Obj {
+    // SAFETY: `o` came from `a` with `layout_for(o.1)` and is owned by the caller; `new > 0`.
+    let p = unsafe { a.realloc(o.0, layout_for(o.1), new) };
+    if p.is_null() {
+        oom(layout_for(new));
+    }
+    // SAFETY: `p` points to at least `new` bytes.
+    unsafe { p.add(new - 1).write(1) };
+    Obj(p, new)
+}
+
+/// `large`: `threads` threads each churn a working set of [`LARGE_WORKING_SET`] objects of
+/// random sizes 8 KiB–1 MiB: a quarter of the operations grow a random object with `realloc`
+/// to 1.25–2 times its size (capped at 1 MiB; an object already at the cap is replaced), the
+/// others free a random object and allocate a new one. One operation = one of those.
+pub fn large<A: GlobalAlloc + Sync>(
+    a: &A,
+    threads: usize,
+    seed: u64,
+    duration: Duration,
+) -> Sample {
+    timed_threads(
+        threads,
+        duration,
+        |t| {
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let objs = (0..LARGE_WORKING_SET)
+                .map(|_| alloc_obj(a, rng.random_range(LARGE_MIN..=LARGE_MAX)))
+                .collect();
+            Working { a, objs, rng }
+        },
+        |_, w, stop| {
+            let mut ops = 0;
+            let n = w.objs.len();
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..16 {
+                    let i = w.rng.random_range(0..n);
+                    let o = w.objs[i];
+                    if w.rng.random_range(0..4) == 0 && o.1 < LARGE_MAX {
+                        let grown = o.1 + o.1 * w.rng.random_range(1..=4) / 4;
+                        w.objs[i] = realloc_obj(a, o, grown.min(LARGE_MAX));
+                    } else {
+                        free_obj(a, o);
+                        w.objs[i] = alloc_obj(a, w.rng.random_range(LARGE_MIN..=LARGE_MAX));
+                    }
+                }
+                ops += 16;
+            }
+            ops
+        },
+    )
+}
+
+/// Figures of one `idle` run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Idle {
+    /// Time of the burst's allocations and frees, over the objects allocated.
+    pub sample: Sample,
+    /// RSS before the burst, KiB.
+    pub rss_base_kib: u64,
+    /// RSS with the burst allocated.
+    pub rss_burst_kib: u64,
+    /// RSS right after the burst was freed.
+    pub rss_freed_kib: u64,
+    /// RSS one second after the burst was freed (a little work in between).
+    pub rss_idle_kib: u64,
+}
+
+/// Bytes of large (8 KiB–1 MiB) objects in the `idle` burst.
+pub const IDLE_LARGE_BYTES: usize = 64 << 20;
+
+/// `idle`: a burst of random 8–1000 B objects until `small_bytes` are requested and random
+/// 8 KiB–1 MiB objects until [`IDLE_LARGE_BYTES`], allocated interleaved and freed whole (in
+/// random order); then, for one second, ten rounds 100 ms apart, each allocating 1% of the
+/// burst's objects (drawn from the same mix) and freeing them again. No release call is made:
+/// what RSS shows at the end is what the allocator gave back by itself.
+pub fn idle<A: GlobalAlloc>(a: &A, small_bytes: usize, seed: u64) -> Idle {
+    use crate::sys::current_rss_kib;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut sizes = Vec::new();
+    let (mut small, mut big) = (0, 0);
+    while small < small_bytes || big < IDLE_LARGE_BYTES {
+        let s = if big >= IDLE_LARGE_BYTES || (small < small_bytes && rng.random_range(0..64) != 0)
+        {
+            let s = rng.random_range(8..=1000);
+            small += s;
+            s
+        } else {
+            let s = rng.random_range(LARGE_MIN..=LARGE_MAX);
+            big += s;
+            s
+        };
+        sizes.push(s);
+    }
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let mut objs: Vec<Obj> = Vec::with_capacity(sizes.len());
+    let work = sizes.len() / 100;
+    let mut scratch: Vec<Obj> = Vec::with_capacity(work);
+    let rss_base_kib = current_rss_kib();
+    let t0 = Instant::now();
+    for &s in &sizes {
+        objs.push(alloc_obj(a, s));
+    }
+    let rss_burst_kib = current_rss_kib();
+    for &i in &order {
+        free_obj(a, objs[i]);
+    }
+    let elapsed = t0.elapsed();
+    let freed_at = Instant::now();
+    let rss_freed_kib = current_rss_kib();
+    for round in 1..=10u32 {
+        for _ in 0..work {
+            scratch.push(alloc_obj(a, sizes[rng.random_range(0..sizes.len())]));
+        }
+        for o in scratch.drain(..) {
+            free_obj(a, o);
+        }
+        let next = freed_at + Duration::from_millis(100) * round;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let rss_idle_kib = current_rss_kib();
+    Idle {
+        sample: Sample {
+            ops: sizes.len() as u64,
+            elapsed,
+        },
+        rss_base_kib,
+        rss_burst_kib,
+        rss_freed_kib,
+        rss_idle_kib,
     }
 }
 
@@ -779,6 +956,28 @@ mod tests {
         assert!(m.fill.elapsed > Duration::ZERO);
         assert!(larson(&System, 3, 50, 1, d).ops > 0);
         assert!(objects_box(make64, d).ops > 0);
+        assert!(large(&System, 2, 1, d).ops > 0);
+    }
+
+    #[test]
+    fn page_floor_counts_pages_touched() {
+        let base = 0x10_0000usize;
+        let o = |off: usize, size| Obj((base + off) as *mut u8, size);
+        // One byte on page 0, a span over pages 1-2, a second object on page 2, page 5.
+        let objs = [
+            o(10, 1),
+            o(4096 + 4000, 200),
+            o(8192 + 500, 8),
+            o(5 * 4096, 4096),
+        ];
+        assert_eq!(page_floor_kib(objs.into_iter()), 4 * 4);
+    }
+
+    #[test]
+    fn idle_measures_rss() {
+        let f = idle(&System, 8 << 20, 3);
+        assert!(f.rss_burst_kib > f.rss_base_kib + 32 * 1024, "{f:?}");
+        assert!(f.sample.ops > 8000);
     }
 
     #[test]

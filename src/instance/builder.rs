@@ -24,6 +24,8 @@ pub struct KmemBuilder {
     cpus: Option<usize>,
     fault: FaultInjection,
     commit: Option<cpu::CommitMode>,
+    /// `None`: the default delay; `Some(None)`: no decay.
+    decay_ms: Option<Option<u64>>,
 }
 
 impl KmemBuilder {
@@ -96,6 +98,66 @@ impl KmemBuilder {
         self
     }
 
+    /// How long free memory stays with the instance before it goes back to the OS by itself
+    /// (the decay, in the spirit of jemalloc's `dirty_decay_ms`; see the page module's
+    /// `decay.rs`): `Some(ms)` releases a free page block once it has been free for about `ms`
+    /// milliseconds (between `ms` and `1.5 ms`), checked from the allocation slow paths — no
+    /// background thread; `Some(0)` releases every free block at every check; `None` keeps the older policy
+    /// (free blocks of 2 MiB and more are released as they form, smaller ones only by
+    /// [`Kmem::shrink_all`]). Default: [`DEFAULT_DECAY_MS`] (200 ms); the global instance
+    /// reads `KMEM_DECAY_MS` (milliseconds, or `off`) instead. [`Kmem::shrink_all`] returns
+    /// everything at once either way.
+    ///
+    /// ```
+    /// let k = kmem::Kmem::builder().dirty_decay_ms(Some(0)).cpus(1).nodes(1).build()?;
+    /// let c = k.create_cache("decaying", 4096, kmem::CacheConfig::new().max_order(0))?;
+    /// let objs: Vec<_> = (0..64).map(|_| c.alloc().unwrap()).collect();
+    /// // SAFETY: every pointer came from `c`, appears once, and is not used afterwards.
+    /// unsafe { c.free_bulk(&objs) }; // most empty slabs go back to the page allocator, dirty
+    /// let before = k.page_stats();
+    /// assert!(before.resident_bytes > before.mapped_bytes - before.free_bytes);
+    /// // The next slow path runs the decay: with a delay of 0 the free pages go back at once.
+    /// // (The first allocation takes the CPU slab's free object on the fast path, which never
+    /// // ticks; the second one refills.)
+    /// let p = [c.alloc().unwrap(), c.alloc().unwrap()];
+    /// let after = k.page_stats();
+    /// assert!(after.released_bytes_total > before.released_bytes_total);
+    /// assert!(after.resident_bytes < before.resident_bytes);
+    /// // SAFETY: both came from `c` and are freed once.
+    /// unsafe { c.free_bulk(&p) };
+    /// let err = kmem::Kmem::builder().dirty_decay_ms(Some(u64::MAX)).build().unwrap_err();
+    /// assert!(matches!(err, kmem::KmemError::InvalidConfig { parameter: "dirty_decay_ms", .. }));
+    /// # Ok::<(), kmem::KmemError>(())
+    /// ```
+    pub fn dirty_decay_ms(mut self, ms: Option<u64>) -> Self {
+        self.decay_ms = Some(ms);
+        self
+    }
+
+    /// The global instance's decay delay: `KMEM_DECAY_MS` when set (read with `getenv`, which
+    /// does not allocate), else the default. A value that is neither a number of milliseconds
+    /// nor `off` is reported on stderr once and the default is used.
+    #[cfg_attr(any(miri, loom), allow(unused_mut))]
+    pub(super) fn decay_from_env(mut self) -> Self {
+        #[cfg(not(any(miri, loom)))]
+        {
+            // SAFETY: a NUL-terminated name; getenv returns null or a NUL-terminated string.
+            let v = unsafe { libc::getenv(c"KMEM_DECAY_MS".as_ptr()) };
+            if !v.is_null() {
+                // SAFETY: as above.
+                let v = unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes();
+                match parse_decay(v) {
+                    Some(d) => self.decay_ms = Some(d),
+                    None => os::write_stderr(&[
+                        "kmem: KMEM_DECAY_MS is neither a number of milliseconds nor \"off\"; \
+                         using the default decay delay",
+                    ]),
+                }
+            }
+        }
+        self
+    }
+
     /// Makes page allocations fail on purpose (see [`FaultInjection`]). Default: none.
     ///
     /// ```
@@ -152,6 +214,17 @@ impl KmemBuilder {
             return Err(cfg("nodes", nr_nodes, "must be between 1 and 1024"));
         }
         check_os_page_size(os::page_size())?;
+        let decay_ns = match self.decay_ms.unwrap_or(Some(DEFAULT_DECAY_MS)) {
+            None => None,
+            Some(ms) if ms <= MAX_DECAY_MS => Some(ms * 1_000_000),
+            Some(ms) => {
+                return Err(cfg(
+                    "dirty_decay_ms",
+                    ms.min(usize::MAX as u64) as usize,
+                    "must be at most 10^10 ms (about 115 days), or None for no decay",
+                ))
+            }
+        };
         let limit = self.memory_limit.unwrap_or(usize::MAX);
         if limit < PAGE_SIZE {
             return Err(cfg(
@@ -194,7 +267,11 @@ impl KmemBuilder {
         let nodes_off = core::mem::size_of::<KmemShared>().next_multiple_of(128);
         let slot_off =
             (nodes_off + nr_nodes * core::mem::size_of::<PageAllocator>()).next_multiple_of(64);
-        let map_size = (slot_off + nr_cpus * 2).next_multiple_of(PAGE_SIZE);
+        // Per node, one per-CPU page list slot per CPU slot (`page/pcp.rs`).
+        let pcp_off = (slot_off + nr_cpus * 2).next_multiple_of(128);
+        let nr_pcp = nr_nodes * nr_cpus;
+        let map_size =
+            (pcp_off + nr_pcp * core::mem::size_of::<PcpSlot>()).next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
             .ok_or(KmemError::OutOfMemory {
                 what: "allocator metadata",
@@ -209,6 +286,10 @@ impl KmemBuilder {
             let shared = base as *mut KmemShared;
             let nodes = base.add(nodes_off) as *mut PageAllocator;
             let slot_node = base.add(slot_off) as *mut u16;
+            let pcp = base.add(pcp_off) as *mut PcpSlot;
+            for i in 0..nr_pcp {
+                ptr::write(pcp.add(i), PcpSlot::new());
+            }
             for slot in 0..nr_cpus {
                 let nid = if fake_nodes {
                     slot * nr_nodes / nr_cpus
@@ -225,7 +306,7 @@ impl KmemBuilder {
                     nr_cpus,
                     rseq,
                     tid_step: TidStep::new(nr_cpus),
-                    budget: PageBudget::new(limit, self.fault),
+                    budget: PageBudget::new(limit, self.fault).with_decay(decay_ns),
                     nodes,
                     slot_node,
                     registry: SpinLock::new(
@@ -241,7 +322,11 @@ impl KmemBuilder {
             );
             let budget = &(*shared).budget as *const PageBudget;
             for nid in 0..nr_nodes {
-                ptr::write(nodes.add(nid), PageAllocator::new(nid, budget));
+                // Node `nid` owns slots `[nid * nr_cpus, (nid + 1) * nr_cpus)`.
+                ptr::write(
+                    nodes.add(nid),
+                    PageAllocator::new(nid, budget).with_pcp(pcp.add(nid * nr_cpus), nr_cpus),
+                );
                 // The instance outlives its page allocators (they live inside it).
                 (*nodes.add(nid)).set_reclaim_hook(reclaim_hook, shared as *const ());
             }
@@ -281,5 +366,52 @@ mod tests {
             assert!(e.to_string().contains("page size"), "{e}");
         }
         assert_eq!(check_os_page_size(os::page_size()), Ok(()));
+    }
+}
+
+/// The largest decay delay accepted (ms): about 115 days, far from overflowing nanoseconds.
+const MAX_DECAY_MS: u64 = 10_000_000_000;
+
+/// Parses `KMEM_DECAY_MS`: `off` (no decay) or a decimal number of milliseconds up to
+/// [`MAX_DECAY_MS`]; `None` for anything else.
+#[cfg_attr(any(miri, loom), allow(dead_code))]
+fn parse_decay(v: &[u8]) -> Option<Option<u64>> {
+    if v == b"off" {
+        return Some(None);
+    }
+    if v.is_empty() || v.len() > 11 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + (b - b'0') as u64;
+    }
+    (n <= MAX_DECAY_MS).then_some(Some(n))
+}
+
+#[cfg(all(test, not(loom)))]
+mod decay_tests {
+    use super::parse_decay;
+
+    #[test]
+    fn decay_env_values() {
+        assert_eq!(parse_decay(b"off"), Some(None));
+        assert_eq!(parse_decay(b"0"), Some(Some(0)));
+        assert_eq!(parse_decay(b"250"), Some(Some(250)));
+        assert_eq!(parse_decay(b"10000000000"), Some(Some(10_000_000_000)));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"1.5",
+            b"10000000001",
+            b"99999999999999",
+            b"Off",
+            b"1s",
+        ] {
+            assert_eq!(parse_decay(bad), None, "{:?}", core::str::from_utf8(bad));
+        }
     }
 }

@@ -24,7 +24,10 @@ pub(crate) use shared::{KmemShared, Registry};
 use crate::cache::KmemCache;
 use crate::config::CacheConfig;
 use crate::error::KmemError;
-use crate::page::{FaultInjection, PageAllocator, PageBudget, PageStats, CHUNK_SIZE, PAGE_SIZE};
+use crate::page::{
+    FaultInjection, PageAllocator, PageBudget, PageStats, PcpSlot, CHUNK_SIZE, DEFAULT_DECAY_MS,
+    PAGE_SIZE,
+};
 use crate::slub::cpu_slab::TidStep;
 use crate::slub::CacheInner;
 use crate::stats::SlabInfo;
@@ -148,6 +151,7 @@ impl Kmem {
             // part (the error the builder would return needs an allocation).
             crate::debug::flags::check_env_or_abort();
             let k = KmemBuilder::default()
+                .decay_from_env()
                 .build_shared()
                 .ok()
                 .map(|shared| Kmem { shared })?;
@@ -274,7 +278,9 @@ impl Kmem {
     pub fn shrink_all(&self) {
         self.shared().for_each_cache(|c| c.shrink());
         for nid in 0..self.nodes() {
-            self.shared().node_pages(nid).release_free();
+            let pages = self.shared().node_pages(nid);
+            pages.drain_pcp(false);
+            pages.release_free();
         }
     }
 

@@ -51,6 +51,19 @@ impl KmemShared {
         unsafe { *self.slot_node.add(slot) as usize }
     }
 
+    /// A decay tick on every node (`page/decay.rs`): cheap unless a run is due. Called from
+    /// the slab allocation slow path with no kmem lock held.
+    #[inline]
+    pub(crate) fn decay_tick(&self) {
+        if self.budget.decay_ns.is_none() {
+            return;
+        }
+        let now = self.budget.decay_now();
+        for nid in 0..self.nr_nodes {
+            self.node_pages(nid).decay_tick(now);
+        }
+    }
+
     /// Records that a cache leaked slabs: the instance's memory must then never be unmapped.
     pub(crate) fn mark_leaked(&self) {
         self.leaked.store(true, Ordering::Relaxed);
@@ -93,7 +106,8 @@ impl KmemShared {
     /// Fork support (the `pthread_atfork` prepare handler in `instance/fork.rs`): takes every lock of
     /// this instance, in lock order, and returns with all of them held and no guard:
     /// the registry lock, then every slot lock of every cache, every CPU sheaf lock, every
-    /// sheaf pool lock, every node `list_lock`, every barn lock, then every node's page lock. Taking a whole level before the next keeps the
+    /// sheaf pool lock, every node `list_lock`, every barn lock, then every node's per-CPU page
+    /// list locks, then every node's page lock. Taking a whole level before the next keeps the
     /// walk consistent with the lock order (no kmem path holds a lower-level lock while waiting
     /// for a higher-level one), so the walk cannot deadlock with running allocations.
     #[cfg(not(any(loom, miri)))]
@@ -115,6 +129,9 @@ impl KmemShared {
         each(&|c| (0..c.nr_nodes).for_each(|n| c.node(n).list_lock.raw_lock()));
         each(&|c| c.barns().iter().for_each(|b| b.lists.raw_lock()));
         for nid in 0..self.nr_nodes {
+            self.node_pages(nid).fork_lock_pcp();
+        }
+        for nid in 0..self.nr_nodes {
             self.node_pages(nid).fork_lock();
         }
         core::mem::forget(r);
@@ -130,7 +147,10 @@ impl KmemShared {
     pub(crate) unsafe fn fork_unlock_all(&self) {
         for nid in 0..self.nr_nodes {
             // SAFETY: taken by fork_lock_all (contract).
-            unsafe { self.node_pages(nid).fork_unlock() };
+            unsafe {
+                self.node_pages(nid).fork_unlock();
+                self.node_pages(nid).fork_unlock_pcp();
+            }
         }
         // Dropping `r` at the end releases it.
         // SAFETY: the registry lock was taken by fork_lock_all (contract).
@@ -256,6 +276,8 @@ pub(super) unsafe fn destroy_shared(shared: NonNull<KmemShared>) {
     // SAFETY: exclusive: no handle or cache refers to `shared` any more (contract).
     unsafe {
         for nid in 0..s.nr_nodes {
+            // Its per-CPU lists go back to the buddy lists first (the slots live in this
+            // mapping, after the allocators; plain data, nothing to drop).
             ptr::drop_in_place(s.nodes.add(nid) as *mut PageAllocator);
         }
         let size = s.map_size;

@@ -39,8 +39,8 @@ const MALLOC_ALIGN: usize = 8;
 enum Found {
     /// An object of kmalloc class cache `cache`, in the slab whose head descriptor is given.
     Object(&'static CacheInner, &'static Page),
-    /// The head of an allocated page block of this order.
-    Block(&'static Page, u32),
+    /// The head of an allocated page block of this many pages.
+    Block(&'static Page, usize),
     /// The start of a kmalloc OS mapping of this length and alignment.
     Mapping(usize, usize),
     /// Not kmem's memory.
@@ -118,9 +118,9 @@ fn find(func: &str, ptr: *mut u8) -> Found {
             if page_address(page) != ptr {
                 invalid(func, ptr, "inside a kmem page block, not at its start");
             }
-            Found::Block(page, info.order())
+            Found::Block(page, info.block_pages())
         }
-        PageKind::Free => invalid(func, ptr, "a free kmem page (double free?)"),
+        PageKind::Free | PageKind::Pcp => invalid(func, ptr, "a free kmem page (double free?)"),
         _ => invalid(func, ptr, "inside kmem page memory that is not allocated"),
     }
 }
@@ -157,7 +157,7 @@ pub fn init() -> bool {
 pub fn malloc(size: usize) -> *mut u8 {
     let _g = super::reentry::enter();
     match malloc_layout(size, MALLOC_ALIGN) {
-        Some(l) => kmalloc(l),
+        Some(l) => kmalloc(l, KmallocClasses::Spaced),
         None => ptr::null_mut(),
     }
 }
@@ -179,7 +179,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
         .checked_mul(size)
         .and_then(|b| malloc_layout(b, MALLOC_ALIGN))
     {
-        Some(l) => kzalloc(l),
+        Some(l) => kzalloc(l, KmallocClasses::Spaced),
         None => ptr::null_mut(),
     }
 }
@@ -200,7 +200,7 @@ pub fn aligned(align: usize, size: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     match malloc_layout(size, align) {
-        Some(l) => kmalloc(l),
+        Some(l) => kmalloc(l, KmallocClasses::Spaced),
         None => ptr::null_mut(),
     }
 }
@@ -236,7 +236,7 @@ unsafe fn free_found(ptr: *mut u8, found: Found) -> bool {
             unsafe { cache.slab_free(slab, ptr as usize) };
             true
         }
-        Found::Block(page, order) => {
+        Found::Block(page, pages) => {
             let Some(k) = Kmem::try_global() else {
                 invalid(
                     "free",
@@ -248,11 +248,11 @@ unsafe fn free_found(ptr: *mut u8, found: Found) -> bool {
             if page.node() >= s.nr_nodes {
                 invalid("free", ptr, "a page block of another kmem instance");
             }
-            // `free_pages` re-checks ownership, node and order under its lock.
-            // SAFETY: `page` heads an allocated block of `order` that the caller gives back.
+            // `free_pages_exact` re-checks ownership, node and size under its lock.
+            // SAFETY: `page` heads an allocated block of `pages` pages that the caller gives back.
             unsafe {
                 s.node_pages(page.node())
-                    .free_pages(NonNull::from(page), order)
+                    .free_pages_exact(NonNull::from(page), pages)
             };
             true
         }
@@ -289,7 +289,7 @@ pub fn usable_size(ptr: *mut u8) -> Option<usize> {
 fn usable_found(found: Found) -> Option<usize> {
     match found {
         Found::Object(cache, _) => Some(cache.geo.object_size),
-        Found::Block(_, order) => Some(PAGE_SIZE << order),
+        Found::Block(_, pages) => Some(PAGE_SIZE * pages),
         Found::Mapping(bytes, _) => Some(bytes),
         Found::Foreign => None,
     }
@@ -330,7 +330,7 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
             _ => Ok(ptr::null_mut()),
         };
     };
-    let old_usable = match (&found, kind_of(new)) {
+    let old_usable = match (&found, kind_of(new, KmallocClasses::Spaced)) {
         (Found::Foreign, _) => return Err(NotKmem),
         (Found::Object(cache, _), Kind::Class(idx)) => {
             if ptr::eq(KMALLOC_CACHES[idx].load(Ordering::Relaxed), *cache) {
@@ -339,29 +339,38 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
             cache.geo.object_size
         }
         (Found::Object(cache, _), _) => cache.geo.object_size,
-        (&Found::Block(page, o1), Kind::Pages(o2)) => {
-            if o1 == o2 {
+        (&Found::Block(page, n1), Kind::Pages(n2)) => {
+            if n1 == n2 {
                 return Ok(ptr);
             }
             if let Some(k) = Kmem::try_global() {
                 let s = k.shared();
                 if page.node() < s.nr_nodes {
                     let pages = s.node_pages(page.node());
-                    // SAFETY: `page` heads an allocated block of order `o1` of this node that the caller owns (found above).
-                    if unsafe { pages.resize_in_place(NonNull::from(page), o1, o2) } {
+                    // SAFETY: `page` heads an allocated block of `n1` pages of this node that the caller owns (found above).
+                    if unsafe { pages.resize_exact(NonNull::from(page), n1, n2) } {
                         return Ok(ptr);
                     }
                 }
             }
-            PAGE_SIZE << o1
+            PAGE_SIZE * n1
         }
-        (&Found::Block(_, o1), _) => PAGE_SIZE << o1,
+        (&Found::Block(_, n1), _) => PAGE_SIZE * n1,
         (&Found::Mapping(bytes, _), Kind::Os { bytes: b2, .. }) if bytes == b2 => {
             return Ok(ptr);
         }
+        (&Found::Mapping(bytes, align), Kind::Os { bytes: b2, .. }) => {
+            // Moved by mremap, not copied (in place, or to a new address).
+            // SAFETY: `ptr` starts this registered mapping, which the caller owns (found above).
+            let q = unsafe { super::huge::remap(ptr, bytes, align, b2) };
+            if !q.is_null() {
+                return Ok(q);
+            }
+            bytes
+        }
         (&Found::Mapping(bytes, _), _) => bytes,
     };
-    let p = kmalloc(new);
+    let p = kmalloc(new, KmallocClasses::Spaced);
     if !p.is_null() {
         // SAFETY: both allocations are live, distinct, and at least this long.
         unsafe { ptr::copy_nonoverlapping(ptr, p, old_usable.min(size)) };
@@ -371,10 +380,10 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
     Ok(p)
 }
 
-/// A page block of `2^order` pages, for tests of block ownership.
+/// A page block of `pages` pages, for tests of block ownership.
 #[cfg(all(test, not(loom)))]
-pub(super) fn block_for_tests(order: u32) -> *mut u8 {
-    super::paths::alloc_block(order, false)
+pub(super) fn block_for_tests(pages: usize) -> *mut u8 {
+    super::paths::alloc_block(pages, false)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -473,20 +482,21 @@ mod tests {
     }
 
     #[test]
-    fn block_orders_change_in_place_when_the_buddy_is_free() {
-        let p = malloc(20_000); // order 3 (32 KiB)
-                                // SAFETY: ours, and not used after the call.
-        let q = unsafe { realloc(p, 10_000) }.unwrap(); // order 2: shrinks in place
+    fn page_blocks_are_exact_and_shrink_in_place() {
+        let p = malloc(20_000); // 5 pages, not 8
+        assert_eq!(usable_size(p), Some(5 * PAGE_SIZE));
+        // SAFETY: ours, and not used after the call.
+        let q = unsafe { realloc(p, 10_000) }.unwrap(); // 3 pages: shrinks in place
         assert_eq!(p, q);
-        assert_eq!(usable_size(q), Some(16384));
+        assert_eq!(usable_size(q), Some(3 * PAGE_SIZE));
         // SAFETY: ours.
         assert!(unsafe { free(q) });
     }
 
     #[test]
     fn a_page_block_is_found_by_its_head_only() {
-        let b = block_for_tests(2);
-        assert_eq!(usable_size(b), Some(4 * PAGE_SIZE));
+        let b = block_for_tests(3);
+        assert_eq!(usable_size(b), Some(3 * PAGE_SIZE));
         // SAFETY: the block is ours.
         assert!(unsafe { free(b) });
     }

@@ -1,9 +1,11 @@
-//! [`Kmalloc`]: the `GlobalAlloc` and `allocator_api2::Allocator` faces of kmalloc, both thin
-//! wrappers over one core (`Kmalloc::core_*`), which enters the re-entrancy guard and calls the
-//! paths.
+//! [`Kmalloc`] and [`KmallocKernel`]: the `GlobalAlloc` and `allocator_api2::Allocator` faces
+//! of kmalloc, thin wrappers (one set of impls, written once by a macro for both types) over
+//! one core (`core_*`), which enters the re-entrancy guard and calls the paths with the type's
+//! class set.
 
 use super::paths::{kfree, kmalloc, krealloc, kzalloc};
 use super::reentry;
+use super::KmallocClasses;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
@@ -11,10 +13,11 @@ use core::ptr::{self, NonNull};
 /// [`allocator_api2`](allocator_api2::alloc::Allocator) allocator, on [`Kmem::global()`](crate::Kmem::global).
 ///
 /// Small layouts go to the `kmalloc-*` slab caches (see [`kmalloc_size_classes`](crate::kmalloc_size_classes) and the
-/// alignment rule in [`kmalloc_class_for`](crate::kmalloc_class_for)), larger ones to buddy page blocks of the calling
-/// CPU's node, and those above 4 MiB to their own OS mappings. Allocation failure returns null
+/// alignment rule in [`kmalloc_class_for`](crate::kmalloc_class_for)), larger ones to page blocks of exactly the pages they
+/// need from the calling CPU's node, and those above 4 MiB to their own OS mappings (which
+/// `realloc` resizes with `mremap`). Allocation failure returns null
 /// (or `AllocError`); nothing on these paths allocates or panics. A `dealloc` whose layout
-/// does not match the memory (wrong class, wrong block order, foreign pointer, double free of
+/// does not match the memory (wrong class, wrong block size, foreign pointer, double free of
 /// a block) aborts with a message.
 ///
 /// ```
@@ -33,7 +36,11 @@ use core::ptr::{self, NonNull};
 /// v.extend_from_slice(b"slab");
 /// assert_eq!(&v[..], b"slab");
 /// ```
-#[derive(Clone, Copy, Default, Debug)]
+///
+/// `Kmalloc` rounds small layouts to the spaced classes ([`KmallocClasses::Spaced`]);
+/// [`Kmalloc::kernel_classes`] gives the same allocator with the kernel's sizes
+/// ([`KmallocKernel`]).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Kmalloc;
 
 impl Kmalloc {
@@ -52,82 +59,191 @@ impl Kmalloc {
     pub const fn new() -> Self {
         Kmalloc
     }
+
+    /// kmalloc rounding to the Linux kernel's sizes ([`KmallocClasses::Kernel`]) instead.
+    pub const fn kernel_classes() -> KmallocKernel {
+        KmallocKernel
+    }
+
+    /// The class set of this allocator ([`KmallocClasses::Spaced`]).
+    pub const fn classes(&self) -> KmallocClasses {
+        KmallocClasses::Spaced
+    }
 }
 
-/// The one core both faces call: enter the re-entrancy guard, take the path.
-impl Kmalloc {
-    /// Memory for `layout` (size > 0), zeroed if asked; null when exhausted.
-    #[inline(always)]
-    fn core_alloc(layout: Layout, zero: bool) -> *mut u8 {
-        let _g = reentry::enter();
-        if zero {
-            kzalloc(layout)
-        } else {
-            kmalloc(layout)
+/// [`Kmalloc`] with the Linux kernel's kmalloc sizes (8, 16, 32, 64, 96, 128, 192, then
+/// powers of two to 8192: [`KmallocClasses::Kernel`]) for callers that want them, served by
+/// the same caches. Memory must be freed by the allocator type that allocated it (the class
+/// follows from the layout and the set).
+///
+/// ```
+/// use core::alloc::{GlobalAlloc, Layout};
+/// use kmem::{Kmalloc, KmallocClasses, KmallocKernel};
+/// static KERNEL: KmallocKernel = Kmalloc::kernel_classes();
+/// assert_eq!(KERNEL.classes(), KmallocClasses::Kernel);
+/// let layout = Layout::from_size_align(300, 8).unwrap();
+/// // SAFETY: `layout` has a non-zero size.
+/// let p = unsafe { KERNEL.alloc(layout) };
+/// assert_eq!(kmem::cabi::usable_size(p), Some(512)); // kmalloc-512, not kmalloc-320
+/// // SAFETY: `p` came from `KERNEL.alloc(layout)` and is freed once with the same layout.
+/// unsafe { KERNEL.dealloc(p, layout) };
+/// ```
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct KmallocKernel;
+
+impl KmallocKernel {
+    /// The class set of this allocator ([`KmallocClasses::Kernel`]).
+    pub const fn classes(&self) -> KmallocClasses {
+        KmallocClasses::Kernel
+    }
+}
+
+/// Memory for `layout` (size > 0) in class set `classes`, zeroed if asked; null when
+/// exhausted.
+#[inline(always)]
+fn core_alloc(classes: KmallocClasses, layout: Layout, zero: bool) -> *mut u8 {
+    let _g = reentry::enter();
+    if zero {
+        kzalloc(layout, classes)
+    } else {
+        kmalloc(layout, classes)
+    }
+}
+
+/// Frees `ptr`, allocated with `layout` (size > 0) in `classes`.
+///
+/// # Safety
+/// `ptr` came from this class set with `layout` and is freed once.
+#[inline(always)]
+unsafe fn core_free(classes: KmallocClasses, ptr: *mut u8, layout: Layout) {
+    let _g = reentry::enter();
+    // SAFETY: forwarded contract.
+    unsafe { kfree(ptr, layout, classes) }
+}
+
+/// Moves `ptr` (allocated with `old`, size > 0) to memory for `new` (size > 0), zeroing the
+/// bytes past `old.size()` if asked; null (and `ptr` untouched) when exhausted.
+///
+/// # Safety
+/// `ptr` came from this class set with `old`; `new.align() == old.align()`.
+#[inline]
+unsafe fn core_realloc(
+    classes: KmallocClasses,
+    ptr: *mut u8,
+    old: Layout,
+    new: Layout,
+    zero_tail: bool,
+) -> *mut u8 {
+    let _g = reentry::enter();
+    // SAFETY: forwarded contract.
+    let p = unsafe { krealloc(ptr, old, new, classes) };
+    if zero_tail && !p.is_null() && new.size() > old.size() {
+        // SAFETY: `p` holds `new.size()` bytes; the tail past the old contents is ours.
+        unsafe { ptr::write_bytes(p.add(old.size()), 0, new.size() - old.size()) };
+    }
+    p
+}
+
+/// `GlobalAlloc` and `allocator_api2::Allocator` for a zero-sized kmalloc handle whose class
+/// set is `$classes`.
+macro_rules! kmalloc_impls {
+    ($t:ty, $classes:expr) => {
+        // SAFETY: every path returns memory of at least `layout.size()` bytes aligned to
+        // `layout.align()` (classes by the alignment rule, blocks by buddy alignment, mappings
+        // by `os::map`'s alignment) or null; memory is only reused after `dealloc`.
+        unsafe impl GlobalAlloc for $t {
+            #[inline]
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                core_alloc($classes, layout, false)
+            }
+
+            #[inline]
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                core_alloc($classes, layout, true)
+            }
+
+            #[inline]
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: GlobalAlloc contract: `ptr` was allocated by us with `layout`.
+                unsafe { core_free($classes, ptr, layout) }
+            }
+
+            #[inline]
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                // SAFETY: GlobalAlloc contract: `new_size` rounded up to `layout.align()` fits
+                // in isize.
+                let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+                // SAFETY: GlobalAlloc contract: `ptr` is ours with `layout`; `new_size > 0`.
+                unsafe { core_realloc($classes, ptr, layout, new, false) }
+            }
         }
-    }
 
-    /// Frees `ptr`, allocated with `layout` (size > 0).
-    ///
-    /// # Safety
-    /// `ptr` came from this allocator with `layout` and is freed once.
-    #[inline(always)]
-    unsafe fn core_free(ptr: *mut u8, layout: Layout) {
-        let _g = reentry::enter();
-        // SAFETY: forwarded contract.
-        unsafe { kfree(ptr, layout) }
-    }
+        // SAFETY: as for GlobalAlloc; zero-sized layouts get a dangling aligned pointer that
+        // is never passed to kfree; the handle is stateless, so clones and copies share all
+        // memory. `grow`/`shrink` keep the alignment (the Allocator contract allows a
+        // different one; kmalloc's layouts of both sizes then go to `allocate` + copy).
+        unsafe impl allocator_api2::alloc::Allocator for $t {
+            #[inline]
+            fn allocate(
+                &self,
+                layout: Layout,
+            ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                api2::allocate($classes, layout, false)
+            }
 
-    /// Moves `ptr` (allocated with `old`, size > 0) to memory for `new` (size > 0), zeroing the
-    /// bytes past `old.size()` if asked; null (and `ptr` untouched) when exhausted.
-    ///
-    /// # Safety
-    /// `ptr` came from this allocator with `old`; `new.align() == old.align()`.
-    #[inline]
-    unsafe fn core_realloc(ptr: *mut u8, old: Layout, new: Layout, zero_tail: bool) -> *mut u8 {
-        let _g = reentry::enter();
-        // SAFETY: forwarded contract.
-        let p = unsafe { krealloc(ptr, old, new) };
-        if zero_tail && !p.is_null() && new.size() > old.size() {
-            // SAFETY: `p` holds `new.size()` bytes; the tail past the old contents is ours.
-            unsafe { ptr::write_bytes(p.add(old.size()), 0, new.size() - old.size()) };
+            #[inline]
+            fn allocate_zeroed(
+                &self,
+                layout: Layout,
+            ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                api2::allocate($classes, layout, true)
+            }
+
+            #[inline]
+            unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+                // SAFETY: Allocator contract: allocated by us with `layout`.
+                unsafe { api2::deallocate($classes, ptr, layout) }
+            }
+
+            unsafe fn grow(
+                &self,
+                ptr: NonNull<u8>,
+                old: Layout,
+                new: Layout,
+            ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                // SAFETY: Allocator contract.
+                unsafe { api2::resize($classes, ptr, old, new, false) }
+            }
+
+            unsafe fn grow_zeroed(
+                &self,
+                ptr: NonNull<u8>,
+                old: Layout,
+                new: Layout,
+            ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                // SAFETY: Allocator contract.
+                unsafe { api2::resize($classes, ptr, old, new, true) }
+            }
+
+            unsafe fn shrink(
+                &self,
+                ptr: NonNull<u8>,
+                old: Layout,
+                new: Layout,
+            ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                // SAFETY: Allocator contract.
+                unsafe { api2::resize($classes, ptr, old, new, false) }
+            }
         }
-        p
-    }
+    };
 }
 
-// SAFETY: every path returns memory of at least `layout.size()` bytes aligned to
-// `layout.align()` (classes by the alignment rule, blocks by buddy alignment, mappings by
-// `os::map`'s alignment) or null; memory is only reused after `dealloc`.
-unsafe impl GlobalAlloc for Kmalloc {
-    #[inline]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        Self::core_alloc(layout, false)
-    }
-
-    #[inline]
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        Self::core_alloc(layout, true)
-    }
-
-    #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: GlobalAlloc contract: `ptr` was allocated by us with `layout`.
-        unsafe { Self::core_free(ptr, layout) }
-    }
-
-    #[inline]
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: GlobalAlloc contract: `new_size` rounded up to `layout.align()` fits in isize.
-        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        // SAFETY: GlobalAlloc contract: `ptr` is ours with `layout`; `new_size > 0`.
-        unsafe { Self::core_realloc(ptr, layout, new, false) }
-    }
-}
+kmalloc_impls!(Kmalloc, KmallocClasses::Spaced);
+kmalloc_impls!(KmallocKernel, KmallocClasses::Kernel);
 
 mod api2 {
     use super::*;
-    use allocator_api2::alloc::{AllocError, Allocator};
+    use allocator_api2::alloc::AllocError;
 
     fn dangling(align: usize) -> NonNull<[u8]> {
         // SAFETY: an alignment is never zero.
@@ -141,63 +257,28 @@ mod api2 {
             .ok_or(AllocError)
     }
 
-    // SAFETY: as for GlobalAlloc; zero-sized layouts get a dangling aligned pointer that is
-    // never passed to kfree; `Kmalloc` is a stateless handle, so clones and copies share all
-    // memory. `grow`/`shrink` keep the alignment (the Allocator contract allows a different
-    // one; kmalloc's layouts of both sizes then go to `allocate` + copy).
-    unsafe impl Allocator for Kmalloc {
-        #[inline]
-        fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-            if layout.size() == 0 {
-                return Ok(dangling(layout.align()));
-            }
-            slice(Kmalloc::core_alloc(layout, false), layout.size())
+    /// `allocate`/`allocate_zeroed`: zero-sized layouts get a dangling aligned pointer.
+    #[inline]
+    pub(super) fn allocate(
+        classes: KmallocClasses,
+        layout: Layout,
+        zero: bool,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            return Ok(dangling(layout.align()));
         }
+        slice(core_alloc(classes, layout, zero), layout.size())
+    }
 
-        #[inline]
-        fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-            if layout.size() == 0 {
-                return Ok(dangling(layout.align()));
-            }
-            slice(Kmalloc::core_alloc(layout, true), layout.size())
-        }
-
-        #[inline]
-        unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-            if layout.size() != 0 {
-                // SAFETY: Allocator contract: allocated by us with `layout`.
-                unsafe { Kmalloc::core_free(ptr.as_ptr(), layout) }
-            }
-        }
-
-        unsafe fn grow(
-            &self,
-            ptr: NonNull<u8>,
-            old: Layout,
-            new: Layout,
-        ) -> Result<NonNull<[u8]>, AllocError> {
-            // SAFETY: Allocator contract.
-            unsafe { resize(ptr, old, new, false) }
-        }
-
-        unsafe fn grow_zeroed(
-            &self,
-            ptr: NonNull<u8>,
-            old: Layout,
-            new: Layout,
-        ) -> Result<NonNull<[u8]>, AllocError> {
-            // SAFETY: Allocator contract.
-            unsafe { resize(ptr, old, new, true) }
-        }
-
-        unsafe fn shrink(
-            &self,
-            ptr: NonNull<u8>,
-            old: Layout,
-            new: Layout,
-        ) -> Result<NonNull<[u8]>, AllocError> {
-            // SAFETY: Allocator contract.
-            unsafe { resize(ptr, old, new, false) }
+    /// `deallocate`: zero-sized layouts were never allocated.
+    ///
+    /// # Safety
+    /// Allocator contract: `ptr` is ours with `layout`.
+    #[inline]
+    pub(super) unsafe fn deallocate(classes: KmallocClasses, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() != 0 {
+            // SAFETY: forwarded contract.
+            unsafe { core_free(classes, ptr.as_ptr(), layout) }
         }
     }
 
@@ -206,31 +287,23 @@ mod api2 {
     ///
     /// # Safety
     /// The `Allocator::grow`/`shrink` contract: `ptr` is ours with `old`.
-    unsafe fn resize(
+    pub(super) unsafe fn resize(
+        classes: KmallocClasses,
         ptr: NonNull<u8>,
         old: Layout,
         new: Layout,
         zero: bool,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        let a = Kmalloc;
         if old.size() == 0 {
-            return if zero {
-                a.allocate_zeroed(new)
-            } else {
-                a.allocate(new)
-            };
+            return allocate(classes, new, zero);
         }
         if new.size() == 0 {
             // SAFETY: Allocator contract.
-            unsafe { a.deallocate(ptr, old) };
+            unsafe { deallocate(classes, ptr, old) };
             return Ok(dangling(new.align()));
         }
         if new.align() != old.align() {
-            let fresh = if zero {
-                a.allocate_zeroed(new)?
-            } else {
-                a.allocate(new)?
-            };
+            let fresh = allocate(classes, new, zero)?;
             // SAFETY: both blocks are live and distinct; the copy fits the smaller one.
             unsafe {
                 ptr::copy_nonoverlapping(
@@ -238,12 +311,12 @@ mod api2 {
                     fresh.as_ptr().cast::<u8>(),
                     old.size().min(new.size()),
                 );
-                a.deallocate(ptr, old);
+                deallocate(classes, ptr, old);
             }
             return Ok(fresh);
         }
         // SAFETY: Allocator contract: `ptr` is ours with `old`; both sizes > 0, same alignment.
-        let p = unsafe { Kmalloc::core_realloc(ptr.as_ptr(), old, new, zero) };
+        let p = unsafe { core_realloc(classes, ptr.as_ptr(), old, new, zero) };
         slice(p, new.size())
     }
 }

@@ -108,6 +108,49 @@ pub(crate) fn map(bytes: usize, align: usize) -> *mut u8 {
     p.as_ptr()
 }
 
+/// Resizes the registered mapping at `ptr` (`bytes` long, aligned to `align`, as [`lookup`]
+/// said) to `new` bytes (a non-zero page multiple) with `mremap`, without copying: in place
+/// when the OS can (the entry's length is updated), else moved onto a fresh reservation aligned
+/// to `align` (whose table leaf exists before anything moves; the new start is registered
+/// before the old one is forgotten). Null, with the mapping untouched, when the OS refuses:
+/// the caller allocates and copies instead.
+///
+/// # Safety
+/// `ptr` starts a registered mapping of these arguments that the caller owns.
+pub(crate) unsafe fn remap(ptr: *mut u8, bytes: usize, align: usize, new: usize) -> *mut u8 {
+    debug_assert!(new != 0 && new & 4095 == 0);
+    let (Some((i, j)), Some(p)) = (split(ptr as usize), NonNull::new(ptr)) else {
+        return null_mut();
+    };
+    let Some(old_leaf) = leaf(i, false) else {
+        return null_mut();
+    };
+    // SAFETY: the caller owns the mapping (contract).
+    if unsafe { os::remap_in_place(p, bytes, new) } {
+        old_leaf.0[j].store(encode(new, align), Ordering::Release);
+        return ptr;
+    }
+    let Some(target) = os::map_partial(new, 0, align) else {
+        return null_mut();
+    };
+    let Some((new_leaf, j2)) =
+        split(target.as_ptr() as usize).and_then(|(i2, j2)| Some((leaf(i2, true)?, j2)))
+    else {
+        // SAFETY: the reservation made above, never handed out.
+        unsafe { os::unmap(target, new, align) };
+        return null_mut();
+    };
+    // SAFETY: the caller owns the mapping; the reservation is ours and distinct from it.
+    if !unsafe { os::remap_to(p, bytes, new, target) } {
+        // SAFETY: as above: still our reservation.
+        unsafe { os::unmap(target, new, align) };
+        return null_mut();
+    }
+    new_leaf.0[j2].store(encode(new, align), Ordering::Release);
+    old_leaf.0[j].store(0, Ordering::Release);
+    target.as_ptr()
+}
+
 /// Unregisters and unmaps the mapping at `ptr`, which [`lookup`] said is `bytes` long and
 /// aligned to `align`. Aborts if it is no longer registered so (a double free racing with this
 /// one).

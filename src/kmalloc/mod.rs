@@ -14,15 +14,19 @@
 //! | request (`max(size, align)`, `align`)     | served by                                        |
 //! |-------------------------------------------|--------------------------------------------------|
 //! | fits a class (≤ 8192 B, align ≤ 4096)     | the smallest fitting `kmalloc-*` slab cache       |
-//! | otherwise, ≤ 4 MiB (`PAGE_SIZE << MAX_ORDER`) | one buddy block of the smallest fitting order |
-//! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free), 4 MiB-aligned and registered in `huge.rs` |
+//! | otherwise, ≤ 4 MiB (`PAGE_SIZE << MAX_ORDER`) | a page block of exactly the pages needed (`alloc_pages_exact`) |
+//! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free, `mremap` on `realloc`), 4 MiB-aligned and registered in `huge.rs` |
 //!
-//! The classes are 8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 512, 1024, 2048, 4096
-//! and 8192 bytes ([`kmalloc_size_classes`]), named as in the kernel: `kmalloc-8` …
-//! `kmalloc-192`, `kmalloc-256`, `kmalloc-512`, `kmalloc-1k`, `kmalloc-2k`, `kmalloc-4k`,
-//! `kmalloc-8k`. The kernel's set plus 48, 80, 112 and 160: every multiple of 16 up to 128 is a
-//! class, so a C program's typical small objects (a 100-byte string is 104 bytes with its
-//! header) waste at most 15 bytes rather than up to 31 (issue 14: real programs on kmem).
+//! The classes ([`kmalloc_size_classes`], [`KmallocClasses::Spaced`]) are 8, 16, 32, every
+//! multiple of 16 up to 128, then four per power of two — `2^k · {5, 6, 7, 8} / 4`: 160, 192,
+//! 224, 256, 320, 384, 448, 512, … 5120, 6144, 7168, 8192 — 33 in all, so from 64 on two
+//! neighbours are at most 25% apart (jemalloc's and mimalloc's spacing) and a size between two
+//! classes wastes at most a fifth of its object. The kernel's set (8, 16, 32, 64, 96, 128, 192,
+//! then powers of two) wastes up to half an object between 256 and 8192 (issue 16: 22% more
+//! RSS than glibc on uniformly distributed sizes); it stays available as
+//! [`KmallocClasses::Kernel`] through [`Kmalloc::kernel_classes`] ([`KmallocKernel`]), served by the same caches (its
+//! sizes are a subset). The caches are named as in the kernel: `kmalloc-8` … `kmalloc-896`,
+//! `kmalloc-1k`, `kmalloc-1280`, … `kmalloc-8k` (a `k` suffix for multiples of 1024).
 //!
 //! # The alignment rule
 //!
@@ -38,18 +42,22 @@
 //!
 //! # The hot path
 //!
-//! [`kmalloc_index`] (a 25-entry table for sizes ≤ 192, as the kernel's `size_index[]`, then
-//! `ilog2`) → one load from the static cache table → `CacheInner::slab_alloc(None)`. The
-//! caches are created together, lazily, on the first allocation of any class; they live in
-//! OS mappings (never the global allocator) and are registered on [`Kmem::global()`], so
-//! `slabinfo` shows them.
+//! [`kmalloc_index`] → one load from the static cache table → `CacheInner::slab_alloc(None)`.
+//! The index costs no division, as the kernel's `kmalloc_index`: for sizes up to 128 one load
+//! from a 17-byte table indexed by `(size + 7) >> 3` (the kernel's `size_index[]`); above,
+//! `g = fls(size - 1) - 1` and the two bits of `size - 1` under its top bit select one of the
+//! four classes of the group (`IDX_128 + 1 + 4 (g - 7) + ((size - 1) >> (g - 2) & 3)`).
+//! The kernel's set uses the kernel's own table up to 192 and `fls` above. The caches are
+//! created together, lazily, on the first allocation of any class; they live in OS mappings
+//! (never the global allocator) and are registered on [`Kmem::global()`], so `slabinfo` shows
+//! them.
 //!
 //! # Freeing and checking
 //!
-//! `dealloc` derives the kind (class, block order, or OS mapping) from the layout alone and
+//! `dealloc` derives the kind (class, block page count, or OS mapping) from the layout alone and
 //! checks in O(1) that the pointer agrees: a class object's slab must belong to that class's
 //! cache and the pointer must start one of its objects (a double free that finds the object at
-//! a freelist head, or that would underflow its slab's `inuse`, is refused too); a block pointer must be the head of an allocated block of exactly that order; an OS
+//! a freelist head, or that would underflow its slab's `inuse`, is refused too); a block pointer must be the head of an allocated block of exactly that page count; an OS
 //! pointer must start a registered kmalloc mapping of that length. A mismatch aborts with a message naming what was
 //! expected and what was found.
 //!
@@ -65,7 +73,7 @@
 //!
 //! When the global instance is built, `pthread_atfork` handlers are registered once. The
 //! prepare handler takes every lock of the global instance in lock order (registry → every
-//! cache's slot locks → every cache's node `list_lock`s → every node's page lock); the parent
+//! cache's slot locks → every cache's node `list_lock`s → every node's per-CPU page list locks → every node's page lock); the parent
 //! and child handlers release them. So the child of a multi-threaded parent never inherits a
 //! lock held by a thread that does not exist in it, and can allocate. What the child can
 //! inherit is a lock-free operation cut in half by the fork (another thread between two of its
@@ -86,7 +94,7 @@ mod reentry;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-pub use global::Kmalloc;
+pub use global::{Kmalloc, KmallocKernel};
 pub(crate) use reentry::assert_outside;
 pub use reentry::kmalloc_reentrancy_guard;
 #[cfg(feature = "debug-reentrancy")]
@@ -101,8 +109,8 @@ use crate::sync::OnceSlot;
 use core::alloc::Layout;
 use core::ptr;
 
-/// Number of kmalloc size classes.
-const NR_KMALLOC: usize = 17;
+/// Number of kmalloc size classes (and caches): the spaced set; the kernel's set is a subset.
+const NR_KMALLOC: usize = 33;
 
 /// The largest size served by a kmalloc slab cache; larger requests get page blocks.
 ///
@@ -117,18 +125,33 @@ const NR_KMALLOC: usize = 17;
 /// ```
 pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 
-/// The class sizes.
+/// The class sizes: 8, 16, 32, then every 16 up to 128, then four classes per power of two
+/// (`2^k · {5, 6, 7, 8} / 4`) up to 8192, so neighbours are at most 25% apart from 64 on.
 const SIZE_CLASSES_CONST: [usize; NR_KMALLOC] = [
-    8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 512, 1024, 2048, 4096, 8192,
+    8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896,
+    1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192,
 ];
 
-/// The index of the 256-byte class: classes above 192 are the powers of two from 256 on.
-const IDX_256: usize = 11;
-const _: () = assert!(SIZE_CLASSES_CONST[IDX_256] == 256);
+/// The index of the 256-byte class.
+const IDX_256: usize = 12;
+/// The index of the 128-byte class: above it, [`kmalloc_index`] computes the class.
+const IDX_128: usize = 8;
+/// The largest size the byte table [`SIZE_INDEX`] covers.
+const TABLE_MAX: usize = 128;
+const _: () =
+    assert!(SIZE_CLASSES_CONST[IDX_256] == 256 && SIZE_CLASSES_CONST[IDX_128] == TABLE_MAX);
+const _: () = assert!(SIZE_CLASSES_CONST[NR_KMALLOC - 1] == KMALLOC_MAX_CACHE_SIZE);
 /// The class sizes, with a `'static` address for [`kmalloc_size_classes`].
 static SIZE_CLASSES: [usize; NR_KMALLOC] = SIZE_CLASSES_CONST;
 
-/// The cache names (as the kernel spells them).
+/// The kernel's kmalloc sizes (`kmalloc-8` … `kmalloc-8k`), served by the same caches.
+const KERNEL_CLASSES_CONST: [usize; 13] = [
+    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
+];
+/// The kernel's sizes, with a `'static` address for [`KmallocClasses::sizes`].
+static KERNEL_CLASSES: [usize; 13] = KERNEL_CLASSES_CONST;
+
+/// The cache names (as the kernel spells them: `k` for multiples of 1024).
 const CLASS_NAMES: [&str; NR_KMALLOC] = [
     "kmalloc-8",
     "kmalloc-16",
@@ -141,11 +164,27 @@ const CLASS_NAMES: [&str; NR_KMALLOC] = [
     "kmalloc-128",
     "kmalloc-160",
     "kmalloc-192",
+    "kmalloc-224",
     "kmalloc-256",
+    "kmalloc-320",
+    "kmalloc-384",
+    "kmalloc-448",
     "kmalloc-512",
+    "kmalloc-640",
+    "kmalloc-768",
+    "kmalloc-896",
     "kmalloc-1k",
+    "kmalloc-1280",
+    "kmalloc-1536",
+    "kmalloc-1792",
     "kmalloc-2k",
+    "kmalloc-2560",
+    "kmalloc-3k",
+    "kmalloc-3584",
     "kmalloc-4k",
+    "kmalloc-5k",
+    "kmalloc-6k",
+    "kmalloc-7k",
     "kmalloc-8k",
 ];
 
@@ -170,31 +209,107 @@ const CLASS_ALIGN: [usize; NR_KMALLOC] = {
     t
 };
 
-/// The kernel's `size_index[]`: entry `(s + 7) / 8` is the smallest class holding `s` bytes,
-/// for `s <= 192` (entry 0, size 0, maps to the smallest class).
-const SIZE_INDEX: [u8; 25] = {
-    let mut t = [0u8; 25];
+/// The smallest class of `set` holding `size` bytes, as an index into the class table.
+const fn smallest_class(set: &[usize], size: usize) -> u8 {
+    let mut c = 0;
+    while set[c] < size {
+        c += 1;
+    }
+    let mut idx = 0;
+    while SIZE_CLASSES_CONST[idx] != set[c] {
+        idx += 1;
+    }
+    idx as u8
+}
+
+/// The kernel's `size_index[]`, up to 128: entry `(s + 7) >> 3` is the index of the smallest
+/// class holding `s` bytes, for `s <= 128` (entry 0, size 0, maps to the smallest).
+const SIZE_INDEX: [u8; TABLE_MAX / 8 + 1] = {
+    let mut t = [0u8; TABLE_MAX / 8 + 1];
     let mut i = 0;
-    while i < 25 {
-        let size = i * 8;
-        let mut c = 0;
-        while SIZE_CLASSES_CONST[c] < size {
-            c += 1;
-        }
-        t[i] = c as u8;
+    while i < t.len() {
+        t[i] = smallest_class(&SIZE_CLASSES_CONST, i * 8);
         i += 1;
     }
     t
 };
 
-/// The kmalloc size classes: 8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 512, 1024,
-/// 2048, 4096, 8192.
+/// The same for the kernel's set, up to 192 (the kernel's own `size_index[]`); above, the
+/// kernel's classes are the powers of two.
+const KERNEL_SIZE_INDEX: [u8; 25] = {
+    let mut t = [0u8; 25];
+    let mut i = 0;
+    while i < 25 {
+        t[i] = smallest_class(&KERNEL_CLASSES_CONST, i * 8);
+        i += 1;
+    }
+    t
+};
+
+/// Which size classes a [`Kmalloc`] rounds small layouts to.
+///
+/// Both sets are served by the same `kmalloc-*` caches of [`Kmem::global()`] (the kernel's
+/// sizes are a subset of the spaced ones): [`Kmalloc`] uses the spaced set, [`KmallocKernel`]
+/// (from [`Kmalloc::kernel_classes`]) the kernel's. Memory must be freed by the type that
+/// allocated it (the layout decides the class; a mismatch aborts as any wrong layout does).
+/// The C ABI (`kmem-preload`) uses the spaced set.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use kmem::KmallocClasses;
+/// let l = Layout::from_size_align(300, 8).unwrap();
+/// assert_eq!(KmallocClasses::Spaced.class_for(l), Some(320)); // wastes 20 bytes
+/// assert_eq!(KmallocClasses::Kernel.class_for(l), Some(512)); // wastes 212 bytes
+/// assert_eq!(KmallocClasses::Kernel.sizes().len(), 13);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KmallocClasses {
+    /// 8, 16, 32, then every 16 to 128, then four classes per power of two up to 8192
+    /// (neighbours at most 25% apart from 64 on, like jemalloc's and mimalloc's): what a size
+    /// between two classes wastes is at most a fifth of its object. The default.
+    #[default]
+    Spaced,
+    /// The Linux kernel's kmalloc sizes: 8, 16, 32, 64, 96, 128, 192, then the powers of two
+    /// to 8192 (a size just above a power of two wastes almost half its object).
+    Kernel,
+}
+
+impl KmallocClasses {
+    /// The class sizes of this set, ascending.
+    pub fn sizes(self) -> &'static [usize] {
+        match self {
+            KmallocClasses::Spaced => &SIZE_CLASSES,
+            KmallocClasses::Kernel => &KERNEL_CLASSES,
+        }
+    }
+
+    /// The size of the class of this set that serves `layout`, or `None` when a page block
+    /// or an OS mapping serves it (see [`kmalloc_class_for`] for the alignment rule).
+    pub fn class_for(self, layout: Layout) -> Option<usize> {
+        self.index(layout.size(), layout.align())
+            .map(|i| SIZE_CLASSES[i])
+    }
+
+    /// The class index (into the cache table) for `size` bytes aligned to `align`.
+    #[inline(always)]
+    pub(crate) fn index(self, size: usize, align: usize) -> Option<usize> {
+        match self {
+            KmallocClasses::Spaced => kmalloc_index(size, align),
+            KmallocClasses::Kernel => kernel_index(size, align),
+        }
+    }
+}
+
+/// The kmalloc size classes (of the default, spaced set): 8, 16, 32, 48, 64, 80, 96, 112,
+/// 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048,
+/// 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192.
 ///
 /// ```
 /// let classes = kmem::kmalloc_size_classes();
 /// assert_eq!(classes.first(), Some(&8));
 /// assert_eq!(classes.last(), Some(&8192));
-/// assert!(classes.contains(&96) && classes.contains(&112) && classes.contains(&192));
+/// // From 64 on, neighbouring classes are at most 25% apart.
+/// assert!(classes.windows(2).all(|w| w[0] < 64 || w[1] * 4 <= w[0] * 5));
 /// ```
 pub fn kmalloc_size_classes() -> &'static [usize] {
     &SIZE_CLASSES
@@ -211,6 +326,8 @@ pub fn kmalloc_size_classes() -> &'static [usize] {
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(104, 8).unwrap()), Some(112));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(72, 64).unwrap()), Some(128));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(90, 64).unwrap()), Some(128));
+/// assert_eq!(kmalloc_class_for(Layout::from_size_align(600, 8).unwrap()), Some(640));
+/// assert_eq!(kmalloc_class_for(Layout::from_size_align(5000, 8).unwrap()), Some(5120));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(8193, 8).unwrap()), None);
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(64, 8192).unwrap()), None);
 /// ```
@@ -222,20 +339,50 @@ pub fn kmalloc_class_for(layout: Layout) -> Option<usize> {
 /// classes. The smallest class `>= max(size, align)` is the answer unless its natural alignment
 /// is too small (only classes that are not powers of two can be, and only for alignments above
 /// 16), in which case the first later class aligned enough is.
+///
+/// No division: up to 128 one load from the byte table [`SIZE_INDEX`] (the kernel's
+/// `size_index[]`); above, `g = fls(s - 1) - 1` names the power of two `2^g < s <= 2^(g+1)`
+/// and the two bits of `s - 1` below its top bit pick one of the group's four classes
+/// `2^g · {5, 6, 7, 8} / 4` (a table load up to 1024 measured 0.4 ns slower per `Kmalloc`
+/// pair at 256 B than this computation, see docs/performance.md).
 #[inline(always)]
 pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
-    // No panic on the allocator's hot path: `(s + 7) >> 3 <= 24` indexes the 25-entry table,
-    // `s - 1` runs only for `s > 192`, and the `ilog2` form gives IDX_256..=NR_KMALLOC - 1 for
-    // 193..=8192, so `idx < NR_KMALLOC` (and the cold loop checks every later index).
+    // No panic on the allocator's hot path: `(s + 7) >> 3 <= 16` indexes the 17-entry
+    // table; above, `s - 1` is in 128..8192, `g` in 7..=12 and the index in
+    // IDX_128 + 1..=IDX_128 + 24 = NR_KMALLOC - 1 (and the cold loop checks every later index).
     let s = if size > align { size } else { align };
-    let idx = if s <= 192 {
+    let idx = if s <= TABLE_MAX {
         SIZE_INDEX[(s + 7) >> 3] as usize
     } else if s <= KMALLOC_MAX_CACHE_SIZE {
-        // 193..=256 -> IDX_256 (256), 257..=512 -> IDX_256 + 1, ..., 4097..=8192 -> the last.
-        (usize::BITS - (s - 1).leading_zeros()) as usize + IDX_256 - 8
+        let m = s - 1;
+        let g = (usize::BITS - 1 - m.leading_zeros()) as usize;
+        IDX_128 + 1 + ((g - 7) << 2) + ((m >> (g - 2)) & 3)
     } else {
         return None;
     };
+    if align <= CLASS_ALIGN[idx] {
+        Some(idx)
+    } else {
+        aligned_class_after(idx, align)
+    }
+}
+
+/// [`kmalloc_index`] for the kernel's set ([`KmallocClasses::Kernel`]): the kernel's
+/// `size_index[]` up to 192, then `fls(s - 1)` picks the power of two.
+#[inline(always)]
+pub(crate) fn kernel_index(size: usize, align: usize) -> Option<usize> {
+    let s = if size > align { size } else { align };
+    let idx = if s <= 192 {
+        KERNEL_SIZE_INDEX[(s + 7) >> 3] as usize
+    } else if s <= KMALLOC_MAX_CACHE_SIZE {
+        // 193..=256 -> IDX_256, 257..=512 -> IDX_256 + 4, ..., 4097..=8192 -> the last.
+        IDX_256 + (((usize::BITS - (s - 1).leading_zeros()) as usize - 8) << 2)
+    } else {
+        return None;
+    };
+    // The kernel's classes that are not powers of two are 96 and 192; the first class after
+    // either that is aligned above their own alignment is a power of two (128, 256), so the
+    // walk over the spaced table stays in the kernel's set.
     if align <= CLASS_ALIGN[idx] {
         Some(idx)
     } else {
@@ -250,33 +397,30 @@ fn aligned_class_after(idx: usize, align: usize) -> Option<usize> {
     (idx + 1..NR_KMALLOC).find(|&i| align <= CLASS_ALIGN[i])
 }
 
+/// The most pages of one page block: a whole chunk (`PAGE_SIZE << MAX_ORDER`, 4 MiB).
+const PAGE_SIZE_PAGES_MAX: usize = 1 << MAX_ORDER;
+
 /// Where a layout's memory lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     /// An object of kmalloc class `idx`.
     Class(usize),
-    /// A buddy block of this order.
-    Pages(u32),
+    /// A page block of exactly this many pages (`alloc_pages_exact`).
+    Pages(usize),
     /// An OS mapping of `bytes` (a page multiple) aligned to `align` (at least a page).
     Os { bytes: usize, align: usize },
 }
 
-/// The smallest order whose block holds `bytes`.
-#[inline]
-fn order_for(bytes: usize) -> u32 {
-    // `bytes <= isize::MAX` (a `Layout`), so `pages < 2^52` and `next_power_of_two` cannot
-    // overflow (it would panic in debug builds).
-    let pages = bytes.div_ceil(PAGE_SIZE).max(1);
-    pages.next_power_of_two().trailing_zeros()
-}
-
-/// The kind for a layout above the classes.
+/// The kind for a layout above the classes: `max(size, align)` rounded up to whole pages, as
+/// one exact page block when that fits a chunk (the block of the next order is aligned to at
+/// least its own page count, so to `align`), else an OS mapping.
 #[inline]
 fn large_kind(size: usize, align: usize) -> Kind {
     let bytes = if size > align { size } else { align };
-    let order = order_for(bytes);
-    if order <= MAX_ORDER {
-        Kind::Pages(order)
+    // `bytes <= isize::MAX` (a `Layout`): no overflow.
+    let pages = bytes.div_ceil(PAGE_SIZE).max(1);
+    if pages <= PAGE_SIZE_PAGES_MAX {
+        Kind::Pages(pages)
     } else {
         Kind::Os {
             // `size <= isize::MAX - (align - 1)` (a `Layout`): rounding up to a page cannot
@@ -289,8 +433,8 @@ fn large_kind(size: usize, align: usize) -> Kind {
 
 /// The kind of any layout.
 #[inline(always)]
-fn kind_of(layout: Layout) -> Kind {
-    match kmalloc_index(layout.size(), layout.align()) {
+fn kind_of(layout: Layout, classes: KmallocClasses) -> Kind {
+    match classes.index(layout.size(), layout.align()) {
         Some(idx) => Kind::Class(idx),
         None => large_kind(layout.size(), layout.align()),
     }
@@ -337,6 +481,7 @@ fn create_kmalloc_caches() -> Option<()> {
     for i in 0..NR_KMALLOC {
         let cfg = CacheConfig::new()
             .align(CLASS_ALIGN[i])
+            .min_objects(4)
             .sheaf_capacity(crate::config::default_sheaf_capacity(SIZE_CLASSES[i]));
         let cache = core::mem::ManuallyDrop::new(
             k.create_cache(CLASS_NAMES[i], SIZE_CLASSES[i], cfg).ok()?,

@@ -7,8 +7,8 @@ use core::ptr::NonNull;
 
 /// `kmalloc`: memory for `layout` (size > 0), or null when memory is exhausted.
 #[inline(always)]
-pub(super) fn kmalloc(layout: Layout) -> *mut u8 {
-    match kmalloc_index(layout.size(), layout.align()) {
+pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
+    match classes.index(layout.size(), layout.align()) {
         Some(idx) => match kmalloc_cache(idx) {
             Some(c) => c.slab_alloc(None),
             None => ptr::null_mut(),
@@ -20,8 +20,8 @@ pub(super) fn kmalloc(layout: Layout) -> *mut u8 {
 /// `kzalloc`: as [`kmalloc`], zeroed. Page blocks and OS mappings skip the `memset` where the
 /// memory is known to be fresh.
 #[inline]
-pub(super) fn kzalloc(layout: Layout) -> *mut u8 {
-    match kmalloc_index(layout.size(), layout.align()) {
+pub(super) fn kzalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
+    match classes.index(layout.size(), layout.align()) {
         Some(idx) => {
             let p = match kmalloc_cache(idx) {
                 Some(c) => c.slab_alloc(None),
@@ -41,7 +41,7 @@ pub(super) fn kzalloc(layout: Layout) -> *mut u8 {
 #[inline(never)]
 pub(super) fn kmalloc_large(layout: Layout, zero: bool) -> *mut u8 {
     match large_kind(layout.size(), layout.align()) {
-        Kind::Pages(order) => alloc_block(order, zero),
+        Kind::Pages(pages) => alloc_block(pages, zero),
         // Fresh anonymous mappings are zero: `zero` needs nothing. Registered (huge.rs), so
         // that a pointer alone finds it (the C ABI's `free`).
         Kind::Os { bytes, align } => super::huge::map(bytes, align),
@@ -49,8 +49,8 @@ pub(super) fn kmalloc_large(layout: Layout, zero: bool) -> *mut u8 {
     }
 }
 
-/// A block of `2^order` pages from the calling slot's node, else from any other node.
-pub(super) fn alloc_block(order: u32, zero: bool) -> *mut u8 {
+/// A block of exactly `pages` pages from the calling slot's node, else from any other node.
+pub(super) fn alloc_block(pages: usize, zero: bool) -> *mut u8 {
     let Some(k) = Kmem::try_global() else {
         return ptr::null_mut();
     };
@@ -59,7 +59,7 @@ pub(super) fn alloc_block(order: u32, zero: bool) -> *mut u8 {
     let flags = if zero { GfpFlags::ZERO } else { GfpFlags::NONE };
     for i in 0..s.nr_nodes {
         let nid = (home + i) % s.nr_nodes;
-        if let Some(page) = s.node_pages(nid).alloc_pages(order, flags) {
+        if let Some(page) = s.node_pages(nid).alloc_pages_exact(pages, flags) {
             // SAFETY: a descriptor returned by the page allocator lives as long as it does.
             return crate::page::page_address(unsafe { page.as_ref() });
         }
@@ -67,12 +67,12 @@ pub(super) fn alloc_block(order: u32, zero: bool) -> *mut u8 {
     ptr::null_mut()
 }
 
-/// The checked page block at `ptr` that `layout` says is a block of `order` pages: its head
+/// The checked page block at `ptr` that `layout` says is a block of `pages` pages: its head
 /// descriptor and the instance. Aborts with a precise message if it is not.
 pub(super) fn page_block(
     ptr: *mut u8,
     layout: Layout,
-    order: u32,
+    pages: usize,
 ) -> (
     &'static crate::page::Page,
     &'static crate::instance::KmemShared,
@@ -94,7 +94,9 @@ pub(super) fn page_block(
     let info = page.info();
     match info.kind() {
         PageKind::Block => {}
-        PageKind::Free => bad_kfree(ptr, layout, "the page block is already free (double free)"),
+        PageKind::Free | PageKind::Pcp => {
+            bad_kfree(ptr, layout, "the page block is already free (double free)")
+        }
         PageKind::Slab => bad_kfree(
             ptr,
             layout,
@@ -106,11 +108,11 @@ pub(super) fn page_block(
             "expected a page block, but the page is not a block head",
         ),
     }
-    if info.order() != order {
+    if info.block_pages() != pages {
         bad_kfree(
             ptr,
             layout,
-            "the page block has another order than the layout says",
+            "the page block has another size than the layout says",
         );
     }
     let Some(k) = Kmem::try_global() else {
@@ -132,8 +134,8 @@ pub(super) fn page_block(
 /// # Safety
 /// `ptr` came from [`kmalloc`]/[`kzalloc`]/[`krealloc`] with `layout`, and is not used again.
 #[inline(always)]
-pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout) {
-    match kmalloc_index(layout.size(), layout.align()) {
+pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
+    match classes.index(layout.size(), layout.align()) {
         Some(idx) => {
             let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
             if p.is_null() {
@@ -163,13 +165,13 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout) {
 #[inline(never)]
 pub(super) unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
     match large_kind(layout.size(), layout.align()) {
-        Kind::Pages(order) => {
-            let (page, s) = page_block(ptr, layout, order);
-            // `free_pages` re-checks ownership, node and order under its lock.
-            // SAFETY: `page` is a live block head of this order (checked above).
+        Kind::Pages(pages) => {
+            let (page, s) = page_block(ptr, layout, pages);
+            // `free_pages_exact` re-checks ownership, node and size under its lock.
+            // SAFETY: `page` is a live block head of `pages` pages (checked above).
             unsafe {
                 s.node_pages(page.node())
-                    .free_pages(NonNull::from(page), order)
+                    .free_pages_exact(NonNull::from(page), pages)
             }
         }
         Kind::Os { bytes, align } => {
@@ -201,28 +203,67 @@ pub(super) unsafe fn kfree_large(ptr: *mut u8, layout: Layout) {
 ///
 /// # Safety
 /// As [`kfree`] for `ptr` and `old`; `new.size() > 0`.
-pub(super) unsafe fn krealloc(ptr: *mut u8, old: Layout, new: Layout) -> *mut u8 {
-    let (old_kind, new_kind) = (kind_of(old), kind_of(new));
+pub(super) unsafe fn krealloc(
+    ptr: *mut u8,
+    old: Layout,
+    new: Layout,
+    classes: KmallocClasses,
+) -> *mut u8 {
+    let (old_kind, new_kind) = (kind_of(old, classes), kind_of(new, classes));
     if old_kind == new_kind {
         return ptr;
     }
-    if let (Kind::Pages(o1), Kind::Pages(o2)) = (old_kind, new_kind) {
-        // A page block grows into free buddies above it, or gives its upper halves back.
-        let (page, s) = page_block(ptr, old, o1);
-        // SAFETY: `page` heads a block of order `o1` that the caller owns (checked above).
+    if let (Kind::Pages(n1), Kind::Pages(n2)) = (old_kind, new_kind) {
+        // A page block grows into the free pages after it, or gives its last pages back.
+        let (page, s) = page_block(ptr, old, n1);
+        // SAFETY: `page` heads a block of `n1` pages that the caller owns (checked above).
         if unsafe {
             s.node_pages(page.node())
-                .resize_in_place(NonNull::from(page), o1, o2)
+                .resize_exact(NonNull::from(page), n1, n2)
         } {
             return ptr;
         }
     }
-    let p = kmalloc(new);
+    if let (
+        Kind::Os {
+            bytes: b1,
+            align: a1,
+        },
+        Kind::Os {
+            bytes: b2,
+            align: a2,
+        },
+    ) = (old_kind, new_kind)
+    {
+        if a1 == a2 {
+            let Some((mapped, mapped_align)) = super::huge::lookup(ptr as usize) else {
+                bad_kfree(
+                    ptr,
+                    old,
+                    "expected an OS mapping, but no kmalloc mapping starts there",
+                );
+            };
+            if mapped != b1 || mapped_align < a1 {
+                bad_kfree(
+                    ptr,
+                    old,
+                    "the OS mapping there has another length or alignment than the layout says",
+                );
+            }
+            // Moved by mremap, not copied: in place, or its pages moved to a new address.
+            // SAFETY: `ptr` starts this registered mapping, which the caller owns (checked).
+            let q = unsafe { super::huge::remap(ptr, mapped, mapped_align, b2) };
+            if !q.is_null() {
+                return q;
+            }
+        }
+    }
+    let p = kmalloc(new, classes);
     if !p.is_null() {
         // SAFETY: both blocks are live, distinct, and at least this long.
         unsafe { ptr::copy_nonoverlapping(ptr, p, old.size().min(new.size())) };
         // SAFETY: caller contract.
-        unsafe { kfree(ptr, old) };
+        unsafe { kfree(ptr, old, classes) };
     }
     p
 }

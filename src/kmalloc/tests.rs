@@ -3,21 +3,92 @@
 use super::*;
 use core::alloc::GlobalAlloc;
 
-/// The reference rule: the smallest class with size >= size and alignment >= align.
-fn reference(size: usize, align: usize) -> Option<usize> {
-    SIZE_CLASSES
+/// The reference rule: the smallest class of `set` with size >= size and alignment >= align,
+/// as an index into the cache table.
+fn reference_in(set: &[usize], size: usize, align: usize) -> Option<usize> {
+    let c = set
         .iter()
-        .position(|&c| c >= size && natural_align(c) >= align)
+        .find(|&&c| c >= size && natural_align(c) >= align)?;
+    SIZE_CLASSES.iter().position(|x| x == c)
+}
+
+fn reference(size: usize, align: usize) -> Option<usize> {
+    reference_in(&SIZE_CLASSES, size, align)
 }
 
 #[test]
 fn class_alignment_rule() {
     let want = [
-        8, 16, 32, 16, 64, 16, 32, 16, 128, 32, 64, 256, 512, 1024, 2048, 4096, 4096,
+        8, 16, 32, 16, 64, 16, 32, 16, 128, 32, 64, 32, 256, 64, 128, 64, 512, 128, 256, 128, 1024,
+        256, 512, 256, 2048, 512, 1024, 512, 4096, 1024, 2048, 1024, 4096,
     ];
     assert_eq!(CLASS_ALIGN, want);
     assert_eq!(SIZE_CLASSES, SIZE_CLASSES_CONST);
     assert_eq!(kmalloc_size_classes(), &SIZE_CLASSES[..]);
+    assert_eq!(KmallocClasses::Spaced.sizes(), kmalloc_size_classes());
+    // Every kernel size is a class of the spaced set (the two share the caches).
+    for k in KmallocClasses::Kernel.sizes() {
+        assert!(SIZE_CLASSES.contains(k), "{k}");
+    }
+}
+
+#[test]
+fn spaced_classes_are_at_most_a_quarter_apart() {
+    for w in SIZE_CLASSES.windows(2) {
+        assert!(w[0] < w[1]);
+        if w[0] >= 64 {
+            assert!(w[1] * 4 <= w[0] * 5, "{} -> {}", w[0], w[1]);
+        }
+    }
+    // The cache names follow the sizes (the kernel's `k` suffix for multiples of 1024).
+    for (i, &c) in SIZE_CLASSES.iter().enumerate() {
+        let want = if c >= 1024 && c % 1024 == 0 {
+            format!("kmalloc-{}k", c / 1024)
+        } else {
+            format!("kmalloc-{c}")
+        };
+        assert_eq!(CLASS_NAMES[i], want);
+    }
+}
+
+#[test]
+// Pure arithmetic over ~100k cases: nothing for Miri to check, and minutes under it.
+#[cfg_attr(miri, ignore)]
+fn kernel_set_maps_every_layout_to_its_smallest_fitting_class() {
+    for shift in 0..=14 {
+        let align = 1usize << shift;
+        for size in 1..=KMALLOC_MAX_CACHE_SIZE + 16 {
+            assert_eq!(
+                kernel_index(size, align),
+                reference_in(&KERNEL_CLASSES, size, align),
+                "size {size} align {align}"
+            );
+        }
+    }
+    let k = |s| KmallocClasses::Kernel.class_for(Layout::from_size_align(s, 8).unwrap());
+    assert_eq!(k(200), Some(256));
+    assert_eq!(k(257), Some(512));
+    assert_eq!(k(4097), Some(8192));
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn kernel_classes_round_trip_through_kmalloc() {
+    let a = Kmalloc::kernel_classes();
+    assert_eq!(a.classes(), KmallocClasses::Kernel);
+    for size in [1usize, 100, 300, 600, 3000, 5000, 8192, 9000] {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: non-zero layouts; each block is freed once with its layout and set.
+        unsafe {
+            let p = a.alloc(l);
+            assert!(!p.is_null());
+            if let Some(c) = KmallocClasses::Kernel.class_for(l) {
+                assert_eq!(super::cabi::usable_size(p), Some(c), "size {size}");
+            }
+            let q = a.realloc(p, l, size + 1);
+            a.dealloc(q, Layout::from_size_align(size + 1, 8).unwrap());
+        }
+    }
 }
 
 #[test]
@@ -59,19 +130,30 @@ fn every_size_and_alignment_maps_to_the_smallest_fitting_class() {
     assert_eq!(class(150, 32), Some(160));
     assert_eq!(class(150, 128), Some(256)); // 160 and 192 are too little aligned
     assert_eq!(class(150, 64), Some(192)); // 192 is fine
+    assert_eq!(class(300, 256), Some(512)); // 320, 384, 448 are too little aligned
+    assert_eq!(class(600, 128), Some(640));
+    assert_eq!(class(1025, 512), Some(1536)); // 1280 is 256-aligned
+    assert_eq!(class(5000, 2048), Some(6144));
     assert_eq!(kmalloc_index(8, 8192), None);
 }
 
 #[test]
 fn large_kinds() {
-    let k = |s, a| kind_of(Layout::from_size_align(s, a).unwrap());
+    let k = |s, a| {
+        kind_of(
+            Layout::from_size_align(s, a).unwrap(),
+            KmallocClasses::Spaced,
+        )
+    };
     assert_eq!(k(8192, 8), Kind::Class(NR_KMALLOC - 1));
-    assert_eq!(k(8193, 8), Kind::Pages(2));
-    assert_eq!(k(16384, 8), Kind::Pages(2));
-    assert_eq!(k(1, 8192), Kind::Pages(1));
+    // Page multiples, not powers of two: 8193 B takes 3 pages, not 4.
+    assert_eq!(k(8193, 8), Kind::Pages(3));
+    assert_eq!(k(16384, 8), Kind::Pages(4));
+    assert_eq!(k(20_000, 8), Kind::Pages(5));
+    assert_eq!(k(1, 8192), Kind::Pages(2));
     // 1 MiB is order 8 where the page allocator goes that high (MAX_ORDER is 5 under Miri).
     let mib = if MAX_ORDER >= 8 {
-        Kind::Pages(8)
+        Kind::Pages(256)
     } else {
         Kind::Os {
             bytes: 1 << 20,
@@ -79,7 +161,7 @@ fn large_kinds() {
         }
     };
     assert_eq!(k(1 << 20, 8), mib);
-    assert_eq!(k(PAGE_SIZE << MAX_ORDER, 8), Kind::Pages(MAX_ORDER));
+    assert_eq!(k(PAGE_SIZE << MAX_ORDER, 8), Kind::Pages(1 << MAX_ORDER));
     assert_eq!(
         k((PAGE_SIZE << MAX_ORDER) + 1, 8),
         Kind::Os {
@@ -164,8 +246,14 @@ fn realloc_in_place_within_a_class_and_an_order() {
         a.dealloc(q, l2);
         let big = Layout::from_size_align(20_000, 8).unwrap();
         let p = a.alloc(big);
-        assert_eq!(a.realloc(p, big, 32_768), p);
-        // A page block shrinks in place (its upper halves go back to the buddy lists)...
+        assert_eq!(a.realloc(p, big, 20_480), p); // 5 pages both
+        let l5 = Layout::from_size_align(20_480, 8).unwrap();
+        // Growing to 8 pages is in place only if the 3 pages after it are free (other tests
+        // share the global instance): either way the contents move with it.
+        p.write_bytes(0x3c, 20_480);
+        let p = a.realloc(p, l5, 32_768);
+        assert!((0..20_480).all(|i| *p.add(i) == 0x3c), "contents kept");
+        // A page block shrinks in place (its last pages go back to the free lists)...
         let huge = Layout::from_size_align(32_768, 8).unwrap();
         p.write_bytes(0x3c, 32_768);
         let p2 = a.realloc(p, huge, 200_000);
@@ -186,5 +274,66 @@ fn realloc_in_place_within_a_class_and_an_order() {
         let p3 = a.realloc(p2, l9k, 60_000);
         assert!((0..9_000).all(|i| *p3.add(i) == 0x3c), "contents kept");
         a.dealloc(p3, Layout::from_size_align(60_000, 8).unwrap());
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // mremap: Miri copies instead
+fn os_mappings_grow_and_shrink_with_mremap() {
+    let a = Kmalloc::new();
+    let l5 = Layout::from_size_align(5 << 20, 8).unwrap();
+    // SAFETY: paired alloc/realloc/dealloc with matching layouts.
+    unsafe {
+        let p = a.alloc(l5);
+        assert!(!p.is_null());
+        for i in (0..5 << 20).step_by(4096) {
+            p.add(i).write((i >> 12) as u8);
+        }
+        // Growing: in place or moved by mremap; either way the table knows the new length
+        // and the contents moved with the pages.
+        let q = a.realloc(p, l5, 9 << 20);
+        assert!(!q.is_null());
+        assert_eq!(huge::lookup(q as usize).map(|m| m.0), Some(9 << 20));
+        if q != p {
+            assert_eq!(huge::lookup(p as usize), None, "the old start is forgotten");
+        }
+        assert!((0..5 << 20)
+            .step_by(4096)
+            .all(|i| *q.add(i) == (i >> 12) as u8));
+        q.add((9 << 20) - 1).write(7);
+        // Shrinking is always in place.
+        let l9 = Layout::from_size_align(9 << 20, 8).unwrap();
+        let r = a.realloc(q, l9, (6 << 20) + 1);
+        assert_eq!(r, q);
+        assert_eq!(huge::lookup(r as usize).map(|m| m.0), Some(6 << 20 | 4096));
+        assert!((0..5 << 20)
+            .step_by(4096)
+            .all(|i| *r.add(i) == (i >> 12) as u8));
+        a.dealloc(r, Layout::from_size_align((6 << 20) + 1, 8).unwrap());
+        assert_eq!(huge::lookup(r as usize), None);
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn page_blocks_are_page_multiples_and_resize_in_place() {
+    let a = Kmalloc::new();
+    let l = Layout::from_size_align(8193, 8).unwrap();
+    // SAFETY: paired alloc/realloc/dealloc with matching layouts.
+    unsafe {
+        let p = a.alloc(l);
+        assert_eq!(super::cabi::usable_size(p), Some(3 * PAGE_SIZE));
+        p.write_bytes(0x5a, 8193);
+        a.dealloc(p, l);
+        let l = Layout::from_size_align(20_000, 8).unwrap();
+        let p = a.alloc(l);
+        assert_eq!(super::cabi::usable_size(p), Some(5 * PAGE_SIZE));
+        p.write_bytes(0x5a, 20_000);
+        // Shrinking to 3 pages gives the last two back, in place.
+        let q = a.realloc(p, l, 12_000);
+        assert_eq!(q, p);
+        assert_eq!(super::cabi::usable_size(q), Some(3 * PAGE_SIZE));
+        assert!((0..12_000).all(|i| *q.add(i) == 0x5a));
+        a.dealloc(q, Layout::from_size_align(12_000, 8).unwrap());
     }
 }

@@ -3,6 +3,7 @@
 //! split by concern.)
 
 use super::chunk::*;
+use super::pcp::{PcpSlot, PCP_MAX_ORDER};
 use super::*;
 use crate::os::Num;
 use crate::sync::{AtomicPtr, AtomicU64, Backoff, Ordering, PageReleaseScope, SpinGuard, SpinLock};
@@ -101,6 +102,9 @@ pub(super) struct BuddyState {
     /// Bumped when a fork child takes the transit list over: a release that began before the
     /// fork (in the forking thread) then forgets its blocks.
     pub(super) generation: u64,
+    /// The decay epoch (`decay.rs`): advanced by every decay run; a dirty free block records
+    /// the epoch it was put on its list in, in its head's `slabs`.
+    pub(super) epoch: u32,
 }
 
 // SAFETY: the raw pointers name descriptors and chunks owned by this node; the state is only
@@ -171,6 +175,10 @@ impl BuddyState {
         self.free_bytes += PAGE_SIZE << order;
         if released {
             self.released_free += PAGE_SIZE << order;
+        } else {
+            // Its age for the decay (`decay.rs`).
+            // SAFETY: as above.
+            unsafe { (*p).slabs.set(self.epoch) };
         }
     }
 
@@ -229,6 +237,11 @@ pub(crate) struct PageAllocator {
     pub(super) reclaim_calls: AtomicU64,
     pub(super) hook: AtomicPtr<()>,
     pub(super) hook_arg: AtomicPtr<()>,
+    /// When the next decay run is due (`decay.rs`), in `os::coarse_now_ns` time.
+    pub(super) next_decay: AtomicU64,
+    /// The per-CPU page lists (`pcp.rs`): `nr_pcp` slots (0: none).
+    pub(super) pcp: *const PcpSlot,
+    pub(super) nr_pcp: usize,
 }
 
 // SAFETY: `budget` points to a Sync PageBudget that outlives the allocator (constructor
@@ -265,6 +278,7 @@ impl PageAllocator {
                     transit: 0,
                     isolated: null_mut(),
                     generation: 0,
+                    epoch: 0,
                 },
             ),
             failed: AtomicU64::new(0),
@@ -272,7 +286,22 @@ impl PageAllocator {
             reclaim_calls: AtomicU64::new(0),
             hook: AtomicPtr::new(null_mut()),
             hook_arg: AtomicPtr::new(null_mut()),
+            next_decay: AtomicU64::new(0),
+            pcp: core::ptr::null(),
+            nr_pcp: 0,
         }
+    }
+
+    /// This allocator with per-CPU page lists in front of its buddy lists (`pcp.rs`): `n`
+    /// slots at `slots`.
+    ///
+    /// # Safety
+    /// `slots` points to `n` initialised [`PcpSlot`]s that outlive the allocator and are used
+    /// by no other allocator.
+    pub(crate) unsafe fn with_pcp(mut self, slots: *const PcpSlot, n: usize) -> Self {
+        self.pcp = slots;
+        self.nr_pcp = n;
+        self
     }
 
     #[inline]
@@ -306,16 +335,43 @@ impl PageAllocator {
         if order > MAX_ORDER {
             return self.fail(false);
         }
+        self.alloc_block(order, 1 << order, flags)
+    }
+
+    /// `alloc_pages_exact`: a block of exactly `pages` pages (`1..=PAGES_PER_CHUNK`), aligned
+    /// to `2^order_for_pages(pages)` pages. The block of that order is taken and the pages past
+    /// `pages` go straight back to the free lists, under the same lock, as the aligned blocks
+    /// that tile them (none can merge: each one's buddy is, or contains, a page we keep). The
+    /// head records the exact count ([`PageInfo::block`]); free with
+    /// [`PageAllocator::free_pages_exact`] and the same count.
+    #[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
+    pub(crate) fn alloc_pages_exact(&self, pages: usize, flags: GfpFlags) -> Option<NonNull<Page>> {
+        if pages == 0 || pages > PAGES_PER_CHUNK {
+            return self.fail(false);
+        }
+        self.alloc_block(order_for_pages(pages), pages, flags)
+    }
+
+    /// [`PageAllocator::alloc_pages`] and [`PageAllocator::alloc_pages_exact`]: `pages` of a
+    /// block of `order` (`2^(order-1) < pages <= 2^order`).
+    fn alloc_block(&self, order: u32, pages: usize, flags: GfpFlags) -> Option<NonNull<Page>> {
+        self.decay_tick_now();
         if self.budget().inject() {
             return self.fail(true);
+        }
+        if let Some(page) = self.pcp_alloc(order, pages) {
+            // Blocks on per-CPU lists are dirty (a ZERO allocation memsets).
+            self.finish_alloc(page, pages, false, flags);
+            // SAFETY: descriptors are never null.
+            return Some(unsafe { NonNull::new_unchecked(page) });
         }
         let mut wait = BoundedWait::new();
         let mut limit_hits = 0u32;
         let mut reclaimed = false;
         loop {
-            match self.take_free(order) {
+            match self.take_free(order, pages) {
                 Ok((page, released)) => {
-                    self.finish_alloc(page, order, released, flags);
+                    self.finish_alloc(page, pages, released, flags);
                     // SAFETY: descriptors are never null.
                     return Some(unsafe { NonNull::new_unchecked(page) });
                 }
@@ -335,7 +391,10 @@ impl PageAllocator {
                     limit_hits += 1;
                     if limit_hits == 1 {
                         // Re-check the free lists once: a concurrent free or grow may have
-                        // filled them since `take_free` looked.
+                        // filled them since `take_free` looked; and give the per-CPU lists'
+                        // blocks back first (the kernel's `drain_all_pages` before OOM), only
+                        // trying each slot lock (this may run under a slot or list lock).
+                        self.drain_pcp(true);
                         continue;
                     }
                     let hook = self.hook.load(Ordering::Acquire);
@@ -353,18 +412,43 @@ impl PageAllocator {
         }
     }
 
-    /// Takes a free block of exactly `order` (splitting a larger one), marks its head
+    /// Takes a free block of exactly `order` (splitting a larger one), keeps its first `pages`
+    /// pages and gives the rest back (see [`PageAllocator::alloc_pages_exact`]), marks its head
     /// `Block`, and says whether its memory is released (zero).
-    pub(super) fn take_free(&self, order: u32) -> Result<(*mut Page, bool), Empty> {
+    pub(super) fn take_free(&self, order: u32, pages: usize) -> Result<(*mut Page, bool), Empty> {
         let mut st = self.state.lock();
+        let Some((p, released)) = self.take_locked(&mut st, order) else {
+            // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
+            let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
+            return Err(if wait { Empty::InTransit } else { Empty::Empty });
+        };
+        for_each_piece(pages, 1 << order, |j, o| {
+            // SAFETY: `j < 2^order`: a page of our detached block; the lock is held. The piece
+            // is aligned (relative to a block aligned to 2^order) and cannot merge (see
+            // `alloc_pages_exact`), so it goes on its list as it is.
+            unsafe {
+                let q = p.add(j);
+                (*q).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
+                st.push(q, o, released);
+            }
+        });
+        // SAFETY: `p` is ours now.
+        unsafe { (*p).set_info(PageInfo::block(order, self.node, pages)) };
+        st.allocs += 1;
+        Ok((p, released))
+    }
+
+    /// Unlinks a free block of exactly `order` (splitting a larger one, whose upper halves go
+    /// back on their lists) and says whether its memory is released; `None` when no list of
+    /// order `>= order` has a block. The block is detached; its head's `info` is still the old
+    /// free head's: the caller sets it.
+    pub(super) fn take_locked(&self, st: &mut BuddyState, order: u32) -> Option<(*mut Page, bool)> {
         let mut o = order;
         while (o as usize) < NR_ORDERS && st.free[o as usize].is_null() {
             o += 1;
         }
         if o as usize >= NR_ORDERS {
-            // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
-            let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
-            return Err(if wait { Empty::InTransit } else { Empty::Empty });
+            return None;
         }
         let p = st.free[o as usize];
         // SAFETY: `p` is a free head on list `o` of this node; the lock is held.
@@ -381,16 +465,14 @@ impl PageAllocator {
                 st.push(hi, o, released);
             }
         }
-        // SAFETY: `p` is ours now.
-        unsafe { (*p).set_info(PageInfo::head(PageKind::Block, order, self.node, false)) };
-        st.allocs += 1;
-        Ok((p, released))
+        Some((p, released))
     }
 
-    /// Writes the tail descriptors and zeroes if asked; runs without the lock (the block is
-    /// ours and no buddy check ever reads its interior descriptors).
-    pub(super) fn finish_alloc(&self, p: *mut Page, order: u32, released: bool, flags: GfpFlags) {
-        for i in 1..(1usize << order) {
+    /// Writes the tail descriptors of the block's `pages` pages and zeroes them if asked; runs
+    /// without the lock (the block is ours and no buddy check ever reads its interior
+    /// descriptors).
+    pub(super) fn finish_alloc(&self, p: *mut Page, pages: usize, released: bool, flags: GfpFlags) {
+        for i in 1..pages {
             // SAFETY: the block's pages are descriptors i < 2^order after the head, same chunk.
             unsafe { (*p.add(i)).set_info(PageInfo::tail(i, self.node)) };
         }
@@ -398,14 +480,15 @@ impl PageAllocator {
             // SAFETY: `p` is a genuine descriptor (from our free list).
             let (meta, idx) = unsafe { chunk_of(p) };
             // SAFETY: the block's memory is mapped, writable, and exclusively ours.
-            unsafe { ptr::write_bytes((*meta).base.add(idx << PAGE_SHIFT), 0, PAGE_SIZE << order) };
+            unsafe { ptr::write_bytes((*meta).base.add(idx << PAGE_SHIFT), 0, PAGE_SIZE * pages) };
         }
     }
 
     /// Frees a block of `2^order` pages whose head is `page`.
     ///
     /// Validates in O(1), in every build: `page` must be a descriptor of a registered chunk of
-    /// this node and allocator instance, of kind `Block` or `Slab`, of order `order`. Anything
+    /// this node and allocator instance, of kind `Block` or `Slab`, of order `order` (and a
+    /// `Block` must be whole, not one of [`PageAllocator::alloc_pages_exact`]'s). Anything
     /// else (double free, wrong order, tail page, foreign descriptor) aborts with a message
     /// naming the failed check. Coalesces with free buddies.
     ///
@@ -413,6 +496,60 @@ impl PageAllocator {
     /// The caller no longer uses the block's memory.
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) unsafe fn free_pages(&self, page: NonNull<Page>, order: u32) {
+        let (p, addr) = self.checked_descriptor(page, order);
+        if order <= PCP_MAX_ORDER && self.nr_pcp != 0 {
+            // SAFETY: genuine descriptor.
+            let info = unsafe { &*p }.info();
+            check_order_free(info, addr, order);
+            // The CAS in pcp_free makes the check and the claim one step.
+            // SAFETY: validated: an allocated head of ours of `order` (contract: ours to give).
+            if unsafe { self.pcp_free(p, info, 1 << order) } {
+                return;
+            }
+        }
+        let st = self.state.lock();
+        // SAFETY: genuine descriptor.
+        let info = unsafe { &*p }.info();
+        check_order_free(info, addr, order);
+        // SAFETY: validated under the lock: an allocated head of ours of `order`.
+        unsafe { self.free_validated(st, p, 0, 1 << order) };
+    }
+
+    /// Frees a block of exactly `pages` pages whose head is `page` (from
+    /// [`PageAllocator::alloc_pages_exact`] or [`PageAllocator::resize_exact`]), validated as
+    /// [`PageAllocator::free_pages`] validates, with the page count in place of the order.
+    /// The pages go back as the aligned blocks that tile them, each coalescing with its free
+    /// buddies (so the pages given back at allocation merge again), or onto the calling CPU's
+    /// page lists when the block is small.
+    ///
+    /// # Safety
+    /// The caller no longer uses the block's memory.
+    #[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
+    pub(crate) unsafe fn free_pages_exact(&self, page: NonNull<Page>, pages: usize) {
+        let order = order_for_pages(pages.max(1));
+        let (p, addr) = self.checked_descriptor(page, order);
+        let done = order <= PCP_MAX_ORDER && self.nr_pcp != 0 && {
+            // SAFETY: genuine descriptor.
+            let info = unsafe { &*p }.info();
+            check_exact_free(info, addr, order, pages);
+            // SAFETY: validated: an allocated block of ours of `pages` pages (contract).
+            unsafe { self.pcp_free(p, info, pages) }
+        };
+        if !done {
+            let st = self.state.lock();
+            // SAFETY: genuine descriptor.
+            let info = unsafe { &*p }.info();
+            check_exact_free(info, addr, order, pages);
+            // SAFETY: validated under the lock: an allocated block of ours of `pages` pages.
+            unsafe { self.free_validated(st, p, 0, pages) };
+        }
+        // Exact blocks are kmalloc's large sizes, freed with no kmem lock held.
+        self.decay_tick_now();
+    }
+
+    /// The descriptor `page` once it is shown to be one of a registered chunk of this node
+    /// and instance (aborts otherwise), and its address.
+    fn checked_descriptor(&self, page: NonNull<Page>, order: u32) -> (*mut Page, usize) {
         let p = page.as_ptr();
         // A garbage pointer is the caller's bug and is caught by the check below when readable.
         // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor.
@@ -446,83 +583,70 @@ impl PageAllocator {
         if node != self.node {
             bad_free("block belongs to another node", addr, order, None);
         }
-        let st = self.state.lock();
-        // SAFETY: genuine descriptor.
-        let info = unsafe { &*p }.info();
-        match info.kind() {
-            PageKind::Block | PageKind::Slab => {}
-            PageKind::Free => bad_free(
-                "double free: block is already free",
-                addr,
-                order,
-                Some(info),
-            ),
-            PageKind::Tail if info.head_offset() == 0 => bad_free(
-                "double free: block is being freed concurrently",
-                addr,
-                order,
-                Some(info),
-            ),
-            PageKind::Tail => {
-                // A tail of an allocated block, or an interior page of a free one.
-                // SAFETY: `addr` is in a registered chunk.
-                let head = virt_to_page(addr as *const u8).map(|h| h.info().kind());
-                if head == Some(PageKind::Free) {
-                    bad_free(
-                        "double free: page lies inside a free block",
-                        addr,
-                        order,
-                        Some(info),
-                    )
-                }
-                bad_free(
-                    "not the head of a block (tail page)",
-                    addr,
-                    order,
-                    Some(info),
-                )
-            }
-            PageKind::Absent => bad_free(
-                "page beyond the end of a partial chunk",
-                addr,
-                order,
-                Some(info),
-            ),
-        }
-        if info.order() != order {
-            bad_free(
-                "wrong order: the block was allocated with another order",
-                addr,
-                order,
-                Some(info),
-            );
-        }
-        // Clear the slab owner so stale slab frees see no cache.
-        // SAFETY: the block is ours (validated under the lock).
-        unsafe {
-            (*p).cache.store(null_mut(), Ordering::Relaxed);
-            (*p).set_info(in_transit(self.node));
-        }
-        let mut st = st;
-        st.frees += 1;
-        // SAFETY: `p` is a detached, in-transit block of ours of `order`.
-        unsafe { self.insert_merging(st, p, order, false) };
+        (p, addr)
     }
 
-    /// Changes the order of an allocated, non-slab block in place (`krealloc` of a page block):
-    /// shrinking returns the upper halves to the free lists; growing absorbs the free buddies
-    /// above the block, which works only when the block is aligned for the new order and each
-    /// of those buddies is a whole free block. Returns whether the block now has order `new`
-    /// (on `false` nothing changed and the caller copies instead).
+    /// Gives pages `[from, to)` of the validated block headed by `p` back: clears the slab
+    /// owner when the whole block goes, then inserts the aligned pieces tiling the range, each
+    /// coalescing with free buddies.
+    ///
+    /// # Safety
+    /// `st` guards this node; `p` heads an allocated block of ours of at least `to` pages that
+    /// the caller owns; no one uses pages `[from, to)` any more.
+    pub(super) unsafe fn free_validated<'a>(
+        &'a self,
+        st: SpinGuard<'a, BuddyState>,
+        p: *mut Page,
+        from: usize,
+        to: usize,
+    ) {
+        if from == 0 {
+            // Clear the slab owner so stale slab frees see no cache.
+            // SAFETY: the block is ours (validated under the lock).
+            unsafe { (*p).cache.store(null_mut(), Ordering::Relaxed) };
+        }
+        // Every piece's head is marked in transit before the first is inserted (and the lock
+        // dropped): none is a Block head any more, so a racing double free of `p` aborts.
+        // SAFETY: pages of our block (lock held).
+        for_each_piece(from, to, |j, _| unsafe {
+            (*p.add(j)).set_info(in_transit(self.node))
+        });
+        let mut st = st;
+        st.frees += 1;
+        let mut pieces = [(0usize, 0u32); NR_ORDERS + 1];
+        let mut n = 0;
+        for_each_piece(from, to, |j, o| {
+            pieces[n] = (j, o);
+            n += 1;
+        });
+        // The first piece uses the caller's guard; `insert_merging` releases it, so each later
+        // piece re-takes the lock.
+        let mut guard = Some(st);
+        for &(j, o) in &pieces[..n] {
+            let g = guard.take().unwrap_or_else(|| self.state.lock());
+            // SAFETY: `p + j` heads a detached, in-transit piece of ours of order `o`.
+            unsafe { self.insert_merging(g, p.add(j), o, false) };
+        }
+    }
+
+    /// Changes the page count of an allocated, non-slab block in place (`krealloc` of a page
+    /// block, from `old` to `new` pages, both `1..=PAGES_PER_CHUNK`). Shrinking gives pages
+    /// `[new, old)` back (tiled into aligned pieces that coalesce). Growing takes the pages
+    /// `[old, new)` after the block when every one of them is free: the free blocks covering
+    /// them are unlinked, and the part of the last one past `new` goes back as aligned pieces.
+    /// Returns whether the block now has `new` pages (on `false` nothing changed and the caller
+    /// copies instead). The block keeps its address (and so its alignment); its head records
+    /// the new count.
     ///
     /// # Safety
     /// `page` heads a block of `old` pages allocated from this node, owned by the caller.
-    pub(crate) unsafe fn resize_in_place(&self, page: NonNull<Page>, old: u32, new: u32) -> bool {
+    #[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
+    pub(crate) unsafe fn resize_exact(&self, page: NonNull<Page>, old: usize, new: usize) -> bool {
         let p = page.as_ptr();
         if new == old {
             return true;
         }
-        if new > MAX_ORDER {
+        if new == 0 || new > PAGES_PER_CHUNK {
             return false;
         }
         // SAFETY: a genuine descriptor of a block we own (contract).
@@ -531,60 +655,68 @@ impl PageAllocator {
         let usable = unsafe { (*meta).usable_pages };
         // SAFETY: as above.
         let info = unsafe { &*p }.info();
-        if info.kind() != PageKind::Block || info.order() != old {
+        if info.kind() != PageKind::Block || info.block_pages() != old {
             return false;
         }
+        let new_info = PageInfo::block(order_for_pages(new), self.node, new);
         if new < old {
-            // Give back the upper halves, largest first: each one's buddy is the part we keep,
-            // so none can merge. Their interior pages are rewritten to point at their own head
-            // before they are published.
-            for o in (new..old).rev() {
-                let up_idx = idx + (1 << o);
-                // SAFETY: inside our block, hence inside the chunk.
-                let up = unsafe { ChunkMeta::page(meta, up_idx) };
-                for j in 1..(1usize << o) {
-                    // SAFETY: pages of our own block.
-                    unsafe {
-                        (*ChunkMeta::page(meta, up_idx + j)).set_info(PageInfo::tail(j, self.node))
-                    };
-                }
-                let mut st = self.state.lock();
-                // SAFETY: `up` heads a detached block of ours; the lock is held.
-                unsafe { (*up).set_info(in_transit(self.node)) };
-                st.frees += 1;
-                // SAFETY: as above.
-                unsafe { self.insert_merging(st, up, o, false) };
-            }
-            // SAFETY: our block's head.
-            unsafe { (*p).set_info(PageInfo::head(PageKind::Block, new, self.node, false)) };
+            // Tails of the kept pages are already right; the head says `new` before any page
+            // past it is published.
+            let st = self.state.lock();
+            // SAFETY: our block's head (lock held: a concurrent free of a buddy sees it whole).
+            unsafe { (*p).set_info(new_info) };
+            // SAFETY: pages [new, old) of our block are given back by the caller.
+            unsafe { self.free_validated(st, p, new, old) };
             return true;
         }
-        if idx & ((1 << new) - 1) != 0 || idx + (1 << new) > usable {
+        if idx + new > usable {
             return false;
         }
         {
             let mut st = self.state.lock();
-            for o in old..new {
-                // SAFETY: idx + 2^o < idx + 2^new <= usable.
-                let b = unsafe { ChunkMeta::page(meta, idx + (1 << o)) };
+            // Pass 1: the free blocks covering [idx + old, idx + new): each must start where
+            // the previous one ended (the pages before are ours, so a free block holding page
+            // j starts at j).
+            let mut j = idx + old;
+            while j < idx + new {
+                // SAFETY: j < idx + new <= usable <= PAGES_PER_CHUNK.
+                let b = unsafe { ChunkMeta::page(meta, j) };
                 // SAFETY: genuine descriptor; read under the lock.
                 let bi = unsafe { &*b }.info();
-                if bi.kind() != PageKind::Free || bi.order() != o {
+                if bi.kind() != PageKind::Free {
                     return false;
                 }
+                j += 1 << bi.order();
             }
-            for o in old..new {
-                // SAFETY: checked above: a free head of order `o` on this node's list; lock held.
+            let end = j;
+            // Pass 2: take them, and give back what lies past `idx + new` of the last one.
+            let mut j = idx + old;
+            let mut last_released = false;
+            while j < end {
+                // SAFETY: checked in pass 1: a free head of this node's list; lock held.
                 unsafe {
-                    let b = ChunkMeta::page(meta, idx + (1 << o));
-                    st.unlink(b, o);
-                    (*b).set_info(in_transit(self.node));
+                    let b = ChunkMeta::page(meta, j);
+                    let bi = (*b).info();
+                    last_released = bi.released();
+                    st.unlink(b, bi.order());
+                    (*b).set_info(PageInfo::tail(j - idx, self.node));
+                    j += 1 << bi.order();
                 }
             }
             // SAFETY: our block's head; the absorbed pages are ours now.
-            unsafe { (*p).set_info(PageInfo::head(PageKind::Block, new, self.node, false)) };
+            unsafe { (*p).set_info(new_info) };
+            // The excess tiles an aligned block's suffix: each piece's buddy is, or contains, a
+            // page we keep, so none can merge.
+            for_each_piece(idx + new, end, |q, o| {
+                // SAFETY: `q` is a page of the last absorbed free block, ours under the lock.
+                unsafe {
+                    let b = ChunkMeta::page(meta, q);
+                    (*b).set_info(PageInfo::head(PageKind::Free, o, self.node, last_released));
+                    st.push(b, o, last_released);
+                }
+            });
         }
-        for j in (1usize << old)..(1usize << new) {
+        for j in old..new {
             // SAFETY: pages of our (grown) block.
             unsafe { (*ChunkMeta::page(meta, idx + j)).set_info(PageInfo::tail(j, self.node)) };
         }
@@ -637,7 +769,7 @@ impl PageAllocator {
                 }
                 let new_order = order + 1;
                 if released != bi.released() {
-                    if new_order >= RELEASE_ORDER && may_release && self.releasable(order) {
+                    if self.release_at_once(new_order) && may_release && self.releasable(order) {
                         let dirty = if released { bidx } else { idx };
                         // SAFETY: the dirty half lies in the detached merged block.
                         let r = unsafe {
@@ -660,7 +792,7 @@ impl PageAllocator {
                 idx = lo;
                 order = new_order;
             }
-            if order >= RELEASE_ORDER && !released && may_release && self.releasable(order) {
+            if self.release_at_once(order) && !released && may_release && self.releasable(order) {
                 // SAFETY: a detached free block of ours.
                 let r = unsafe {
                     self.release_detached(
@@ -688,6 +820,112 @@ impl PageAllocator {
     }
 }
 
+/// The smallest order whose block holds `pages` pages (`pages >= 1`).
+#[inline]
+#[cfg_attr(loom, allow(dead_code))] // exact blocks are kmalloc's, which loom builds do not use
+pub(crate) const fn order_for_pages(pages: usize) -> u32 {
+    pages.next_power_of_two().trailing_zeros()
+}
+
+/// Calls `f(j, order)` for the maximal aligned blocks that tile `[from, to)`, in ascending
+/// order: `j` is aligned to `2^order` (indices relative to a block or chunk aligned to at least
+/// every such order), and each block is the largest that starts at `j` and fits.
+#[inline]
+pub(super) fn for_each_piece(from: usize, to: usize, mut f: impl FnMut(usize, u32)) {
+    let mut j = from;
+    while j < to {
+        let align = if j == 0 {
+            MAX_ORDER
+        } else {
+            j.trailing_zeros().min(MAX_ORDER)
+        };
+        let fit = usize::BITS - 1 - (to - j).leading_zeros();
+        let o = align.min(fit);
+        f(j, o);
+        j += 1 << o;
+    }
+}
+
+/// The checks of `free_pages(order)`: an allocated head of that order, whole (aborts naming
+/// what is wrong).
+fn check_order_free(info: PageInfo, addr: usize, order: u32) {
+    check_allocated_head(info, addr, order);
+    if info.order() != order {
+        bad_free(
+            "wrong order: the block was allocated with another order",
+            addr,
+            order,
+            Some(info),
+        );
+    }
+    if info.block_pages() != 1 << order {
+        bad_free(
+            "wrong size: the block has an exact page count (free_pages_exact)",
+            addr,
+            order,
+            Some(info),
+        );
+    }
+}
+
+/// The checks of `free_pages_exact(pages)`: an allocated `Block` of that page count.
+#[cfg_attr(loom, allow(dead_code))]
+fn check_exact_free(info: PageInfo, addr: usize, order: u32, pages: usize) {
+    check_allocated_head(info, addr, order);
+    if info.kind() != PageKind::Block || info.block_pages() != pages {
+        bad_free(
+            "wrong size: the block was allocated with another page count",
+            addr,
+            order,
+            Some(info),
+        );
+    }
+}
+
+/// The kind checks of a free: `info` must head an allocated block (aborts naming what it is
+/// instead).
+fn check_allocated_head(info: PageInfo, addr: usize, order: u32) {
+    match info.kind() {
+        PageKind::Block | PageKind::Slab => {}
+        PageKind::Free | PageKind::Pcp => bad_free(
+            "double free: block is already free",
+            addr,
+            order,
+            Some(info),
+        ),
+        PageKind::Tail if info.head_offset() == 0 => bad_free(
+            "double free: block is being freed concurrently",
+            addr,
+            order,
+            Some(info),
+        ),
+        PageKind::Tail => {
+            // A tail of an allocated block, or an interior page of a free one.
+            let head = virt_to_page(addr as *const u8).map(|h| h.info().kind());
+            if matches!(head, Some(PageKind::Free | PageKind::Pcp)) {
+                bad_free(
+                    "double free: page lies inside a free block",
+                    addr,
+                    order,
+                    Some(info),
+                )
+            }
+            bad_free(
+                "not the head of a block (tail page)",
+                addr,
+                order,
+                Some(info),
+            )
+        }
+        PageKind::Absent => bad_free(
+            "page beyond the end of a partial chunk",
+            addr,
+            order,
+            Some(info),
+        ),
+    }
+}
+
 /// Aborts with a precise description of a bad `free_pages`.
 #[cold]
 #[inline(never)]
@@ -702,6 +940,7 @@ pub(super) fn bad_free(what: &str, addr: usize, order: u32, info: Option<PageInf
                 PageKind::Block => "Block",
                 PageKind::Slab => "Slab",
                 PageKind::Tail => "Tail",
+                PageKind::Pcp => "Pcp",
             },
             Num::dec(i.order() as u64),
         ),

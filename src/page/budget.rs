@@ -16,6 +16,13 @@ pub(crate) struct PageBudget {
     pub(super) calls: AtomicU64,
     /// The OS page size (and, in unit tests, the emulated kernel) for releases.
     pub(crate) os: os::OsPages,
+    /// The decay delay in nanoseconds (`decay.rs`): free memory goes back to the OS once it has
+    /// been free this long. `None`: no decay (blocks of `RELEASE_ORDER` and up are released
+    /// as they form, the rest only by `release_free`).
+    pub(crate) decay_ns: Option<u64>,
+    /// Unit tests: a fake decay clock (nanoseconds; 0: the real coarse clock).
+    #[cfg(test)]
+    pub(crate) fake_now: AtomicU64,
 }
 
 impl PageBudget {
@@ -34,7 +41,29 @@ impl PageBudget {
             fault,
             calls: AtomicU64::new(0),
             os,
+            decay_ns: None,
+            #[cfg(test)]
+            fake_now: AtomicU64::new(0),
         }
+    }
+
+    /// The decay clock: `os::coarse_now_ns` (unit tests may set a fake time instead).
+    #[inline]
+    pub(crate) fn decay_now(&self) -> u64 {
+        #[cfg(test)]
+        {
+            let t = self.fake_now.load(Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+        os::coarse_now_ns()
+    }
+
+    /// This budget with the decay delay `decay_ns` (`None`: no decay).
+    pub(crate) fn with_decay(mut self, decay_ns: Option<u64>) -> Self {
+        self.decay_ns = decay_ns;
+        self
     }
 
     /// Reserves up to `CHUNK_SIZE` bytes (a whole number of pages); 0 when exhausted.

@@ -223,6 +223,9 @@ impl PageAllocator {
 
 impl Drop for PageAllocator {
     fn drop(&mut self) {
+        // Blocks on the per-CPU lists are free: back to the buddy lists, so chunks that hold
+        // nothing else are unmapped.
+        self.drain_pcp(false);
         let mut leaked_chunks = 0u64;
         let mut leaked_bytes = 0u64;
         let mut chunk = self.state.lock().chunks;

@@ -8,9 +8,10 @@
 //! | kind      | `info`                          | `lru_prev/lru_next`      | slab fields        |
 //! |-----------|---------------------------------|--------------------------|--------------------|
 //! | `Free`    | order, node, released           | buddy free-list links    | unused             |
-//! | `Block`   | order, node (head of a block)   | unused                   | unused             |
+//! | `Block`   | order, node, exact page count (0: `2^order`) | unused      | unused             |
 //! | `Slab`    | order, node (head of a slab)    | node partial-list links  | all meaningful     |
 //! | `Tail`    | offset to the head page         | unused                   | unused             |
+//! | `Pcp`     | order, node (free, on a CPU slot's page list) | unused     | `next`: the list link |
 //! | `Absent`  | (page beyond a partial chunk)   | unused                   | unused             |
 //!
 //! `info` is atomic because [`virt_to_page`](super::virt_to_page) and the free paths read it
@@ -32,6 +33,9 @@ pub(crate) enum PageKind {
     Slab = 3,
     /// A non-head page of an allocated block; `head_offset` leads to the head.
     Tail = 4,
+    /// Head of a free block of `order` held on a CPU slot's page list (`pcp.rs`): free, but not
+    /// on the buddy lists, so never a merge partner.
+    Pcp = 5,
 }
 
 /// The packed `info` word of a page descriptor.
@@ -66,6 +70,29 @@ impl PageInfo {
         )
     }
 
+    /// The head word of an allocated non-slab block of `pages` pages (`alloc_pages_exact`):
+    /// kind `Block`, order `order_for_pages(pages)`, the exact page count in the bits a tail
+    /// uses for its head offset (0 there means the whole `2^order` block, as
+    /// [`PageInfo::head`] writes it).
+    #[inline]
+    pub(crate) const fn block(order: u32, node: usize, pages: usize) -> Self {
+        let full = pages == 1 << order;
+        PageInfo(
+            PageInfo::head(PageKind::Block, order, node, false).0
+                | ((if full { 0 } else { pages as u32 }) << Self::HEAD_SHIFT),
+        )
+    }
+
+    /// The pages of an allocated block (heads of kind `Block` or `Slab`): its exact page count
+    /// when it was allocated or resized to one, else `2^order`.
+    #[inline]
+    pub(crate) const fn block_pages(self) -> usize {
+        match self.head_offset() {
+            0 => 1 << self.order(),
+            n => n,
+        }
+    }
+
     /// A tail-page word, `offset` pages after its head.
     #[inline]
     pub(crate) const fn tail(offset: usize, node: usize) -> Self {
@@ -84,6 +111,7 @@ impl PageInfo {
             2 => PageKind::Block,
             3 => PageKind::Slab,
             4 => PageKind::Tail,
+            5 => PageKind::Pcp,
             _ => PageKind::Absent,
         }
     }
@@ -192,7 +220,12 @@ mod tests {
 
     #[test]
     fn info_round_trips_every_field() {
-        for kind in [PageKind::Free, PageKind::Block, PageKind::Slab] {
+        for kind in [
+            PageKind::Free,
+            PageKind::Block,
+            PageKind::Slab,
+            PageKind::Pcp,
+        ] {
             for order in [0u32, 1, 10, 31] {
                 for node in [0usize, 1, PageInfo::MAX_NODE] {
                     for released in [false, true] {
@@ -206,6 +239,18 @@ mod tests {
                 }
             }
         }
+        for pages in [1usize, 3, 5, 8, 1000, 1024] {
+            let order = pages.next_power_of_two().trailing_zeros();
+            let b = PageInfo::block(order, 7, pages);
+            assert_eq!(b.kind(), PageKind::Block);
+            assert_eq!((b.order(), b.node(), b.released()), (order, 7, false));
+            assert_eq!(b.block_pages(), pages);
+        }
+        // A whole block reads as a plain head.
+        assert_eq!(
+            PageInfo::block(3, 1, 8),
+            PageInfo::head(PageKind::Block, 3, 1, false)
+        );
         let t = PageInfo::tail(PageInfo::MAX_HEAD_OFFSET, 3);
         assert_eq!(t.kind(), PageKind::Tail);
         assert_eq!(t.head_offset(), PageInfo::MAX_HEAD_OFFSET);

@@ -1,9 +1,10 @@
 //! The buddy page allocator: kmem's `mm/page_alloc.c`.
 //!
 //! Files: this one (the constants, flags and public statistics, and the algorithm below),
-//! `buddy.rs` (`PageAllocator`: the free lists, allocation, freeing with coalescing, in-place
-//! resizing), `chunk.rs` (chunks: mapping and unmapping them, pointer → page descriptor),
-//! `release.rs` (returning free blocks to the OS, blocks in transit, fork), `budget.rs` (the
+//! `buddy.rs` (`PageAllocator`: the free lists, allocation, freeing with coalescing, exact page
+//! counts, in-place resizing), `chunk.rs` (chunks: mapping and unmapping them, pointer → page
+//! descriptor), `release.rs` (returning free blocks to the OS, blocks in transit, fork),
+//! `decay.rs` (returning free memory by itself after a delay), `budget.rs` (the
 //! memory limit and fault injection), `desc.rs` (`struct page`), `radix.rs` (the chunk table).
 //! `impl PageAllocator` is split across `buddy.rs`, `chunk.rs` and `release.rs` by concern, each
 //! file holding the methods of one part of the algorithm.
@@ -29,7 +30,11 @@
 //! what the page is:
 //!
 //! - the head of a free block: `Free` with its order and `released` bit;
-//! - the head of an allocated block: `Block` (the slab layer turns it into `Slab`);
+//! - the head of an allocated block: `Block` (the slab layer turns it into `Slab`); a block
+//!   of an exact page count (`alloc_pages_exact`: kmalloc's large sizes, which round to pages,
+//!   not powers of two) keeps the count in its head (the block of the next order is taken and
+//!   the pages past the count go back to the free lists as the aligned blocks that tile them;
+//!   `free_pages_exact` gives the count back the same way, each piece merging with its buddies);
 //! - any other page of an allocated block: `Tail` with the offset back to its head, written at
 //!   allocation, so an interior pointer finds its head in O(1);
 //! - any other page of a free block: a `Tail` whose offset leads (possibly through an older,
@@ -65,6 +70,9 @@
 //!     common case (the first page freed in a freshly mapped chunk) would otherwise cost one
 //!     `madvise` per small free.
 //! - [`PageAllocator::release_free`] releases every free block not yet released.
+//! - With a decay delay (`decay.rs`, the default for `Kmem` instances), no block is released as
+//!   it forms: the decay releases the dirty blocks that have stayed free for the delay, from
+//!   the slow paths.
 //!
 //! `madvise` and `memset` run without the node lock: the block is detached first (its head is
 //! marked with a zero-offset `Tail`, "in transit", so that it cannot be merged or freed twice),
@@ -112,7 +120,9 @@
 mod buddy;
 mod budget;
 mod chunk;
+mod decay;
 mod desc;
+mod pcp;
 mod radix;
 mod release;
 #[cfg(all(test, not(loom)))]
@@ -121,6 +131,8 @@ mod tests;
 pub(crate) use buddy::{BoundedWait, PageAllocator};
 pub(crate) use budget::PageBudget;
 pub(crate) use chunk::{page_address, virt_to_page, ChunkMeta};
+pub use decay::DEFAULT_DECAY_MS;
+pub(crate) use pcp::PcpSlot;
 
 #[allow(unused_imports)]
 pub(crate) use desc::{Page, PageInfo, PageKind};
@@ -233,6 +245,9 @@ pub struct PageStats {
     pub resident_bytes: usize,
     /// Bytes on the buddy free lists.
     pub free_bytes: usize,
+    /// Bytes of free blocks held on the per-CPU page lists (free, but not on the buddy lists;
+    /// resident).
+    pub pcp_bytes: usize,
     /// Page allocations refused (limit, `NORETRY`, OS refusal, injected).
     pub failed_allocs: u64,
     /// Of `failed_allocs`, those caused by fault injection.

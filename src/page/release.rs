@@ -16,6 +16,15 @@ impl PageAllocator {
         PAGE_SIZE << order >= self.budget().os.size
     }
 
+    /// Whether a free block of `order` is released as soon as it forms: without decay, blocks
+    /// of [`RELEASE_ORDER`] and up; with decay, none (the decay returns them once they have
+    /// been free for the delay, so a block freed and reused at once costs no `madvise` and no
+    /// page faults).
+    #[inline]
+    pub(super) fn release_at_once(&self, order: u32) -> bool {
+        order >= RELEASE_ORDER && self.budget().decay_ns.is_none()
+    }
+
     /// Releases `[ptr, ptr + len)`, part or all of the detached block `(head, order)`, with the
     /// node lock dropped: records the block on the transit list, unlocks, `madvise`s, re-locks.
     /// Returns the guard and whether the OS dropped the range; `None` (lock released) when a
@@ -58,6 +67,13 @@ impl PageAllocator {
     /// dropped, so a concurrent allocation may wait for them, or a `NORETRY` one fail.
     #[allow(dead_code)] // called by the slab layer and Kmem (being written)
     pub(crate) fn release_free(&self) -> usize {
+        self.release_dirty(None)
+    }
+
+    /// [`PageAllocator::release_free`] of the dirty blocks whose decay stamp is at least
+    /// `min_age` epochs old (all of them for `None`). The epoch advances first when `min_age`
+    /// is given (a decay run, `decay.rs`).
+    pub(super) fn release_dirty(&self, min_age: Option<u32>) -> usize {
         // Entered before any block is detached: a signal handler on this thread never waits
         // for them.
         let _scope = PageReleaseScope::enter();
@@ -66,6 +82,10 @@ impl PageAllocator {
         {
             let mut st = self.state.lock();
             generation = st.generation;
+            if min_age.is_some() {
+                st.epoch = st.epoch.wrapping_add(1);
+            }
+            let epoch = st.epoch;
             for o in 0..NR_ORDERS as u32 {
                 if !self.releasable(o) {
                     continue;
@@ -75,7 +95,9 @@ impl PageAllocator {
                     // SAFETY: free heads of this node; lock held.
                     unsafe {
                         let next = (*p).lru_next.get();
-                        if !(*p).info().released() {
+                        let old_enough =
+                            min_age.is_none_or(|a| epoch.wrapping_sub((*p).slabs.get()) >= a);
+                        if !(*p).info().released() && old_enough {
                             st.unlink(p, o);
                             (*p).set_info(in_transit(self.node));
                             st.isolate(p, o);
@@ -184,6 +206,7 @@ impl PageAllocator {
                 out.free_blocks[o] += n;
             }
         }
+        self.add_pcp_stats(out);
         out.failed_allocs += self.failed.load(Ordering::Relaxed);
         out.injected_failures += self.injected.load(Ordering::Relaxed);
         out.reclaim_calls += self.reclaim_calls.load(Ordering::Relaxed);

@@ -126,6 +126,8 @@ impl CacheInner {
     #[cold]
     #[inline(never)]
     pub(super) fn slab_alloc_slow(&self, c: &KmemCacheCpu, node: Option<usize>) -> *mut u8 {
+        // No kmem lock is held here: give idle free pages back to the OS when due (issue 16).
+        self.kmem().decay_tick();
         let mut c = c;
         let mut out_of_memory = false;
         loop {

@@ -241,7 +241,7 @@ impl CacheInner {
                     "\"",
                 ])
             }
-            PageKind::Free => crate::os::abort_msg(&[
+            PageKind::Free | PageKind::Pcp => crate::os::abort_msg(&[
                 "kmem: free of ",
                 addr,
                 " to cache \"",

@@ -148,6 +148,8 @@ impl CacheInner {
             self.discard_empty_partials(nid);
         }
         for nid in 0..self.nr_nodes {
+            // The per-CPU page lists first (issue 16), so that their blocks are released too.
+            self.kmem().node_pages(nid).drain_pcp(false);
             self.kmem().node_pages(nid).release_free();
         }
     }

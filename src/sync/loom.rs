@@ -85,6 +85,13 @@ pub(crate) fn thread_token() -> usize {
 
 /// The spin lock, modelled as a loom `Mutex` (its `try_lock` fallbacks are explored, not the
 /// TTAS loop of the normal build).
+///
+/// `owner` only serves the re-entry check. Its accesses are `SeqCst` here: with `Relaxed` (and
+/// even with `Release`/`Acquire`) loom let a thread whose `try_lock` failed read its own token
+/// from an earlier, already released, acquisition, and report a re-entry that did not happen
+/// (seen in model 16, two threads of one slot taking the page lock in turn). Every new
+/// happens-before edge this adds ends in `lock()`'s slow path, which then acquires the mutex
+/// from the same releaser anyway, so the models' protocol data gain no ordering from it.
 pub(crate) struct SpinLock<T> {
     inner: loom::sync::Mutex<()>,
     owner: AtomicUsize,
@@ -118,7 +125,7 @@ impl<T> SpinLock<T> {
     pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
         match self.inner.try_lock() {
             Ok(g) => {
-                self.owner.store(thread_token(), Ordering::Relaxed);
+                self.owner.store(thread_token(), Ordering::SeqCst);
                 Some(SpinGuard { lock: self, _g: g })
             }
             Err(_) => None,
@@ -130,11 +137,11 @@ impl<T> SpinLock<T> {
         if let Some(g) = self.try_lock() {
             return g;
         }
-        if self.owner.load(Ordering::Relaxed) == thread_token() {
+        if self.owner.load(Ordering::SeqCst) == thread_token() {
             panic!("kmem: {} re-entered by its holder", self.what);
         }
         let g = self.inner.lock().unwrap();
-        self.owner.store(thread_token(), Ordering::Relaxed);
+        self.owner.store(thread_token(), Ordering::SeqCst);
         SpinGuard { lock: self, _g: g }
     }
 
@@ -163,7 +170,7 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.owner.store(0, Ordering::Relaxed);
+        self.lock.owner.store(0, Ordering::SeqCst);
     }
 }
 

@@ -16,6 +16,8 @@ const NORETRY: GfpFlags = GfpFlags::NORETRY;
 struct Fixture {
     nodes: Vec<PageAllocator>,
     budget: *mut PageBudget,
+    /// Per-CPU page list slots of node 0 (`pcp.rs`), when it has them.
+    pcp: Option<*mut [PcpSlot]>,
 }
 
 // SAFETY: the budget is Sync (atomics) and outlives the nodes; the raw pointer is only a
@@ -28,10 +30,22 @@ impl Fixture {
         Fixture {
             nodes: (0..nodes).map(|n| PageAllocator::new(n, budget)).collect(),
             budget,
+            pcp: None,
         }
     }
     fn one(limit: usize) -> Self {
         Self::new(limit, FaultInjection::None, 1)
+    }
+    /// One unlimited node whose free memory decays after `delay_ns` (`decay.rs`).
+    fn decaying(delay_ns: u64) -> Self {
+        let budget = Box::into_raw(Box::new(
+            PageBudget::new(usize::MAX, FaultInjection::None).with_decay(Some(delay_ns)),
+        ));
+        Fixture {
+            nodes: vec![PageAllocator::new(0, budget)],
+            budget,
+            pcp: None,
+        }
     }
     /// One node, limited to one chunk, whose releases go to an emulated kernel (`os::TestOs`).
     fn with_os(os_page: usize, test: os::TestOs) -> Self {
@@ -47,6 +61,24 @@ impl Fixture {
         Fixture {
             nodes: vec![PageAllocator::new(0, budget)],
             budget,
+            pcp: None,
+        }
+    }
+    /// One node with `slots` per-CPU page list slots, limited to `limit` bytes, decaying after
+    /// `decay_ns` if given.
+    fn with_pcp(slots: usize, limit: usize, decay_ns: Option<u64>) -> Self {
+        let budget = Box::into_raw(Box::new(
+            PageBudget::new(limit, FaultInjection::None).with_decay(decay_ns),
+        ));
+        let pcp: Box<[PcpSlot]> = (0..slots).map(|_| PcpSlot::new()).collect();
+        let pcp = Box::into_raw(pcp);
+        // SAFETY: `pcp` holds `slots` initialised slots that outlive the node (freed in Drop,
+        // after the nodes) and belong to it alone.
+        let node = unsafe { PageAllocator::new(0, budget).with_pcp(pcp as *const PcpSlot, slots) };
+        Fixture {
+            nodes: vec![node],
+            budget,
+            pcp: Some(pcp),
         }
     }
     fn pa(&self) -> &PageAllocator {
@@ -63,10 +95,14 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        // Nodes first: they reference the budget.
+        // Nodes first: they reference the budget and the per-CPU slots.
         self.nodes.clear();
         // SAFETY: from Box::into_raw in `new`; no node refers to it any more.
         drop(unsafe { Box::from_raw(self.budget) });
+        if let Some(pcp) = self.pcp {
+            // SAFETY: from Box::into_raw in `with_pcp`; the node that used them is gone.
+            drop(unsafe { Box::from_raw(pcp) });
+        }
     }
 }
 
@@ -592,6 +628,25 @@ fn abort_child() {
                 pa.free_pages(NonNull::from(&fake), 0)
             }
             "other_node" => f.nodes[1].free_pages(p, 2),
+            "exact_as_order" => {
+                let e = pa.alloc_pages_exact(3, NORETRY).unwrap();
+                pa.free_pages(e, 2)
+            }
+            "exact_wrong_count" => {
+                let e = pa.alloc_pages_exact(3, NORETRY).unwrap();
+                pa.free_pages_exact(e, 4)
+            }
+            "pcp_double_free" => {
+                let g = Fixture::with_pcp(1, usize::MAX, None);
+                let q = g.pa().alloc_pages(0, NORETRY).unwrap();
+                g.pa().free_pages(q, 0);
+                g.pa().free_pages(q, 0)
+            }
+            "exact_double_free" => {
+                let e = pa.alloc_pages_exact(5, NORETRY).unwrap();
+                pa.free_pages_exact(e, 5);
+                pa.free_pages_exact(e, 5)
+            }
             _ => panic!("unknown scenario"),
         }
     }
@@ -609,6 +664,16 @@ fn bad_frees_abort_with_precise_messages() {
         ("tail_page", "not the head of a block (tail page)"),
         ("foreign", "not a kmem page descriptor"),
         ("other_node", "block belongs to another node"),
+        (
+            "exact_as_order",
+            "wrong size: the block has an exact page count",
+        ),
+        (
+            "exact_wrong_count",
+            "wrong size: the block was allocated with another page count",
+        ),
+        ("exact_double_free", "double free"),
+        ("pcp_double_free", "double free: block is already free"),
     ] {
         let out = std::process::Command::new(&exe)
             .args([
@@ -633,59 +698,6 @@ fn bad_frees_abort_with_precise_messages() {
         );
         assert!(stderr.contains("kmem: free_pages: "), "{stderr}");
     }
-}
-
-#[test]
-fn resize_in_place_shrinks_and_grows_through_free_buddies() {
-    let f = Fixture::one(usize::MAX);
-    let pa = f.pa();
-    // The chunk's first block: aligned for every order.
-    let p = pa.alloc_pages(3, NORETRY).expect("order 3");
-    let base = mem(p);
-    // SAFETY: `p` is our block of order 3 on this node.
-    assert!(unsafe { pa.resize_in_place(p, 3, 1) });
-    assert_eq!(
-        f.stats().free_bytes + (2 * PAGE_SIZE),
-        f.stats().mapped_bytes
-    );
-    // SAFETY: `p` is a descriptor; it is now an order-1 block head.
-    assert_eq!(unsafe { p.as_ref() }.info().order(), 1);
-    // The freed upper halves are real free blocks: allocating them hands out those pages, and
-    // an interior pointer of one finds its own head.
-    let q = pa.alloc_pages(1, NORETRY).expect("order 1");
-    assert_eq!(mem(q) as usize, base as usize + 2 * PAGE_SIZE);
-    // SAFETY: 5 pages into our former order-3 block: inside the chunk.
-    let interior = virt_to_page(unsafe { base.add(5 * PAGE_SIZE) }).expect("ours");
-    assert_eq!(interior.info().kind(), PageKind::Free);
-    assert_eq!(interior.info().order(), 2);
-    // Growing to order 2 needs the buddy at +2 pages, which `q` holds: refused, nothing changes.
-    // SAFETY: as above.
-    assert!(!unsafe { pa.resize_in_place(p, 1, 2) });
-    // SAFETY: `q` is ours, order 1.
-    unsafe { pa.free_pages(q, 1) };
-    // Now order 1 -> 3 absorbs the free buddies at +2 (order 1) and +4 (order 2).
-    // SAFETY: as above.
-    assert!(unsafe { pa.resize_in_place(p, 1, 3) });
-    // SAFETY: 7 pages into our grown order-3 block.
-    let tail = virt_to_page(unsafe { base.add(7 * PAGE_SIZE) }).expect("ours");
-    assert!(
-        core::ptr::eq(tail, p.as_ptr()),
-        "interior pages lead to the grown head"
-    );
-    // A misaligned block cannot grow: the order-1 block at +2 pages would need +0..+4.
-    // SAFETY: `p` is ours, order 3.
-    unsafe { pa.free_pages(p, 3) };
-    let a = pa.alloc_pages(1, NORETRY).unwrap();
-    let b = pa.alloc_pages(1, NORETRY).unwrap();
-    let (lo, hi) = if mem(a) < mem(b) { (a, b) } else { (b, a) };
-    // SAFETY: `hi` is ours, order 1, at an odd order-1 index.
-    assert!(!unsafe { pa.resize_in_place(hi, 1, 2) });
-    // SAFETY: ours.
-    unsafe {
-        pa.free_pages(lo, 1);
-        pa.free_pages(hi, 1);
-    }
-    assert_all_free(&f);
 }
 
 /// Issue #10 item 5: threads that reach the limit together while one of them maps the only
@@ -730,4 +742,7 @@ fn limit_reached_during_a_concurrent_grow_rechecks_the_free_lists() {
     );
 }
 
+mod decay;
+mod exact;
+mod pcp;
 mod release;
