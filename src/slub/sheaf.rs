@@ -372,6 +372,7 @@ impl SheafPool {
     }
 
     /// The pool lock, for the fork handlers.
+    #[cfg_attr(any(loom, miri), allow(dead_code))]
     pub(crate) fn lock_for_fork(&self) -> &SpinLock<PoolState> {
         &self.state
     }
