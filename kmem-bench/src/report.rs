@@ -650,10 +650,10 @@ mod tests {
         let csv = to_csv(&aggregate(&[r]));
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].split(',').count(), 14);
+        assert_eq!(lines[0].split(',').count(), 17);
         assert_eq!(
             lines[1],
-            "fastpath,\"64 B, 2 thr\",kmem,1,10.000,10.000,10.000,100.0000,2048,1.0000,,,1234,"
+            "fastpath,\"64 B, 2 thr\",kmem,1,10.000,10.000,10.000,100.0000,2048,1.0000,,,1234,,,,"
         );
     }
 

@@ -976,7 +976,9 @@ mod tests {
     #[test]
     fn idle_measures_rss() {
         let f = idle(&System, 8 << 20, 3);
-        assert!(f.rss_burst_kib > f.rss_base_kib + 32 * 1024, "{f:?}");
+        // 8 MiB of small objects show up in RSS (the large ones only where they are touched:
+        // their first and last bytes).
+        assert!(f.rss_burst_kib > f.rss_base_kib + 4 * 1024, "{f:?}");
         assert!(f.sample.ops > 8000);
     }
 

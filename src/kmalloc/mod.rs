@@ -43,10 +43,13 @@
 //! # The hot path
 //!
 //! [`kmalloc_index`] → one load from the static cache table → `CacheInner::slab_alloc(None)`.
-//! The index costs no division, as the kernel's `kmalloc_index`: for sizes up to 128 one load
-//! from a 17-byte table indexed by `(size + 7) >> 3` (the kernel's `size_index[]`); above,
-//! `g = fls(size - 1) - 1` and the two bits of `size - 1` under its top bit select one of the
-//! four classes of the group (`IDX_128 + 1 + 4 (g - 7) + ((size - 1) >> (g - 2) & 3)`).
+//! The index costs no division, as the kernel's `kmalloc_index`: for sizes up to 1024 one load
+//! from a 129-byte table indexed by `(size + 7) >> 3` (the kernel's `size_index[]`, extended);
+//! above, `g = fls(size - 1) - 1` and the two bits of `size - 1` under its top bit select one of
+//! the four classes of the group: `(size - 1) >> (g - 2)` is 4 to 7, so the index is
+//! `4 g + ((size - 1) >> (g - 2)) - 23`. Up to 1024 the table costs what the kernel set's
+//! `fls` formula did (kmem-bench, dynamic sizes: 5.9 ns per `Kmalloc` pair at 256 B either
+//! way); computing the groups from 128 on instead cost 0.8 ns more (docs/performance.md).
 //! The kernel's set uses the kernel's own table up to 192 and `fls` above. The caches are
 //! created together, lazily, on the first allocation of any class; they live in OS mappings
 //! (never the global allocator) and are registered on [`Kmem::global()`], so `slabinfo` shows
@@ -134,12 +137,12 @@ const SIZE_CLASSES_CONST: [usize; NR_KMALLOC] = [
 
 /// The index of the 256-byte class.
 const IDX_256: usize = 12;
-/// The index of the 128-byte class: above it, [`kmalloc_index`] computes the class.
-const IDX_128: usize = 8;
+/// The index of the 1024-byte class: above it, [`kmalloc_index`] computes the class.
+const IDX_1K: usize = 20;
 /// The largest size the byte table [`SIZE_INDEX`] covers.
-const TABLE_MAX: usize = 128;
+const TABLE_MAX: usize = 1024;
 const _: () =
-    assert!(SIZE_CLASSES_CONST[IDX_256] == 256 && SIZE_CLASSES_CONST[IDX_128] == TABLE_MAX);
+    assert!(SIZE_CLASSES_CONST[IDX_256] == 256 && SIZE_CLASSES_CONST[IDX_1K] == TABLE_MAX);
 const _: () = assert!(SIZE_CLASSES_CONST[NR_KMALLOC - 1] == KMALLOC_MAX_CACHE_SIZE);
 /// The class sizes, with a `'static` address for [`kmalloc_size_classes`].
 static SIZE_CLASSES: [usize; NR_KMALLOC] = SIZE_CLASSES_CONST;
@@ -222,8 +225,8 @@ const fn smallest_class(set: &[usize], size: usize) -> u8 {
     idx as u8
 }
 
-/// The kernel's `size_index[]`, up to 128: entry `(s + 7) >> 3` is the index of the smallest
-/// class holding `s` bytes, for `s <= 128` (entry 0, size 0, maps to the smallest).
+/// The kernel's `size_index[]`, extended to 1024: entry `(s + 7) >> 3` is the index of the
+/// smallest class holding `s` bytes, for `s <= 1024` (entry 0, size 0, maps to the smallest).
 const SIZE_INDEX: [u8; TABLE_MAX / 8 + 1] = {
     let mut t = [0u8; TABLE_MAX / 8 + 1];
     let mut i = 0;
@@ -340,23 +343,23 @@ pub fn kmalloc_class_for(layout: Layout) -> Option<usize> {
 /// is too small (only classes that are not powers of two can be, and only for alignments above
 /// 16), in which case the first later class aligned enough is.
 ///
-/// No division: up to 128 one load from the byte table [`SIZE_INDEX`] (the kernel's
+/// No division: up to 1024 one load from the byte table [`SIZE_INDEX`] (the kernel's
 /// `size_index[]`); above, `g = fls(s - 1) - 1` names the power of two `2^g < s <= 2^(g+1)`
 /// and the two bits of `s - 1` below its top bit pick one of the group's four classes
-/// `2^g · {5, 6, 7, 8} / 4` (a table load up to 1024 measured 0.4 ns slower per `Kmalloc`
-/// pair at 256 B than this computation, see docs/performance.md).
+/// `2^g · {5, 6, 7, 8} / 4`.
 #[inline(always)]
 pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
-    // No panic on the allocator's hot path: `(s + 7) >> 3 <= 16` indexes the 17-entry
-    // table; above, `s - 1` is in 128..8192, `g` in 7..=12 and the index in
-    // IDX_128 + 1..=IDX_128 + 24 = NR_KMALLOC - 1 (and the cold loop checks every later index).
+    // No panic on the allocator's hot path: `(s + 7) >> 3 <= 128` indexes the 129-entry
+    // table; above, `s - 1` is in 1024..8192, `g` in 10..=12 and the index in
+    // 4 * 10 + 4 - 23 = IDX_1K + 1 ..= 4 * 12 + 7 - 23 = NR_KMALLOC - 1 (and the cold loop
+    // checks every later index).
     let s = if size > align { size } else { align };
     let idx = if s <= TABLE_MAX {
         SIZE_INDEX[(s + 7) >> 3] as usize
     } else if s <= KMALLOC_MAX_CACHE_SIZE {
         let m = s - 1;
         let g = (usize::BITS - 1 - m.leading_zeros()) as usize;
-        IDX_128 + 1 + ((g - 7) << 2) + ((m >> (g - 2)) & 3)
+        (g << 2) + (m >> (g - 2)) - (4 * 10 + 4 - IDX_1K - 1)
     } else {
         return None;
     };
