@@ -605,17 +605,23 @@ impl PageAllocator {
             // SAFETY: the block is ours (validated under the lock).
             unsafe { (*p).cache.store(null_mut(), Ordering::Relaxed) };
         }
-        // Every piece's head is marked in transit before the first is inserted (and the lock
-        // dropped): none is a Block head any more, so a racing double free of `p` aborts.
-        // SAFETY: pages of our block (lock held).
-        for_each_piece(from, to, |j, _| unsafe {
-            (*p.add(j)).set_info(in_transit(self.node))
+        // The pieces tile the range by *chunk* index: a block grown in place (`resize_exact`)
+        // starts only as aligned as it was first allocated, so its own offsets say nothing
+        // about alignment. Every piece's head is marked in transit before the first is inserted
+        // (and the lock dropped): none is a Block head any more, so a racing double free of `p`
+        // aborts.
+        // SAFETY: `p` is a genuine descriptor (contract).
+        let (meta, idx) = unsafe { chunk_of(p) };
+        // SAFETY: pages of our block (lock held), inside the chunk.
+        for_each_piece(idx + from, idx + to, |j, _| unsafe {
+            (*ChunkMeta::page(meta, j)).set_info(in_transit(self.node))
         });
         let mut st = st;
         st.frees += 1;
-        let mut pieces = [(0usize, 0u32); NR_ORDERS + 1];
+        // An arbitrary range tiles into at most two pieces per order (rising, then falling).
+        let mut pieces = [(0usize, 0u32); 2 * NR_ORDERS];
         let mut n = 0;
-        for_each_piece(from, to, |j, o| {
+        for_each_piece(idx + from, idx + to, |j, o| {
             pieces[n] = (j, o);
             n += 1;
         });
@@ -624,8 +630,9 @@ impl PageAllocator {
         let mut guard = Some(st);
         for &(j, o) in &pieces[..n] {
             let g = guard.take().unwrap_or_else(|| self.state.lock());
-            // SAFETY: `p + j` heads a detached, in-transit piece of ours of order `o`.
-            unsafe { self.insert_merging(g, p.add(j), o, false) };
+            // SAFETY: descriptor `j` heads a detached, in-transit piece of ours of order `o`,
+            // aligned to it in the chunk.
+            unsafe { self.insert_merging(g, ChunkMeta::page(meta, j), o, false) };
         }
     }
 
@@ -828,8 +835,9 @@ pub(crate) const fn order_for_pages(pages: usize) -> u32 {
 }
 
 /// Calls `f(j, order)` for the maximal aligned blocks that tile `[from, to)`, in ascending
-/// order: `j` is aligned to `2^order` (indices relative to a block or chunk aligned to at least
-/// every such order), and each block is the largest that starts at `j` and fits.
+/// order: `j` is aligned to `2^order` (so indices must be relative to something aligned to at
+/// least every such order: the chunk, or a block of an order at least the pieces'), and each
+/// block is the largest that starts at `j` and fits. At most two blocks per order.
 #[inline]
 pub(super) fn for_each_piece(from: usize, to: usize, mut f: impl FnMut(usize, u32)) {
     let mut j = from;

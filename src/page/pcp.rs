@@ -50,6 +50,7 @@
 //! list loses its released bit, so a `ZERO` allocation from a pcp list always memsets).
 
 use super::buddy::*;
+use super::chunk::*;
 use super::*;
 use crate::sync::{Ordering, SpinGuard, SpinLock};
 use core::ptr::null_mut;
@@ -277,10 +278,13 @@ impl PageAllocator {
         } else {
             PageKind::Pcp
         };
-        for_each_piece(0, pages, |j, o| {
-            // SAFETY: pages of our claimed block; the slot lock is held.
+        // Tiled by chunk index: a block grown in place is only as aligned as it was allocated.
+        // SAFETY: `p` is a genuine descriptor (contract).
+        let (meta, idx) = unsafe { chunk_of(p) };
+        for_each_piece(idx, idx + pages, |j, o| {
+            // SAFETY: pages of our claimed block, inside the chunk; the slot lock is held.
             unsafe {
-                let q = p.add(j);
+                let q = ChunkMeta::page(meta, j);
                 (*q).set_info(PageInfo::head(kind, o, self.node, false));
                 l.push(q, o);
             }

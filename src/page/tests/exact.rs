@@ -170,3 +170,40 @@ fn pieces_tile_a_range_with_aligned_blocks() {
         }
     }
 }
+
+/// A block grown in place starts only as aligned as it was allocated: its pages must go back
+/// as pieces aligned in the *chunk*, not relative to the block (found by the C contract test:
+/// a later aligned allocation came back misaligned).
+#[test]
+fn a_block_grown_from_an_odd_page_goes_back_as_chunk_aligned_pieces() {
+    for pcp in [false, true] {
+        let f = if pcp {
+            Fixture::with_pcp(1, usize::MAX, None)
+        } else {
+            Fixture::one(usize::MAX)
+        };
+        let pa = f.pa();
+        let x = pa.alloc_pages_exact(1, NORETRY).unwrap();
+        let y = pa.alloc_pages_exact(1, NORETRY).unwrap();
+        let (lo, hi) = if mem(x) < mem(y) { (x, y) } else { (y, x) };
+        // SAFETY: ours, freed once.
+        unsafe { pa.free_pages_exact(lo, 1) };
+        pa.drain_pcp(false);
+        // `hi` sits at an odd page; it grows over the free pages after it.
+        // SAFETY: ours, one page.
+        assert!(unsafe { pa.resize_exact(hi, 1, 6) }, "pcp {pcp}");
+        // SAFETY: ours, six pages now.
+        unsafe { pa.free_pages_exact(hi, 6) };
+        pa.drain_pcp(false);
+        assert_all_free(&f);
+        // Every order hands out aligned blocks again.
+        for order in 0..=MAX_ORDER {
+            let b = pa.alloc_pages(order, NORETRY).unwrap();
+            assert_eq!(mem(b) as usize % (PAGE_SIZE << order), 0, "order {order}");
+            // SAFETY: ours.
+            unsafe { pa.free_pages(b, order) };
+            pa.drain_pcp(false);
+        }
+        assert_all_free(&f);
+    }
+}
