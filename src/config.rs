@@ -114,10 +114,11 @@ impl CacheFlags {
     /// cache checks its object — a valid object start, not already free (the whole slab
     /// freelist is searched), red zones and poison intact, the free pointer inside the slab,
     /// the slab's counters — and a failed check prints a report in the kernel's words on stderr
-    /// and aborts. Any debug flag sends the cache off the lockless fast paths (see
-    /// [`KmemCache::validate`](crate::KmemCache::validate) and the `debug` section of the
-    /// README); the other three lay the object out for checking, this one checks on every
-    /// call.
+    /// and aborts. Any debug flag sends the cache off the lockless fast paths: every allocation
+    /// and free of it runs under its node's list lock (see also
+    /// [`KmemCache::validate`](crate::KmemCache::validate)); the other three flags lay the
+    /// object out for checking, this one checks on every call. `KMEM_DEBUG` (the kernel's `slub_debug` syntax) sets these flags by cache name
+    /// for a whole process; the README's "Debugging memory corruption" section shows a report.
     ///
     /// ```
     /// use kmem::{CacheConfig, CacheFlags};

@@ -58,7 +58,7 @@
 //!
 //! 0x7f..40-0x7f..40 @offset=64. First byte 0x0 instead of 0xcc
 //! Allocated in 0x55.. (/path/to/prog+0x1234) age=3ms cpu=1 tid=4242
-//! Slab 0x7f..00 objects=30 used=1 fp=0x7f..90 flags=debug
+//! Slab 0x7f..00 objects=28 used=1 fp=0x7f..98 order=0 node=0
 //! Object 0x7f..08 @offset=8 fp=0x0
 //!
 //! Redzone  0x7f..00: bb bb bb bb bb bb bb bb                          ........
