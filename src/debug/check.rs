@@ -35,7 +35,7 @@ impl CacheInner {
         if obj == 0 {
             return true;
         }
-        let base = Self::slab_base(slab);
+        let base = Self::slab_base(slab) + self.slab_colour_bytes(slab);
         let objects = slab.slab_state().1.objects() as usize;
         let Some(slot) = obj.checked_sub(self.geo.red_left_pad) else {
             return false;

@@ -111,6 +111,21 @@ impl PageInfo {
     pub(crate) const fn head_offset(self) -> usize {
         ((self.0 >> Self::HEAD_SHIFT) & ((1 << Self::HEAD_BITS) - 1)) as usize
     }
+
+    /// A slab head's colour (`CacheConfig::colour`: its objects start `colour * colour_off`
+    /// bytes into the slab), kept in the head-offset bits, which only tail pages use. At most
+    /// [`Self::MAX_HEAD_OFFSET`].
+    #[inline]
+    pub(crate) const fn colour(self) -> usize {
+        self.head_offset()
+    }
+
+    /// The same word with colour `c` (`c <= MAX_HEAD_OFFSET`; slab heads only).
+    #[inline]
+    pub(crate) const fn with_colour(self, c: usize) -> Self {
+        let mask = ((1u32 << Self::HEAD_BITS) - 1) << Self::HEAD_SHIFT;
+        PageInfo((self.0 & !mask) | (((c as u32) << Self::HEAD_SHIFT) & mask))
+    }
 }
 
 impl core::fmt::Debug for PageInfo {
