@@ -40,7 +40,10 @@ impl CacheInner {
         let Some(slot) = obj.checked_sub(self.geo.red_left_pad) else {
             return false;
         };
-        slot >= base && slot < base + objects * self.geo.size && (slot - base) % self.geo.size == 0
+        // A multiple of the size: the exact division of the free path (no `div`).
+        slot >= base
+            && slot < base + objects * self.geo.size
+            && self.size_div.is_index(self.size_div.index(slot - base))
     }
 
     /// `check_bytes_and_report`: the `len` bytes at `start` all equal `value`; if not, reports
