@@ -152,7 +152,9 @@ impl KmemCache {
     /// pointer, or one past the last object) aborts naming the cache, the object size and the
     /// slab base. A double free aborts (`double free of 0x…`) when it is cheap to see: the
     /// object is already the head of the freelist it would be linked onto, or freeing it would
-    /// make its slab count fewer than zero objects in use. Other double frees are not detected.
+    /// make its slab count fewer than zero objects in use. Other double frees are not detected,
+    /// unless the cache has [`CacheFlags::CONSISTENCY_CHECKS`](crate::CacheFlags::CONSISTENCY_CHECKS),
+    /// which searches the slab's freelist on every free (and checks red zones and poison).
     ///
     /// # Safety
     /// `obj` was returned by this cache's `alloc`/`alloc_node`/`alloc_bulk`, is not used after

@@ -1,8 +1,9 @@
 //! slub_debug (issue 15) on private instances: each kind of corruption injected in a child
 //! process, whose report must name the cache and the kind (in the kernel's words) before it
 //! aborts; owner tracking in the report; `validate` on clean and corrupted caches (with and
-//! without debug flags); `KMEM_DEBUG` for builders; bulk calls, constructors, and threads on a
-//! debug cache.
+//! without debug flags); `KMEM_DEBUG` for builders and the global instance; bulk calls,
+//! constructors, and threads on a debug cache; `failslab`; and, with the `freelist-random`
+//! feature, shuffled slabs.
 //!
 //! Abort tests run this binary again as a child executing only that test (`KMEM_CHILD=1`).
 
@@ -690,4 +691,71 @@ fn shuffled_slabs_hand_out_every_object_once_out_of_order() {
         // SAFETY: each came from `c` and is freed once.
         unsafe { c.free(NonNull::new(p as *mut u8).unwrap()) };
     }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn coloured_slabs_spread_their_objects_and_still_check_frees() {
+    let k = Kmem::builder().cpus(2).nodes(1).build().unwrap();
+    // One 2560-byte object per page: 1536 spare bytes, 25 colours of 64 bytes.
+    let c = k
+        .create_cache(
+            "coloured",
+            2560,
+            CacheConfig::new().max_order(0).colour(true),
+        )
+        .unwrap();
+    let plain = k
+        .create_cache("plain2560", 2560, CacheConfig::new().max_order(0))
+        .unwrap();
+    let objs: Vec<_> = (0..100).map(|_| c.alloc().unwrap()).collect();
+    let others: Vec<_> = (0..100).map(|_| plain.alloc().unwrap()).collect();
+    let mut offsets: Vec<usize> = objs.iter().map(|p| p.as_ptr() as usize % 4096).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 25, "{offsets:?}");
+    assert!(offsets.iter().all(|o| o % 64 == 0 && o + 2560 <= 4096));
+    assert!(others.iter().all(|p| p.as_ptr() as usize % 4096 == 0));
+    assert!(c.validate().is_ok());
+    // SAFETY: every pointer came from its cache and is freed once.
+    unsafe {
+        c.free_bulk(&objs[..50]);
+        for p in &objs[50..] {
+            c.free(*p);
+        }
+        plain.free_bulk(&others);
+    }
+    assert!(c.validate().is_ok());
+    assert_eq!(c.info().active_objs, 0);
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 0);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn a_coloured_cache_refuses_an_interior_pointer() {
+    if in_child() {
+        let k = one_slot();
+        let c = k
+            .create_cache(
+                "coloured",
+                2560,
+                CacheConfig::new().max_order(0).colour(true),
+            )
+            .unwrap();
+        let _a = c.alloc().unwrap();
+        let b = c.alloc().unwrap(); // colour 1: 64 bytes into its page
+        assert_eq!(b.as_ptr() as usize % 4096, 64);
+        // The page start: a multiple of the size from the slab, but not b's object start.
+        let page = b.as_ptr().wrapping_sub(64);
+        // SAFETY: deliberately wrong (the test).
+        unsafe { c.free(NonNull::new(page).unwrap()) };
+        std::process::exit(0);
+    }
+    let (st, err) = child("a_coloured_cache_refuses_an_interior_pointer");
+    assert_aborted(
+        st,
+        &err,
+        &["kmem: cache \"coloured\": free of an interior pointer 0x"],
+    );
 }

@@ -35,12 +35,15 @@ impl CacheInner {
         if obj == 0 {
             return true;
         }
-        let base = Self::slab_base(slab);
+        let base = Self::slab_base(slab) + self.slab_colour_bytes(slab);
         let objects = slab.slab_state().1.objects() as usize;
         let Some(slot) = obj.checked_sub(self.geo.red_left_pad) else {
             return false;
         };
-        slot >= base && slot < base + objects * self.geo.size && (slot - base) % self.geo.size == 0
+        // A multiple of the size: the exact division of the free path (no `div`).
+        slot >= base
+            && slot < base + objects * self.geo.size
+            && self.size_div.is_index(self.size_div.index(slot - base))
     }
 
     /// `check_bytes_and_report`: the `len` bytes at `start` all equal `value`; if not, reports

@@ -58,7 +58,7 @@
 //!
 //! 0x7f..40-0x7f..40 @offset=64. First byte 0x0 instead of 0xcc
 //! Allocated in 0x55.. (/path/to/prog+0x1234) age=3ms cpu=1 tid=4242
-//! Slab 0x7f..00 objects=30 used=1 fp=0x7f..90 flags=debug
+//! Slab 0x7f..00 objects=28 used=1 fp=0x7f..98 order=0 node=0
 //! Object 0x7f..08 @offset=8 fp=0x0
 //!
 //! Redzone  0x7f..00: bb bb bb bb bb bb bb bb                          ........
@@ -88,6 +88,7 @@
 //! | `validate.rs` | walking every slab | `validate_slab_cache` |
 //! | `shuffle.rs` | freelist randomisation (`freelist-random` feature) | `shuffle_freelist` |
 //! | `failslab.rs` | per-cache fault injection, deterministic by seed (`CacheConfig::failslab`) | `should_failslab` |
+//! | `colour.rs` | slab colouring (`CacheConfig::colour`) | SLAB's `colour_next` |
 //!
 //! Hardening that is not debugging lives here too: `shuffle.rs`, and the free pointer
 //! obfuscation of the `freelist-hardened` feature, which is in `sync/mod.rs`
@@ -99,6 +100,7 @@ pub(crate) mod layout;
 pub(crate) mod track;
 
 mod check;
+mod colour;
 mod failslab;
 mod paths;
 mod report;
@@ -179,6 +181,13 @@ impl CacheInner {
     #[inline]
     pub(crate) fn slab_bytes(slab: &Page) -> usize {
         PAGE_SIZE << slab.info().order()
+    }
+
+    /// Where a slab's first object starts, from the slab's base: its colour times
+    /// `colour_off` (`CacheConfig::colour`; 0 for other caches).
+    #[inline]
+    pub(crate) fn slab_colour_bytes(&self, slab: &Page) -> usize {
+        slab.info().colour() * self.geo.colour_off
     }
 
     /// Object `i` of the slab at `base`.

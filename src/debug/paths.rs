@@ -34,9 +34,9 @@
 //! freelist nobody is changing, and `validate` (`validate.rs`) sees every slab on a list with
 //! its exact counters. The state word is still updated with atomic stores, so that the
 //! lock-free readers that exist for every cache (`slabinfo`'s counts, the free path's owner
-//! check) read whole values. Loom model `m16_debug_free` checks two frees and an allocation
-//! racing on one slab; its planted bug `debug_free_without_list_lock` makes the free skip the
-//! lock.
+//! check) read whole values. Loom model `m16_debug_free` checks two frees and an allocation +
+//! free racing on one slab; its planted bug `debug_free_without_list_lock` makes the free check
+//! its objects and update the slab's state before taking the lock.
 
 use super::CacheInner;
 use crate::page::Page;

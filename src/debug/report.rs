@@ -117,11 +117,7 @@ impl CacheInner {
             .dec(slab.info().order() as u64)
             .s(" node=")
             .dec(slab.node() as u64)
-            .s(if c.frozen() {
-                " flags=frozen"
-            } else {
-                " flags="
-            });
+            .s(if c.frozen() { " frozen" } else { "" });
         l.end();
     }
 

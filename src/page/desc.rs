@@ -9,7 +9,7 @@
 //! |-----------|---------------------------------|--------------------------|--------------------|
 //! | `Free`    | order, node, released           | buddy free-list links    | unused             |
 //! | `Block`   | order, node, exact page count (0: `2^order`) | unused      | unused             |
-//! | `Slab`    | order, node (head of a slab)    | node partial-list links  | all meaningful     |
+//! | `Slab`    | order, node, colour (head of a slab: always `2^order` pages) | node partial-list links | all meaningful |
 //! | `Tail`    | offset to the head page         | unused                   | unused             |
 //! | `Pcp`     | order, node (free, on a CPU slot's page list) | unused     | `next`: the list link |
 //! | `Absent`  | (page beyond a partial chunk)   | unused                   | unused             |
@@ -84,9 +84,14 @@ impl PageInfo {
     }
 
     /// The pages of an allocated block (heads of kind `Block` or `Slab`): its exact page count
-    /// when it was allocated or resized to one, else `2^order`.
+    /// when it was allocated or resized to one, else `2^order`. A slab is always a whole
+    /// `2^order` block: its head-offset bits hold its colour (`CacheConfig::colour`), not a
+    /// page count.
     #[inline]
     pub(crate) const fn block_pages(self) -> usize {
+        if matches!(self.kind(), PageKind::Slab) {
+            return 1 << self.order();
+        }
         match self.head_offset() {
             0 => 1 << self.order(),
             n => n,
@@ -138,6 +143,21 @@ impl PageInfo {
     #[inline]
     pub(crate) const fn head_offset(self) -> usize {
         ((self.0 >> Self::HEAD_SHIFT) & ((1 << Self::HEAD_BITS) - 1)) as usize
+    }
+
+    /// A slab head's colour (`CacheConfig::colour`: its objects start `colour * colour_off`
+    /// bytes into the slab), kept in the head-offset bits, which only tail pages use. At most
+    /// [`Self::MAX_HEAD_OFFSET`].
+    #[inline]
+    pub(crate) const fn colour(self) -> usize {
+        self.head_offset()
+    }
+
+    /// The same word with colour `c` (`c <= MAX_HEAD_OFFSET`; slab heads only).
+    #[inline]
+    pub(crate) const fn with_colour(self, c: usize) -> Self {
+        let mask = ((1u32 << Self::HEAD_BITS) - 1) << Self::HEAD_SHIFT;
+        PageInfo((self.0 & !mask) | (((c as u32) << Self::HEAD_SHIFT) & mask))
     }
 }
 

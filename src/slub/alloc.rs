@@ -480,6 +480,10 @@ impl CacheInner {
             page,
             order,
         };
+        // Slab colouring (`CacheConfig::colour`): the objects start `colour * colour_off`
+        // bytes in, the colour cycling through every offset the slab's unused tail allows.
+        let colour = self.next_colour(order, objects as usize);
+        let base = base + colour * self.geo.colour_off;
         for i in 0..objects as usize {
             let obj = base + i * size;
             if let Some(ctor) = self.ctor {
@@ -502,12 +506,9 @@ impl CacheInner {
             .store(0, Counters::new(objects, objects, true).0);
         p.cache
             .store(self as *const CacheInner as *mut u8, Ordering::Release);
-        p.set_info(crate::page::PageInfo::head(
-            PageKind::Slab,
-            order,
-            nid,
-            false,
-        ));
+        p.set_info(
+            crate::page::PageInfo::head(PageKind::Slab, order, nid, false).with_colour(colour),
+        );
         self.node(nid).inc_slabs(objects as usize);
         FrozenSlab {
             slab: page.as_ptr(),

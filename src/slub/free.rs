@@ -164,6 +164,11 @@ impl CacheInner {
     #[cold]
     #[inline(never)]
     pub(super) fn bad_object(&self, page: &Page, obj: *mut u8, off: usize, slab_bytes: usize) {
+        if self.geo.colour_off != 0 && self.debug_valid_pointer(page, obj as usize) {
+            // A coloured cache: every free comes here (`pow2_mask`), and the pointer starts
+            // an object of its slab's colour.
+            return;
+        }
         if self.debug {
             if self.debug_valid_pointer(page, obj as usize) {
                 return;

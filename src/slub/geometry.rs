@@ -101,6 +101,8 @@ pub(crate) struct Geometry {
     pub(crate) min: OrderObjects,
     pub(crate) min_partial: usize,
     pub(crate) cpu_partial_slabs: usize,
+    /// Slab colouring's step (`colour_off`; 0: no colouring).
+    pub(crate) colour_off: usize,
 }
 
 impl Geometry {
@@ -276,7 +278,17 @@ impl Geometry {
             };
             (nr_objects * 2usize).div_ceil(oo.objects as usize)
         });
+        // Not for a cache on the debug paths (they place objects at fixed offsets).
+        let colour_off = if cfg.colour
+            && cfg.flags.0 & CacheFlags::DEBUG == 0
+            && cfg.failslab == crate::page::FaultInjection::None
+        {
+            align.max(CACHE_LINE_SIZE)
+        } else {
+            0
+        };
         Ok(Geometry {
+            colour_off,
             object_size,
             size,
             align,

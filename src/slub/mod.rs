@@ -164,7 +164,8 @@ pub(crate) struct CacheInner {
     /// `size - 1` when the object size is a power of two no larger than a page, else 0. Then
     /// every slab (aligned to at least a page) holds exactly `slab bytes / size` objects at the
     /// multiples of `size`, so the free path's boundary check is `obj & pow2_mask == 0`: one AND
-    /// on the pointer, off the critical path (no slab order, no multiply).
+    /// on the pointer, off the critical path (no slab order, no multiply). All ones for a
+    /// coloured cache (`CacheConfig::colour`): its frees are checked in the cold path.
     pub(crate) pow2_mask: usize,
     // ---- slow paths ----
     pub(crate) geo: Geometry,
@@ -187,6 +188,9 @@ pub(crate) struct CacheInner {
     /// `failslab` (`debug/failslab.rs`): the injection and the allocations counted so far.
     pub(crate) failslab: crate::page::FaultInjection,
     pub(crate) failslab_calls: crate::sync::AtomicU64,
+    /// Slab colouring (`CacheConfig::colour`): the colour the next new slab takes
+    /// (`colour_next`, modulo the colours its unused tail allows).
+    pub(crate) colour_next: crate::sync::AtomicUsize,
 }
 
 // SAFETY: all shared mutable state inside is reached through atomics, `Cell`s under locks, or the
@@ -312,8 +316,12 @@ impl CacheInner {
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
                     // Not for a debug cache: its objects start `red_left_pad` into their
-                    // slots (its free checks take the cold path, see `owning_slab`).
-                    pow2_mask: if !debug && geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
+                    // slots (its free checks take the cold path, see `owning_slab`). A
+                    // coloured cache gets all ones: every free fails the one-AND test and is
+                    // checked, with the slab's colour, in that cold path.
+                    pow2_mask: if geo.colour_off != 0 {
+                        usize::MAX
+                    } else if !debug && geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
                         geo.size - 1
                     } else {
                         0
@@ -334,6 +342,7 @@ impl CacheInner {
                     random,
                     failslab: cfg.failslab,
                     failslab_calls: crate::sync::AtomicU64::new(0),
+                    colour_next: crate::sync::AtomicUsize::new(0),
                 },
             );
             Ok(NonNull::new_unchecked(inner))
