@@ -140,7 +140,7 @@ impl CacheInner {
             // Power-of-two sizes (see `pow2_mask`): objects sit at the multiples of the size.
             if obj as usize & self.pow2_mask != 0 {
                 let slab_bytes = crate::page::PAGE_SIZE << info.order();
-                self.bad_object(page, obj, obj as usize & (slab_bytes - 1), slab_bytes)
+                self.bad_object(page, obj, obj as usize & (slab_bytes - 1))
             }
         } else {
             // A slab is one buddy block, aligned to its own size (chunks are aligned to the
@@ -151,7 +151,7 @@ impl CacheInner {
             // starts ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
             if !self.size_div.is_index(self.size_div.index(off)) || off + self.geo.size > slab_bytes
             {
-                self.bad_object(page, obj, off, slab_bytes)
+                self.bad_object(page, obj, off)
             }
         }
         page as *const Page as *mut Page
@@ -163,7 +163,7 @@ impl CacheInner {
     /// pointer does start an object (its free path checks it again, exactly, under the lock).
     #[cold]
     #[inline(never)]
-    pub(super) fn bad_object(&self, page: &Page, obj: *mut u8, off: usize, slab_bytes: usize) {
+    pub(super) fn bad_object(&self, page: &Page, obj: *mut u8, off: usize) {
         if self.geo.colour_off != 0 && self.debug_valid_pointer(page, obj as usize) {
             // A coloured cache: every free comes here (`pow2_mask`), and the pointer starts
             // an object of its slab's colour.
@@ -182,7 +182,10 @@ impl CacheInner {
         let addr = crate::os::Num::hex(obj as u64);
         let base = crate::os::Num::hex(obj as u64 - off as u64);
         let size = crate::os::Num::dec(self.geo.size as u64);
-        let what = if off + self.geo.size > slab_bytes {
+        // Inside one of the slab's objects (whichever: a shuffled freelist hands out the last
+        // one first as readily as the first), or beyond the last one.
+        let objects = page.slab_state().1.objects() as usize;
+        let what = if off / self.geo.size >= objects {
             "\": free of a pointer past the last object "
         } else {
             "\": free of an interior pointer "
