@@ -7,7 +7,7 @@
 //! CacheInner (struct kmem_cache): geometry, ctor, flags, in one OS mapping followed by
 //!  ├─ cpu_slab[nr_cpus]  KmemCacheCpu (cpu_slab.rs): {freelist, tid} (16-byte CAS), slab,
 //!  │                     partial list, slot lock, stats
-//!  └─ node[nr_nodes]     KmemCacheNode (node.rs): list_lock, partial list, totals
+//!  └─ node[nr_nodes]     KmemCacheNode (node.rs): list_lock, partial list (+ a debug cache's full list), totals
 //! Page (struct page / struct slab, slab.rs; 64 B, out of band): {freelist, counters}, cache,
 //!  list links, info
 //! ```
