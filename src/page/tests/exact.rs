@@ -78,11 +78,7 @@ fn fill_one_chunk(exact: bool) -> usize {
         let Some(p) = got else { break };
         blocks.push((p, n));
         used += n;
-        n = if n >= 41.min(PAGES_PER_CHUNK / 4) {
-            3
-        } else {
-            n + 2
-        };
+        n = if n >= 41 { 3 } else { n + 2 };
     }
     assert_eq!(f.stats().chunks, 1);
     let mut rng = Rng(0xfeed);
