@@ -70,8 +70,7 @@ impl Pages {
         let budget = Box::into_raw(Box::new(PageBudget::new(usize::MAX, FaultInjection::None)));
         let pcp: Box<[PcpSlot]> = (0..slots).map(|_| PcpSlot::new()).collect();
         let pcp = Box::into_raw(pcp);
-        // SAFETY: `slots` initialised slots, freed only after the allocator (Drop), used by it
-        // alone.
+        // SAFETY: `slots` initialised slots, freed only after the allocator (Drop), used by it alone.
         let alloc = unsafe { PageAllocator::new(0, budget).with_pcp(pcp as *const PcpSlot, slots) };
         Pages {
             alloc: core::mem::ManuallyDrop::new(alloc),

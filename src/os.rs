@@ -234,8 +234,7 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, reserve: usize, align: usize) {
 pub(crate) unsafe fn remap_in_place(ptr: NonNull<u8>, old: usize, new: usize) -> bool {
     #[cfg(not(miri))]
     {
-        // SAFETY: the caller owns the whole mapping; without MREMAP_MAYMOVE it stays put or
-        // the call fails and changes nothing.
+        // SAFETY: the caller owns the whole mapping; without MREMAP_MAYMOVE it stays put or the call fails and changes nothing.
         unsafe { libc::mremap(ptr.as_ptr().cast(), old, new, 0) != libc::MAP_FAILED }
     }
     #[cfg(miri)]

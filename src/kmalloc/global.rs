@@ -170,8 +170,7 @@ macro_rules! kmalloc_impls {
 
             #[inline]
             unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-                // SAFETY: GlobalAlloc contract: `new_size` rounded up to `layout.align()` fits
-                // in isize.
+                // SAFETY: GlobalAlloc contract: `new_size` rounded up to `layout.align()` fits in isize.
                 let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
                 // SAFETY: GlobalAlloc contract: `ptr` is ours with `layout`; `new_size > 0`.
                 unsafe { core_realloc($classes, ptr, layout, new, false) }

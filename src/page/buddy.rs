@@ -423,9 +423,7 @@ impl PageAllocator {
             return Err(if wait { Empty::InTransit } else { Empty::Empty });
         };
         for_each_piece(pages, 1 << order, |j, o| {
-            // SAFETY: `j < 2^order`: a page of our detached block; the lock is held. The piece
-            // is aligned (relative to a block aligned to 2^order) and cannot merge (see
-            // `alloc_pages_exact`), so it goes on its list as it is.
+            // SAFETY: `j < 2^order`: a page of our detached block; the lock is held. The piece is aligned (relative to a block aligned to 2^order) and cannot merge (see `alloc_pages_exact`), so it goes on its list as it is.
             unsafe {
                 let q = p.add(j);
                 (*q).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
@@ -630,8 +628,7 @@ impl PageAllocator {
         let mut guard = Some(st);
         for &(j, o) in &pieces[..n] {
             let g = guard.take().unwrap_or_else(|| self.state.lock());
-            // SAFETY: descriptor `j` heads a detached, in-transit piece of ours of order `o`,
-            // aligned to it in the chunk.
+            // SAFETY: descriptor `j` heads a detached, in-transit piece of ours of order `o`, aligned to it in the chunk.
             unsafe { self.insert_merging(g, ChunkMeta::page(meta, j), o, false) };
         }
     }

@@ -196,8 +196,7 @@ impl PageAllocator {
             let Some((p, _released)) = self.take_locked(&mut st, order) else {
                 break;
             };
-            // SAFETY: `p` is a detached block of ours (page lock held); the slot lock is
-            // held by the caller.
+            // SAFETY: `p` is a detached block of ours (page lock held); the slot lock is held by the caller.
             unsafe {
                 (*p).set_info(PageInfo::head(PageKind::Pcp, order, self.node, false));
                 l.push(p, order);
@@ -217,8 +216,7 @@ impl PageAllocator {
                 }
                 gone += 1 << order;
                 let st = self.state.lock();
-                // SAFETY: `p` heads a free block of ours of `order`, now on no list; under the
-                // page lock it becomes an in-transit head and is inserted, merging.
+                // SAFETY: `p` heads a free block of ours of `order`, now on no list; under the page lock it becomes an in-transit head and is inserted, merging.
                 unsafe {
                     (*p).set_info(in_transit(self.node));
                     self.insert_merging(st, p, order, false);

@@ -65,8 +65,9 @@ fn free_blocks_go_back_after_the_delay_and_not_before() {
     assert_eq!(dirty_free(&f), 0);
     // Released memory is reused as zero memory: ZERO skips the memset, and it is zero.
     let z = pa.alloc_pages(2, GfpFlags::ZERO).unwrap();
+    let zm = mem(z);
     // SAFETY: ours.
-    assert!((0..4 * PAGE_SIZE).all(|i| unsafe { *mem(z).add(i) } == 0));
+    assert!((0..4 * PAGE_SIZE).all(|i| unsafe { *zm.add(i) } == 0));
     // SAFETY: as above.
     unsafe { pa.free_pages(z, 2) };
     assert_all_free(&f);

@@ -12,7 +12,7 @@ fn free_bytes(f: &Fixture) -> usize {
 fn exact_blocks_give_their_tail_back_and_merge_again_on_free() {
     let f = Fixture::one(usize::MAX);
     let pa = f.pa();
-    for pages in [
+    let sizes = [
         1usize,
         3,
         5,
@@ -23,7 +23,9 @@ fn exact_blocks_give_their_tail_back_and_merge_again_on_free() {
         513,
         PAGES_PER_CHUNK - 1,
         PAGES_PER_CHUNK,
-    ] {
+    ];
+    // (Miri's chunks are 32 pages.)
+    for pages in sizes.into_iter().filter(|&p| p <= PAGES_PER_CHUNK) {
         let p = pa.alloc_pages_exact(pages, NORETRY).expect("exact block");
         let s = f.stats();
         // Only `pages` pages are out: the rest of the order block is back on the lists.
@@ -96,6 +98,8 @@ fn fill_one_chunk(exact: bool) -> usize {
 }
 
 #[test]
+// Miri's chunks are 32 pages: too small for the spare pages of one block to serve a later one.
+#[cfg_attr(miri, ignore)]
 fn exact_blocks_serve_more_of_a_chunk_than_powers_of_two() {
     let (exact, pow2) = (fill_one_chunk(true), fill_one_chunk(false));
     assert!(exact > pow2, "exact {exact} pages, powers of two {pow2}");
@@ -140,12 +144,13 @@ fn resize_exact_shrinks_and_grows_through_free_pages() {
     // Growing past the chunk's end is refused.
     // SAFETY: as above.
     assert!(!unsafe { pa.resize_exact(p, 6, PAGES_PER_CHUNK + 1) });
-    // 6 -> 300 crosses order boundaries; the block keeps its address.
+    // 6 -> 3/4 of a chunk crosses order boundaries; the block keeps its address.
+    let big = PAGES_PER_CHUNK * 3 / 4;
     // SAFETY: as above.
-    assert!(unsafe { pa.resize_exact(p, 6, 300) });
-    assert_eq!(f.stats().mapped_bytes - free_bytes(&f), 300 * PAGE_SIZE);
+    assert!(unsafe { pa.resize_exact(p, 6, big) });
+    assert_eq!(f.stats().mapped_bytes - free_bytes(&f), big * PAGE_SIZE);
     // SAFETY: ours, with its current count.
-    unsafe { pa.free_pages_exact(p, 300) };
+    unsafe { pa.free_pages_exact(p, big) };
     assert_all_free(&f);
 }
 

@@ -72,8 +72,7 @@ impl Fixture {
         ));
         let pcp: Box<[PcpSlot]> = (0..slots).map(|_| PcpSlot::new()).collect();
         let pcp = Box::into_raw(pcp);
-        // SAFETY: `pcp` holds `slots` initialised slots that outlive the node (freed in Drop,
-        // after the nodes) and belong to it alone.
+        // SAFETY: `pcp` holds `slots` initialised slots that outlive the node (freed in Drop, after the nodes) and belong to it alone.
         let node = unsafe { PageAllocator::new(0, budget).with_pcp(pcp as *const PcpSlot, slots) };
         Fixture {
             nodes: vec![node],
