@@ -462,8 +462,7 @@ impl CacheInner {
         } else {
             0
         };
-        // SAFETY: `n` barns were written at `barn` when the cache was created (none without
-        // sheaves); they live as long as the cache.
+        // SAFETY: `n` barns were written at `barn` when the cache was created (none without sheaves); they live as long as the cache.
         unsafe { core::slice::from_raw_parts(self.barn, n) }
     }
 

@@ -217,8 +217,7 @@ impl CacheInner {
         if r == Replace::Done {
             let (old, n) = self.sheaf_slots.geo.split(old_top);
             if !old.is_null() {
-                // SAFETY: the replace took the old sheaf out of the slot at this top: it is ours,
-                // and the top it had is its count.
+                // SAFETY: the replace took the old sheaf out of the slot at this top: it is ours, and the top it had is its count.
                 unsafe { (*(old as *mut Sheaf)).set_len(n) };
             }
         }

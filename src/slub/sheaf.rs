@@ -76,8 +76,7 @@ impl Sheaf {
     /// # Safety
     /// The caller owns the sheaf (no one else may change it while the slice lives).
     pub(crate) unsafe fn objects(&self) -> &[NonNull<u8>] {
-        // SAFETY: cells `0 .. len` hold non-null object pointers, `len <= capacity` cells follow
-        // the head (the pool carved them); the caller's ownership keeps them unchanged.
+        // SAFETY: cells `0 .. len` hold non-null object pointers, `len <= capacity` cells follow the head (the pool carved them); the caller's ownership keeps them unchanged.
         unsafe { core::slice::from_raw_parts(self.head.cell(0) as *const NonNull<u8>, self.len()) }
     }
 
@@ -88,8 +87,7 @@ impl Sheaf {
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn free_cells(&self) -> &mut [*mut u8] {
         let n = self.len();
-        // SAFETY: cells `len .. capacity` follow the head inside the sheaf's memory; the caller
-        // owns the sheaf, so no one else reads or writes them.
+        // SAFETY: cells `len .. capacity` follow the head inside the sheaf's memory; the caller owns the sheaf, so no one else reads or writes them.
         unsafe {
             core::slice::from_raw_parts_mut(self.head.cell(n) as *mut *mut u8, self.capacity() - n)
         }
@@ -242,8 +240,7 @@ impl SheafPool {
         let mut st = self.state.lock();
         if st.free.is_null() {
             let page = pages.alloc_pages(self.order, GfpFlags::NONE)?;
-            // SAFETY: a block just handed to us; its descriptor's list link is unused by the
-            // page allocator while the block is allocated.
+            // SAFETY: a block just handed to us; its descriptor's list link is unused by the page allocator while the block is allocated.
             let p = unsafe { page.as_ref() };
             // SAFETY: as above.
             unsafe { p.next.set(st.blocks) };
@@ -252,8 +249,7 @@ impl SheafPool {
             let mut at = base;
             while at + self.sheaf_bytes <= base + (PAGE_SIZE << self.order) {
                 let s = at as *mut Sheaf;
-                // SAFETY: `at .. at + sheaf_bytes` lies inside the block and belongs to no
-                // other sheaf; aligned to `sheaf_bytes` (the block is aligned to its size).
+                // SAFETY: `at .. at + sheaf_bytes` lies inside the block and belongs to no other sheaf; aligned to `sheaf_bytes` (the block is aligned to its size).
                 unsafe {
                     ptr::write(
                         s,
@@ -302,8 +298,7 @@ impl SheafPool {
         let st = &mut *st;
         let mut keep_blocks: *mut Page = ptr::null_mut();
         let mut b = st.blocks;
-        // SAFETY: the block list (through the descriptors' `next`) and the free list are
-        // guarded by the pool lock we hold; a sheaf lies inside the block it was carved from.
+        // SAFETY: the block list (through the descriptors' `next`) and the free list are guarded by the pool lock we hold; a sheaf lies inside the block it was carved from.
         unsafe {
             while !b.is_null() {
                 let next_block = (*b).next.get();
@@ -362,8 +357,7 @@ impl SheafPool {
         st.nr_free = 0;
         drop(st);
         while !b.is_null() {
-            // SAFETY: a block of this pool (its descriptor links the list); no sheaf is used
-            // again (contract).
+            // SAFETY: a block of this pool (its descriptor links the list); no sheaf is used again (contract).
             let next = unsafe { (*b).next.get() };
             // SAFETY: the block came from `pages` at `self.order` and is freed once.
             unsafe { pages.free_pages(NonNull::new_unchecked(b), self.order) };

@@ -187,8 +187,7 @@ impl ArraySlot {
         if top & geo.mask <= EMPTY_OFF {
             return (Seq::Empty, 0); // no array (top 0), or an empty one
         }
-        // SAFETY: `top` is the last object's cell of the slot's live array, which the caller's
-        // lock (or the model sequence) gives it alone.
+        // SAFETY: `top` is the last object's cell of the slot's live array, which the caller's lock (or the model sequence) gives it alone.
         let obj = unsafe { crate::sync::load_word(top as *const usize) };
         self.top.store(top - 8, Ordering::Relaxed);
         (Seq::Done, obj)
