@@ -206,61 +206,65 @@ fn threads() -> usize {
     (cores * 8).clamp(8, 32)
 }
 
+/// Every CPU slot of the machine.
+fn machine_slots(sheaves: bool) {
+    let k = Kmem::builder().build().unwrap();
+    run(&k, threads(), 2000, sheaves);
+}
+
+/// Every thread on one CPU slot: maximal fast-path CAS contention and slot-lock sharing (with
+/// sheaves, the sheaf lock's `try_lock` fails constantly in the locked mode, so frees and
+/// allocations mix sheaves and the cpu-slab bypass).
+fn one_shared_slot(sheaves: bool) {
+    let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    run(&k, threads(), 1500, sheaves);
+}
+
+/// Four slots on two fake nodes (with sheaves: a barn per node, frees of the other node's
+/// objects bypass the sheaves), under a memory limit that forces reuse of freed pages.
+fn fake_numa_under_a_limit(sheaves: bool) {
+    let k = Kmem::builder()
+        .cpus(4)
+        .nodes(2)
+        .memory_limit(64 << 20)
+        .build()
+        .unwrap();
+    run(&k, threads(), 1500, sheaves);
+    assert!(k.page_stats().mapped_bytes <= 64 << 20);
+}
+
 #[test]
 #[cfg_attr(miri, ignore)]
 fn stress_machine_slots() {
-    let k = Kmem::builder().build().unwrap();
-    run(&k, threads(), 2000, false);
+    machine_slots(false);
 }
 
 #[test]
 #[cfg_attr(miri, ignore)]
 fn stress_one_shared_slot() {
-    // Every thread on one CPU slot: maximal fast-path CAS contention and slot-lock sharing.
-    let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
-    run(&k, threads(), 1500, false);
+    one_shared_slot(false);
 }
 
 #[test]
 #[cfg_attr(miri, ignore)]
 fn stress_fake_numa_under_a_limit() {
-    // Four slots on two fake nodes, under a memory limit that forces reuse of freed pages.
-    let k = Kmem::builder()
-        .cpus(4)
-        .nodes(2)
-        .memory_limit(64 << 20)
-        .build()
-        .unwrap();
-    run(&k, threads(), 1500, false);
-    assert!(k.page_stats().mapped_bytes <= 64 << 20);
+    fake_numa_under_a_limit(false);
 }
 
 #[test]
 #[cfg_attr(miri, ignore)]
 fn stress_machine_slots_sheaves() {
-    let k = Kmem::builder().build().unwrap();
-    run(&k, threads(), 2000, true);
+    machine_slots(true);
 }
 
 #[test]
 #[cfg_attr(miri, ignore)]
 fn stress_one_shared_slot_sheaves() {
-    // Every thread on one slot: the sheaf lock's try_lock fails constantly (in the locked
-    // mode), so frees and allocations mix sheaves and the cpu-slab bypass.
-    let k = Kmem::builder().cpus(1).nodes(1).build().unwrap();
-    run(&k, threads(), 1500, true);
+    one_shared_slot(true);
 }
 
 #[test]
 #[cfg_attr(miri, ignore)]
 fn stress_fake_numa_under_a_limit_sheaves() {
-    // Two fake nodes: a barn per node, frees of the other node's objects bypass the sheaves.
-    let k = Kmem::builder()
-        .cpus(4)
-        .nodes(2)
-        .memory_limit(64 << 20)
-        .build()
-        .unwrap();
-    run(&k, threads(), 1500, true);
-    assert!(k.page_stats().mapped_bytes <= 64 << 20);
+    fake_numa_under_a_limit(true);
 }
