@@ -136,8 +136,7 @@ fn a_double_free_deep_in_the_freelist_is_found() {
     if in_child() {
         let c = debug_cache(&one_slot(), "conn", 64);
         let objs: Vec<_> = (0..5).map(|_| c.alloc().unwrap()).collect();
-        // SAFETY: every pointer came from `c`; freeing objs[1] again, now third on its slab's
-        // freelist (not its head, which the fast path's check would see), is the bug.
+        // SAFETY: every pointer came from `c`; freeing objs[1] again, now third on its slab's freelist (not its head, which the fast path's check would see), is the bug.
         unsafe {
             c.free(objs[1]);
             c.free(objs[2]);
@@ -359,8 +358,7 @@ fn validate_without_debug_flags_checks_node_freelists() {
     // The free object's free pointer is in its middle (offset 32). validate flushed the CPU
     // partial list, so both slabs are on the node partial list now.
     let word = objs[n].as_ptr().wrapping_add(32).cast::<usize>();
-    // SAFETY: deliberately corrupting a free object's free pointer (kept to restore it: with
-    // `freelist-hardened` it is stored encoded).
+    // SAFETY: deliberately corrupting a free object's free pointer (kept to restore it: with `freelist-hardened` it is stored encoded).
     let saved = unsafe { word.read() };
     // SAFETY: as above.
     unsafe { word.write(0xdead_0000) };

@@ -156,8 +156,7 @@ impl CacheInner {
         if let Err(d) = unsafe { self.alloc_debug_processing(s, obj, ret) } {
             self.abort_corrupt(d);
         }
-        // SAFETY: `obj` is an object of the slab (checked above); its free pointer is not
-        // touched by `init_object`.
+        // SAFETY: `obj` is an object of the slab (checked above); its free pointer is not touched by `init_object`.
         let next = unsafe { get_freepointer(obj, self.geo.offset) };
         s.freelist_counters
             .store(next, c.with_inuse(c.inuse() + 1).0);
@@ -236,8 +235,7 @@ impl CacheInner {
             g = n.list_lock.lock();
         }
         let discard = inuse == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial;
-        // SAFETY: a slab with no free object before this free was on the full list; one with
-        // free objects on the partial list; the lock is held.
+        // SAFETY: a slab with no free object before this free was on the full list; one with free objects on the partial list; the lock is held.
         unsafe {
             if prior == 0 {
                 remove_full(&mut g, slab);

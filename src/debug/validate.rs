@@ -195,8 +195,7 @@ impl CacheInner {
                     addr: p,
                 });
             }
-            // SAFETY: an object of the slab, on a chain no one can take objects from while we
-            // hold the list lock.
+            // SAFETY: an object of the slab, on a chain no one can take objects from while we hold the list lock.
             p = unsafe { get_freepointer(p, self.geo.offset) };
             nr += 1;
         }
