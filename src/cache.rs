@@ -350,8 +350,7 @@ impl KmemCache {
     /// let p = c.alloc().unwrap();
     /// assert!(c.validate().is_ok());
     /// // A write one byte past the object lands in its right red zone.
-    /// // SAFETY: deliberately corrupting kmem's metadata (the red zone after the object),
-    /// // which stays mapped slab memory; validate reads it and nothing else relies on it.
+    /// // SAFETY: deliberately corrupting kmem's metadata (the red zone after the object), which stays mapped slab memory; validate reads it and nothing else relies on it.
     /// unsafe { p.as_ptr().add(64).write(0) };
     /// let err = c.validate().unwrap_err(); // the report is on stderr
     /// assert!(matches!(err, KmemError::CacheCorrupted { kind: "Right Redzone overwritten", .. }));
