@@ -71,7 +71,11 @@ fn churn_with_cpu_partial_lists_never_sees_none() {
 fn churn_under_a_limit(make: impl Fn(&Kmem, &str, usize) -> KmemCache) {
     const LIMIT: usize = 8 << 20;
     const THREADS: usize = 2;
-    const LIVE: usize = 3 << 19; // per thread and round: 3 MiB live at most, of 8 MiB
+    // Per thread and round: 2 MiB live, so 4 MiB at most of the 8 MiB limit. The five caches
+    // hoard their empty slabs, so even when the threads run one after the other (a fast
+    // machine, a slow thread start) the rounds need 5 x 2 MiB > 8 MiB of slabs: the limit
+    // must be reached and reclaim must run, whatever the interleaving.
+    const LIVE: usize = 2 << 20;
     const ROUNDS: usize = 60;
     let k = Kmem::builder()
         .memory_limit(LIMIT)

@@ -237,6 +237,20 @@ const SIZE_INDEX: [u8; TABLE_MAX / 8 + 1] = {
     t
 };
 
+// Every entry of both tables is a class index (the lookups rely on it: see `kmalloc_index`).
+const _: () = {
+    let mut i = 0;
+    while i < SIZE_INDEX.len() {
+        assert!((SIZE_INDEX[i] as usize) < NR_KMALLOC);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < KERNEL_SIZE_INDEX.len() {
+        assert!((KERNEL_SIZE_INDEX[i] as usize) < NR_KMALLOC);
+        i += 1;
+    }
+};
+
 /// The same for the kernel's set, up to 192 (the kernel's own `size_index[]`); above, the
 /// kernel's classes are the powers of two.
 const KERNEL_SIZE_INDEX: [u8; 25] = {
@@ -301,6 +315,16 @@ impl KmallocClasses {
             KmallocClasses::Kernel => kernel_index(size, align),
         }
     }
+
+    /// [`Self::index`] without its cold case: `None` also for an over-aligned layout whose
+    /// smallest class is not aligned enough (callers then ask `index`, out of line).
+    #[inline(always)]
+    pub(crate) fn index_fast(self, size: usize, align: usize) -> Option<usize> {
+        match self {
+            KmallocClasses::Spaced => kmalloc_index_fast(size, align),
+            KmallocClasses::Kernel => kernel_index_fast(size, align),
+        }
+    }
 }
 
 /// The kmalloc size classes (of the default, spaced set): 8, 16, 32, 48, 64, 80, 96, 112,
@@ -349,6 +373,25 @@ pub fn kmalloc_class_for(layout: Layout) -> Option<usize> {
 /// `2^g · {5, 6, 7, 8} / 4`.
 #[inline(always)]
 pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
+    let idx = spaced_smallest(size, align)?;
+    if align <= CLASS_ALIGN[idx] {
+        Some(idx)
+    } else {
+        aligned_class_after(idx, align)
+    }
+}
+
+/// [`kmalloc_index`] without its cold case: `None` also when the smallest class is not aligned
+/// enough (the caller then asks `kmalloc_index`, out of line). No call in it.
+#[inline(always)]
+pub(crate) fn kmalloc_index_fast(size: usize, align: usize) -> Option<usize> {
+    let idx = spaced_smallest(size, align)?;
+    (align <= CLASS_ALIGN[idx]).then_some(idx)
+}
+
+/// The smallest spaced class holding `max(size, align)` bytes (`None` above the classes).
+#[inline(always)]
+fn spaced_smallest(size: usize, align: usize) -> Option<usize> {
     // No panic on the allocator's hot path: `(s + 7) >> 3 <= 128` indexes the 129-entry
     // table; above, `s - 1` is in 1024..8192, `g` in 10..=12 and the index in
     // 4 * 10 + 4 - 23 = IDX_1K + 1 ..= 4 * 12 + 7 - 23 = NR_KMALLOC - 1 (and the cold loop
@@ -363,6 +406,20 @@ pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
     } else {
         return None;
     };
+    // Tells the compiler what the comment above shows, so no bounds test follows on the hot path.
+    // SAFETY: the table's entries are class indices (asserted where it is built); the computed index is in range by the arithmetic above.
+    unsafe { core::hint::assert_unchecked(idx < NR_KMALLOC) };
+    Some(idx)
+}
+
+/// [`kmalloc_index`] for the kernel's set ([`KmallocClasses::Kernel`]): the kernel's
+/// `size_index[]` up to 192, then `fls(s - 1)` picks the power of two.
+#[inline(always)]
+pub(crate) fn kernel_index(size: usize, align: usize) -> Option<usize> {
+    let idx = kernel_smallest(size, align)?;
+    // The kernel's classes that are not powers of two are 96 and 192; the first class after
+    // either that is aligned above their own alignment is a power of two (128, 256), so the
+    // walk over the spaced table stays in the kernel's set.
     if align <= CLASS_ALIGN[idx] {
         Some(idx)
     } else {
@@ -370,10 +427,16 @@ pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
     }
 }
 
-/// [`kmalloc_index`] for the kernel's set ([`KmallocClasses::Kernel`]): the kernel's
-/// `size_index[]` up to 192, then `fls(s - 1)` picks the power of two.
+/// [`kernel_index`] without its cold case (as [`kmalloc_index_fast`]).
 #[inline(always)]
-pub(crate) fn kernel_index(size: usize, align: usize) -> Option<usize> {
+pub(crate) fn kernel_index_fast(size: usize, align: usize) -> Option<usize> {
+    let idx = kernel_smallest(size, align)?;
+    (align <= CLASS_ALIGN[idx]).then_some(idx)
+}
+
+/// The smallest class of the kernel's set holding `max(size, align)` bytes.
+#[inline(always)]
+fn kernel_smallest(size: usize, align: usize) -> Option<usize> {
     let s = if size > align { size } else { align };
     let idx = if s <= 192 {
         KERNEL_SIZE_INDEX[(s + 7) >> 3] as usize
@@ -383,14 +446,7 @@ pub(crate) fn kernel_index(size: usize, align: usize) -> Option<usize> {
     } else {
         return None;
     };
-    // The kernel's classes that are not powers of two are 96 and 192; the first class after
-    // either that is aligned above their own alignment is a power of two (128, 256), so the
-    // walk over the spaced table stays in the kernel's set.
-    if align <= CLASS_ALIGN[idx] {
-        Some(idx)
-    } else {
-        aligned_class_after(idx, align)
-    }
+    Some(idx)
 }
 
 /// The first class after `idx` aligned to `align` (over-aligned layouts only).

@@ -8,12 +8,41 @@ use core::ptr::NonNull;
 /// `kmalloc`: memory for `layout` (size > 0), or null when memory is exhausted.
 #[inline(always)]
 pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
+    match classes.index_fast(layout.size(), layout.align()) {
+        Some(idx) => {
+            // The fast path, inline: one pop from the class cache's sheaf (rseq mode). Every
+            // other case is the out-of-line call below, so a pop that commits needs no stack
+            // frame.
+            let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: published kmalloc caches are fully created and never destroyed.
+                if let Some(obj) = unsafe { &*p }.pcs_alloc_fast() {
+                    return obj;
+                }
+            }
+            kmalloc_class(idx)
+        }
+        None => kmalloc_other(layout, classes),
+    }
+}
+
+/// `kmalloc` of a layout `index_fast` does not place: an over-aligned class, a page block or
+/// an OS mapping (out of line).
+#[inline(never)]
+fn kmalloc_other(layout: Layout, classes: KmallocClasses) -> *mut u8 {
     match classes.index(layout.size(), layout.align()) {
-        Some(idx) => match kmalloc_cache(idx) {
-            Some(c) => c.slab_alloc(None),
-            None => ptr::null_mut(),
-        },
+        Some(idx) => kmalloc_class(idx),
         None => kmalloc_large(layout, false),
+    }
+}
+
+/// `kmalloc` from class `idx` when the inline pop did not serve: creates the caches on first
+/// use, then the whole `slab_alloc`.
+#[inline(never)]
+fn kmalloc_class(idx: usize) -> *mut u8 {
+    match kmalloc_cache(idx) {
+        Some(c) => c.slab_alloc(None),
+        None => ptr::null_mut(),
     }
 }
 
@@ -135,7 +164,7 @@ pub(super) fn page_block(
 /// `ptr` came from [`kmalloc`]/[`kzalloc`]/[`krealloc`] with `layout`, and is not used again.
 #[inline(always)]
 pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
-    match classes.index(layout.size(), layout.align()) {
+    match classes.index_fast(layout.size(), layout.align()) {
         Some(idx) => {
             let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
             if p.is_null() {
@@ -149,6 +178,41 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             let c = unsafe { &*p };
             // The O(1) check: the object's slab must belong to this class's cache (aborts
             // naming both caches otherwise).
+            let Some(slab) = c.owning_slab_fast(ptr) else {
+                // SAFETY: forwarded contract.
+                return unsafe { kfree_checked(c, ptr) };
+            };
+            // The fast path, inline: one push onto the cache's sheaf (rseq mode); the rest out
+            // of line, so a push that commits needs no stack frame.
+            if c.pcs_free_fast(ptr as usize) {
+                return;
+            }
+            // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
+            unsafe { kfree_slab(c, slab, ptr) }
+        }
+        // SAFETY: forwarded contract.
+        None => unsafe { kfree_other(ptr, layout, classes) },
+    }
+}
+
+/// `kfree` of a layout `index_fast` does not place (as [`kmalloc_other`], out of line).
+///
+/// # Safety
+/// As [`kfree`].
+#[inline(never)]
+unsafe fn kfree_other(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
+    match classes.index(layout.size(), layout.align()) {
+        Some(idx) => {
+            let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
+            if p.is_null() {
+                bad_kfree(
+                    ptr,
+                    layout,
+                    "no kmalloc cache exists yet, so Kmalloc did not allocate it",
+                );
+            }
+            // SAFETY: published kmalloc caches are never destroyed.
+            let c = unsafe { &*p };
             let slab = c.owning_slab(ptr);
             // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
             unsafe { c.slab_free(slab, ptr as usize) }
@@ -156,6 +220,30 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
         // SAFETY: forwarded contract.
         None => unsafe { kfree_large(ptr, layout) },
     }
+}
+
+/// `kfree` of a slab object when the inline push did not commit: the whole `slab_free`.
+///
+/// # Safety
+/// `ptr` is an allocated object of `slab`, a slab of `c` (checked by `owning_slab`), given
+/// back once.
+#[inline(never)]
+unsafe fn kfree_slab(c: &CacheInner, slab: *mut crate::page::Page, ptr: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe { c.slab_free(slab, ptr as usize) }
+}
+
+/// `kfree` of a pointer that failed a quick check of `owning_slab_fast`: the full check
+/// (aborts naming what is wrong, or accepts a coloured or debug cache's object), then the free.
+///
+/// # Safety
+/// As [`kfree`], with `c` the class cache of its layout.
+#[cold]
+#[inline(never)]
+unsafe fn kfree_checked(c: &CacheInner, ptr: *mut u8) {
+    let slab = c.owning_slab_checked(ptr);
+    // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
+    unsafe { c.slab_free(slab, ptr as usize) }
 }
 
 /// Frees a page block or an OS mapping, after checking that the pointer is one.

@@ -91,6 +91,25 @@ pub(crate) fn virt_to_page(ptr: *const u8) -> Option<&'static Page> {
     Some(unsafe { &*p })
 }
 
+/// [`virt_to_page`] for a pointer that should be in an allocated block (a slab object being
+/// freed): one step from a tail to its head, as allocated tails lead there directly, and no
+/// loop. For a pointer into an allocated block (or slab) the result is its head, as with
+/// `virt_to_page`; for any other pointer it is some descriptor that is not the head of an
+/// allocated block (a free interior page, an `Absent` page), and a caller that finds no
+/// allocated head of the kind it expects asks `virt_to_page` for the precise page to report.
+#[inline(always)]
+pub(crate) fn virt_to_page_allocated(ptr: *const u8) -> Option<&'static Page> {
+    let mut p = page_of(ptr as usize)?;
+    // SAFETY: `p` is a descriptor of a registered (live) chunk.
+    let info = unsafe { &*p }.info();
+    if info.kind() == PageKind::Tail {
+        // SAFETY: a tail's offset stays inside its chunk's descriptor array.
+        p = unsafe { p.sub(info.head_offset()) };
+    }
+    // SAFETY: descriptors of registered chunks live as long as the chunk.
+    Some(unsafe { &*p })
+}
+
 /// The memory described by a descriptor of a live chunk, derived from the chunk's base pointer
 /// (so it keeps the mapping's provenance, unlike [`Page::address`], which casts an integer).
 #[allow(dead_code)] // for the slab layer (Miri runs it with strict provenance checks)

@@ -130,7 +130,7 @@ mod tests;
 
 pub(crate) use buddy::{BoundedWait, PageAllocator};
 pub(crate) use budget::PageBudget;
-pub(crate) use chunk::{page_address, virt_to_page, ChunkMeta};
+pub(crate) use chunk::{page_address, virt_to_page, virt_to_page_allocated, ChunkMeta};
 pub use decay::DEFAULT_DECAY_MS;
 pub(crate) use pcp::PcpSlot;
 

@@ -15,12 +15,17 @@ use core::ptr::{self, NonNull};
 
 impl CacheInner {
     /// `slab_alloc_node`: one object, from `node` if given. A cache with sheaves serves
-    /// allocations that ask for no node from the CPU's sheaf (`pcs.rs`), which falls back to
-    /// the cpu-slab path below.
+    /// allocations that ask for no node from the CPU's sheaf (`pcs.rs`: one pop inline, the
+    /// rest out of line), which falls back to the cpu-slab path below.
     #[inline(always)]
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
-        if node.is_none() && self.use_sheaves() {
-            return self.alloc_from_pcs();
+        if node.is_none() {
+            if let Some(p) = self.pcs_alloc_fast() {
+                return p;
+            }
+            if self.use_sheaves() {
+                return self.alloc_from_pcs();
+            }
         }
         self.slab_alloc_cpu(node)
     }

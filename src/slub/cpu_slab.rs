@@ -134,6 +134,8 @@ const _: () = assert!(KmemCacheCpu::SHEAVES_OFFSET == 32);
 impl KmemCacheCpu {
     /// Offset of `sheaves` in the slot (right after the 32-byte `SlotHead`, on its cache line).
     pub(crate) const SHEAVES_OFFSET: usize = core::mem::offset_of!(KmemCacheCpu, sheaves);
+    /// The distance between two slots of a cache's slot array (a constant of the build).
+    pub(crate) const STRIDE: usize = core::mem::size_of::<KmemCacheCpu>();
 
     /// This slot's index (its CPU, in the rseq mode).
     #[inline(always)]

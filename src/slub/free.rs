@@ -21,7 +21,24 @@ impl CacheInner {
     /// `owning_slab`), owned by the caller and given back once.
     #[inline(always)]
     pub(crate) unsafe fn slab_free(&self, slab: *mut Page, obj: usize) {
-        if self.use_sheaves() && self.node_is_local(slab) && self.free_to_pcs(obj) {
+        if self.pcs_free_fast(obj) {
+            return;
+        }
+        if self.use_sheaves() {
+            // SAFETY: forwarded contract.
+            return unsafe { self.slab_free_sheaves(slab, obj) };
+        }
+        // SAFETY: forwarded contract (a list of one object).
+        unsafe { self.do_slab_free(slab, obj, obj, 1) }
+    }
+
+    /// `slab_free` of a sheaf cache after its inline push did not commit (out of line).
+    ///
+    /// # Safety
+    /// As [`Self::slab_free`].
+    #[inline(never)]
+    unsafe fn slab_free_sheaves(&self, slab: *mut Page, obj: usize) {
+        if self.node_is_local(slab) && self.free_to_pcs(obj) {
             return;
         }
         // SAFETY: forwarded contract (a list of one object).
@@ -126,8 +143,52 @@ impl CacheInner {
     /// a slab of this cache (`virt_to_slab` + the `slab->slab_cache` check) and `obj` is the
     /// start of one of its objects (`check_valid_pointer`: `(obj - base) % size == 0` and
     /// inside the slab's objects), computed with a multiply and a rotate, not a division.
+    /// Aborts with a precise message when a check fails (a coloured or debug cache's pointers
+    /// are checked exactly in the cold path, which returns for a valid one).
     #[inline(always)]
     pub(crate) fn owning_slab(&self, obj: *mut u8) -> *mut Page {
+        match self.owning_slab_fast(obj) {
+            Some(slab) => slab,
+            None => self.owning_slab_checked(obj),
+        }
+    }
+
+    /// The checks of [`Self::owning_slab`] with no call in them: the slab if every one passes,
+    /// `None` otherwise (then [`Self::owning_slab_checked`] says why, or accepts the pointer
+    /// of a coloured or debug cache). A fast path that calls nothing needs no stack frame.
+    #[inline(always)]
+    pub(crate) fn owning_slab_fast(&self, obj: *mut u8) -> Option<*mut Page> {
+        // One step from a tail to its slab's head (allocated tails lead there directly).
+        let page = crate::page::virt_to_page_allocated(obj)?;
+        let info = page.info();
+        let owner = page.cache.load(Ordering::Acquire);
+        if info.kind() != PageKind::Slab || !core::ptr::eq(owner as *const CacheInner, self) {
+            return None;
+        }
+        let ok = if self.pow2_mask != 0 {
+            // Power-of-two sizes (see `pow2_mask`): objects sit at the multiples of the size.
+            obj as usize & self.pow2_mask == 0
+        } else {
+            // A slab is one buddy block, aligned to its own size (chunks are aligned to the
+            // largest block), so the offset of `obj` in it is its low bits.
+            let slab_bytes = crate::page::PAGE_SIZE << info.order();
+            let off = obj as usize & (slab_bytes - 1);
+            // `off` is a multiple of the size (the multiply-rotate test) and the object it
+            // starts ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
+            self.size_div.is_index(self.size_div.index(off)) && off + self.geo.size <= slab_bytes
+        };
+        if ok {
+            Some(page as *const Page as *mut Page)
+        } else {
+            None
+        }
+    }
+
+    /// [`Self::owning_slab`] when a quick check failed: aborts naming what is wrong, or
+    /// returns the slab of a pointer that starts an object of a coloured or debug cache.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn owning_slab_checked(&self, obj: *mut u8) -> *mut Page {
         let Some(page) = crate::page::virt_to_page(obj) else {
             self.bad_free(obj, None)
         };
@@ -136,24 +197,8 @@ impl CacheInner {
         if info.kind() != PageKind::Slab || !core::ptr::eq(owner as *const CacheInner, self) {
             self.bad_free(obj, Some(page))
         }
-        if self.pow2_mask != 0 {
-            // Power-of-two sizes (see `pow2_mask`): objects sit at the multiples of the size.
-            if obj as usize & self.pow2_mask != 0 {
-                let slab_bytes = crate::page::PAGE_SIZE << info.order();
-                self.bad_object(page, obj, obj as usize & (slab_bytes - 1))
-            }
-        } else {
-            // A slab is one buddy block, aligned to its own size (chunks are aligned to the
-            // largest block), so the offset of `obj` in it is its low bits.
-            let slab_bytes = crate::page::PAGE_SIZE << info.order();
-            let off = obj as usize & (slab_bytes - 1);
-            // `off` is a multiple of the size (the multiply-rotate test) and the object it
-            // starts ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
-            if !self.size_div.is_index(self.size_div.index(off)) || off + self.geo.size > slab_bytes
-            {
-                self.bad_object(page, obj, off)
-            }
-        }
+        let slab_bytes = crate::page::PAGE_SIZE << info.order();
+        self.bad_object(page, obj, obj as usize & (slab_bytes - 1));
         page as *const Page as *mut Page
     }
 

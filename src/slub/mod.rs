@@ -154,10 +154,16 @@ pub(crate) struct CacheInner {
     /// Whether the fast paths use the sheaves now (only ever true with a capacity; a sheaf
     /// cache can be switched to the cpu-slab design and back: [`CacheInner::set_sheaves`]).
     pub(crate) sheaves_on: AtomicBool,
+    /// `rseq && sheaves_on`: the allocation fast path pops the sheaf inline (one load instead
+    /// of two for the inline test; kept in step with `sheaves_on` by `set_sheaves`).
+    pub(crate) pcs_fast_alloc: AtomicBool,
+    /// `pcs_fast_alloc && nr_nodes == 1`: the free fast path pushes inline (with several
+    /// nodes the node test is the out-of-line path's).
+    pub(crate) pcs_fast_free: AtomicBool,
     /// Objects of the `TYPESAFE_BY_RCU` slabs handed to a collector and not yet released
     /// (free objects of slabs on no list: `slabinfo` counts them as free).
     pub(crate) handed_over_objs: AtomicUsize,
-    pub(crate) sheaf_slots: ArraySlots,
+    pub(crate) sheaf_slots: ArraySlots<{ KmemCacheCpu::STRIDE }>,
     pub(crate) barn: *const Barn,
     /// Exact division by `geo.size` for the free path's object-boundary check.
     pub(crate) size_div: ExactDiv,
@@ -303,11 +309,14 @@ impl CacheInner {
                     pool,
                     // A debug cache checks every object on the node-only paths: no sheaves.
                     sheaves_on: AtomicBool::new(sheaf_capacity != 0 && !debug),
+                    pcs_fast_alloc: AtomicBool::new(sheaf_capacity != 0 && !debug && kmem.rseq),
+                    pcs_fast_free: AtomicBool::new(
+                        sheaf_capacity != 0 && !debug && kmem.rseq && nr_nodes == 1,
+                    ),
                     handed_over_objs: AtomicUsize::new(0),
                     // The sheaf part of each slot, at a fixed offset in it.
                     sheaf_slots: ArraySlots::new(
                         (cpus as *const u8).add(KmemCacheCpu::SHEAVES_OFFSET) as *const ArraySlot,
-                        core::mem::size_of::<KmemCacheCpu>(),
                         nr_cpus,
                         sheaf_geo,
                     ),
@@ -448,6 +457,10 @@ impl CacheInner {
             return false;
         }
         self.sheaves_on.store(on, Ordering::Relaxed);
+        self.pcs_fast_alloc
+            .store(on && self.rseq, Ordering::Relaxed);
+        self.pcs_fast_free
+            .store(on && self.rseq && self.nr_nodes == 1, Ordering::Relaxed);
         if !on {
             self.flush_sheaves();
         }

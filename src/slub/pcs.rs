@@ -82,8 +82,46 @@ impl CacheInner {
     // The fast paths
     // -----------------------------------------------------------------------------------------
 
-    /// `alloc_from_pcs`, then the cpu-slab path if the sheaves cannot serve.
+    /// The allocation fast path of the rseq mode, alone: one pop from the CPU's `main` sheaf.
+    /// `None` when the cache has its sheaves off, the mode is locked, or the pop did not
+    /// commit (empty, stopped, no sequences): the caller then takes [`Self::alloc_from_pcs`]
+    /// (or the cpu-slab path), out of line. Kept this small so that a caller's fast path needs
+    /// no callee-saved register: no stack frame on a pop that commits.
     #[inline(always)]
+    pub(crate) fn pcs_alloc_fast(&self) -> Option<*mut u8> {
+        if !self.pcs_fast_alloc.load(crate::sync::Ordering::Relaxed) {
+            return None;
+        }
+        // SAFETY: every `main` of this cache's slots is a live sheaf of this cache (or null).
+        let (st, at, obj) = unsafe { percpu::array_pop(&self.sheaf_slots) };
+        if st != Seq::Done {
+            return None;
+        }
+        self.cpu_at_sheaves(at).stat(AllocPcs);
+        Some(obj as *mut u8)
+    }
+
+    /// The free fast path of the rseq mode, alone: one push onto the CPU's `main` sheaf
+    /// (one node only: with several, the node check is the slow path's). `false` when the push
+    /// did not commit (full, stopped, a double free, no sequences, sheaves off, locked mode):
+    /// the caller then takes the whole path ([`Self::free_to_pcs`] or `do_slab_free`), out of
+    /// line, which redoes the push and handles each case.
+    #[inline(always)]
+    pub(crate) fn pcs_free_fast(&self, obj: usize) -> bool {
+        if !self.pcs_fast_free.load(crate::sync::Ordering::Relaxed) {
+            return false;
+        }
+        // SAFETY: as in `pcs_alloc_fast`; `obj` is the caller's.
+        let (st, at) = unsafe { percpu::array_push(&self.sheaf_slots, obj) };
+        if st != Seq::Done {
+            return false;
+        }
+        self.cpu_at_sheaves(at).stat(FreePcs);
+        true
+    }
+
+    /// `alloc_from_pcs`, then the cpu-slab path if the sheaves cannot serve.
+    #[inline(never)]
     pub(super) fn alloc_from_pcs(&self) -> *mut u8 {
         let mut tries = 0;
         loop {
@@ -107,7 +145,7 @@ impl CacheInner {
         if self.rseq {
             loop {
                 // SAFETY: every `main` of this cache's slots is a live sheaf of this cache (or null).
-                let (st, at, obj) = unsafe { percpu::array_pop(self.sheaf_slots) };
+                let (st, at, obj) = unsafe { percpu::array_pop(&self.sheaf_slots) };
                 return match st {
                     Seq::Done => {
                         self.cpu_at_sheaves(at).stat(AllocPcs);
@@ -168,7 +206,7 @@ impl CacheInner {
         let st = if self.rseq {
             loop {
                 // SAFETY: as in `pcs_pop`; `obj` is the caller's.
-                let (st, at) = unsafe { percpu::array_push(self.sheaf_slots, obj) };
+                let (st, at) = unsafe { percpu::array_push(&self.sheaf_slots, obj) };
                 match st {
                     Seq::Unavailable if percpu::thread_can_sequence() => continue,
                     Seq::Unavailable => return Pcs::Bypass,

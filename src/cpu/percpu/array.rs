@@ -115,6 +115,7 @@ const EMPTY_OFF: usize = ARRAY_OBJECTS - 8;
 /// The shape every array of one kind shares: `BYTES` (a power of two, the alignment too) and
 /// the offset of the last cell (`ARRAY_OBJECTS + 8 * capacity <= BYTES`).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct ArrayGeo {
     /// `BYTES - 1`.
     pub(crate) mask: usize,
@@ -227,35 +228,42 @@ pub(crate) enum Replace {
     Elsewhere,
 }
 
-/// An array of [`ArraySlot`]s indexed by CPU id, `stride` bytes apart, and the shape of their
-/// arrays.
+/// An array of [`ArraySlot`]s indexed by CPU id, `STRIDE` bytes apart, and the shape of their
+/// arrays. The stride is a constant, so a sequence computes a slot's address with an immediate
+/// multiply: no register and no load for it.
 #[derive(Clone, Copy)]
-pub(crate) struct ArraySlots {
+#[repr(C)]
+pub(crate) struct ArraySlots<const STRIDE: usize> {
     base: usize,
-    stride: usize,
     nr: usize,
     pub(crate) geo: ArrayGeo,
 }
 
 // SAFETY: an address range of slots whose fields are atomics; sharing it shares only those.
-unsafe impl Send for ArraySlots {}
+unsafe impl<const STRIDE: usize> Send for ArraySlots<STRIDE> {}
 // SAFETY: as above.
-unsafe impl Sync for ArraySlots {}
+unsafe impl<const STRIDE: usize> Sync for ArraySlots<STRIDE> {}
 
-impl ArraySlots {
-    /// The `nr` slots starting at `first`, `stride` bytes apart, whose arrays have shape `geo`.
+/// Where the sequences find the fields of an [`ArraySlots`] (memory operands, so a fast path
+/// needs no register for them; the layout does not depend on `STRIDE`).
+const SLOTS_BASE: usize = core::mem::offset_of!(ArraySlots<0>, base);
+/// See [`SLOTS_BASE`].
+const SLOTS_NR: usize = core::mem::offset_of!(ArraySlots<0>, nr);
+/// See [`SLOTS_BASE`].
+const SLOTS_MASK: usize =
+    core::mem::offset_of!(ArraySlots<0>, geo) + core::mem::offset_of!(ArrayGeo, mask);
+/// See [`SLOTS_BASE`].
+const SLOTS_FULL: usize =
+    core::mem::offset_of!(ArraySlots<0>, geo) + core::mem::offset_of!(ArrayGeo, full);
+
+impl<const STRIDE: usize> ArraySlots<STRIDE> {
+    /// The `nr` slots starting at `first`, `STRIDE` bytes apart, whose arrays have shape `geo`.
     ///
     /// # Safety
-    /// `first + i * stride` is a live [`ArraySlot`] for every `i < nr` while the value is used.
-    pub(crate) unsafe fn new(
-        first: *const ArraySlot,
-        stride: usize,
-        nr: usize,
-        geo: ArrayGeo,
-    ) -> Self {
+    /// `first + i * STRIDE` is a live [`ArraySlot`] for every `i < nr` while the value is used.
+    pub(crate) unsafe fn new(first: *const ArraySlot, nr: usize, geo: ArrayGeo) -> Self {
         ArraySlots {
             base: first as usize,
-            stride,
             nr,
             geo,
         }
@@ -267,7 +275,7 @@ impl ArraySlots {
     fn get(&self, i: usize) -> &ArraySlot {
         assert!(i < self.nr);
         // SAFETY: `i < nr` and the constructor's contract.
-        unsafe { &*((self.base + i * self.stride) as *const ArraySlot) }
+        unsafe { &*((self.base + i * STRIDE) as *const ArraySlot) }
     }
 }
 
@@ -283,11 +291,14 @@ impl ArraySlots {
 /// Every slot's top is 0 or points into a live array of shape `slots.geo`.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
-pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
+pub(crate) unsafe fn array_pop<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+) -> (Seq, usize, usize) {
     let (st, slot, obj): (u64, usize, usize);
     // Why this is sound: the sequence reads `cpu_id` from, and arms `rseq_cs` in, this thread's
     // rseq area (registered: else `cpu_id` reads as >= nr and the sequence stops before touching
-    // a slot); it reads slot `cpu < nr` (the `ArraySlots` contract) and the last object cell
+    // a slot); it reads the slot array's shape through `slots` (a live reference), slot
+    // `cpu < nr` (the `ArraySlots` contract) and the last object cell
     // below its top (the caller's contract: a live array), and commits one store to the slot's
     // top. The descriptor is in `__rseq_cs`, its start label follows the store that arms it, the
     // commit is the last instruction of the range, and the abort handler, outside the range, is
@@ -300,15 +311,15 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
             "mov qword ptr fs:[{off} + {cs}], {t}",
             "3:",
             "mov {slot:e}, dword ptr fs:[{off} + 4]",
-            "cmp {slot}, {nr}",
+            "cmp {slot}, qword ptr [{s} + {o_nr}]",
             "jae 25f",
-            "imul {slot}, {stride}",
-            "add {slot}, {base}",
+            "imul {slot}, {slot}, {stride}",
+            "add {slot}, qword ptr [{s} + {o_base}]",
             "cmp qword ptr [{slot} + {o_stop}], 0",
             "jne 26f",
             "mov {top}, qword ptr [{slot} + {o_top}]",
             "mov {t}, {top}",
-            "and {t}, {mask}",
+            "and {t}, qword ptr [{s} + {o_mask}]",
             "cmp {t}, {empty}",
             "jbe 28f",
             "mov {obj}, qword ptr [{top}]",
@@ -340,10 +351,11 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
             ".quad 9b",
             ".popsection",
             off = in(reg) area_offset(),
-            nr = in(reg) slots.nr,
-            stride = in(reg) slots.stride,
-            base = in(reg) slots.base,
-            mask = in(reg) slots.geo.mask,
+            s = in(reg) slots,
+            stride = const STRIDE,
+            o_nr = const SLOTS_NR,
+            o_base = const SLOTS_BASE,
+            o_mask = const SLOTS_MASK,
             t = out(reg) st,
             slot = out(reg) slot,
             top = out(reg) _,
@@ -370,7 +382,10 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
 /// As [`array_pop`]; `obj` is the caller's.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 #[inline(always)]
-pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
+pub(crate) unsafe fn array_push<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+    obj: usize,
+) -> (Seq, usize) {
     let (st, slot): (u64, usize);
     // SAFETY: as in `array_pop`; the one store before the commit is into the free cell at the top, beyond the count (read by no one, redone by a restart).
     unsafe {
@@ -380,23 +395,23 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
             "mov qword ptr fs:[{off} + {cs}], {t}",
             "3:",
             "mov {slot:e}, dword ptr fs:[{off} + 4]",
-            "cmp {slot}, {nr}",
+            "cmp {slot}, qword ptr [{s} + {o_nr}]",
             "jae 25f",
-            "imul {slot}, {stride}",
-            "add {slot}, {base}",
+            "imul {slot}, {slot}, {stride}",
+            "add {slot}, qword ptr [{s} + {o_base}]",
             "cmp qword ptr [{slot} + {o_stop}], 0",
             "jne 26f",
             "mov {top}, qword ptr [{slot} + {o_top}]",
             "test {top}, {top}",
             "jz 28f",
             "mov {t}, {top}",
-            "and {t}, {mask}",
+            "and {t}, qword ptr [{s} + {o_mask}]",
             "cmp {t}, {empty}",
             "je 4f",
             "cmp {obj}, qword ptr [{top}]",
             "je 27f",
             "4:",
-            "cmp {t}, {full}",
+            "cmp {t}, qword ptr [{s} + {o_full}]",
             "jae 28f",
             "mov qword ptr [{top} + 8], {obj}",
             "add {top}, 8",
@@ -430,11 +445,12 @@ pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
             ".quad 9b",
             ".popsection",
             off = in(reg) area_offset(),
-            nr = in(reg) slots.nr,
-            stride = in(reg) slots.stride,
-            base = in(reg) slots.base,
-            mask = in(reg) slots.geo.mask,
-            full = in(reg) slots.geo.full,
+            s = in(reg) slots,
+            stride = const STRIDE,
+            o_nr = const SLOTS_NR,
+            o_base = const SLOTS_BASE,
+            o_mask = const SLOTS_MASK,
+            o_full = const SLOTS_FULL,
             obj = in(reg) obj,
             t = out(reg) st,
             slot = out(reg) slot,
@@ -524,13 +540,16 @@ fn area_offset() -> isize {
 
 /// Other targets (and Miri): no sequences; never called, because the mode is `Locked` there.
 #[cfg(all(not(loom), any(miri, not(target_arch = "x86_64"))))]
-pub(crate) unsafe fn array_pop(_: ArraySlots) -> (Seq, usize, usize) {
+pub(crate) unsafe fn array_pop<const STRIDE: usize>(_: &ArraySlots<STRIDE>) -> (Seq, usize, usize) {
     (Seq::Unavailable, 0, 0)
 }
 
 /// See the x86_64 version.
 #[cfg(all(not(loom), any(miri, not(target_arch = "x86_64"))))]
-pub(crate) unsafe fn array_push(_: ArraySlots, _: usize) -> (Seq, usize) {
+pub(crate) unsafe fn array_push<const STRIDE: usize>(
+    _: &ArraySlots<STRIDE>,
+    _: usize,
+) -> (Seq, usize) {
     (Seq::Unavailable, 0)
 }
 
@@ -551,7 +570,9 @@ pub(crate) fn replace_on_cpu(_: &ArraySlot, _: usize, _: usize, _: usize) -> Rep
 /// # Safety
 /// As the x86_64 version.
 #[cfg(loom)]
-pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
+pub(crate) unsafe fn array_pop<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+) -> (Seq, usize, usize) {
     let cpu = crate::cpu::current_cpu();
     let _seq = crate::sync::cpu_sequence(cpu);
     if cpu >= slots.nr {
@@ -572,7 +593,10 @@ pub(crate) unsafe fn array_pop(slots: ArraySlots) -> (Seq, usize, usize) {
 /// # Safety
 /// As the x86_64 version.
 #[cfg(loom)]
-pub(crate) unsafe fn array_push(slots: ArraySlots, obj: usize) -> (Seq, usize) {
+pub(crate) unsafe fn array_push<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+    obj: usize,
+) -> (Seq, usize) {
     let cpu = crate::cpu::current_cpu();
     let _seq = crate::sync::cpu_sequence(cpu);
     if cpu >= slots.nr {
