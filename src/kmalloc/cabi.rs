@@ -82,8 +82,7 @@ fn find(func: &str, ptr: *mut u8) -> Found {
             // cache that is not one is refused just below before it is used for anything else.
             // SAFETY: the owner of a live slab is a live cache.
             let cache = unsafe { &*owner };
-            let is_kmalloc = kmalloc_index(cache.geo.object_size, 1)
-                .is_some_and(|i| ptr::eq(KMALLOC_CACHES[i].load(Ordering::Acquire), owner));
+            let is_kmalloc = cache.is_kmalloc.load(crate::sync::Ordering::Acquire);
             if !is_kmalloc {
                 invalid(
                     func,
@@ -92,18 +91,8 @@ fn find(func: &str, ptr: *mut u8) -> Found {
                 );
             }
             // `check_valid_pointer`, as `owning_slab` does it for every kfree (here with the
-            // descriptor already in hand). Power-of-two sizes: objects sit at the multiples of
-            // the size (one AND). Others: a slab is one buddy block aligned to its own size, so
-            // the offset of `ptr` in it is its low bits, and it must be a multiple of the object
-            // size whose object ends inside the slab (`off < slab_bytes <= 4 MiB`: no overflow).
-            let valid = if cache.pow2_mask != 0 {
-                ptr as usize & cache.pow2_mask == 0
-            } else {
-                let slab_bytes = PAGE_SIZE << info.order();
-                let off = ptr as usize & (slab_bytes - 1);
-                cache.size_div.is_index(cache.size_div.index(off))
-                    && off + cache.geo.size <= slab_bytes
-            };
+            // descriptor already in hand).
+            let valid = cache.starts_object(info.order(), ptr);
             // A debug cache's objects start `red_left_pad` into their slots (KMEM_DEBUG).
             if !(valid || cache.debug && cache.debug_valid_pointer(page, ptr as usize)) {
                 invalid(
@@ -217,8 +206,49 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
         return true;
     }
     let _g = super::reentry::enter();
+    // The fast path, inline and with no call: an object of a kmalloc cache (the checks of
+    // `find`) pushed onto its cache's sheaf in one sequence. Anything else, or a push that
+    // does not commit, is the whole path out of line, which checks again and reports.
+    if let Some(cache) = kmalloc_object_fast(ptr) {
+        if cache.pcs_free_fast(ptr as usize) {
+            return true;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_slow(ptr) }
+}
+
+/// [`free`] when the inline path did not serve.
+///
+/// # Safety
+/// As [`free`].
+#[inline(never)]
+unsafe fn free_slow(ptr: *mut u8) -> bool {
     // SAFETY: forwarded contract.
     unsafe { free_found(ptr, find("free", ptr)) }
+}
+
+/// The kmalloc cache `ptr` is an object of, if every check of `find` passes without a call
+/// (the slab's page, its owner a published kmalloc cache, `ptr` at an object start); `None`
+/// for everything else, which `find` then sorts out and reports.
+#[inline(always)]
+fn kmalloc_object_fast(ptr: *mut u8) -> Option<&'static CacheInner> {
+    let page = crate::page::virt_to_page_allocated(ptr)?;
+    let info = page.info();
+    if info.kind() != PageKind::Slab {
+        return None;
+    }
+    let owner = page.cache.load(Ordering::Acquire) as *const CacheInner;
+    if owner.is_null() {
+        return None;
+    }
+    // A slab's cache outlives its slabs; only a kmalloc cache passes the next test.
+    // SAFETY: the owner of a live slab is a live cache.
+    let cache = unsafe { &*owner };
+    if !cache.is_kmalloc.load(crate::sync::Ordering::Acquire) {
+        return None;
+    }
+    cache.starts_object(info.order(), ptr).then_some(cache)
 }
 
 /// Frees `ptr`, found to be `found`.

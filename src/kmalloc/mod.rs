@@ -547,6 +547,12 @@ fn create_kmalloc_caches() -> Option<()> {
         );
         cache.inner().set_sheaves(sheaves);
         // The handle is never dropped: kmalloc caches live as long as the process.
+        // Marked before it is published: whoever finds the cache through the table, or the
+        // mark through one of its slabs, sees a kmalloc cache of the global instance.
+        cache
+            .inner()
+            .is_kmalloc
+            .store(true, crate::sync::Ordering::Release);
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }
     Some(())

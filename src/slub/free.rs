@@ -165,22 +165,31 @@ impl CacheInner {
         if info.kind() != PageKind::Slab || !core::ptr::eq(owner as *const CacheInner, self) {
             return None;
         }
-        let ok = if self.pow2_mask != 0 {
+        if self.starts_object(info.order(), obj) {
+            Some(page as *const Page as *mut Page)
+        } else {
+            None
+        }
+    }
+
+    /// `check_valid_pointer` without a call: whether `obj`, inside a slab of this cache of
+    /// `order`, starts one of its objects at a multiple of the size. A coloured cache's
+    /// pointers always fail it (`pow2_mask` is all ones) and a debug cache's objects start
+    /// `red_left_pad` into their slots: callers check a failed pointer again in their cold
+    /// path, which knows both.
+    #[inline(always)]
+    pub(crate) fn starts_object(&self, order: u32, obj: *mut u8) -> bool {
+        if self.pow2_mask != 0 {
             // Power-of-two sizes (see `pow2_mask`): objects sit at the multiples of the size.
             obj as usize & self.pow2_mask == 0
         } else {
             // A slab is one buddy block, aligned to its own size (chunks are aligned to the
             // largest block), so the offset of `obj` in it is its low bits.
-            let slab_bytes = crate::page::PAGE_SIZE << info.order();
+            let slab_bytes = crate::page::PAGE_SIZE << order;
             let off = obj as usize & (slab_bytes - 1);
             // `off` is a multiple of the size (the multiply-rotate test) and the object it
             // starts ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
             self.size_div.is_index(self.size_div.index(off)) && off + self.geo.size <= slab_bytes
-        };
-        if ok {
-            Some(page as *const Page as *mut Page)
-        } else {
-            None
         }
     }
 

@@ -160,6 +160,9 @@ pub(crate) struct CacheInner {
     /// `pcs_fast_alloc && nr_nodes == 1`: the free fast path pushes inline (with several
     /// nodes the node test is the out-of-line path's).
     pub(crate) pcs_fast_free: AtomicBool,
+    /// One of the global instance's published kmalloc caches (set once, before publication;
+    /// kmalloc caches are never destroyed): the C ABI's `free` accepts its objects.
+    pub(crate) is_kmalloc: AtomicBool,
     /// Objects of the `TYPESAFE_BY_RCU` slabs handed to a collector and not yet released
     /// (free objects of slabs on no list: `slabinfo` counts them as free).
     pub(crate) handed_over_objs: AtomicUsize,
@@ -309,6 +312,7 @@ impl CacheInner {
                     pool,
                     // A debug cache checks every object on the node-only paths: no sheaves.
                     sheaves_on: AtomicBool::new(sheaf_capacity != 0 && !debug),
+                    is_kmalloc: AtomicBool::new(false),
                     pcs_fast_alloc: AtomicBool::new(sheaf_capacity != 0 && !debug && kmem.rseq),
                     pcs_fast_free: AtomicBool::new(
                         sheaf_capacity != 0 && !debug && kmem.rseq && nr_nodes == 1,
