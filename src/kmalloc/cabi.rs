@@ -228,27 +228,26 @@ unsafe fn free_slow(ptr: *mut u8) -> bool {
     unsafe { free_found(ptr, find("free", ptr)) }
 }
 
-/// The kmalloc cache `ptr` is an object of, if every check of `find` passes without a call
-/// (the slab's page, its owner a published kmalloc cache, `ptr` at an object start); `None`
-/// for everything else, which `find` then sorts out and reports.
+/// The kmalloc cache `ptr` is an object of, if its page's slab tag (`page::slab_tag`) names a
+/// kmalloc class and `ptr` starts one of that slab's objects: the checks of `find` from the
+/// dense tag table, without the descriptor and without a call. `None` for everything else,
+/// which `find` then sorts out and reports.
 #[inline(always)]
 fn kmalloc_object_fast(ptr: *mut u8) -> Option<&'static CacheInner> {
-    let page = crate::page::virt_to_page_allocated(ptr)?;
-    let info = page.info();
-    if info.kind() != PageKind::Slab {
+    let tag = crate::page::slab_tag(ptr);
+    let class = usize::from(tag & 0x3f);
+    if class == 0 || class > NR_KMALLOC {
         return None;
     }
-    let owner = page.cache.load(Ordering::Acquire) as *const CacheInner;
-    if owner.is_null() {
+    let p = KMALLOC_CACHES[class - 1].load(Ordering::Acquire);
+    if p.is_null() {
         return None;
     }
-    // A slab's cache outlives its slabs; only a kmalloc cache passes the next test.
-    // SAFETY: the owner of a live slab is a live cache.
-    let cache = unsafe { &*owner };
-    if !cache.is_kmalloc.load(crate::sync::Ordering::Acquire) {
-        return None;
-    }
-    cache.starts_object(info.order(), ptr).then_some(cache)
+    // SAFETY: published kmalloc caches are never destroyed.
+    let cache = unsafe { &*p };
+    cache
+        .starts_object(u32::from(tag >> 6), ptr)
+        .then_some(cache)
 }
 
 /// Frees `ptr`, found to be `found`.

@@ -553,6 +553,14 @@ fn create_kmalloc_caches() -> Option<()> {
             .inner()
             .is_kmalloc
             .store(true, crate::sync::Ordering::Release);
+        if !cache.inner().debug {
+            // Tag values are class + 1 in six bits (`page::slab_tag`).
+            const _: () = assert!(NR_KMALLOC < 63);
+            cache
+                .inner()
+                .slab_tag
+                .store(i as u8 + 1, crate::sync::Ordering::Release);
+        }
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }
     Some(())

@@ -176,19 +176,23 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             }
             // SAFETY: published kmalloc caches are never destroyed.
             let c = unsafe { &*p };
-            // The O(1) check: the object's slab must belong to this class's cache (aborts
-            // naming both caches otherwise).
-            let Some(slab) = c.owning_slab_fast(ptr) else {
+            // The O(1) check, from the dense tag table (`page::slab_tag`): the page holds a
+            // live slab of this class, and `ptr` starts one of its objects. Anything else —
+            // an untagged slab (order above 3, debug), a coloured cache, a wrong layout, a
+            // foreign pointer — takes the descriptor check out of line, which accepts the
+            // pointer or aborts naming what is wrong.
+            let tag = crate::page::slab_tag(ptr);
+            if tag & 0x3f != idx as u8 + 1 || !c.starts_object(u32::from(tag >> 6), ptr) {
                 // SAFETY: forwarded contract.
                 return unsafe { kfree_checked(c, ptr) };
-            };
+            }
             // The fast path, inline: one push onto the cache's sheaf (rseq mode); the rest out
             // of line, so a push that commits needs no stack frame.
             if c.pcs_free_fast(ptr as usize) {
                 return;
             }
-            // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
-            unsafe { kfree_slab(c, slab, ptr) }
+            // SAFETY: `ptr` is an object of `c` (checked above) that the caller gives back.
+            unsafe { kfree_checked(c, ptr) }
         }
         // SAFETY: forwarded contract.
         None => unsafe { kfree_other(ptr, layout, classes) },
@@ -222,26 +226,15 @@ unsafe fn kfree_other(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
     }
 }
 
-/// `kfree` of a slab object when the inline push did not commit: the whole `slab_free`.
-///
-/// # Safety
-/// `ptr` is an allocated object of `slab`, a slab of `c` (checked by `owning_slab`), given
-/// back once.
-#[inline(never)]
-unsafe fn kfree_slab(c: &CacheInner, slab: *mut crate::page::Page, ptr: *mut u8) {
-    // SAFETY: forwarded contract.
-    unsafe { c.slab_free(slab, ptr as usize) }
-}
-
-/// `kfree` of a pointer that failed a quick check of `owning_slab_fast`: the full check
-/// (aborts naming what is wrong, or accepts a coloured or debug cache's object), then the free.
+/// `kfree` of a slab object out of line: when the tag check did not pass, or the inline push
+/// did not commit (and in the locked mode or the cpu-slab design, every time). The descriptor
+/// check (`owning_slab`: aborts naming what is wrong, or gives the slab), then `slab_free`.
 ///
 /// # Safety
 /// As [`kfree`], with `c` the class cache of its layout.
-#[cold]
 #[inline(never)]
 unsafe fn kfree_checked(c: &CacheInner, ptr: *mut u8) {
-    let slab = c.owning_slab_checked(ptr);
+    let slab = c.owning_slab(ptr);
     // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
     unsafe { c.slab_free(slab, ptr as usize) }
 }

@@ -337,3 +337,74 @@ fn page_blocks_are_page_multiples_and_resize_in_place() {
         a.dealloc(q, Layout::from_size_align(12_000, 8).unwrap());
     }
 }
+
+#[test]
+fn index_fast_agrees_with_index_where_it_answers() {
+    for classes in [KmallocClasses::Spaced, KmallocClasses::Kernel] {
+        for size in 1..=KMALLOC_MAX_CACHE_SIZE + 64 {
+            for align in [1, 8, 16, 32, 64, 128, 256, 1024, 4096] {
+                let full = classes.index(size, align);
+                match classes.index_fast(size, align) {
+                    Some(i) => assert_eq!(Some(i), full, "{classes:?} {size} {align}"),
+                    // Only the cold case (an over-aligned layout whose smallest class is
+                    // not aligned enough) and the sizes above the classes are left out.
+                    None => assert!(
+                        full.is_none() || align > 16,
+                        "{classes:?} {size} {align}: index_fast gave up on {full:?}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kmalloc_slabs_carry_their_class_tag() {
+    let a = Kmalloc::new();
+    for (idx, &size) in SIZE_CLASSES.iter().enumerate() {
+        let layout = Layout::from_size_align(size, 1).unwrap();
+        // SAFETY: a non-zero layout.
+        let p = unsafe { a.alloc(layout) };
+        assert!(!p.is_null());
+        let c = kmalloc_cache(idx).unwrap();
+        let order = crate::page::virt_to_page(p).unwrap().info().order();
+        let want = if c.debug || order > 3 {
+            0
+        } else {
+            (idx as u8 + 1) | (order as u8) << 6
+        };
+        assert_eq!(crate::page::slab_tag(p), want, "kmalloc-{size}");
+        // SAFETY: `p` came from `a.alloc(layout)` and is freed once.
+        unsafe { a.dealloc(p, layout) };
+    }
+    // Not kmem memory at all: no tag.
+    let x = 0u64;
+    assert_eq!(crate::page::slab_tag(&x as *const u64 as *const u8), 0);
+}
+
+/// The protocol `page::slab_tag` states: a tagged cache's slab pages carry the tag from the
+/// slab's creation to its discard, and none after.
+#[test]
+fn slab_tags_are_written_at_creation_and_cleared_at_discard() {
+    let k = crate::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    let cfg = crate::CacheConfig::new().sheaf_capacity(0).min_partial(0);
+    let c = k.create_cache("tagged", 192, cfg).unwrap();
+    c.inner().slab_tag.store(7, crate::sync::Ordering::Relaxed);
+    let objs: Vec<_> = (0..200).map(|_| c.alloc().unwrap()).collect();
+    let order = crate::page::virt_to_page(objs[0].as_ptr())
+        .unwrap()
+        .info()
+        .order();
+    for o in &objs {
+        assert_eq!(crate::page::slab_tag(o.as_ptr()), 7 | (order as u8) << 6);
+    }
+    for &o in &objs {
+        // SAFETY: every object came from `c` and is freed once.
+        unsafe { c.free(o) };
+    }
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 0, "shrink discards every empty slab");
+    for o in &objs {
+        assert_eq!(crate::page::slab_tag(o.as_ptr()), 0);
+    }
+}

@@ -130,7 +130,9 @@ mod tests;
 
 pub(crate) use buddy::{BoundedWait, PageAllocator};
 pub(crate) use budget::PageBudget;
-pub(crate) use chunk::{page_address, virt_to_page, virt_to_page_allocated, ChunkMeta};
+pub(crate) use chunk::{
+    page_address, set_slab_tags, slab_tag, virt_to_page, virt_to_page_allocated, ChunkMeta,
+};
 pub use decay::DEFAULT_DECAY_MS;
 pub(crate) use pcp::PcpSlot;
 

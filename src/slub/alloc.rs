@@ -6,7 +6,7 @@
 use super::cpu_slab::KmemCacheCpu;
 use super::node::KmemCacheNode;
 use super::slab::{get_freepointer, set_freepointer, Counters};
-use super::{CacheInner, FrozenSlab, NewSlab};
+use super::{CacheInner, FrozenSlab, NewSlab, PCS_FAST_ALLOC};
 use crate::cpu::percpu::{self, Seq};
 use crate::page::{GfpFlags, Page, PageKind};
 use crate::stats::StatItem::*;
@@ -19,13 +19,15 @@ impl CacheInner {
     /// rest out of line), which falls back to the cpu-slab path below.
     #[inline(always)]
     pub(crate) fn slab_alloc(&self, node: Option<usize>) -> *mut u8 {
-        if node.is_none() {
-            if let Some(p) = self.pcs_alloc_fast() {
-                return p;
+        // One load decides: a cpu-slab cache pays one test for the sheaves.
+        let mode = self.pcs_mode.load(Ordering::Relaxed);
+        if node.is_none() && mode != 0 {
+            if mode & PCS_FAST_ALLOC != 0 {
+                if let Some(p) = self.pcs_pop_inline() {
+                    return p;
+                }
             }
-            if self.use_sheaves() {
-                return self.alloc_from_pcs();
-            }
+            return self.alloc_from_pcs();
         }
         self.slab_alloc_cpu(node)
     }
@@ -514,6 +516,13 @@ impl CacheInner {
         p.set_info(
             crate::page::PageInfo::head(PageKind::Slab, order, nid, false).with_colour(colour),
         );
+        // The kmalloc caches tag their slabs' pages (`page::slab_tag`) before any object of the
+        // slab is handed out. Orders above 3 do not fit the tag's two bits: no tag, and their
+        // frees take the descriptor check.
+        let tag = self.slab_tag.load(Ordering::Relaxed);
+        if tag != 0 && order <= 3 {
+            crate::page::set_slab_tags(p, order, tag | (order as u8) << 6);
+        }
         self.node(nid).inc_slabs(objects as usize);
         FrozenSlab {
             slab: page.as_ptr(),

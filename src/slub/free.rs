@@ -6,7 +6,7 @@
 use super::cpu_slab::KmemCacheCpu;
 use super::node::ListEnd;
 use super::slab::set_freepointer;
-use super::CacheInner;
+use super::{CacheInner, PCS_FAST_FREE};
 use crate::cpu::percpu::{self, Seq};
 use crate::page::{Page, PageKind};
 use crate::stats::StatItem::*;
@@ -21,10 +21,12 @@ impl CacheInner {
     /// `owning_slab`), owned by the caller and given back once.
     #[inline(always)]
     pub(crate) unsafe fn slab_free(&self, slab: *mut Page, obj: usize) {
-        if self.pcs_free_fast(obj) {
-            return;
-        }
-        if self.use_sheaves() {
+        // One load decides: a cpu-slab cache pays one test for the sheaves.
+        let mode = self.pcs_mode.load(Ordering::Relaxed);
+        if mode != 0 {
+            if mode & PCS_FAST_FREE != 0 && self.pcs_push_inline(obj) {
+                return;
+            }
             // SAFETY: forwarded contract.
             return unsafe { self.slab_free_sheaves(slab, obj) };
         }
@@ -189,7 +191,7 @@ impl CacheInner {
             let off = obj as usize & (slab_bytes - 1);
             // `off` is a multiple of the size (the multiply-rotate test) and the object it
             // starts ends inside the slab. `off < slab_bytes <= 4 MiB`: the sum cannot overflow.
-            self.size_div.is_index(self.size_div.index(off)) && off + self.geo.size <= slab_bytes
+            self.size_div.is_index(self.size_div.index(off)) && off + self.size <= slab_bytes
         }
     }
 

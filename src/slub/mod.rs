@@ -100,7 +100,7 @@ use crate::instance::KmemShared;
 use crate::os;
 use crate::page::{Page, PAGE_SIZE};
 use crate::stats::{CacheStats, NR_STAT_ITEMS};
-use crate::sync::{AtomicBool, AtomicUsize, Cell, Ordering};
+use crate::sync::{AtomicBool, AtomicU8, AtomicUsize, Cell, Ordering};
 use barn::Barn;
 use core::ptr::{self, NonNull};
 use cpu_slab::{KmemCacheCpu, TidStep};
@@ -130,11 +130,62 @@ struct NewSlab<'a> {
     tid: u64,
 }
 
+// The sheaf fast paths' fields share the first cache line of a cache.
+#[cfg(not(loom))]
+const _: () = assert!(
+    core::mem::offset_of!(CacheInner, slab_tag) < 64 && core::mem::align_of::<CacheInner>() <= 64
+);
+
+/// [`CacheInner::pcs_mode`]: the cache uses its sheaves.
+pub(crate) const PCS_ON: u8 = 1;
+/// [`CacheInner::pcs_mode`]: the allocation fast path pops the sheaf inline (rseq mode).
+pub(crate) const PCS_FAST_ALLOC: u8 = 2;
+/// [`CacheInner::pcs_mode`]: the free fast path pushes inline (rseq mode, one node).
+pub(crate) const PCS_FAST_FREE: u8 = 4;
+
+/// The [`CacheInner::pcs_mode`] of a cache whose sheaves are `on`, in the rseq mode or not,
+/// with `nr_nodes` nodes.
+fn pcs_mode(on: bool, rseq: bool, nr_nodes: usize) -> u8 {
+    match (on, rseq, nr_nodes == 1) {
+        (false, _, _) => 0,
+        (true, false, _) => PCS_ON,
+        (true, true, false) => PCS_ON | PCS_FAST_ALLOC,
+        (true, true, true) => PCS_ON | PCS_FAST_ALLOC | PCS_FAST_FREE,
+    }
+}
+
 /// The shared state of one cache (`struct kmem_cache`). Lives in its own OS mapping, followed
 /// by its CPU slots and its nodes.
 #[repr(C)]
 pub(crate) struct CacheInner {
-    // ---- read by every fast path ----
+    // ---- the sheaf fast paths and the free checks: the first cache line (the mapping is
+    // page-aligned), so a `Kmalloc` alloc or free reads one line of its cache ----
+    /// The slots' sheaf parts as the array sequences see them.
+    pub(crate) sheaf_slots: ArraySlots<{ KmemCacheCpu::STRIDE }>,
+    /// `size - 1` when the object size is a power of two no larger than a page, else 0. Then
+    /// every slab (aligned to at least a page) holds exactly `slab bytes / size` objects at the
+    /// multiples of `size`, so the free path's boundary check is `obj & pow2_mask == 0`: one AND
+    /// on the pointer, off the critical path (no slab order, no multiply). All ones for a
+    /// coloured cache (`CacheConfig::colour`): its frees are checked in the cold path.
+    pub(crate) pow2_mask: usize,
+    /// How the fast paths use the sheaves now, one byte for one load: [`PCS_ON`] (the cache
+    /// uses its sheaves: only ever with a capacity; a sheaf cache can be switched to the
+    /// cpu-slab design and back, [`CacheInner::set_sheaves`]), [`PCS_FAST_ALLOC`] (`PCS_ON` in
+    /// the rseq mode: the allocation pops inline), [`PCS_FAST_FREE`] (`PCS_FAST_ALLOC` with one
+    /// node: the free pushes inline; with several the node test is the out-of-line path's).
+    pub(crate) pcs_mode: AtomicU8,
+    /// One of the global instance's published kmalloc caches (set once, before publication;
+    /// kmalloc caches are never destroyed): the C ABI's `free` accepts its objects.
+    pub(crate) is_kmalloc: AtomicBool,
+    /// The slab tag of this cache's slabs (`page::slab_tag`: a kmalloc class index + 1; 0 for
+    /// none). Set once, with `is_kmalloc`, for a kmalloc cache without debug flags, before the
+    /// cache is published and has any slab.
+    pub(crate) slab_tag: AtomicU8,
+    // ---- the non-power-of-two free check, then the cpu-slab fast paths ----
+    /// Exact division by `geo.size` for the free path's object-boundary check.
+    pub(crate) size_div: ExactDiv,
+    /// `geo.size`, beside `size_div` for the free check's end test.
+    pub(crate) size: usize,
     /// `nr_cpus` slots, each on its own cache lines.
     pub(crate) cpu_slab: *const KmemCacheCpu,
     pub(crate) nr_cpus: usize,
@@ -151,31 +202,10 @@ pub(crate) struct CacheInner {
     /// Sheaves: `pool.capacity` objects per sheaf, 0 when the cache uses the cpu-slab design
     /// only; the slots' sheaf parts as the array sequences see them; one barn per node.
     pub(crate) pool: SheafPool,
-    /// Whether the fast paths use the sheaves now (only ever true with a capacity; a sheaf
-    /// cache can be switched to the cpu-slab design and back: [`CacheInner::set_sheaves`]).
-    pub(crate) sheaves_on: AtomicBool,
-    /// `rseq && sheaves_on`: the allocation fast path pops the sheaf inline (one load instead
-    /// of two for the inline test; kept in step with `sheaves_on` by `set_sheaves`).
-    pub(crate) pcs_fast_alloc: AtomicBool,
-    /// `pcs_fast_alloc && nr_nodes == 1`: the free fast path pushes inline (with several
-    /// nodes the node test is the out-of-line path's).
-    pub(crate) pcs_fast_free: AtomicBool,
-    /// One of the global instance's published kmalloc caches (set once, before publication;
-    /// kmalloc caches are never destroyed): the C ABI's `free` accepts its objects.
-    pub(crate) is_kmalloc: AtomicBool,
     /// Objects of the `TYPESAFE_BY_RCU` slabs handed to a collector and not yet released
     /// (free objects of slabs on no list: `slabinfo` counts them as free).
     pub(crate) handed_over_objs: AtomicUsize,
-    pub(crate) sheaf_slots: ArraySlots<{ KmemCacheCpu::STRIDE }>,
     pub(crate) barn: *const Barn,
-    /// Exact division by `geo.size` for the free path's object-boundary check.
-    pub(crate) size_div: ExactDiv,
-    /// `size - 1` when the object size is a power of two no larger than a page, else 0. Then
-    /// every slab (aligned to at least a page) holds exactly `slab bytes / size` objects at the
-    /// multiples of `size`, so the free path's boundary check is `obj & pow2_mask == 0`: one AND
-    /// on the pointer, off the critical path (no slab order, no multiply). All ones for a
-    /// coloured cache (`CacheConfig::colour`): its frees are checked in the cold path.
-    pub(crate) pow2_mask: usize,
     // ---- slow paths ----
     pub(crate) geo: Geometry,
     pub(crate) flags: CacheFlags,
@@ -311,12 +341,13 @@ impl CacheInner {
                     ),
                     pool,
                     // A debug cache checks every object on the node-only paths: no sheaves.
-                    sheaves_on: AtomicBool::new(sheaf_capacity != 0 && !debug),
+                    pcs_mode: AtomicU8::new(pcs_mode(
+                        sheaf_capacity != 0 && !debug,
+                        kmem.rseq,
+                        nr_nodes,
+                    )),
                     is_kmalloc: AtomicBool::new(false),
-                    pcs_fast_alloc: AtomicBool::new(sheaf_capacity != 0 && !debug && kmem.rseq),
-                    pcs_fast_free: AtomicBool::new(
-                        sheaf_capacity != 0 && !debug && kmem.rseq && nr_nodes == 1,
-                    ),
+                    slab_tag: AtomicU8::new(0),
                     handed_over_objs: AtomicUsize::new(0),
                     // The sheaf part of each slot, at a fixed offset in it.
                     sheaf_slots: ArraySlots::new(
@@ -328,6 +359,7 @@ impl CacheInner {
                     offset: geo.offset,
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
+                    size: geo.size,
                     // Not for a debug cache: its objects start `red_left_pad` into their
                     // slots (its free checks take the cold path, see `owning_slab`). A
                     // coloured cache gets all ones: every free fails the one-AND test and is
@@ -447,7 +479,7 @@ impl CacheInner {
     /// Whether allocations and frees use the sheaves now.
     #[inline(always)]
     pub(crate) fn use_sheaves(&self) -> bool {
-        self.sheaves_on.load(Ordering::Relaxed)
+        self.pcs_mode.load(Ordering::Relaxed) & PCS_ON != 0
     }
 
     /// Switches a sheaf cache between its sheaves and the cpu-slab design (for comparisons:
@@ -460,11 +492,8 @@ impl CacheInner {
         if self.pool.capacity == 0 || self.debug {
             return false;
         }
-        self.sheaves_on.store(on, Ordering::Relaxed);
-        self.pcs_fast_alloc
-            .store(on && self.rseq, Ordering::Relaxed);
-        self.pcs_fast_free
-            .store(on && self.rseq && self.nr_nodes == 1, Ordering::Relaxed);
+        self.pcs_mode
+            .store(pcs_mode(on, self.rseq, self.nr_nodes), Ordering::Relaxed);
         if !on {
             self.flush_sheaves();
         }

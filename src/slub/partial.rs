@@ -249,6 +249,10 @@ impl CacheInner {
         }
         self.node(info.node())
             .dec_slabs(counters.objects() as usize);
+        if self.slab_tag.load(Ordering::Relaxed) != 0 {
+            // Untagged before the pages can be reused (`page::slab_tag`).
+            crate::page::set_slab_tags(s, info.order(), 0);
+        }
         s.cache.store(ptr::null_mut(), Ordering::Release);
         // SAFETY: the block was allocated at `info.order()` on this node and is ours.
         unsafe {

@@ -44,10 +44,10 @@
 use super::barn::Barn;
 use super::cpu_slab::KmemCacheCpu;
 use super::sheaf::Sheaf;
-use super::CacheInner;
+use super::{CacheInner, PCS_FAST_ALLOC, PCS_FAST_FREE};
 use crate::cpu::percpu::{self, Replace, Seq};
 use crate::stats::StatItem::*;
-use crate::sync::SpinGuard;
+use crate::sync::{Ordering, SpinGuard};
 use core::ptr;
 
 /// How many slow-path rounds an operation makes before it takes the cpu-slab path instead.
@@ -89,9 +89,15 @@ impl CacheInner {
     /// no callee-saved register: no stack frame on a pop that commits.
     #[inline(always)]
     pub(crate) fn pcs_alloc_fast(&self) -> Option<*mut u8> {
-        if !self.pcs_fast_alloc.load(crate::sync::Ordering::Relaxed) {
+        if self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_ALLOC == 0 {
             return None;
         }
+        self.pcs_pop_inline()
+    }
+
+    /// The pop of [`Self::pcs_alloc_fast`], for a caller that has tested `PCS_FAST_ALLOC`.
+    #[inline(always)]
+    pub(super) fn pcs_pop_inline(&self) -> Option<*mut u8> {
         // SAFETY: every `main` of this cache's slots is a live sheaf of this cache (or null).
         let (st, at, obj) = unsafe { percpu::array_pop(&self.sheaf_slots) };
         if st != Seq::Done {
@@ -108,9 +114,15 @@ impl CacheInner {
     /// line, which redoes the push and handles each case.
     #[inline(always)]
     pub(crate) fn pcs_free_fast(&self, obj: usize) -> bool {
-        if !self.pcs_fast_free.load(crate::sync::Ordering::Relaxed) {
+        if self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_FREE == 0 {
             return false;
         }
+        self.pcs_push_inline(obj)
+    }
+
+    /// The push of [`Self::pcs_free_fast`], for a caller that has tested `PCS_FAST_FREE`.
+    #[inline(always)]
+    pub(super) fn pcs_push_inline(&self, obj: usize) -> bool {
         // SAFETY: as in `pcs_alloc_fast`; `obj` is the caller's.
         let (st, at) = unsafe { percpu::array_push(&self.sheaf_slots, obj) };
         if st != Seq::Done {

@@ -62,8 +62,8 @@ mod once;
 #[cfg(loom)]
 pub(crate) use backend::{cpu_fence, cpu_sequence, MODEL_CPUS};
 pub(crate) use backend::{
-    fence, retry_hint, thread_token, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
-    Backoff, Cell, Ordering, SpinGuard, SpinLock,
+    fence, retry_hint, thread_token, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
+    AtomicUsize, Backoff, Cell, Ordering, SpinGuard, SpinLock,
 };
 #[cfg(not(loom))]
 pub use dword::BenchDWord;
@@ -75,7 +75,7 @@ pub(crate) use once::OnceSlot;
 /// cannot live in statics, and these tables are only written under a page-allocator lock or
 /// during single-threaded initialisation, or hold idempotent caches.
 pub(crate) mod global {
-    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 }
 
 // ---------------------------------------------------------------------------------------------
