@@ -235,7 +235,7 @@ unsafe fn free_slow(ptr: *mut u8) -> bool {
 #[inline(always)]
 fn kmalloc_object_fast(ptr: *mut u8) -> Option<&'static CacheInner> {
     let tag = crate::page::slab_tag(ptr);
-    let class = usize::from(tag & 0x3f);
+    let class = usize::from(tag & 0xff);
     if class == 0 || class > NR_KMALLOC {
         return None;
     }
@@ -246,7 +246,7 @@ fn kmalloc_object_fast(ptr: *mut u8) -> Option<&'static CacheInner> {
     // SAFETY: published kmalloc caches are never destroyed.
     let cache = unsafe { &*p };
     cache
-        .starts_object(u32::from(tag >> 6), ptr)
+        .starts_object(u32::from(tag >> 8), ptr)
         .then_some(cache)
 }
 

@@ -554,8 +554,8 @@ fn create_kmalloc_caches() -> Option<()> {
             .is_kmalloc
             .store(true, crate::sync::Ordering::Release);
         if !cache.inner().debug {
-            // Tag values are class + 1 in six bits (`page::slab_tag`).
-            const _: () = assert!(NR_KMALLOC < 63);
+            // Tag values are class + 1 in a byte (`page::slab_tag`).
+            const _: () = assert!(NR_KMALLOC < 255);
             cache
                 .inner()
                 .slab_tag

@@ -178,11 +178,11 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             let c = unsafe { &*p };
             // The O(1) check, from the dense tag table (`page::slab_tag`): the page holds a
             // live slab of this class, and `ptr` starts one of its objects. Anything else —
-            // an untagged slab (order above 3, debug), a coloured cache, a wrong layout, a
+            // an untagged slab (a debug cache), a coloured cache, a wrong layout, a
             // foreign pointer — takes the descriptor check out of line, which accepts the
             // pointer or aborts naming what is wrong.
             let tag = crate::page::slab_tag(ptr);
-            if tag & 0x3f != idx as u8 + 1 || !c.starts_object(u32::from(tag >> 6), ptr) {
+            if tag & 0xff != idx as u16 + 1 || !c.starts_object(u32::from(tag >> 8), ptr) {
                 // SAFETY: forwarded contract.
                 return unsafe { kfree_checked(c, ptr) };
             }

@@ -5,7 +5,7 @@
 use super::buddy::*;
 use super::*;
 use crate::os::{self, Num};
-use crate::sync::global::AtomicU8;
+use crate::sync::global::AtomicU16;
 use crate::sync::{Cell, Ordering};
 use core::ptr::{self, null_mut, NonNull};
 
@@ -24,8 +24,8 @@ pub(crate) struct ChunkMeta {
     pub(super) meta_size: usize,
     /// Next chunk of the same node (node lock).
     pub(super) next: Cell<*mut ChunkMeta>,
-    /// The slab tags, one byte per page ([`slab_tag`]).
-    pub(super) tags: [AtomicU8; PAGES_PER_CHUNK],
+    /// The slab tags, one `u16` per page ([`slab_tag`]).
+    pub(super) tags: [AtomicU16; PAGES_PER_CHUNK],
     /// The descriptors.
     pub(super) pages: [Page; PAGES_PER_CHUNK],
 }
@@ -116,16 +116,16 @@ pub(crate) fn virt_to_page_allocated(ptr: *const u8) -> Option<&'static Page> {
 /// The slab tag of the page holding `ptr`: 0 when `ptr` lies in no registered chunk or its page
 /// holds no tagged slab.
 ///
-/// A *slab tag* is one byte per page, kept beside the descriptors in a dense table (16 pages
+/// A *slab tag* is two bytes per page, kept beside the descriptors in a dense table (32 pages
 /// per cache line, where a descriptor takes a line of its own): the slab layer writes a
 /// nonzero tag on every page of a slab of a cache that has one (the kmalloc caches: class
-/// index + 1, and the slab's order in the top two bits) before any object of the slab is
-/// handed out, and clears it before the slab's pages go back to the page allocator. So a
-/// nonzero tag names a live slab of that class, and a free that finds the tag its layout
+/// index + 1 in the low byte, the slab's order in the high byte) before any object of the
+/// slab is handed out, and clears it before the slab's pages go back to the page allocator.
+/// So a nonzero tag names a live slab of that class, and a free that finds the tag its layout
 /// expects knows the object's cache without reading the descriptor (which a free of a random
 /// object would miss in the cache). Any other value sends the free to the descriptor check.
 #[inline(always)]
-pub(crate) fn slab_tag(ptr: *const u8) -> u8 {
+pub(crate) fn slab_tag(ptr: *const u8) -> u16 {
     let Some(meta) = radix::lookup(ptr as usize) else {
         return 0;
     };
@@ -133,7 +133,7 @@ pub(crate) fn slab_tag(ptr: *const u8) -> u8 {
     // SAFETY: registered chunks are live and `idx < PAGES_PER_CHUNK`; the tags are atomics.
     unsafe {
         &*ptr::addr_of!((*meta.as_ptr()).tags)
-            .cast::<AtomicU8>()
+            .cast::<AtomicU16>()
             .add(idx)
     }
     .load(Ordering::Acquire)
@@ -141,13 +141,13 @@ pub(crate) fn slab_tag(ptr: *const u8) -> u8 {
 
 /// Writes `tag` on each of the `1 << order` pages of the allocated block headed by `head` (see
 /// [`slab_tag`]; 0 clears them).
-pub(crate) fn set_slab_tags(head: &Page, order: u32, tag: u8) {
+pub(crate) fn set_slab_tags(head: &Page, order: u32, tag: u16) {
     // SAFETY: `head` is a descriptor of a live chunk (a `&Page` outside set-up is one).
     let (meta, idx) = unsafe { chunk_of(head) };
     for i in idx..idx + (1usize << order) {
         // SAFETY: the block lies inside its chunk, so `i < PAGES_PER_CHUNK`; the tags are
         // atomics of the live chunk.
-        unsafe { &*ptr::addr_of!((*meta).tags).cast::<AtomicU8>().add(i) }
+        unsafe { &*ptr::addr_of!((*meta).tags).cast::<AtomicU16>().add(i) }
             .store(tag, Ordering::Release);
     }
 }
@@ -204,7 +204,7 @@ impl PageAllocator {
             ptr::addr_of_mut!((*meta).node).write(self.node);
             ptr::addr_of_mut!((*meta).meta_size).write(meta_size);
             ptr::addr_of_mut!((*meta).next).write(Cell::new(null_mut()));
-            // No page holds a tagged slab yet (an all-zero `AtomicU8` array is all untagged).
+            // No page holds a tagged slab yet (an all-zero `AtomicU16` array is all untagged).
             ptr::addr_of_mut!((*meta).tags).write_bytes(0, 1);
         }
         // Carve [0, usable_pages) into maximal aligned blocks; fresh memory is "released".

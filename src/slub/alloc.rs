@@ -516,12 +516,11 @@ impl CacheInner {
         p.set_info(
             crate::page::PageInfo::head(PageKind::Slab, order, nid, false).with_colour(colour),
         );
-        // The kmalloc caches tag their slabs' pages (`page::slab_tag`) before any object of the
-        // slab is handed out. Orders above 3 do not fit the tag's two bits: no tag, and their
-        // frees take the descriptor check.
+        // The kmalloc caches tag their slabs' pages (`page::slab_tag`: class + 1, order) before
+        // any object of the slab is handed out.
         let tag = self.slab_tag.load(Ordering::Relaxed);
-        if tag != 0 && order <= 3 {
-            crate::page::set_slab_tags(p, order, tag | (order as u8) << 6);
+        if tag != 0 {
+            crate::page::set_slab_tags(p, order, u16::from(tag) | (order as u16) << 8);
         }
         self.node(nid).inc_slabs(objects as usize);
         FrozenSlab {
