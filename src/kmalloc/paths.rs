@@ -10,17 +10,24 @@ use core::ptr::NonNull;
 pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
     match classes.index_fast(layout.size(), layout.align()) {
         Some(idx) => {
-            // The fast path, inline: one pop from the class cache's sheaf (rseq mode). Every
-            // other case is the out-of-line call below, so a pop that commits needs no stack
-            // frame.
             let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
-            if !p.is_null() {
-                // SAFETY: published kmalloc caches are fully created and never destroyed.
-                if let Some(obj) = unsafe { &*p }.pcs_alloc_fast() {
+            if p.is_null() {
+                // First use: the caches are created out of line.
+                return kmalloc_class(idx);
+            }
+            // SAFETY: published kmalloc caches are fully created and never destroyed.
+            let c = unsafe { &*p };
+            if c.pcs_fast_alloc_on() {
+                // The rseq mode's fast path, inline: one pop from the class cache's sheaf.
+                // Every other case is the out-of-line call below, so a pop that commits needs
+                // no stack frame.
+                if let Some(obj) = c.pcs_pop_inline() {
                     return obj;
                 }
+                return kmalloc_class(idx);
             }
-            kmalloc_class(idx)
+            // The locked mode and the cpu-slab design: their fast paths, one call away.
+            kmalloc_cache_alloc(c)
         }
         None => kmalloc_other(layout, classes),
     }
@@ -34,6 +41,14 @@ fn kmalloc_other(layout: Layout, classes: KmallocClasses) -> *mut u8 {
         Some(idx) => kmalloc_class(idx),
         None => kmalloc_large(layout, false),
     }
+}
+
+/// `kmalloc` from cache `c` in the locked mode or the cpu-slab design: the whole `slab_alloc`
+/// (its fast path inline here), out of line so that the rseq mode's inline pop in [`kmalloc`]
+/// needs no stack frame.
+#[inline(never)]
+fn kmalloc_cache_alloc(c: &CacheInner) -> *mut u8 {
+    c.slab_alloc(None)
 }
 
 /// `kmalloc` from class `idx` when the inline pop did not serve: creates the caches on first
@@ -176,6 +191,12 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             }
             // SAFETY: published kmalloc caches are never destroyed.
             let c = unsafe { &*p };
+            if !c.pcs_fast_free_on() {
+                // The locked mode, the cpu-slab design, several nodes: the descriptor check
+                // and the whole free, one call away.
+                // SAFETY: forwarded contract.
+                return unsafe { kfree_cache(c, ptr) };
+            }
             // The O(1) check, from the dense tag table (`page::slab_tag`): the page holds a
             // live slab of this class, and `ptr` starts one of its objects. Anything else —
             // an untagged slab (a debug cache), a coloured cache, a wrong layout, a
@@ -188,11 +209,11 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             }
             // The fast path, inline: one push onto the cache's sheaf (rseq mode); the rest out
             // of line, so a push that commits needs no stack frame.
-            if c.pcs_free_fast(ptr as usize) {
+            if c.pcs_push_inline(ptr as usize) {
                 return;
             }
             // SAFETY: `ptr` is an object of `c` (checked above) that the caller gives back.
-            unsafe { kfree_checked(c, ptr) }
+            unsafe { kfree_slab(c, ptr) }
         }
         // SAFETY: forwarded contract.
         None => unsafe { kfree_other(ptr, layout, classes) },
@@ -226,12 +247,41 @@ unsafe fn kfree_other(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
     }
 }
 
-/// `kfree` of a slab object out of line: when the tag check did not pass, or the inline push
-/// did not commit (and in the locked mode or the cpu-slab design, every time). The descriptor
-/// check (`owning_slab`: aborts naming what is wrong, or gives the slab), then `slab_free`.
+/// `kfree` of an object that passed the tag check, out of line: the inline push did not
+/// commit. The slab is the head of the page's block (a tagged page is a page of a live slab
+/// of `c`).
+///
+/// # Safety
+/// As [`kfree`], with `c` the class cache of its layout and `ptr` past the tag check.
+#[inline(never)]
+unsafe fn kfree_slab(c: &CacheInner, ptr: *mut u8) {
+    let Some(slab) = crate::page::virt_to_page_allocated(ptr) else {
+        // SAFETY: forwarded contract.
+        return unsafe { kfree_checked(c, ptr) };
+    };
+    // SAFETY: `ptr` is an object of `slab`, a slab of `c` (the tag check), given back once.
+    unsafe { c.slab_free(slab as *const _ as *mut _, ptr as usize) }
+}
+
+/// `kfree` in the locked mode, the cpu-slab design or with several nodes: the descriptor check
+/// (`owning_slab`) and the whole `slab_free`, as every cache free, out of line (see
+/// [`kmalloc_cache_alloc`]).
 ///
 /// # Safety
 /// As [`kfree`], with `c` the class cache of its layout.
+#[inline(never)]
+unsafe fn kfree_cache(c: &CacheInner, ptr: *mut u8) {
+    let slab = c.owning_slab(ptr);
+    // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
+    unsafe { c.slab_free(slab, ptr as usize) }
+}
+
+/// `kfree` of a slab object whose tag check did not pass: the descriptor check (`owning_slab`:
+/// aborts naming what is wrong, or gives the slab), then `slab_free`.
+///
+/// # Safety
+/// As [`kfree`], with `c` the class cache of its layout.
+#[cold]
 #[inline(never)]
 unsafe fn kfree_checked(c: &CacheInner, ptr: *mut u8) {
     let slab = c.owning_slab(ptr);

@@ -26,7 +26,9 @@ impl CacheInner {
                 if let Some(p) = self.pcs_pop_inline() {
                     return p;
                 }
+                return self.alloc_from_pcs_slow();
             }
+            // The locked mode: the sheaf lock's fast path, inline.
             return self.alloc_from_pcs();
         }
         self.slab_alloc_cpu(node)

@@ -24,9 +24,14 @@ impl CacheInner {
         // One load decides: a cpu-slab cache pays one test for the sheaves.
         let mode = self.pcs_mode.load(Ordering::Relaxed);
         if mode != 0 {
-            if mode & PCS_FAST_FREE != 0 && self.pcs_push_inline(obj) {
-                return;
+            if mode & PCS_FAST_FREE != 0 {
+                if self.pcs_push_inline(obj) {
+                    return;
+                }
+                // SAFETY: forwarded contract.
+                return unsafe { self.slab_free_sheaves_slow(slab, obj) };
             }
+            // The locked mode (or several nodes): the sheaf lock's fast path, inline.
             // SAFETY: forwarded contract.
             return unsafe { self.slab_free_sheaves(slab, obj) };
         }
@@ -34,11 +39,22 @@ impl CacheInner {
         unsafe { self.do_slab_free(slab, obj, obj, 1) }
     }
 
-    /// `slab_free` of a sheaf cache after its inline push did not commit (out of line).
+    /// [`Self::slab_free_sheaves`] out of line: the rseq mode's free after its inline push did
+    /// not commit.
     ///
     /// # Safety
     /// As [`Self::slab_free`].
     #[inline(never)]
+    unsafe fn slab_free_sheaves_slow(&self, slab: *mut Page, obj: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.slab_free_sheaves(slab, obj) }
+    }
+
+    /// `slab_free` of a sheaf cache: into the CPU's sheaf, else `do_slab_free`.
+    ///
+    /// # Safety
+    /// As [`Self::slab_free`].
+    #[inline(always)]
     unsafe fn slab_free_sheaves(&self, slab: *mut Page, obj: usize) {
         if self.node_is_local(slab) && self.free_to_pcs(obj) {
             return;

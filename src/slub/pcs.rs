@@ -82,22 +82,25 @@ impl CacheInner {
     // The fast paths
     // -----------------------------------------------------------------------------------------
 
-    /// The allocation fast path of the rseq mode, alone: one pop from the CPU's `main` sheaf.
-    /// `None` when the cache has its sheaves off, the mode is locked, or the pop did not
-    /// commit (empty, stopped, no sequences): the caller then takes [`Self::alloc_from_pcs`]
-    /// (or the cpu-slab path), out of line. Kept this small so that a caller's fast path needs
-    /// no callee-saved register: no stack frame on a pop that commits.
+    /// Whether allocations pop the sheaf inline (`PCS_FAST_ALLOC`: sheaves on, rseq mode).
     #[inline(always)]
-    pub(crate) fn pcs_alloc_fast(&self) -> Option<*mut u8> {
-        if self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_ALLOC == 0 {
-            return None;
-        }
-        self.pcs_pop_inline()
+    pub(crate) fn pcs_fast_alloc_on(&self) -> bool {
+        self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_ALLOC != 0
     }
 
-    /// The pop of [`Self::pcs_alloc_fast`], for a caller that has tested `PCS_FAST_ALLOC`.
+    /// Whether frees push onto the sheaf inline (`PCS_FAST_FREE`: and one node).
     #[inline(always)]
-    pub(super) fn pcs_pop_inline(&self) -> Option<*mut u8> {
+    pub(crate) fn pcs_fast_free_on(&self) -> bool {
+        self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_FREE != 0
+    }
+
+    /// The allocation fast path of the rseq mode, alone, for a caller that has tested
+    /// [`Self::pcs_fast_alloc_on`]: one pop from the CPU's `main` sheaf. `None` when the pop
+    /// did not commit (empty, stopped, no sequences): the caller then takes
+    /// [`Self::alloc_from_pcs`], out of line. Kept this small so that a caller's fast path
+    /// needs no callee-saved register: no stack frame on a pop that commits.
+    #[inline(always)]
+    pub(crate) fn pcs_pop_inline(&self) -> Option<*mut u8> {
         // SAFETY: every `main` of this cache's slots is a live sheaf of this cache (or null).
         let (st, at, obj) = unsafe { percpu::array_pop(&self.sheaf_slots) };
         if st != Seq::Done {
@@ -114,16 +117,17 @@ impl CacheInner {
     /// line, which redoes the push and handles each case.
     #[inline(always)]
     pub(crate) fn pcs_free_fast(&self, obj: usize) -> bool {
-        if self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_FREE == 0 {
+        if !self.pcs_fast_free_on() {
             return false;
         }
         self.pcs_push_inline(obj)
     }
 
-    /// The push of [`Self::pcs_free_fast`], for a caller that has tested `PCS_FAST_FREE`.
+    /// The push of [`Self::pcs_free_fast`], for a caller that has tested
+    /// [`Self::pcs_fast_free_on`].
     #[inline(always)]
-    pub(super) fn pcs_push_inline(&self, obj: usize) -> bool {
-        // SAFETY: as in `pcs_alloc_fast`; `obj` is the caller's.
+    pub(crate) fn pcs_push_inline(&self, obj: usize) -> bool {
+        // SAFETY: as in `pcs_pop_inline`; `obj` is the caller's.
         let (st, at) = unsafe { percpu::array_push(&self.sheaf_slots, obj) };
         if st != Seq::Done {
             return false;
@@ -132,8 +136,16 @@ impl CacheInner {
         true
     }
 
-    /// `alloc_from_pcs`, then the cpu-slab path if the sheaves cannot serve.
+    /// [`Self::alloc_from_pcs`] out of line: the rseq mode's allocation after its inline pop did
+    /// not commit.
     #[inline(never)]
+    pub(super) fn alloc_from_pcs_slow(&self) -> *mut u8 {
+        self.alloc_from_pcs()
+    }
+
+    /// `alloc_from_pcs`, then the cpu-slab path if the sheaves cannot serve (inline: the locked
+    /// mode's fast path).
+    #[inline(always)]
     pub(super) fn alloc_from_pcs(&self) -> *mut u8 {
         let mut tries = 0;
         loop {
