@@ -200,7 +200,7 @@ pub fn aligned(align: usize, size: usize) -> *mut u8 {
 ///
 /// # Safety
 /// If kmem allocated `ptr`, the caller owns it and never uses it again.
-#[inline]
+#[inline(always)]
 pub unsafe fn free(ptr: *mut u8) -> bool {
     if ptr.is_null() {
         return true;
@@ -210,12 +210,30 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
     // `find`) pushed onto its cache's sheaf in one sequence. Anything else, or a push that
     // does not commit, is the whole path out of line, which checks again and reports.
     if let Some(cache) = kmalloc_object_fast(ptr) {
-        if cache.pcs_free_fast(ptr as usize) {
+        if cache.pcs_fast_free_on() && cache.pcs_push_inline(ptr as usize) {
             return true;
         }
+        // SAFETY: forwarded contract; `ptr` passed the tag check for `cache`.
+        return unsafe { free_object(cache, ptr) };
     }
     // SAFETY: forwarded contract.
     unsafe { free_slow(ptr) }
+}
+
+/// [`free`] of a kmalloc object that passed the tag check, when the inline push did not
+/// commit or the mode has none (the locked mode, the cpu-slab design): the whole `slab_free`
+/// on the slab heading the page's block (a tagged page is a page of a live slab of `cache`).
+///
+/// # Safety
+/// As [`free`]; `ptr` passed `kmalloc_object_fast` for `cache`.
+#[inline(never)]
+unsafe fn free_object(cache: &'static CacheInner, ptr: *mut u8) -> bool {
+    match crate::page::virt_to_page_allocated(ptr) {
+        // SAFETY: `ptr` is an allocated object of this slab of `cache`, given back once.
+        Some(slab) => unsafe { free_found(ptr, Found::Object(cache, slab)) },
+        // SAFETY: forwarded contract.
+        None => unsafe { free_slow(ptr) },
+    }
 }
 
 /// [`free`] when the inline path did not serve.

@@ -110,21 +110,11 @@ impl CacheInner {
         Some(obj as *mut u8)
     }
 
-    /// The free fast path of the rseq mode, alone: one push onto the CPU's `main` sheaf
-    /// (one node only: with several, the node check is the slow path's). `false` when the push
-    /// did not commit (full, stopped, a double free, no sequences, sheaves off, locked mode):
-    /// the caller then takes the whole path ([`Self::free_to_pcs`] or `do_slab_free`), out of
-    /// line, which redoes the push and handles each case.
-    #[inline(always)]
-    pub(crate) fn pcs_free_fast(&self, obj: usize) -> bool {
-        if !self.pcs_fast_free_on() {
-            return false;
-        }
-        self.pcs_push_inline(obj)
-    }
-
-    /// The push of [`Self::pcs_free_fast`], for a caller that has tested
-    /// [`Self::pcs_fast_free_on`].
+    /// The free fast path of the rseq mode, alone, for a caller that has tested
+    /// [`Self::pcs_fast_free_on`]: one push onto the CPU's `main` sheaf. `false` when the push
+    /// did not commit (full, stopped, a double free, no sequences): the caller then takes the
+    /// whole path ([`Self::free_to_pcs`] or `do_slab_free`), out of line, which redoes the push
+    /// and handles each case.
     #[inline(always)]
     pub(crate) fn pcs_push_inline(&self, obj: usize) -> bool {
         // SAFETY: as in `pcs_pop_inline`; `obj` is the caller's.
