@@ -181,16 +181,7 @@ pub(super) fn page_block(
 pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
     match classes.index_fast(layout.size(), layout.align()) {
         Some(idx) => {
-            let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
-            if p.is_null() {
-                bad_kfree(
-                    ptr,
-                    layout,
-                    "no kmalloc cache exists yet, so Kmalloc did not allocate it",
-                );
-            }
-            // SAFETY: published kmalloc caches are never destroyed.
-            let c = unsafe { &*p };
+            let c = freed_class_cache(ptr, layout, idx);
             if !c.pcs_fast_free_on() {
                 // The locked mode, the cpu-slab design, several nodes: the descriptor check
                 // and the whole free, one call away.
@@ -220,6 +211,22 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
     }
 }
 
+/// The cache of class `idx`, which a `kfree` of `ptr` with `layout` frees to; aborts if no
+/// kmalloc cache exists yet (then Kmalloc did not allocate `ptr`).
+#[inline(always)]
+fn freed_class_cache(ptr: *mut u8, layout: Layout, idx: usize) -> &'static CacheInner {
+    let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
+    if p.is_null() {
+        bad_kfree(
+            ptr,
+            layout,
+            "no kmalloc cache exists yet, so Kmalloc did not allocate it",
+        );
+    }
+    // SAFETY: published kmalloc caches are never destroyed.
+    unsafe { &*p }
+}
+
 /// `kfree` of a layout `index_fast` does not place (as [`kmalloc_other`], out of line).
 ///
 /// # Safety
@@ -227,21 +234,8 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
 #[inline(never)]
 unsafe fn kfree_other(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
     match classes.index(layout.size(), layout.align()) {
-        Some(idx) => {
-            let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
-            if p.is_null() {
-                bad_kfree(
-                    ptr,
-                    layout,
-                    "no kmalloc cache exists yet, so Kmalloc did not allocate it",
-                );
-            }
-            // SAFETY: published kmalloc caches are never destroyed.
-            let c = unsafe { &*p };
-            let slab = c.owning_slab(ptr);
-            // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
-            unsafe { c.slab_free(slab, ptr as usize) }
-        }
+        // SAFETY: forwarded contract, with the class cache of the layout.
+        Some(idx) => unsafe { kfree_cache(freed_class_cache(ptr, layout, idx), ptr) },
         // SAFETY: forwarded contract.
         None => unsafe { kfree_large(ptr, layout) },
     }
