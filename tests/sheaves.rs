@@ -191,3 +191,63 @@ fn a_double_free_into_a_sheaf_aborts() {
         ],
     );
 }
+
+/// Barn decay (`slub/barn.rs`, "Decay"): full sheaves that sat in an idle barn for a decay
+/// delay go back to their slabs by themselves, ticked by any slow path of the instance, so a
+/// burst freed whole does not stay pinned in the barn's sheaves.
+#[test]
+fn idle_barns_give_their_full_sheaves_back_to_the_slabs() {
+    pin_to_cpu0();
+    let k = Kmem::builder()
+        .cpus(1)
+        .nodes(1)
+        .dirty_decay_ms(Some(10))
+        .build()
+        .unwrap();
+    let cfg = CacheConfig::new().sheaf_capacity(4).min_partial(0);
+    let c = k.create_cache("sheaf-idle", 256, cfg).unwrap();
+    // Objects freed in an order unrelated to their slabs, as after a random free: the sheaves
+    // then pin a slab per object or so.
+    let mut objs: Vec<NonNull<u8>> = (0..2000).map(|_| c.alloc().unwrap()).collect();
+    let n = objs.len();
+    for i in 0..n {
+        objs.swap(i, (i * 7919) % n);
+    }
+    for &p in &objs {
+        // SAFETY: allocated from `c`, freed once.
+        unsafe { c.free(p) };
+    }
+    let pinned = c.info().active_slabs;
+    if cfg!(feature = "stats") {
+        let s = c.stats();
+        assert!(s.barn_put >= 10, "the barn filled up: {s:?}");
+    }
+    // The barn's 10 full sheaves (40 objects) and main + spare (8) pin up to 48 slabs.
+    assert!(pinned > 12, "{pinned} slabs pinned");
+    // Ticks come from any slow path of the instance: another cache's, for several delays.
+    let ticker = k
+        .create_cache("sheaf-ticker", 64, CacheConfig::new().sheaf_capacity(0))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_millis(150) {
+        let v: Vec<NonNull<u8>> = (0..300).map(|_| ticker.alloc().unwrap()).collect();
+        for &p in &v {
+            // SAFETY: allocated from `ticker`, freed once.
+            unsafe { ticker.free(p) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let after = c.info();
+    // Only main and the spare (at most 8 objects) may still hold objects, hence pin slabs
+    // (`active_slabs` counts slabs with an object out or in a sheaf; empty slabs parked on
+    // the CPU's partial list are the cpu-slab design's and go on flush or reclaim).
+    assert!(
+        after.active_slabs <= 8 && after.num_slabs < pinned,
+        "{} slabs still pinned ({} allocated, {pinned} before): {after:?}",
+        after.active_slabs,
+        after.num_slabs
+    );
+    assert_eq!(after.active_objs, 0);
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 0);
+}
