@@ -145,8 +145,7 @@ pub(crate) fn set_slab_tags(head: &Page, order: u32, tag: u16) {
     // SAFETY: `head` is a descriptor of a live chunk (a `&Page` outside set-up is one).
     let (meta, idx) = unsafe { chunk_of(head) };
     for i in idx..idx + (1usize << order) {
-        // SAFETY: the block lies inside its chunk, so `i < PAGES_PER_CHUNK`; the tags are
-        // atomics of the live chunk.
+        // SAFETY: the block lies inside its chunk, so `i < PAGES_PER_CHUNK`; the tags are atomics of the live chunk.
         unsafe { &*ptr::addr_of!((*meta).tags).cast::<AtomicU16>().add(i) }
             .store(tag, Ordering::Release);
     }
