@@ -137,13 +137,6 @@ pub fn flush_sheaves(cache: &KmemCache) {
     cache.inner().flush_sheaves();
 }
 
-/// One barn decay step of the cache (`CacheInner::decay_sheaves`: the full sheaves of a barn
-/// that saw no full-sheaf traffic since the previous step are flushed to the slabs). Returns
-/// the objects flushed.
-pub fn decay_sheaves(cache: &KmemCache) -> usize {
-    cache.inner().decay_sheaves()
-}
-
 /// A slow path of slot `slot` that runs wherever the calling model thread is (it chose the slot
 /// on that slot's CPU, then migrated): under the slot lock, detach and re-attach the slot, with
 /// the slow path's own CAS (`KmemCacheCpu::cas_slot`: a sequence on the slot's CPU, or stop +

@@ -317,7 +317,6 @@ impl KmemBuilder {
                         },
                     ),
                     leaked: AtomicBool::new(false),
-                    barn_decay_due: AtomicU64::new(0),
                     map_size,
                 },
             );

@@ -25,8 +25,6 @@ pub(crate) struct KmemShared {
     pub(super) slot_node: *const u16,
     pub(super) registry: SpinLock<Registry>,
     pub(super) leaked: AtomicBool,
-    /// When the next barn decay step is due (`decay_now` time; `decay_tick`).
-    pub(super) barn_decay_due: AtomicU64,
     pub(super) map_size: usize,
 }
 
@@ -57,43 +55,13 @@ impl KmemShared {
     /// the slab allocation slow path with no kmem lock held.
     #[inline]
     pub(crate) fn decay_tick(&self) {
-        let Some(delay) = self.budget.decay_ns else {
+        if self.budget.decay_ns.is_none() {
             return;
-        };
+        }
         let now = self.budget.decay_now();
         for nid in 0..self.nr_nodes {
             self.node_pages(nid).decay_tick(now);
         }
-        // The barns (`slub/barn.rs`, "Decay"): one step per delay, by the thread whose CAS
-        // moves the due time on (so a signal handler of that thread, or any other thread,
-        // finds it not due while the step runs).
-        let due = self.barn_decay_due.load(Ordering::Relaxed);
-        if now >= due
-            && self
-                .barn_decay_due
-                .compare_exchange(
-                    due,
-                    now + delay.max(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            self.decay_barns();
-        }
-    }
-
-    /// A barn decay step on every cache, under the registry lock (the first in the lock order:
-    /// the flushes take node and page locks after it), with this thread's signals blocked so
-    /// that no handler of it can need a lock the step holds.
-    #[cold]
-    #[inline(never)]
-    fn decay_barns(&self) {
-        crate::os::with_signals_blocked(|| {
-            self.for_each_cache(|c| {
-                c.decay_sheaves();
-            })
-        });
     }
 
     /// Records that a cache leaked slabs: the instance's memory must then never be unmapped.

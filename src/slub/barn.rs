@@ -12,14 +12,6 @@
 //! other lock is taken under it, and nothing under it can fault or call out. Lock order: a CPU
 //! slot's sheaf lock may be held when the barn lock is taken, never the reverse.
 //!
-//! **Decay.** Full sheaves that sit in a barn pin their objects' slabs (after a random free,
-//! often one object per slab): a program that freed a burst and went quiet would keep all of
-//! it. So the full list records whether any sheaf went in or out since the last decay step
-//! ([`Barn::take_idle_full`]); a step that finds no such traffic takes the whole full list, and
-//! the cache flushes it to the slabs (`CacheInner::decay_sheaves`), from which the page decay
-//! then returns the pages. Steps run a decay delay apart (`KmemShared::decay_tick`), so a full
-//! sheaf leaves an idle barn one to two delays after the traffic stopped.
-//!
 //! The limits are the kernel's (`MAX_FULL_SHEAVES`, `MAX_EMPTY_SHEAVES`, both 10). A put that
 //! would pass them fails and the caller flushes the sheaf to the slabs (full) or returns it to
 //! the pool (empty); only a thread that lost a race installing a sheaf it has just refilled puts
@@ -44,8 +36,6 @@ pub(crate) struct Barn {
 pub(crate) struct BarnLists {
     full: *mut Sheaf,
     nr_full: usize,
-    /// A sheaf was put on or taken off `full` since the last [`Barn::take_idle_full`].
-    full_used: bool,
     empty: *mut Sheaf,
     nr_empty: usize,
 }
@@ -82,7 +72,6 @@ impl Barn {
                 BarnLists {
                     full: ptr::null_mut(),
                     nr_full: 0,
-                    full_used: false,
                     empty: ptr::null_mut(),
                     nr_empty: 0,
                 },
@@ -95,7 +84,6 @@ impl Barn {
     pub(crate) fn get_full(&self) -> Option<*mut Sheaf> {
         let mut l = self.lists.lock();
         let l = &mut *l;
-        l.full_used = true;
         BarnLists::pop(&mut l.full, &mut l.nr_full)
     }
 
@@ -118,25 +106,7 @@ impl Barn {
     pub(crate) unsafe fn put_full_force(&self, s: *mut Sheaf) {
         let mut l = self.lists.lock();
         let l = &mut *l;
-        l.full_used = true;
         BarnLists::push(&mut l.full, &mut l.nr_full, s);
-    }
-
-    /// One decay step (module docs): if no full sheaf went in or out since the last step,
-    /// takes the whole full list (linked through `next`; null if empty) for the caller to
-    /// flush; otherwise only starts a new period.
-    pub(crate) fn take_idle_full(&self) -> *mut Sheaf {
-        let mut l = self.lists.lock();
-        if core::mem::replace(&mut l.full_used, false) {
-            return ptr::null_mut();
-        }
-        if cfg!(kmem_mutant = "barn_decay_flushes_listed_sheaf") {
-            // Planted bug (loom-tests): hands the full list out for flushing but leaves it
-            // linked in the barn, where an allocation can still take a sheaf from it.
-            return l.full;
-        }
-        l.nr_full = 0;
-        core::mem::replace(&mut l.full, ptr::null_mut())
     }
 
     /// Puts an empty sheaf if the barn keeps fewer than [`MAX_EMPTY_SHEAVES`]; gives it back

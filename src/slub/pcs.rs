@@ -142,11 +142,6 @@ impl CacheInner {
             match self.pcs_pop() {
                 Pcs::Done(obj) => return obj as *mut u8,
                 Pcs::Slow(c) if tries < PCS_TRIES => {
-                    if tries == 0 {
-                        // No kmem lock is held here: the decay's tick (issue 16), as the
-                        // cpu-slab slow path does.
-                        self.kmem().decay_tick();
-                    }
                     tries += 1;
                     if !self.pcs_replace_empty_main(c) {
                         break;
@@ -209,10 +204,6 @@ impl CacheInner {
             match self.pcs_push(obj) {
                 Pcs::Done(_) => return true,
                 Pcs::Slow(c) if tries < PCS_TRIES => {
-                    if tries == 0 {
-                        // As in `alloc_from_pcs`.
-                        self.kmem().decay_tick();
-                    }
                     tries += 1;
                     if !self.pcs_replace_full_main(c) {
                         return false;
@@ -598,34 +589,6 @@ impl CacheInner {
                 }
             }
         }
-    }
-
-    /// One decay step of the barns (`barn.rs`, "Decay"): the full sheaves of a barn that saw no
-    /// full-sheaf traffic for a whole step are flushed to the slabs and go back to the pool.
-    /// Returns the objects flushed. Called by `KmemShared::decay_tick` with the registry lock
-    /// held and no other (the flush takes node and page locks, which come after it).
-    pub(crate) fn decay_sheaves(&self) -> usize {
-        if self.pool.capacity == 0 {
-            return 0;
-        }
-        let mut flushed = 0;
-        for nid in 0..self.nr_nodes {
-            // SAFETY: `nid < nr_nodes`; the barns live as long as the cache.
-            let barn = unsafe { &*self.barn.add(nid) };
-            let mut s = barn.take_idle_full();
-            while !s.is_null() {
-                // SAFETY: taken off the barn: ours, with its count in it.
-                let next = unsafe { (*s).next.get() };
-                flushed += Self::len_of(s);
-                // SAFETY: as above.
-                unsafe {
-                    self.sheaf_flush(self.cpu(0), s);
-                    self.pool.free(s);
-                }
-                s = next;
-            }
-        }
-        flushed
     }
 
     /// The objects in slot `i`'s sheaves, counted with the slot stopped (exact at the moment),
