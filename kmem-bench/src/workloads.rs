@@ -685,11 +685,14 @@ fn page_floor_kib(objs: impl Iterator<Item = Obj>) -> u64 {
 
 /// `fragmentation`: allocates random sizes 8–1000 B until `bytes` are requested, frees a
 /// random 90% of the objects, then calls `release` (the allocator's trim); records RSS at each
-/// stage. The surviving 10% are freed afterwards.
+/// stage. The surviving 10% are freed afterwards. `at_peak` runs right after the fill (outside
+/// the timing), with the bytes requested and the objects allocated: where an allocator can say
+/// where its bytes went (kmem's `--slabinfo` breakdown).
 pub fn fragmentation<A: GlobalAlloc>(
     a: &A,
     bytes: usize,
     seed: u64,
+    at_peak: impl FnOnce(usize, usize),
     release: impl FnOnce(),
 ) -> Fragmentation {
     use crate::sys::current_rss_kib;
@@ -716,6 +719,7 @@ pub fn fragmentation<A: GlobalAlloc>(
     }
     let fill = t0.elapsed();
     let rss_filled_kib = current_rss_kib();
+    at_peak(total, sizes.len());
     let t1 = Instant::now();
     for &i in &order[..victims] {
         free_obj(a, objs[i]);
@@ -984,7 +988,7 @@ mod tests {
 
     #[test]
     fn fragmentation_measures_rss() {
-        let f = fragmentation(&System, 16 << 20, 7, || {});
+        let f = fragmentation(&System, 16 << 20, 7, |_, _| {}, || {});
         assert!(f.sample.ops > 16_000);
         // 16 MiB of objects must show up in RSS.
         assert!(f.rss_filled_kib > f.rss_base_kib + 8 * 1024, "{f:?}");
