@@ -293,6 +293,10 @@ pub mod kmem_backend {
     mod tests {
         #[test]
         fn typed_cache_and_slabinfo() {
+            // Its `release` returns kmem's free pages to the OS: not inside an RSS measurement.
+            let _rss = crate::sys::RSS_TEST_LOCK
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let s = super::objects_cache(
                 "bench-test-obj64",
                 crate::harness::make64,
@@ -316,6 +320,9 @@ pub mod kmem_backend {
         #[test]
         fn footprint_counts_live_objects_by_class() {
             use std::alloc::{GlobalAlloc, Layout};
+            let _rss = crate::sys::RSS_TEST_LOCK
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             // 3000 objects of 1000 B, in the class that serves them (4 per one-page slab).
             let l = Layout::from_size_align(1000, 8).unwrap();
             let class = kmem::kmalloc_class_for(l).unwrap();

@@ -110,6 +110,11 @@ pub fn glibc_footprint(requested: usize, objects: usize) -> String {
     )
 }
 
+/// Held by the tests that measure this process's RSS or move megabytes through glibc, so that
+/// one's frees (which glibc may trim back to the OS) do not land inside another's measurement.
+#[cfg(test)]
+pub static RSS_TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +122,7 @@ mod tests {
     #[test]
     fn glibc_footprint_counts_chunks_in_use() {
         use std::alloc::{GlobalAlloc, Layout, System};
+        let _rss = RSS_TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let l = Layout::from_size_align(1000, 8).unwrap();
         // SAFETY: a non-zero layout; every block is freed below with it.
         let objs: Vec<*mut u8> = (0..4096).map(|_| unsafe { System.alloc(l) }).collect();
