@@ -84,7 +84,7 @@ impl Kmalloc {
 /// let layout = Layout::from_size_align(300, 8).unwrap();
 /// // SAFETY: `layout` has a non-zero size.
 /// let p = unsafe { KERNEL.alloc(layout) };
-/// assert_eq!(kmem::cabi::usable_size(p), Some(512)); // kmalloc-512, not kmalloc-304
+/// assert_eq!(kmem::cabi::usable_size(p), Some(512)); // kmalloc-512, not kmalloc-320
 /// // SAFETY: `p` came from `KERNEL.alloc(layout)` and is freed once with the same layout.
 /// unsafe { KERNEL.dealloc(p, layout) };
 /// ```

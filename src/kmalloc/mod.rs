@@ -17,29 +17,22 @@
 //! | otherwise, ≤ 4 MiB (`PAGE_SIZE << MAX_ORDER`) | a page block of exactly the pages needed (`alloc_pages_exact`) |
 //! | otherwise                                 | its own OS mapping (`mmap`, `munmap` on free, `mremap` on `realloc`), 4 MiB-aligned and registered in `huge.rs` |
 //!
-//! The classes ([`kmalloc_size_classes`], [`KmallocClasses::Spaced`]) are 8, then every
-//! multiple of 16 up to 1024 (16, 32, 48, … 1008, 1024), then four per power of two —
-//! `2^k · {5, 6, 7, 8} / 4`: 1280, 1536, 1792, 2048, … 5120, 6144, 7168, 8192 — 77 in all.
-//! Below 1024 a size is rounded up by less than 16 bytes (about 1.5% of a uniformly drawn
-//! 8–1000-byte object, against about 8% for classes 25% apart, jemalloc's and mimalloc's
-//! spacing, which kmem used before: issue 16); above, neighbours are at most 25% apart, and a
-//! size between two classes wastes at most a fifth of its object. Every class above 8 bytes is
-//! a multiple of 16, so 16-byte aligned (the C ABI's `malloc` relies on it). The classes up to
-//! 1024 take one-page slabs (4 objects at least), or two-page slabs where a page would leave
-//! more than an eighth of itself unused and two pages do not (`class_slab_order`): small slabs
-//! go back to the page allocator sooner after a random free. The kernel's set (8, 16, 32, 64,
-//! 96, 128, 192, then powers of two) wastes up to half an object between 256 and 8192 (issue
-//! 16: 22% more RSS than glibc on uniformly distributed sizes); it stays available as
-//! [`KmallocClasses::Kernel`] through [`Kmalloc::kernel_classes`] ([`KmallocKernel`]), served
-//! by the same caches (its sizes are a subset). The caches are named as in the kernel:
-//! `kmalloc-8` … `kmalloc-1008`, `kmalloc-1k`, `kmalloc-1280`, … `kmalloc-8k` (a `k` suffix
-//! for multiples of 1024).
+//! The classes ([`kmalloc_size_classes`], [`KmallocClasses::Spaced`]) are 8, 16, 32, every
+//! multiple of 16 up to 128, then four per power of two — `2^k · {5, 6, 7, 8} / 4`: 160, 192,
+//! 224, 256, 320, 384, 448, 512, … 5120, 6144, 7168, 8192 — 33 in all, so from 64 on two
+//! neighbours are at most 25% apart (jemalloc's and mimalloc's spacing) and a size between two
+//! classes wastes at most a fifth of its object. The kernel's set (8, 16, 32, 64, 96, 128, 192,
+//! then powers of two) wastes up to half an object between 256 and 8192 (issue 16: 22% more
+//! RSS than glibc on uniformly distributed sizes); it stays available as
+//! [`KmallocClasses::Kernel`] through [`Kmalloc::kernel_classes`] ([`KmallocKernel`]), served by the same caches (its
+//! sizes are a subset). The caches are named as in the kernel: `kmalloc-8` … `kmalloc-896`,
+//! `kmalloc-1k`, `kmalloc-1280`, … `kmalloc-8k` (a `k` suffix for multiples of 1024).
 //!
 //! # The alignment rule
 //!
 //! Objects of a class of size `S` sit at multiples of `S` from a page-aligned slab start, so a
 //! class guarantees the alignment `min(largest power of two dividing S, 4096)`: 8 → 8, 48 → 16,
-//! 96 → 32, 160 → 32, 192 → 64, 1280 → 256, 4096 → 4096, 8192 → 4096. A layout goes to the smallest class
+//! 96 → 32, 160 → 32, 192 → 64, 4096 → 4096, 8192 → 4096. A layout goes to the smallest class
 //! whose size is at least `layout.size()` *and* whose alignment is at least `layout.align()`;
 //! that class is the first class `>= max(size, align)` when its alignment suffices (always for
 //! alignments up to 16), else the first later class whose alignment does (`(72, 64)`: 80 and
@@ -54,12 +47,10 @@
 //! from a 129-byte table indexed by `(size + 7) >> 3` (the kernel's `size_index[]`, extended);
 //! above, `g = fls(size - 1) - 1` and the two bits of `size - 1` under its top bit select one of
 //! the four classes of the group: `(size - 1) >> (g - 2)` is 4 to 7, so the index is
-//! `4 g + ((size - 1) >> (g - 2)) + 21` (1025 B: `40 + 4 + 21` = 65, the 1280-byte class just
-//! after the 1024-byte one, at 64). Up to 1024 the table costs what the kernel set's `fls`
-//! formula did (kmem-bench, dynamic sizes: 5.9 ns per `Kmalloc` pair at 256 B either way);
-//! computing the groups from 128 on instead cost 0.8 ns more (docs/performance.md). With a
-//! class every 16 bytes below 1024 the table is the same size (it has an entry every 8).
-//! The kernel's set uses a table of its own up to 1024 and `fls` above. The caches are
+//! `4 g + ((size - 1) >> (g - 2)) - 23`. Up to 1024 the table costs what the kernel set's
+//! `fls` formula did (kmem-bench, dynamic sizes: 5.9 ns per `Kmalloc` pair at 256 B either
+//! way); computing the groups from 128 on instead cost 0.8 ns more (docs/performance.md).
+//! The kernel's set uses the kernel's own table up to 192 and `fls` above. The caches are
 //! created together, lazily, on the first allocation of any class; they live in OS mappings
 //! (never the global allocator) and are registered on [`Kmem::global()`], so `slabinfo` shows
 //! them.
@@ -122,7 +113,7 @@ use core::alloc::Layout;
 use core::ptr;
 
 /// Number of kmalloc size classes (and caches): the spaced set; the kernel's set is a subset.
-const NR_KMALLOC: usize = 77;
+const NR_KMALLOC: usize = 33;
 
 /// The largest size served by a kmalloc slab cache; larger requests get page blocks.
 ///
@@ -137,38 +128,21 @@ const NR_KMALLOC: usize = 77;
 /// ```
 pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 
-/// The class sizes: 8, then every multiple of 16 up to 1024, then four classes per power of
-/// two (`2^k · {5, 6, 7, 8} / 4`) up to 8192.
-const SIZE_CLASSES_CONST: [usize; NR_KMALLOC] = {
-    let mut t = [0; NR_KMALLOC];
-    t[0] = 8;
-    let mut i = 1;
-    while i <= TABLE_MAX / 16 {
-        t[i] = 16 * i;
-        i += 1;
-    }
-    // i == IDX_1K + 1: the groups 1025..=2048, 2049..=4096, 4097..=8192.
-    let mut g = 10;
-    while g < 13 {
-        let mut q = 5;
-        while q <= 8 {
-            t[i] = (1 << g) * q / 4;
-            i += 1;
-            q += 1;
-        }
-        g += 1;
-    }
-    t
-};
+/// The class sizes: 8, 16, 32, then every 16 up to 128, then four classes per power of two
+/// (`2^k · {5, 6, 7, 8} / 4`) up to 8192, so neighbours are at most 25% apart from 64 on.
+const SIZE_CLASSES_CONST: [usize; NR_KMALLOC] = [
+    8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896,
+    1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192,
+];
 
+/// The index of the 256-byte class.
+const IDX_256: usize = 12;
 /// The index of the 1024-byte class: above it, [`kmalloc_index`] computes the class.
-const IDX_1K: usize = 64;
+const IDX_1K: usize = 20;
 /// The largest size the byte table [`SIZE_INDEX`] covers.
 const TABLE_MAX: usize = 1024;
-// The computed indices above the table end at the last class (see `spaced_smallest`).
-const _: () = assert!(4 * 12 + 7 + IDX_1K + 1 - (4 * 10 + 4) == NR_KMALLOC - 1);
-const _: () = assert!(IDX_1K + ((13 - 10) << 2) == NR_KMALLOC - 1);
-const _: () = assert!(SIZE_CLASSES_CONST[IDX_1K] == TABLE_MAX);
+const _: () =
+    assert!(SIZE_CLASSES_CONST[IDX_256] == 256 && SIZE_CLASSES_CONST[IDX_1K] == TABLE_MAX);
 const _: () = assert!(SIZE_CLASSES_CONST[NR_KMALLOC - 1] == KMALLOC_MAX_CACHE_SIZE);
 /// The class sizes, with a `'static` address for [`kmalloc_size_classes`].
 static SIZE_CLASSES: [usize; NR_KMALLOC] = SIZE_CLASSES_CONST;
@@ -191,61 +165,17 @@ const CLASS_NAMES: [&str; NR_KMALLOC] = [
     "kmalloc-96",
     "kmalloc-112",
     "kmalloc-128",
-    "kmalloc-144",
     "kmalloc-160",
-    "kmalloc-176",
     "kmalloc-192",
-    "kmalloc-208",
     "kmalloc-224",
-    "kmalloc-240",
     "kmalloc-256",
-    "kmalloc-272",
-    "kmalloc-288",
-    "kmalloc-304",
     "kmalloc-320",
-    "kmalloc-336",
-    "kmalloc-352",
-    "kmalloc-368",
     "kmalloc-384",
-    "kmalloc-400",
-    "kmalloc-416",
-    "kmalloc-432",
     "kmalloc-448",
-    "kmalloc-464",
-    "kmalloc-480",
-    "kmalloc-496",
     "kmalloc-512",
-    "kmalloc-528",
-    "kmalloc-544",
-    "kmalloc-560",
-    "kmalloc-576",
-    "kmalloc-592",
-    "kmalloc-608",
-    "kmalloc-624",
     "kmalloc-640",
-    "kmalloc-656",
-    "kmalloc-672",
-    "kmalloc-688",
-    "kmalloc-704",
-    "kmalloc-720",
-    "kmalloc-736",
-    "kmalloc-752",
     "kmalloc-768",
-    "kmalloc-784",
-    "kmalloc-800",
-    "kmalloc-816",
-    "kmalloc-832",
-    "kmalloc-848",
-    "kmalloc-864",
-    "kmalloc-880",
     "kmalloc-896",
-    "kmalloc-912",
-    "kmalloc-928",
-    "kmalloc-944",
-    "kmalloc-960",
-    "kmalloc-976",
-    "kmalloc-992",
-    "kmalloc-1008",
     "kmalloc-1k",
     "kmalloc-1280",
     "kmalloc-1536",
@@ -281,37 +211,6 @@ const CLASS_ALIGN: [usize; NR_KMALLOC] = {
     }
     t
 };
-
-/// The slab order of the class of `size` bytes, for the classes up to [`TABLE_MAX`] (`None`
-/// above: those keep `calculate_order`'s choice for 4 objects). The smallest order holding 4
-/// objects (0 for every class up to 1024), unless the unused tail of such a slab exceeds an
-/// eighth of it and the next order's does not; when neither fits, the order whose tail is the
-/// smaller fraction. The kernel's `calculate_order` tries up to order 3 for a tail of at most a
-/// sixteenth first: fine for its few classes, but with a class every 16 bytes it puts most of
-/// them in 2- to 8-page slabs, and a slab goes back to the page allocator only when all its
-/// objects are free (issue 16: after freeing a random 90% of a fill, a slab of 36 objects has
-/// a survivor 98% of the time, one of 4 objects 34%).
-const fn class_slab_order(size: usize) -> Option<u32> {
-    // Every order chosen here (0 or 1) exists in every build (`MAX_ORDER` is 2 under loom).
-    const _: () = assert!(MAX_ORDER >= 1);
-    if size > TABLE_MAX {
-        return None;
-    }
-    let mut order = 0;
-    while (PAGE_SIZE << order) < 4 * size {
-        order += 1;
-    }
-    let slab = PAGE_SIZE << order;
-    let (tail, tail2) = (slab % size, (2 * slab) % size);
-    if tail * 8 <= slab {
-        Some(order)
-    } else if tail2 * 8 <= 2 * slab || tail2 < 2 * tail {
-        // `tail2 / 2slab < tail / slab`: the larger slab wastes a smaller fraction.
-        Some(order + 1)
-    } else {
-        Some(order)
-    }
-}
 
 /// The smallest class of `set` holding `size` bytes, as an index into the class table.
 const fn smallest_class(set: &[usize], size: usize) -> u8 {
@@ -352,12 +251,12 @@ const _: () = {
     }
 };
 
-/// The same for the kernel's set, up to 1024 (the kernel's own `size_index[]` covers 192;
-/// above 192 the kernel's classes are the powers of two).
-const KERNEL_SIZE_INDEX: [u8; TABLE_MAX / 8 + 1] = {
-    let mut t = [0u8; TABLE_MAX / 8 + 1];
+/// The same for the kernel's set, up to 192 (the kernel's own `size_index[]`); above, the
+/// kernel's classes are the powers of two.
+const KERNEL_SIZE_INDEX: [u8; 25] = {
+    let mut t = [0u8; 25];
     let mut i = 0;
-    while i < t.len() {
+    while i < 25 {
         t[i] = smallest_class(&KERNEL_CLASSES_CONST, i * 8);
         i += 1;
     }
@@ -376,16 +275,15 @@ const KERNEL_SIZE_INDEX: [u8; TABLE_MAX / 8 + 1] = {
 /// use core::alloc::Layout;
 /// use kmem::KmallocClasses;
 /// let l = Layout::from_size_align(300, 8).unwrap();
-/// assert_eq!(KmallocClasses::Spaced.class_for(l), Some(304)); // wastes 4 bytes
+/// assert_eq!(KmallocClasses::Spaced.class_for(l), Some(320)); // wastes 20 bytes
 /// assert_eq!(KmallocClasses::Kernel.class_for(l), Some(512)); // wastes 212 bytes
 /// assert_eq!(KmallocClasses::Kernel.sizes().len(), 13);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KmallocClasses {
-    /// 8, then every multiple of 16 up to 1024 (a size is rounded up by less than 16 bytes),
-    /// then four classes per power of two up to 8192 (neighbours at most 25% apart, like
-    /// jemalloc's and mimalloc's: what a size between two classes wastes is at most a fifth of
-    /// its object). The default.
+    /// 8, 16, 32, then every 16 to 128, then four classes per power of two up to 8192
+    /// (neighbours at most 25% apart from 64 on, like jemalloc's and mimalloc's): what a size
+    /// between two classes wastes is at most a fifth of its object. The default.
     #[default]
     Spaced,
     /// The Linux kernel's kmalloc sizes: 8, 16, 32, 64, 96, 128, 192, then the powers of two
@@ -429,18 +327,16 @@ impl KmallocClasses {
     }
 }
 
-/// The kmalloc size classes (of the default, spaced set): 8, 16, 32, 48, … every multiple
-/// of 16 … 1008, 1024, then 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168,
-/// 8192 (77 classes).
+/// The kmalloc size classes (of the default, spaced set): 8, 16, 32, 48, 64, 80, 96, 112,
+/// 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048,
+/// 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192.
 ///
 /// ```
 /// let classes = kmem::kmalloc_size_classes();
-/// assert_eq!(classes.len(), 77);
 /// assert_eq!(classes.first(), Some(&8));
 /// assert_eq!(classes.last(), Some(&8192));
-/// // Up to 1024 a class every 16 bytes; above, neighbouring classes are at most 25% apart.
-/// assert!(classes.windows(2).all(|w| w[1] - w[0] <= 16 || w[1] * 4 <= w[0] * 5));
-/// assert!(classes[1..].iter().all(|c| c % 16 == 0)); // 16-byte aligned above 8 bytes
+/// // From 64 on, neighbouring classes are at most 25% apart.
+/// assert!(classes.windows(2).all(|w| w[0] < 64 || w[1] * 4 <= w[0] * 5));
 /// ```
 pub fn kmalloc_size_classes() -> &'static [usize] {
     &SIZE_CLASSES
@@ -457,8 +353,7 @@ pub fn kmalloc_size_classes() -> &'static [usize] {
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(104, 8).unwrap()), Some(112));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(72, 64).unwrap()), Some(128));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(90, 64).unwrap()), Some(128));
-/// assert_eq!(kmalloc_class_for(Layout::from_size_align(600, 8).unwrap()), Some(608));
-/// assert_eq!(kmalloc_class_for(Layout::from_size_align(1000, 8).unwrap()), Some(1008));
+/// assert_eq!(kmalloc_class_for(Layout::from_size_align(600, 8).unwrap()), Some(640));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(5000, 8).unwrap()), Some(5120));
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(8193, 8).unwrap()), None);
 /// assert_eq!(kmalloc_class_for(Layout::from_size_align(64, 8192).unwrap()), None);
@@ -499,15 +394,15 @@ pub(crate) fn kmalloc_index_fast(size: usize, align: usize) -> Option<usize> {
 fn spaced_smallest(size: usize, align: usize) -> Option<usize> {
     // No panic on the allocator's hot path: `(s + 7) >> 3 <= 128` indexes the 129-entry
     // table; above, `s - 1` is in 1024..8192, `g` in 10..=12 and the index in
-    // 4 * 10 + 4 + IDX_1K + 1 - 44 = IDX_1K + 1 ..= 4 * 12 + 7 + IDX_1K + 1 - 44 = NR_KMALLOC - 1
-    // (asserted below; the cold loop checks every later index).
+    // 4 * 10 + 4 - 23 = IDX_1K + 1 ..= 4 * 12 + 7 - 23 = NR_KMALLOC - 1 (and the cold loop
+    // checks every later index).
     let s = if size > align { size } else { align };
     let idx = if s <= TABLE_MAX {
         SIZE_INDEX[(s + 7) >> 3] as usize
     } else if s <= KMALLOC_MAX_CACHE_SIZE {
         let m = s - 1;
         let g = (usize::BITS - 1 - m.leading_zeros()) as usize;
-        (g << 2) + (m >> (g - 2)) + (IDX_1K + 1) - (4 * 10 + 4)
+        (g << 2) + (m >> (g - 2)) - (4 * 10 + 4 - IDX_1K - 1)
     } else {
         return None;
     };
@@ -517,8 +412,8 @@ fn spaced_smallest(size: usize, align: usize) -> Option<usize> {
     Some(idx)
 }
 
-/// [`kmalloc_index`] for the kernel's set ([`KmallocClasses::Kernel`]): a byte table up to
-/// 1024 (the kernel's `size_index[]`, extended), then `fls(s - 1)` picks the power of two.
+/// [`kmalloc_index`] for the kernel's set ([`KmallocClasses::Kernel`]): the kernel's
+/// `size_index[]` up to 192, then `fls(s - 1)` picks the power of two.
 #[inline(always)]
 pub(crate) fn kernel_index(size: usize, align: usize) -> Option<usize> {
     let idx = kernel_smallest(size, align)?;
@@ -543,12 +438,11 @@ pub(crate) fn kernel_index_fast(size: usize, align: usize) -> Option<usize> {
 #[inline(always)]
 fn kernel_smallest(size: usize, align: usize) -> Option<usize> {
     let s = if size > align { size } else { align };
-    let idx = if s <= TABLE_MAX {
+    let idx = if s <= 192 {
         KERNEL_SIZE_INDEX[(s + 7) >> 3] as usize
     } else if s <= KMALLOC_MAX_CACHE_SIZE {
-        // fls(s - 1) is 11..=13: 1025..=2048 -> IDX_1K + 4, ..., 4097..=8192 -> IDX_1K + 12,
-        // the last (four spaced classes per power of two above 1024).
-        IDX_1K + (((usize::BITS - (s - 1).leading_zeros()) as usize - 10) << 2)
+        // 193..=256 -> IDX_256, 257..=512 -> IDX_256 + 4, ..., 4097..=8192 -> the last.
+        IDX_256 + (((usize::BITS - (s - 1).leading_zeros()) as usize - 8) << 2)
     } else {
         return None;
     };
@@ -644,13 +538,10 @@ fn create_kmalloc_caches() -> Option<()> {
     let k = Kmem::try_global()?;
     let sheaves = sheaves_from_env();
     for i in 0..NR_KMALLOC {
-        let mut cfg = CacheConfig::new()
+        let cfg = CacheConfig::new()
             .align(CLASS_ALIGN[i])
             .min_objects(4)
             .sheaf_capacity(crate::config::default_sheaf_capacity(SIZE_CLASSES[i]));
-        if let Some(order) = class_slab_order(SIZE_CLASSES[i]) {
-            cfg = cfg.min_order(order).max_order(order);
-        }
         let cache = core::mem::ManuallyDrop::new(
             k.create_cache(CLASS_NAMES[i], SIZE_CLASSES[i], cfg).ok()?,
         );
