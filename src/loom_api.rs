@@ -137,6 +137,12 @@ pub fn flush_sheaves(cache: &KmemCache) {
     cache.inner().flush_sheaves();
 }
 
+/// The decay's barn trim (`CacheInner::trim_barns`): every full
+/// sheaf in the cache's barns flushed back to its slabs. Returns the sheaves flushed.
+pub fn trim_barns(cache: &KmemCache) -> usize {
+    cache.inner().trim_barns()
+}
+
 /// A slow path of slot `slot` that runs wherever the calling model thread is (it chose the slot
 /// on that slot's CPU, then migrated): under the slot lock, detach and re-attach the slot, with
 /// the slow path's own CAS (`KmemCacheCpu::cas_slot`: a sequence on the slot's CPU, or stop +

@@ -191,3 +191,51 @@ fn a_double_free_into_a_sheaf_aborts() {
         ],
     );
 }
+
+#[test]
+fn the_decay_trims_the_barns() {
+    pin_to_cpu0();
+    // A delay of 0: every decay tick is due, and so is the barns' trim.
+    let k = Kmem::builder()
+        .cpus(2)
+        .nodes(1)
+        .dirty_decay_ms(Some(0))
+        .build()
+        .unwrap();
+    // One-page slabs of 4 objects: each object held in a sheaf can keep a slab of its own.
+    let c = k
+        .create_cache(
+            "sheaf-trim",
+            1024,
+            CacheConfig::new().sheaf_capacity(4).max_order(0),
+        )
+        .unwrap();
+    let objs: Vec<NonNull<u8>> = (0..400).map(|_| c.alloc().unwrap()).collect();
+    // Every other object first, then the rest: the sheaves fill with objects of many slabs.
+    for p in objs.iter().step_by(2).chain(objs.iter().skip(1).step_by(2)) {
+        // SAFETY: allocated from `c`, freed once.
+        unsafe { c.free(*p) };
+    }
+    let held = c.info();
+    assert_eq!(held.active_objs, 0, "{held:?}");
+    if cfg!(feature = "stats") {
+        let s = c.stats();
+        assert!(s.barn_put > 0, "the barn holds full sheaves: {s:?}");
+    }
+    // The first allocation of a cache without sheaves takes the slab slow path, which ticks
+    // the instance's decay: the barns' full sheaves go back to their slabs.
+    let other = k
+        .create_cache("sheaf-trim-tick", 64, CacheConfig::new())
+        .unwrap();
+    let t = other.alloc().unwrap();
+    let trimmed = c.info();
+    assert_eq!(trimmed.active_objs, 0, "{trimmed:?}");
+    assert!(
+        trimmed.num_slabs < held.num_slabs,
+        "slabs kept by the barn's sheaves go back: {held:?} -> {trimmed:?}"
+    );
+    // SAFETY: allocated from `other`, freed once.
+    unsafe { other.free(t) };
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 0);
+}

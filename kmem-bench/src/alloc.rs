@@ -160,6 +160,61 @@ pub mod kmem_backend {
         s
     }
 
+    /// Where the global instance's bytes are, for the fragmentation fill's peak: `requested`
+    /// bytes in `objects` live objects against their classes' bytes (slabinfo's active
+    /// objects), the free objects in slabs (sheaves and barns included), the slabs' unused
+    /// tails, page blocks that are not slabs (sheaf pools, large allocations), the page
+    /// allocator's free and per-CPU lists, the descriptor tables and the process's RSS. MiB.
+    pub fn footprint(requested: usize, objects: usize) -> String {
+        use std::fmt::Write;
+        let k = kmem::Kmem::global();
+        let rows = k.slabinfo();
+        let ps = k.page_stats();
+        let live: usize = rows.iter().map(|r| r.active_objs).sum();
+        let class: usize = rows.iter().map(|r| r.active_objs * r.objsize).sum();
+        let capacity: usize = rows.iter().map(|r| r.num_objs * r.objsize).sum();
+        let slabs: usize = rows
+            .iter()
+            .map(|r| r.num_slabs * r.pagesperslab * 4096)
+            .sum();
+        let in_use = ps.mapped_bytes - ps.free_bytes - ps.pcp_bytes;
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let mut s = format!(
+            "footprint at the fill's peak (MiB): {objects} objects requested {:.1}; \
+             live kmalloc objects {live}, their classes {:.1} (+{:.1} rounding); free objects in \
+             slabs {:.1}; slab tails {:.1}; slabs {:.1}; other page blocks {:.1}; pages \
+             mapped {:.1}, resident {:.1}, free {:.1} (per-CPU lists {:.1}); descriptors {:.1}; \
+             process RSS {:.1}",
+            mib(requested),
+            mib(class),
+            mib(class.saturating_sub(requested)),
+            mib(capacity - class),
+            mib(slabs - capacity),
+            mib(slabs),
+            mib(in_use.saturating_sub(slabs)),
+            mib(ps.mapped_bytes),
+            mib(ps.resident_bytes),
+            mib(ps.free_bytes),
+            mib(ps.pcp_bytes),
+            mib(ps.metadata_bytes),
+            crate::sys::current_rss_kib() as f64 / 1024.0,
+        );
+        for r in rows.iter().filter(|r| r.num_slabs != 0) {
+            let _ = write!(
+                s,
+                "\n  {:<14} live {:>7} objs {:>7} slabs {:>6} x {} p, free {:.1} MiB, tails {:.1} MiB",
+                r.name,
+                r.active_objs,
+                r.num_objs,
+                r.num_slabs,
+                r.pagesperslab,
+                mib((r.num_objs - r.active_objs) * r.objsize),
+                mib(r.num_slabs * r.pagesperslab * 4096 - r.num_objs * r.objsize),
+            );
+        }
+        s
+    }
+
     /// Which SLUB paths every cache of the global instance took (kmem's `stats` feature; the
     /// slot counters are approximate when threads share a slot): allocation fast/slow paths,
     /// where the slow path found its objects (`cpu_partial_alloc`, `alloc_from_partial`, new
@@ -238,6 +293,10 @@ pub mod kmem_backend {
     mod tests {
         #[test]
         fn typed_cache_and_slabinfo() {
+            // Its `release` returns kmem's free pages to the OS: not inside an RSS measurement.
+            let _rss = crate::sys::RSS_TEST_LOCK
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let s = super::objects_cache(
                 "bench-test-obj64",
                 crate::harness::make64,
@@ -256,6 +315,43 @@ pub mod kmem_backend {
             );
             drop(b);
             assert_eq!(super::release(), "Kmem::global().shrink_all()");
+        }
+
+        #[test]
+        fn footprint_counts_live_objects_by_class() {
+            use std::alloc::{GlobalAlloc, Layout};
+            let _rss = crate::sys::RSS_TEST_LOCK
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // 3000 objects of 1000 B, in the class that serves them (4 per one-page slab).
+            let l = Layout::from_size_align(1000, 8).unwrap();
+            let class = kmem::kmalloc_class_for(l).unwrap();
+            let name = if class.is_multiple_of(1024) {
+                format!("kmalloc-{}k ", class / 1024)
+            } else {
+                format!("kmalloc-{class} ")
+            };
+            // SAFETY: a non-zero layout; every object is freed below with it.
+            let objs: Vec<*mut u8> = (0..3000)
+                .map(|_| unsafe { super::ALLOC.alloc(l) })
+                .collect();
+            assert!(objs.iter().all(|p| !p.is_null()));
+            let s = super::footprint(3000 * 1000, 3000);
+            for p in objs {
+                // SAFETY: allocated above with `l`, freed once.
+                unsafe { super::ALLOC.dealloc(p, l) };
+            }
+            assert!(
+                s.starts_with("footprint at the fill's peak (MiB): 3000 objects requested 2.9;"),
+                "{s}"
+            );
+            let row = s
+                .lines()
+                .find(|l| l.trim_start().starts_with(&name))
+                .unwrap_or_else(|| panic!("no {name}row: {s}"));
+            let live: usize = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert!(live >= 3000, "{row}");
+            assert!(row.contains("x 1 p"), "{row}");
         }
     }
 }

@@ -224,12 +224,28 @@ fn run_child(w: Workload, p: &Params) -> ChildReport {
         }
         Workload::Fragmentation => {
             let mut call = "";
+            let mut breakdown = None;
+            let want = p.slabinfo;
             let f = with_backend!(b, |a| workloads::fragmentation(
                 a,
                 p.frag_mib << 20,
                 p.seed,
+                |requested, objects| {
+                    if want {
+                        breakdown = match b {
+                            Backend::Kmem | Backend::KmemCpuSlab => {
+                                Some(kmem_backend::footprint(requested, objects))
+                            }
+                            Backend::System => Some(sys::glibc_footprint(requested, objects)),
+                            _ => None,
+                        };
+                    }
+                },
                 || call = b.release()
             ));
+            if let Some(s) = breakdown {
+                notes.push(s);
+            }
             let extra = [
                 ("rss_base_kib", f.rss_base_kib),
                 ("rss_filled_kib", f.rss_filled_kib),

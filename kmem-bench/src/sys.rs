@@ -87,9 +87,60 @@ fn parse_statm_resident(statm: &str) -> Option<u64> {
     statm.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// glibc's account of its heap at the fragmentation fill's peak (`mallinfo2`), in the terms of
+/// kmem's breakdown (`--slabinfo`): the bytes requested against the main arena's bytes (`arena`:
+/// from `brk`), the bytes of chunks in use (`uordblks`: requests plus headers and rounding),
+/// the free bytes inside the arena (`fordblks`), the `mmap`ed chunks (`hblkhd`) and the RSS.
+/// MiB.
+pub fn glibc_footprint(requested: usize, objects: usize) -> String {
+    // SAFETY: mallinfo2 has no preconditions; it takes glibc's arena locks.
+    let m = unsafe { libc::mallinfo2() };
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    format!(
+        "glibc at the fill's peak (MiB): {objects} objects requested {:.1}; heap (arena) {:.1}, \
+         chunks in use {:.1} (+{:.1} headers and rounding), free in the heap {:.1}; mmapped {:.1}; \
+         process RSS {:.1}",
+        mib(requested),
+        mib(m.arena),
+        mib(m.uordblks),
+        mib(m.uordblks.saturating_sub(requested)),
+        mib(m.fordblks),
+        mib(m.hblkhd),
+        current_rss_kib() as f64 / 1024.0,
+    )
+}
+
+/// Held by the tests that measure this process's RSS or move megabytes through glibc, so that
+/// one's frees (which glibc may trim back to the OS) do not land inside another's measurement.
+#[cfg(test)]
+pub static RSS_TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glibc_footprint_counts_chunks_in_use() {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        let _rss = RSS_TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let l = Layout::from_size_align(1000, 8).unwrap();
+        // SAFETY: a non-zero layout; every block is freed below with it.
+        let objs: Vec<*mut u8> = (0..4096).map(|_| unsafe { System.alloc(l) }).collect();
+        let s = glibc_footprint(4096 * 1000, 4096);
+        for p in objs {
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe { System.dealloc(p, l) };
+        }
+        // "chunks in use X (+Y headers and rounding)": at least the 3.9 MiB just allocated.
+        let in_use: f64 = s
+            .split("chunks in use ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{s}"));
+        assert!(in_use >= 3.9, "{s}");
+        assert!(s.contains("4096 objects requested 3.9;"), "{s}");
+    }
 
     #[test]
     fn utc_formatting() {

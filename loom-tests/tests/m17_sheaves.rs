@@ -13,6 +13,11 @@
 //!   trades `main` at the barn for a full sheaf, while another thread frees into `main` (mutant
 //!   `sheaf_replace_ignores_count`: the replace commits although `main` is no longer empty, and
 //!   the sheaf put back as empty still holds the freed object — kmem aborts);
+//! - `barn_trim_vs_exchange`: on CPU 0, an allocation finds `main` and the spare empty and
+//!   takes the barn's full sheaf, while CPU 1 runs the decay's barn trim, which flushes every
+//!   full sheaf of the barn back to the slabs: the sheaf goes to one of them (mutant
+//!   `barn_trim_without_take`: the trim flushes sheaves it left on the barn, so the allocation
+//!   hands out objects the trim gave back to their slabs);
 //! - `refill_vs_free`: on CPU 0, an allocation refills a sheaf from the slabs with no lock held
 //!   while another thread frees into `main`; the refilled sheaf must not be installed over the
 //!   object (mutant `sheaf_install_over_main`);
@@ -86,6 +91,30 @@ fn barn_exchange_vs_free() {
         let b = loom::thread::spawn(move || {
             on_cpu(0);
             l2.alloc(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+#[test]
+fn barn_trim_vs_exchange() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        let _held = main_and_spare_empty_barn_full(&c, &live);
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.alloc(&c1);
+            l1.alloc(&c1);
+        });
+        let c2 = c.clone();
+        let b = loom::thread::spawn(move || {
+            on_cpu(1);
+            kmem::__loom::trim_barns(&c2);
         });
         a.join().unwrap();
         b.join().unwrap();

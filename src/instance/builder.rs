@@ -318,6 +318,7 @@ impl KmemBuilder {
                     ),
                     leaked: AtomicBool::new(false),
                     map_size,
+                    next_barn_trim: AtomicU64::new(0),
                 },
             );
             let budget = &(*shared).budget as *const PageBudget;

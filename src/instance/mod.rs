@@ -31,7 +31,7 @@ use crate::page::{
 use crate::slub::cpu_slab::TidStep;
 use crate::slub::CacheInner;
 use crate::stats::SlabInfo;
-use crate::sync::{AtomicBool, AtomicUsize, Cell, OnceSlot, Ordering, SpinLock};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Cell, OnceSlot, Ordering, SpinLock};
 use crate::{cpu, os};
 use core::fmt;
 use core::ptr::{self, NonNull};

@@ -26,6 +26,8 @@ pub(crate) struct KmemShared {
     pub(super) registry: SpinLock<Registry>,
     pub(super) leaked: AtomicBool,
     pub(super) map_size: usize,
+    /// When the next barn trim is due (`decay_now` time, ns; see [`KmemShared::decay_tick`]).
+    pub(super) next_barn_trim: AtomicU64,
 }
 
 // SAFETY: everything mutable inside is synchronised (atomics, locks); the raw pointers name
@@ -53,15 +55,55 @@ impl KmemShared {
 
     /// A decay tick on every node (`page/decay.rs`): cheap unless a run is due. Called from
     /// the slab allocation slow path with no kmem lock held.
+    ///
+    /// Once per decay delay it also trims every cache's barns (one CAS on the due time elects
+    /// the thread): the full sheaves waiting there go back to their slabs
+    /// ([`CacheInner::trim_barns`]), so that what a cache that went idle holds in them becomes
+    /// free pages the decay can return. A cache that keeps trading sheaves refills a few more
+    /// times per delay (at most ten sheaves per barn each time).
     #[inline]
     pub(crate) fn decay_tick(&self) {
-        if self.budget.decay_ns.is_none() {
+        let Some(delay) = self.budget.decay_ns else {
             return;
-        }
+        };
         let now = self.budget.decay_now();
         for nid in 0..self.nr_nodes {
             self.node_pages(nid).decay_tick(now);
         }
+        let due = self.next_barn_trim.load(Ordering::Relaxed);
+        if now >= due
+            && self
+                .next_barn_trim
+                .compare_exchange(
+                    due,
+                    now.saturating_add(delay),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.trim_barns();
+        }
+    }
+
+    /// [`CacheInner::trim_barns`] on every registered cache, if the registry lock is free (it
+    /// is only tried: the caller may be a `slabinfo` that holds it and allocates).
+    #[cold]
+    pub(crate) fn trim_barns(&self) -> usize {
+        let Some(r) = self.registry.try_lock() else {
+            return 0;
+        };
+        let mut flushed = 0;
+        let mut p = r.head;
+        while !p.is_null() {
+            // Destroy unregisters a cache first, under this lock.
+            // SAFETY: registered caches stay alive while the registry lock is held.
+            let c = unsafe { &*p };
+            flushed += c.trim_barns();
+            // SAFETY: as above.
+            p = unsafe { c.reg_next.get() };
+        }
+        flushed
     }
 
     /// Records that a cache leaked slabs: the instance's memory must then never be unmapped.

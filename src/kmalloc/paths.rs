@@ -99,6 +99,8 @@ pub(super) fn alloc_block(pages: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     };
     let s = k.shared();
+    // No kmem lock is held here: the instance's decay (free pages, and the barns' sheaves).
+    s.decay_tick();
     let home = s.slot_node(k.current_slot());
     let flags = if zero { GfpFlags::ZERO } else { GfpFlags::NONE };
     for i in 0..s.nr_nodes {

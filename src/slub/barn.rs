@@ -124,6 +124,22 @@ impl Barn {
         Ok(())
     }
 
+    /// Takes the full list whole (the decay's barn trim, [`CacheInner::trim_barns`]), linked
+    /// through `next`.
+    ///
+    /// [`CacheInner::trim_barns`]: super::CacheInner::trim_barns
+    pub(crate) fn take_full(&self) -> *mut Sheaf {
+        let mut l = self.lists.lock();
+        let out = l.full;
+        if !cfg!(kmem_mutant = "barn_trim_without_take") {
+            // Planted bug (loom-tests): the sheaves stay on the barn while the trim flushes
+            // them, so a slow path can take one and hand out objects the trim gives back.
+            l.full = ptr::null_mut();
+            l.nr_full = 0;
+        }
+        out
+    }
+
     /// Takes both lists whole (shrink, destroy): `(full, empty)`, each linked through `next`.
     pub(crate) fn take_all(&self) -> (*mut Sheaf, *mut Sheaf) {
         let mut l = self.lists.lock();

@@ -139,6 +139,40 @@ impl CacheInner {
         }
     }
 
+    /// The decay's barn trim (issue 16): every full sheaf waiting in one of the cache's barns
+    /// goes back to its slabs (`sheaf_flush`), and the emptied sheaf stays in the barn as an
+    /// empty one (or goes back to the pool when the barn keeps enough). The CPUs' own sheaves
+    /// are left alone. Objects in a sheaf keep their slabs allocated, each often in a slab of
+    /// its own after random frees, so a barn holding full sheaves of a cache that went idle
+    /// keeps up to ten sheaves' worth of slabs; the flush lets the free path discard those that
+    /// empty. The same operations as a slow path's barn get and spare flush (the barn lock,
+    /// then `free_bulk` with no lock held). Returns the sheaves flushed.
+    pub(crate) fn trim_barns(&self) -> usize {
+        if self.pool.capacity == 0 {
+            return 0;
+        }
+        let mut flushed = 0;
+        for nid in 0..self.nr_nodes {
+            // SAFETY: `nid < nr_nodes`; sheaf caches have a barn per node.
+            let barn = unsafe { &*self.barn.add(nid) };
+            let mut s = barn.take_full();
+            while !s.is_null() {
+                // SAFETY: taken off the barn: ours.
+                let next = unsafe { (*s).next.get() };
+                // SAFETY: ours; every object in it is an allocated object of this cache.
+                unsafe { self.sheaf_flush(self.cpu(0), s) };
+                // SAFETY: ours and empty now; given to the barn, or back to the pool.
+                if let Err(s) = unsafe { barn.put_empty(s) } {
+                    // SAFETY: ours, empty, on no list.
+                    unsafe { self.pool.free(s) };
+                }
+                flushed += 1;
+                s = next;
+            }
+        }
+        flushed
+    }
+
     /// `kmem_cache_shrink`.
     pub(crate) fn shrink(&self) {
         self.flush_all();
