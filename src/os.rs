@@ -321,6 +321,34 @@ pub(crate) fn coarse_now_ns() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
+/// Runs `f` with every blockable signal blocked in the calling thread (`pthread_sigmask`: no
+/// allocation), so that no signal handler of this thread can run while `f` holds kmem locks
+/// that its slow paths would need (the barns' trim). Under Miri and loom, just runs `f`.
+pub(crate) fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(not(any(miri, loom)))]
+    {
+        let mut all = core::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        let mut old = core::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: `sigfillset` initialises `all`; `pthread_sigmask` reads it and writes `old`.
+        let blocked = unsafe {
+            libc::sigfillset(all.as_mut_ptr()) == 0
+                && libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), old.as_mut_ptr()) == 0
+        };
+        let r = f();
+        if blocked {
+            // SAFETY: `old` was written by the successful call above.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), core::ptr::null_mut())
+            };
+        }
+        r
+    }
+    #[cfg(any(miri, loom))]
+    {
+        f()
+    }
+}
+
 /// Monotonic time in nanoseconds (`CLOCK_MONOTONIC`; no allocation), for bounded waits.
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn now_ns() -> u64 {

@@ -87,23 +87,27 @@ impl KmemShared {
     }
 
     /// [`CacheInner::trim_barns`] on every registered cache, if the registry lock is free (it
-    /// is only tried: the caller may be a `slabinfo` that holds it and allocates).
+    /// is only tried: the caller may be a `slabinfo` that holds it and allocates), with the
+    /// thread's signals blocked, so that no signal handler of this thread that allocates can
+    /// need a lock the trim holds (list and page locks in `free_bulk`).
     #[cold]
     pub(crate) fn trim_barns(&self) -> usize {
-        let Some(r) = self.registry.try_lock() else {
-            return 0;
-        };
-        let mut flushed = 0;
-        let mut p = r.head;
-        while !p.is_null() {
-            // Destroy unregisters a cache first, under this lock.
-            // SAFETY: registered caches stay alive while the registry lock is held.
-            let c = unsafe { &*p };
-            flushed += c.trim_barns();
-            // SAFETY: as above.
-            p = unsafe { c.reg_next.get() };
-        }
-        flushed
+        crate::os::with_signals_blocked(|| {
+            let Some(r) = self.registry.try_lock() else {
+                return 0;
+            };
+            let mut flushed = 0;
+            let mut p = r.head;
+            while !p.is_null() {
+                // Destroy unregisters a cache first, under this lock.
+                // SAFETY: registered caches stay alive while the registry lock is held.
+                let c = unsafe { &*p };
+                flushed += c.trim_barns();
+                // SAFETY: as above.
+                p = unsafe { c.reg_next.get() };
+            }
+            flushed
+        })
     }
 
     /// Records that a cache leaked slabs: the instance's memory must then never be unmapped.
