@@ -331,8 +331,8 @@ pub mod kmem_backend {
             } else {
                 format!("kmalloc-{class} ")
             };
-            // SAFETY: a non-zero layout; every object is freed below with it.
             let objs: Vec<*mut u8> = (0..3000)
+                // SAFETY: a non-zero layout; every object is freed below with it.
                 .map(|_| unsafe { super::ALLOC.alloc(l) })
                 .collect();
             assert!(objs.iter().all(|p| !p.is_null()));
