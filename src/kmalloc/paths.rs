@@ -198,7 +198,7 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             let tag = crate::page::slab_tag(ptr);
             if tag & 0xff != idx as u16 + 1 || !c.starts_object(u32::from(tag >> 8), ptr) {
                 // SAFETY: forwarded contract.
-                return unsafe { kfree_checked(c, ptr) };
+                return unsafe { kfree_cache(c, ptr) };
             }
             // The fast path, inline: one push onto the cache's sheaf (rseq mode); the rest out
             // of line, so a push that commits needs no stack frame.
@@ -253,33 +253,21 @@ unsafe fn kfree_other(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
 unsafe fn kfree_slab(c: &CacheInner, ptr: *mut u8) {
     let Some(slab) = crate::page::virt_to_page_allocated(ptr) else {
         // SAFETY: forwarded contract.
-        return unsafe { kfree_checked(c, ptr) };
+        return unsafe { kfree_cache(c, ptr) };
     };
     // SAFETY: `ptr` is an object of `slab`, a slab of `c` (the tag check), given back once.
     unsafe { c.slab_free(slab as *const _ as *mut _, ptr as usize) }
 }
 
-/// `kfree` in the locked mode, the cpu-slab design or with several nodes: the descriptor check
-/// (`owning_slab`) and the whole `slab_free`, as every cache free, out of line (see
-/// [`kmalloc_cache_alloc`]).
+/// `kfree` with the descriptor check (`owning_slab`: aborts naming what is wrong, or gives the
+/// slab) and the whole `slab_free`, as every cache free, out of line: in the locked mode, the
+/// cpu-slab design or with several nodes (see [`kmalloc_cache_alloc`]), and for a pointer whose
+/// tag check did not pass.
 ///
 /// # Safety
 /// As [`kfree`], with `c` the class cache of its layout.
 #[inline(never)]
 unsafe fn kfree_cache(c: &CacheInner, ptr: *mut u8) {
-    let slab = c.owning_slab(ptr);
-    // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
-    unsafe { c.slab_free(slab, ptr as usize) }
-}
-
-/// `kfree` of a slab object whose tag check did not pass: the descriptor check (`owning_slab`:
-/// aborts naming what is wrong, or gives the slab), then `slab_free`.
-///
-/// # Safety
-/// As [`kfree`], with `c` the class cache of its layout.
-#[cold]
-#[inline(never)]
-unsafe fn kfree_checked(c: &CacheInner, ptr: *mut u8) {
     let slab = c.owning_slab(ptr);
     // SAFETY: `ptr` is an object of `slab` (checked above) that the caller gives back.
     unsafe { c.slab_free(slab, ptr as usize) }

@@ -175,7 +175,7 @@ impl CacheInner {
     /// `None` otherwise (then [`Self::owning_slab_checked`] says why, or accepts the pointer
     /// of a coloured or debug cache). A fast path that calls nothing needs no stack frame.
     #[inline(always)]
-    pub(crate) fn owning_slab_fast(&self, obj: *mut u8) -> Option<*mut Page> {
+    fn owning_slab_fast(&self, obj: *mut u8) -> Option<*mut Page> {
         // One step from a tail to its slab's head (allocated tails lead there directly).
         let page = crate::page::virt_to_page_allocated(obj)?;
         let info = page.info();
@@ -215,7 +215,7 @@ impl CacheInner {
     /// returns the slab of a pointer that starts an object of a coloured or debug cache.
     #[cold]
     #[inline(never)]
-    pub(crate) fn owning_slab_checked(&self, obj: *mut u8) -> *mut Page {
+    fn owning_slab_checked(&self, obj: *mut u8) -> *mut Page {
         let Some(page) = crate::page::virt_to_page(obj) else {
             self.bad_free(obj, None)
         };
