@@ -133,7 +133,9 @@ struct NewSlab<'a> {
 // The sheaf fast paths' fields share the first cache line of a cache.
 #[cfg(not(loom))]
 const _: () = assert!(
-    core::mem::offset_of!(CacheInner, slab_tag) < 64 && core::mem::align_of::<CacheInner>() <= 64
+    core::mem::offset_of!(CacheInner, slab_tag) < 64
+        && core::mem::offset_of!(CacheInner, check_size) + 4 <= 64
+        && core::mem::align_of::<CacheInner>() <= 64
 );
 
 /// [`CacheInner::pcs_mode`]: the cache uses its sheaves.
@@ -162,12 +164,14 @@ pub(crate) struct CacheInner {
     // page-aligned), so a `Kmalloc` alloc or free reads one line of its cache ----
     /// The slots' sheaf parts as the array sequences see them.
     pub(crate) sheaf_slots: ArraySlots<{ KmemCacheCpu::STRIDE }>,
-    /// `size - 1` when the object size is a power of two no larger than a page, else 0. Then
-    /// every slab (aligned to at least a page) holds exactly `slab bytes / size` objects at the
-    /// multiples of `size`, so the free path's boundary check is `obj & pow2_mask == 0`: one AND
-    /// on the pointer, off the critical path (no slab order, no multiply). All ones for a
-    /// coloured cache (`CacheConfig::colour`): its frees are checked in the cold path.
-    pub(crate) pow2_mask: usize,
+    /// Exact division by `geo.size` for the free path's object-boundary check
+    /// ([`CacheInner::starts_object`]).
+    pub(crate) size_div: ExactDiv,
+    /// The free check's end test: `off + check_size <= slab bytes`. `geo.size`, or, for a
+    /// coloured cache (`CacheConfig::colour`), a value no offset passes (`u32::MAX`):
+    /// the inline check knows no colour, so every free of a coloured cache is checked, with
+    /// the slab's colour, in the cold path.
+    pub(crate) check_size: u32,
     /// How the fast paths use the sheaves now, one byte for one load: [`PCS_ON`] (the cache
     /// uses its sheaves: only ever with a capacity; a sheaf cache can be switched to the
     /// cpu-slab design and back, [`CacheInner::set_sheaves`]), [`PCS_FAST_ALLOC`] (`PCS_ON` in
@@ -181,11 +185,7 @@ pub(crate) struct CacheInner {
     /// none). Set once, with `is_kmalloc`, for a kmalloc cache without debug flags, before the
     /// cache is published and has any slab.
     pub(crate) slab_tag: AtomicU8,
-    // ---- the non-power-of-two free check, then the cpu-slab fast paths ----
-    /// Exact division by `geo.size` for the free path's object-boundary check.
-    pub(crate) size_div: ExactDiv,
-    /// `geo.size`, beside `size_div` for the free check's end test.
-    pub(crate) size: usize,
+    // ---- the cpu-slab fast paths ----
     /// `nr_cpus` slots, each on its own cache lines.
     pub(crate) cpu_slab: *const KmemCacheCpu,
     pub(crate) nr_cpus: usize,
@@ -359,17 +359,14 @@ impl CacheInner {
                     offset: geo.offset,
                     tid_step,
                     size_div: ExactDiv::new(geo.size),
-                    size: geo.size,
-                    // Not for a debug cache: its objects start `red_left_pad` into their
-                    // slots (its free checks take the cold path, see `owning_slab`). A
-                    // coloured cache gets all ones: every free fails the one-AND test and is
-                    // checked, with the slab's colour, in that cold path.
-                    pow2_mask: if geo.colour_off != 0 {
-                        usize::MAX
-                    } else if !debug && geo.size.is_power_of_two() && geo.size <= PAGE_SIZE {
-                        geo.size - 1
+                    // A debug cache's objects start `red_left_pad` into their slots: its
+                    // pointers fail the inline check and are checked (and accepted) in the
+                    // cold path, which knows the padding.
+                    check_size: if geo.colour_off != 0 {
+                        u32::MAX
                     } else {
-                        0
+                        // Objects are at most a slab, which is at most 4 MiB.
+                        geo.size as u32
                     },
                     geo,
                     flags: cfg.flags,
