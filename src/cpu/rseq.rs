@@ -156,7 +156,14 @@ pub(super) const AREA_OWN: usize = 2;
 pub(super) static SEQ_AREA: AtomicUsize = AtomicUsize::new(0);
 
 /// The offset of [`SEQ_AREA`] alone (as a `usize`), for the sequences: one load, no unpacking.
-pub(super) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(0);
+/// The calling thread's rseq area is at the thread pointer plus this (`fs:[offset]`). glibc's
+/// area: `__rseq_offset`, the same in every thread. kmem's own area: its thread-local's offset,
+/// the same in every thread because the mode is only decided for it when that thread-local is
+/// in the static TLS block (see `own_area_is_static`); a thread whose registration finds
+/// another offset stays unregistered. Read only in rseq mode (or by the mode's own probe, after
+/// it published the offset), by the sequences' own RIP-relative load (`percpu::rseq_asm!`: a
+/// plain `mov`, which is what a relaxed load is on x86_64).
+pub(crate) static SEQ_OFFSET: AtomicUsize = AtomicUsize::new(0);
 
 /// The original (Linux 4.18) `struct rseq`: 32 bytes, 32-byte aligned; every kernel accepts
 /// this length.

@@ -80,6 +80,64 @@ use crate::sync::{AtomicPtr, AtomicU64, DWord, Ordering};
 
 use super::rseq::RSEQ_SIG;
 
+/// One restartable sequence in x86_64 inline assembly: the scaffolding every sequence here
+/// shares around its own instructions. The macro emits, in order:
+///
+/// - the load of the thread's rseq area offset (`{off}`) from `rseq::SEQ_OFFSET`, by a
+///   RIP-relative address inside the assembly (the compiler would go through the GOT: one more
+///   dependent load on the fast paths' chain);
+/// - label `2`, the arming store of the descriptor's address into the area's `rseq_cs` (the
+///   abort handler jumps back here: the kernel clears `rseq_cs` on an abort);
+/// - label `3`, the start of the range, then `body` — which ends with the commit, the single
+///   store that publishes the sequence, and may branch to the `fail` labels;
+/// - label `5` (the end of the range): `{t} = 0` (done) and a jump past the rest;
+/// - the signature ([`RSEQ_SIG`], in the `ud1` encoding librseq uses so disassemblers stay in
+///   sync) and label `6`, the abort handler, which restarts at `2`;
+/// - `fail`: labels `25`..`28` that set `{t:e}` to a status and jump to `29`, the exit (the last
+///   one may fall through to it);
+/// - the descriptor (`struct rseq_cs`: version 0, flags 0, start `3`, length `5 - 3`, abort
+///   `6`) in `__rseq_cs`, 32-byte aligned, and its address in `__rseq_cs_ptr_array` (where
+///   debuggers and checkers look for them, as librseq does).
+///
+/// The caller names `t` (the status register, an output) and its own operands after `ops:`.
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+macro_rules! rseq_asm {
+    (body: [$($body:literal),* $(,)?], fail: [$($fail:literal),* $(,)?], ops: [$($ops:tt)*]) => {
+        core::arch::asm!(
+            "mov {off}, qword ptr [rip + {seq_off}]",
+            "2:",
+            "lea {t}, [rip + 9f]",
+            "mov qword ptr fs:[{off} + {cs}], {t}",
+            "3:",
+            $($body,)*
+            "5:",
+            "xor {t:e}, {t:e}",
+            "jmp 29f",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long {sig}",
+            "6:",
+            "jmp 2b",
+            $($fail,)*
+            "29:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "9:",
+            ".long 0, 0",
+            ".quad 3b, 5b - 3b, 6b",
+            ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"aw\"",
+            ".quad 9b",
+            ".popsection",
+            $($ops)*
+            off = out(reg) _,
+            seq_off = sym crate::cpu::rseq::SEQ_OFFSET,
+            cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
+            sig = const crate::cpu::rseq::RSEQ_SIG,
+            options(nostack),
+        )
+    };
+}
+
 mod array;
 mod mode;
 mod seq;

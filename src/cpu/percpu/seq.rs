@@ -13,19 +13,6 @@ use super::*;
 // The sequences (x86_64)
 // ---------------------------------------------------------------------------------------------
 
-/// The calling thread's rseq area, as an offset from the thread pointer (`fs:[offset]`), for
-/// the sequences: one load of a static. glibc's area: `__rseq_offset`, the same in every
-/// thread. kmem's own area: its thread-local's offset, the same in every thread because the
-/// mode is only decided for it when that thread-local is in the static TLS block (see
-/// `own_area_is_static`); a thread whose registration finds another offset stays
-/// unregistered. Only called in rseq mode (or by the mode's own probe, after it published the
-/// offset).
-#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
-#[inline(always)]
-fn area_offset() -> isize {
-    crate::cpu::rseq::SEQ_OFFSET.load(GlobalOrdering::Relaxed) as isize
-}
-
 /// Pops the first object of the freelist of the slot of the CPU the thread runs on, in one
 /// sequence: `cpu = cpu_id; slot = slots[cpu]; if stopped → Stopped; if expect_slab != 0 and
 /// slab != expect_slab → Mismatch; obj = freelist; if 0 → Empty; freelist = *(obj + free_off)`
@@ -60,76 +47,57 @@ pub(crate) unsafe fn pop<S>(
         // is on (and nothing, not even a register, without it).
         macro_rules! pop_asm {
             ([$($decode:literal),*] [$($ops:tt)*]) => {
-        core::arch::asm!(
-            "2:",
-            "lea {t}, [rip + 9f]",
-            "mov qword ptr fs:[{off} + {cs}], {t}",
-            "3:",
-            "mov {slot:e}, dword ptr fs:[{off} + 4]",
-            "cmp {slot}, {nr}",
-            "jae 25f",
-            "imul {slot}, {stride}",
-            "add {slot}, {base}",
-            "cmp qword ptr [{slot} + {o_stop}], 0",
-            "jne 26f",
-            "test {expect}, {expect}",
-            "jz 4f",
-            "cmp qword ptr [{slot} + {o_slab}], {expect}",
-            "jne 27f",
-            "4:",
-            "mov {obj}, qword ptr [{slot}]",
-            "test {obj}, {obj}",
-            "jz 28f",
-            "mov {t}, qword ptr [{obj} + {foff}]",
-            $($decode,)*
-            "mov qword ptr [{slot}], {t}",
-            "5:",
-            "xor {t:e}, {t:e}",
-            "jmp 29f",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long {sig}",
-            "6:",
-            "jmp 2b",
-            "25:",
-            "mov {t:e}, {st_unavail}",
-            "jmp 29f",
-            "26:",
-            "mov {t:e}, {st_stopped}",
-            "jmp 29f",
-            "27:",
-            "mov {t:e}, {st_mismatch}",
-            "jmp 29f",
-            "28:",
-            "mov {t:e}, {st_empty}",
-            "29:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "9:",
-            ".long 0, 0",
-            ".quad 3b, 5b - 3b, 6b",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"aw\"",
-            ".quad 9b",
-            ".popsection",
-            off = in(reg) area_offset(),
-            nr = in(reg) slots.nr,
-            stride = in(reg) slots.stride,
-            base = in(reg) slots.base,
-            expect = in(reg) expect_slab,
-            foff = in(reg) free_off,
-            $($ops)*
-            t = out(reg) st,
-            slot = out(reg) slot,
-            obj = out(reg) obj,
-            cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
-            o_stop = const OFF_STOPPED,
-            o_slab = const OFF_SLAB,
-            sig = const RSEQ_SIG,
-            st_unavail = const ST_UNAVAILABLE,
-            st_stopped = const ST_STOPPED,
-            st_mismatch = const ST_MISMATCH,
-            st_empty = const ST_EMPTY,
-            options(nostack),
+        rseq_asm!(
+            body: [
+                "mov {slot:e}, dword ptr fs:[{off} + 4]",
+                "cmp {slot}, {nr}",
+                "jae 25f",
+                "imul {slot}, {stride}",
+                "add {slot}, {base}",
+                "cmp qword ptr [{slot} + {o_stop}], 0",
+                "jne 26f",
+                "test {expect}, {expect}",
+                "jz 4f",
+                "cmp qword ptr [{slot} + {o_slab}], {expect}",
+                "jne 27f",
+                "4:",
+                "mov {obj}, qword ptr [{slot}]",
+                "test {obj}, {obj}",
+                "jz 28f",
+                "mov {t}, qword ptr [{obj} + {foff}]",
+                $($decode,)*
+                "mov qword ptr [{slot}], {t}",
+            ],
+            fail: [
+                "25:",
+                "mov {t:e}, {st_unavail}",
+                "jmp 29f",
+                "26:",
+                "mov {t:e}, {st_stopped}",
+                "jmp 29f",
+                "27:",
+                "mov {t:e}, {st_mismatch}",
+                "jmp 29f",
+                "28:",
+                "mov {t:e}, {st_empty}",
+            ],
+            ops: [
+                nr = in(reg) slots.nr,
+                stride = in(reg) slots.stride,
+                base = in(reg) slots.base,
+                expect = in(reg) expect_slab,
+                foff = in(reg) free_off,
+                $($ops)*
+                t = out(reg) st,
+                slot = out(reg) slot,
+                obj = out(reg) obj,
+                o_stop = const OFF_STOPPED,
+                o_slab = const OFF_SLAB,
+                st_unavail = const ST_UNAVAILABLE,
+                st_stopped = const ST_STOPPED,
+                st_mismatch = const ST_MISMATCH,
+                st_empty = const ST_EMPTY,
+            ]
         )
             };
         }
@@ -179,74 +147,55 @@ pub(crate) unsafe fn push<S>(
         // As in `pop`: the encoding spliced in only with `freelist-hardened`.
         macro_rules! push_asm {
             ([$($encode:literal),*] [$($ops:tt)*]) => {
-        core::arch::asm!(
-            "2:",
-            "lea {t}, [rip + 9f]",
-            "mov qword ptr fs:[{off} + {cs}], {t}",
-            "3:",
-            "mov {slot:e}, dword ptr fs:[{off} + 4]",
-            "cmp {slot}, {nr}",
-            "jae 25f",
-            "imul {slot}, {stride}",
-            "add {slot}, {base}",
-            "cmp qword ptr [{slot} + {o_stop}], 0",
-            "jne 26f",
-            "cmp qword ptr [{slot} + {o_slab}], {expect}",
-            "jne 27f",
-            "mov {t}, qword ptr [{slot}]",
-            "cmp {t}, {tail}",
-            "je 28f",
-            $($encode,)*
-            "mov qword ptr [{tail} + {foff}], {t}",
-            "mov qword ptr [{slot}], {head}",
-            "5:",
-            "xor {t:e}, {t:e}",
-            "jmp 29f",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long {sig}",
-            "6:",
-            "jmp 2b",
-            "25:",
-            "mov {t:e}, {st_unavail}",
-            "jmp 29f",
-            "26:",
-            "mov {t:e}, {st_stopped}",
-            "jmp 29f",
-            "27:",
-            "mov {t:e}, {st_mismatch}",
-            "jmp 29f",
-            "28:",
-            "mov {t:e}, {st_double}",
-            "29:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "9:",
-            ".long 0, 0",
-            ".quad 3b, 5b - 3b, 6b",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"aw\"",
-            ".quad 9b",
-            ".popsection",
-            off = in(reg) area_offset(),
-            nr = in(reg) slots.nr,
-            stride = in(reg) slots.stride,
-            base = in(reg) slots.base,
-            expect = in(reg) expect_slab,
-            head = in(reg) head,
-            tail = in(reg) tail,
-            foff = in(reg) free_off,
-            $($ops)*
-            t = out(reg) st,
-            slot = out(reg) slot,
-            cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
-            o_stop = const OFF_STOPPED,
-            o_slab = const OFF_SLAB,
-            sig = const RSEQ_SIG,
-            st_unavail = const ST_UNAVAILABLE,
-            st_stopped = const ST_STOPPED,
-            st_mismatch = const ST_MISMATCH,
-            st_double = const ST_DOUBLE_FREE,
-            options(nostack),
+        rseq_asm!(
+            body: [
+                "mov {slot:e}, dword ptr fs:[{off} + 4]",
+                "cmp {slot}, {nr}",
+                "jae 25f",
+                "imul {slot}, {stride}",
+                "add {slot}, {base}",
+                "cmp qword ptr [{slot} + {o_stop}], 0",
+                "jne 26f",
+                "cmp qword ptr [{slot} + {o_slab}], {expect}",
+                "jne 27f",
+                "mov {t}, qword ptr [{slot}]",
+                "cmp {t}, {tail}",
+                "je 28f",
+                $($encode,)*
+                "mov qword ptr [{tail} + {foff}], {t}",
+                "mov qword ptr [{slot}], {head}",
+            ],
+            fail: [
+                "25:",
+                "mov {t:e}, {st_unavail}",
+                "jmp 29f",
+                "26:",
+                "mov {t:e}, {st_stopped}",
+                "jmp 29f",
+                "27:",
+                "mov {t:e}, {st_mismatch}",
+                "jmp 29f",
+                "28:",
+                "mov {t:e}, {st_double}",
+            ],
+            ops: [
+                nr = in(reg) slots.nr,
+                stride = in(reg) slots.stride,
+                base = in(reg) slots.base,
+                expect = in(reg) expect_slab,
+                head = in(reg) head,
+                tail = in(reg) tail,
+                foff = in(reg) free_off,
+                $($ops)*
+                t = out(reg) st,
+                slot = out(reg) slot,
+                o_stop = const OFF_STOPPED,
+                o_slab = const OFF_SLAB,
+                st_unavail = const ST_UNAVAILABLE,
+                st_stopped = const ST_STOPPED,
+                st_mismatch = const ST_MISMATCH,
+                st_double = const ST_DOUBLE_FREE,
+            ]
         )
             };
         }
@@ -286,6 +235,7 @@ pub(crate) fn cas_on_cpu<S>(
     unsafe {
         core::arch::asm!(
             "xchg r11, rbx",
+            "mov r8, qword ptr [rip + {seq_off}]",
             "2:",
             "lea r10, [rip + 9f]",
             "mov qword ptr fs:[r8 + {cs}], r10",
@@ -314,7 +264,7 @@ pub(crate) fn cas_on_cpu<S>(
             ".pushsection __rseq_cs_ptr_array, \"aw\"",
             ".quad 9b",
             ".popsection",
-            in("r8") area_offset(),
+            out("r8") _,
             in("r9") cpu,
             inout("r11") new.0 as u64 => _,
             in("rcx") new.1,
@@ -324,6 +274,7 @@ pub(crate) fn cas_on_cpu<S>(
             out("r10") st,
             cs = const crate::cpu::rseq::RSEQ_CS_OFFSET,
             sig = const RSEQ_SIG,
+            seq_off = sym crate::cpu::rseq::SEQ_OFFSET,
             options(nostack),
         );
     }
