@@ -29,7 +29,7 @@ use super::paths::{kmalloc, kzalloc};
 use super::*;
 use crate::os::Num;
 use crate::page::{page_address, virt_to_page, Page, PageKind};
-use crate::slub::CacheInner;
+use crate::slub::{CacheInner, PcsView};
 use core::ptr::NonNull;
 
 /// The alignment `malloc` asks for (see the module docs: results above 8 bytes are 16-aligned).
@@ -209,12 +209,12 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
     // The fast path, inline and with no call: an object of a kmalloc cache (the checks of
     // `find`) pushed onto its cache's sheaf in one sequence. Anything else, or a push that
     // does not commit, is the whole path out of line, which checks again and reports.
-    if let Some(cache) = kmalloc_object_fast(ptr) {
-        if cache.pcs_fast_free_on() && cache.pcs_push_inline(ptr as usize) {
+    if let Some((idx, view)) = kmalloc_object_fast(ptr) {
+        if view.fast_free_on() && view.push(ptr as usize) {
             return true;
         }
-        // SAFETY: forwarded contract; `ptr` passed the tag check for `cache`.
-        return unsafe { free_object(cache, ptr) };
+        // SAFETY: forwarded contract; `ptr` passed the tag check for class `idx`.
+        return unsafe { free_object(idx, ptr) };
     }
     // SAFETY: forwarded contract.
     unsafe { free_slow(ptr) }
@@ -222,12 +222,20 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
 
 /// [`free`] of a kmalloc object that passed the tag check, when the inline push did not
 /// commit or the mode has none (the locked mode, the cpu-slab design): the whole `slab_free`
-/// on the slab heading the page's block (a tagged page is a page of a live slab of `cache`).
+/// on the slab heading the page's block (a tagged page is a page of a live slab of class
+/// `idx`).
 ///
 /// # Safety
-/// As [`free`]; `ptr` passed `kmalloc_object_fast` for `cache`.
+/// As [`free`]; `ptr` passed `kmalloc_object_fast` for class `idx`.
 #[inline(never)]
-unsafe fn free_object(cache: &'static CacheInner, ptr: *mut u8) -> bool {
+unsafe fn free_object(idx: usize, ptr: *mut u8) -> bool {
+    let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
+    if p.is_null() {
+        // SAFETY: forwarded contract.
+        return unsafe { free_slow(ptr) };
+    }
+    // SAFETY: published kmalloc caches are never destroyed.
+    let cache = unsafe { &*p };
     match crate::page::virt_to_page_allocated(ptr) {
         // SAFETY: `ptr` is an allocated object of this slab of `cache`, given back once.
         Some(slab) => unsafe { free_found(ptr, Found::Object(cache, slab)) },
@@ -246,26 +254,20 @@ unsafe fn free_slow(ptr: *mut u8) -> bool {
     unsafe { free_found(ptr, find("free", ptr)) }
 }
 
-/// The kmalloc cache `ptr` is an object of, if its page's slab tag (`page::slab_tag`) names a
-/// kmalloc class and `ptr` starts one of that slab's objects: the checks of `find` from the
-/// dense tag table, without the descriptor and without a call. `None` for everything else,
-/// which `find` then sorts out and reports.
+/// The kmalloc class `ptr` is an object of, and its view, if its page's slab tag
+/// (`page::slab_tag`) names a kmalloc class and `ptr` starts one of that slab's objects: the
+/// checks of `find` from the dense tag table, without the descriptor and without a call.
+/// `None` for everything else, which `find` then sorts out and reports.
 #[inline(always)]
-fn kmalloc_object_fast(ptr: *mut u8) -> Option<&'static CacheInner> {
+fn kmalloc_object_fast(ptr: *mut u8) -> Option<(usize, &'static PcsView)> {
     let tag = crate::page::slab_tag(ptr);
     let class = usize::from(tag & 0xff);
     if class == 0 || class > NR_KMALLOC {
         return None;
     }
-    let p = KMALLOC_CACHES[class - 1].load(Ordering::Acquire);
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: published kmalloc caches are never destroyed.
-    let cache = unsafe { &*p };
-    cache
-        .starts_object(u32::from(tag >> 8), ptr)
-        .then_some(cache)
+    let view = kmalloc_view(class - 1)?;
+    view.starts_object(u32::from(tag >> 8), ptr)
+        .then_some((class - 1, view))
 }
 
 /// Frees `ptr`, found to be `found`.

@@ -106,7 +106,7 @@ pub use reentry::kmalloc_reentrancy_simulate_enter;
 use crate::config::CacheConfig;
 use crate::instance::Kmem;
 use crate::page::{MAX_ORDER, PAGE_SIZE};
-use crate::slub::CacheInner;
+use crate::slub::{CacheInner, PcsView};
 use crate::sync::global::{AtomicPtr, Ordering};
 use crate::sync::OnceSlot;
 use core::alloc::Layout;
@@ -506,6 +506,23 @@ fn kind_of(layout: Layout, classes: KmallocClasses) -> Kind {
 /// The kmalloc caches of the global instance, created together on first use.
 static KMALLOC_CACHES: [AtomicPtr<CacheInner>; NR_KMALLOC] =
     [const { AtomicPtr::new(ptr::null_mut()) }; NR_KMALLOC];
+/// The fast paths' table: one [`PcsView`] per class, in one OS mapping, published (Release)
+/// once every cache exists; null before. `kmalloc` and `kfree` index it directly, so their
+/// inline paths read one line per class and no cache pointer first (`slub/view.rs`).
+static KMALLOC_VIEWS: AtomicPtr<PcsView> = AtomicPtr::new(ptr::null_mut());
+
+/// The view of class `idx < NR_KMALLOC`, if the caches exist.
+#[inline(always)]
+pub(super) fn kmalloc_view(idx: usize) -> Option<&'static PcsView> {
+    let t = KMALLOC_VIEWS.load(Ordering::Acquire);
+    if t.is_null() {
+        return None;
+    }
+    // SAFETY: a published table holds NR_KMALLOC views, written before its publication (the
+    // Acquire load pairs with it), never unmapped; `idx < NR_KMALLOC` (caller).
+    Some(unsafe { &*t.add(idx) })
+}
+
 /// Gate for creating the caches exactly once, without allocating.
 static KMALLOC_INIT: OnceSlot<()> = OnceSlot::new();
 
@@ -537,6 +554,13 @@ fn kmalloc_cache_slow(idx: usize) -> Option<&'static CacheInner> {
 fn create_kmalloc_caches() -> Option<()> {
     let k = Kmem::try_global()?;
     let sheaves = sheaves_from_env();
+    // The views' table first: nothing is created if it cannot be had.
+    let views = crate::os::map(
+        core::mem::size_of::<[PcsView; NR_KMALLOC]>().next_multiple_of(PAGE_SIZE),
+        PAGE_SIZE,
+    )?
+    .as_ptr()
+    .cast::<PcsView>();
     for i in 0..NR_KMALLOC {
         let cfg = CacheConfig::new()
             .align(CLASS_ALIGN[i])
@@ -561,8 +585,13 @@ fn create_kmalloc_caches() -> Option<()> {
                 .slab_tag
                 .store(i as u8 + 1, crate::sync::Ordering::Release);
         }
+        // SAFETY: entry `i` of the fresh table (NR_KMALLOC views, page-aligned: each view's
+        // 64-byte alignment holds), never unmapped; the cache is not published yet, so no
+        // `set_sheaves` runs on it.
+        unsafe { cache.inner().attach_view(views.add(i)) };
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }
+    KMALLOC_VIEWS.store(views, Ordering::Release);
     Some(())
 }
 

@@ -10,24 +10,22 @@ use core::ptr::NonNull;
 pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
     match classes.index_fast(layout.size(), layout.align()) {
         Some(idx) => {
-            let p = KMALLOC_CACHES[idx].load(Ordering::Acquire);
-            if p.is_null() {
+            // The class's view (`slub/view.rs`): one line, no cache pointer to chase first.
+            let Some(v) = kmalloc_view(idx) else {
                 // First use: the caches are created out of line.
                 return kmalloc_class(idx);
-            }
-            // SAFETY: published kmalloc caches are fully created and never destroyed.
-            let c = unsafe { &*p };
-            if c.pcs_fast_alloc_on() {
+            };
+            if v.fast_alloc_on() {
                 // The rseq mode's fast path, inline: one pop from the class cache's sheaf.
                 // Every other case is the out-of-line call below, so a pop that commits needs
                 // no stack frame.
-                if let Some(obj) = c.pcs_pop_inline() {
+                if let Some(obj) = v.pop() {
                     return obj;
                 }
                 return kmalloc_class(idx);
             }
             // The locked mode and the cpu-slab design: their fast paths, one call away.
-            kmalloc_cache_alloc(c)
+            kmalloc_class(idx)
         }
         None => kmalloc_other(layout, classes),
     }
@@ -43,16 +41,9 @@ fn kmalloc_other(layout: Layout, classes: KmallocClasses) -> *mut u8 {
     }
 }
 
-/// `kmalloc` from cache `c` in the locked mode or the cpu-slab design: the whole `slab_alloc`
-/// (its fast path inline here), out of line so that the rseq mode's inline pop in [`kmalloc`]
-/// needs no stack frame.
-#[inline(never)]
-fn kmalloc_cache_alloc(c: &CacheInner) -> *mut u8 {
-    c.slab_alloc(None)
-}
-
-/// `kmalloc` from class `idx` when the inline pop did not serve: creates the caches on first
-/// use, then the whole `slab_alloc`.
+/// `kmalloc` from class `idx` when the inline pop did not serve, and in the locked mode or
+/// the cpu-slab design (their fast paths inline here): creates the caches on first use, then
+/// the whole `slab_alloc`.
 #[inline(never)]
 fn kmalloc_class(idx: usize) -> *mut u8 {
     match kmalloc_cache(idx) {
@@ -183,34 +174,50 @@ pub(super) fn page_block(
 pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
     match classes.index_fast(layout.size(), layout.align()) {
         Some(idx) => {
-            let c = freed_class_cache(ptr, layout, idx);
-            if !c.pcs_fast_free_on() {
+            let Some(v) = kmalloc_view(idx) else {
+                // No kmalloc cache exists yet: `freed_class_cache` reports it.
+                // SAFETY: forwarded contract.
+                return unsafe { kfree_class(ptr, layout, idx) };
+            };
+            if !v.fast_free_on() {
                 // The locked mode, the cpu-slab design, several nodes: the descriptor check
                 // and the whole free, one call away.
                 // SAFETY: forwarded contract.
-                return unsafe { kfree_cache(c, ptr) };
+                return unsafe { kfree_class(ptr, layout, idx) };
             }
             // The O(1) check, from the dense tag table (`page::slab_tag`): the page holds a
             // live slab of this class, and `ptr` starts one of its objects. Anything else —
-            // an untagged slab (a debug cache), a coloured cache, a wrong layout, a
-            // foreign pointer — takes the descriptor check out of line, which accepts the
-            // pointer or aborts naming what is wrong.
+            // an untagged slab (a debug cache), a wrong layout, a foreign pointer — takes the
+            // descriptor check out of line, which accepts the pointer or aborts naming what is
+            // wrong.
             let tag = crate::page::slab_tag(ptr);
-            if tag & 0xff != idx as u16 + 1 || !c.starts_object(u32::from(tag >> 8), ptr) {
+            if tag & 0xff != idx as u16 + 1 || !v.starts_object(u32::from(tag >> 8), ptr) {
                 // SAFETY: forwarded contract.
-                return unsafe { kfree_cache(c, ptr) };
+                return unsafe { kfree_class(ptr, layout, idx) };
             }
             // The fast path, inline: one push onto the cache's sheaf (rseq mode); the rest out
             // of line, so a push that commits needs no stack frame.
-            if c.pcs_push_inline(ptr as usize) {
+            if v.push(ptr as usize) {
                 return;
             }
-            // SAFETY: `ptr` is an object of `c` (checked above) that the caller gives back.
-            unsafe { kfree_slab(c, ptr) }
+            // SAFETY: `ptr` is an object of class `idx` (checked above) that the caller gives
+            // back.
+            unsafe { kfree_slab(ptr, layout, idx) }
         }
         // SAFETY: forwarded contract.
         None => unsafe { kfree_other(ptr, layout, classes) },
     }
+}
+
+/// `kfree` to class `idx` with the descriptor check, out of line (the locked mode, the
+/// cpu-slab design, a tag miss).
+///
+/// # Safety
+/// As [`kfree`], with `idx` the class of `layout`.
+#[inline(never)]
+unsafe fn kfree_class(ptr: *mut u8, layout: Layout, idx: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { kfree_cache(freed_class_cache(ptr, layout, idx), ptr) }
 }
 
 /// The cache of class `idx`, which a `kfree` of `ptr` with `layout` frees to; aborts if no
@@ -245,12 +252,13 @@ unsafe fn kfree_other(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
 
 /// `kfree` of an object that passed the tag check, out of line: the inline push did not
 /// commit. The slab is the head of the page's block (a tagged page is a page of a live slab
-/// of `c`).
+/// of class `idx`).
 ///
 /// # Safety
-/// As [`kfree`], with `c` the class cache of its layout and `ptr` past the tag check.
+/// As [`kfree`], with `idx` the class of `layout` and `ptr` past the tag check.
 #[inline(never)]
-unsafe fn kfree_slab(c: &CacheInner, ptr: *mut u8) {
+unsafe fn kfree_slab(ptr: *mut u8, layout: Layout, idx: usize) {
+    let c = freed_class_cache(ptr, layout, idx);
     let Some(slab) = crate::page::virt_to_page_allocated(ptr) else {
         // SAFETY: forwarded contract.
         return unsafe { kfree_cache(c, ptr) };
@@ -261,8 +269,8 @@ unsafe fn kfree_slab(c: &CacheInner, ptr: *mut u8) {
 
 /// `kfree` with the descriptor check (`owning_slab`: aborts naming what is wrong, or gives the
 /// slab) and the whole `slab_free`, as every cache free, out of line: in the locked mode, the
-/// cpu-slab design or with several nodes (see [`kmalloc_cache_alloc`]), and for a pointer whose
-/// tag check did not pass.
+/// cpu-slab design or with several nodes (see [`kmalloc_class`]), and for a pointer whose tag
+/// check did not pass.
 ///
 /// # Safety
 /// As [`kfree`], with `c` the class cache of its layout.

@@ -408,3 +408,56 @@ fn slab_tags_are_written_at_creation_and_cleared_at_discard() {
         assert_eq!(crate::page::slab_tag(o.as_ptr()), 0);
     }
 }
+
+/// Each class's view (`slub/view.rs`) is the cache's fast-path fields: the same mode, and the
+/// same object-start answers as the cache's own check.
+#[test]
+fn class_views_agree_with_their_caches() {
+    let a = Kmalloc::new();
+    for (idx, &size) in SIZE_CLASSES.iter().enumerate() {
+        let layout = Layout::from_size_align(size, 1).unwrap();
+        // SAFETY: a non-zero layout.
+        let p = unsafe { a.alloc(layout) };
+        assert!(!p.is_null());
+        let c = kmalloc_cache(idx).unwrap();
+        let v = kmalloc_view(idx).expect("the views are published with the caches");
+        let mode = c.pcs_mode.load(crate::sync::Ordering::Relaxed);
+        assert_eq!(v.fast_alloc_on(), mode & crate::slub::PCS_FAST_ALLOC != 0);
+        assert_eq!(v.fast_free_on(), mode & crate::slub::PCS_FAST_FREE != 0);
+        let order = crate::page::virt_to_page(p).unwrap().info().order();
+        for off in [0, 1, 8, size / 2, size, size + 8] {
+            let q = p.wrapping_add(off);
+            assert_eq!(
+                v.starts_object(order, q),
+                c.starts_object(order, q),
+                "kmalloc-{size}, offset {off}"
+            );
+        }
+        // SAFETY: `p` came from `a.alloc(layout)` and is freed once.
+        unsafe { a.dealloc(p, layout) };
+    }
+}
+
+/// `set_sheaves` keeps an attached view's mode current.
+#[test]
+fn set_sheaves_keeps_an_attached_view_current() {
+    let k = crate::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    let cfg = crate::CacheConfig::new().sheaf_capacity(16);
+    let c = k.create_cache("view-mode", 64, cfg).unwrap();
+    let inner = c.inner();
+    // The view lives as long as the cache: leaked (a test).
+    let view = Box::leak(Box::new(core::mem::MaybeUninit::<PcsView>::uninit())).as_mut_ptr();
+    // SAFETY: a fresh, leaked, writable view; nothing else attached one or runs set_sheaves.
+    unsafe { inner.attach_view(view) };
+    // SAFETY: written by attach_view, never freed.
+    let v = unsafe { &*view };
+    for on in [false, true, false, true] {
+        inner.set_sheaves(on);
+        let mode = inner.pcs_mode.load(crate::sync::Ordering::Relaxed);
+        assert_eq!(v.fast_alloc_on(), mode & crate::slub::PCS_FAST_ALLOC != 0);
+        assert_eq!(v.fast_free_on(), mode & crate::slub::PCS_FAST_FREE != 0);
+        if !on {
+            assert!(!v.fast_alloc_on() && !v.fast_free_on());
+        }
+    }
+}

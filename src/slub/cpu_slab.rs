@@ -137,6 +137,16 @@ impl KmemCacheCpu {
     /// The distance between two slots of a cache's slot array (a constant of the build).
     pub(crate) const STRIDE: usize = core::mem::size_of::<KmemCacheCpu>();
 
+    /// The slot whose sheaf part is at `at`, an address `array_pop`/`array_push` returned for
+    /// a cache's sheaf slots.
+    #[inline(always)]
+    pub(crate) fn at_sheaves<'a>(at: usize) -> &'a KmemCacheCpu {
+        // SAFETY: the sequences return the address of the sheaf part of one of a live cache's
+        // slots (`KmemCacheCpu`s, at `SHEAVES_OFFSET`), which live as long as the cache, and
+        // the caller holds a reference to that cache (or to a view of a cache never destroyed).
+        unsafe { &*((at - Self::SHEAVES_OFFSET) as *const KmemCacheCpu) }
+    }
+
     /// This slot's index (its CPU, in the rseq mode).
     #[inline(always)]
     pub(crate) fn index(&self) -> usize {

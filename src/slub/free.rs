@@ -437,7 +437,12 @@ impl CacheInner {
 /// alignment): `obj`'s offset in it is a multiple of the size (`div`) and the object it starts
 /// ends inside the slab (`check_size`).
 #[inline(always)]
-fn starts_object_in(div: ExactDiv, check_size: u32, slab_bytes: usize, obj: usize) -> bool {
+pub(super) fn starts_object_in(
+    div: ExactDiv,
+    check_size: u32,
+    slab_bytes: usize,
+    obj: usize,
+) -> bool {
     let off = obj & (slab_bytes - 1);
     // `off < slab_bytes <= 4 MiB` and `check_size <= u32::MAX`: the sum cannot overflow. `&`,
     // not `&&`: both tests are computed, one branch follows.

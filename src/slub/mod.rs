@@ -91,6 +91,9 @@ mod free;
 mod partial;
 mod pcs;
 mod teardown;
+mod view;
+
+pub(crate) use view::PcsView;
 
 use crate::config::MAX_CACHE_NAME;
 use crate::config::{CacheConfig, CacheFlags};
@@ -214,6 +217,10 @@ pub(crate) struct CacheInner {
     pub(crate) nr_nodes: usize,
     pub(crate) kmem: *const KmemShared,
     /// Registry links (under the allocator's registry lock).
+    /// A [`PcsView`] of this cache that a table outside it holds (kmalloc's classes), whose
+    /// mode [`CacheInner::set_sheaves`] keeps current; null for none. Set once
+    /// ([`CacheInner::attach_view`]) before the cache is published.
+    view: crate::sync::global::AtomicPtr<PcsView>,
     pub(crate) reg_prev: Cell<*const CacheInner>,
     pub(crate) reg_next: Cell<*const CacheInner>,
     name_len: usize,
@@ -374,6 +381,7 @@ impl CacheInner {
                     node: nodes,
                     nr_nodes,
                     kmem,
+                    view: crate::sync::global::AtomicPtr::new(ptr::null_mut()),
                     reg_prev: Cell::new(ptr::null()),
                     reg_next: Cell::new(ptr::null()),
                     name_len: name.len(),
@@ -489,12 +497,30 @@ impl CacheInner {
         if self.pool.capacity == 0 || self.debug {
             return false;
         }
-        self.pcs_mode
-            .store(pcs_mode(on, self.rseq, self.nr_nodes), Ordering::Relaxed);
+        let mode = pcs_mode(on, self.rseq, self.nr_nodes);
+        self.pcs_mode.store(mode, Ordering::Relaxed);
+        let view = self.view.load(crate::sync::global::Ordering::Acquire);
+        if !view.is_null() {
+            // SAFETY: an attached view lives as long as the cache (`attach_view`).
+            unsafe { &*view }.set_mode(mode);
+        }
         if !on {
             self.flush_sheaves();
         }
         on
+    }
+
+    /// Writes a [`PcsView`] of this cache at `view` and attaches it: from now on
+    /// [`Self::set_sheaves`] keeps its mode current.
+    ///
+    /// # Safety
+    /// `view` is valid for writes and lives (unmoved) as long as the cache; no view is attached
+    /// yet; no `set_sheaves` runs concurrently.
+    pub(crate) unsafe fn attach_view(&self, view: *mut PcsView) {
+        // SAFETY: the caller's contract.
+        unsafe { view.write(PcsView::of(self)) };
+        self.view
+            .store(view, crate::sync::global::Ordering::Release);
     }
 
     /// The barns (one per node; none when the cache has no sheaves).

@@ -44,10 +44,10 @@
 use super::barn::Barn;
 use super::cpu_slab::KmemCacheCpu;
 use super::sheaf::Sheaf;
-use super::{CacheInner, PCS_FAST_ALLOC, PCS_FAST_FREE};
+use super::CacheInner;
 use crate::cpu::percpu::{self, Replace, Seq};
 use crate::stats::StatItem::*;
-use crate::sync::{Ordering, SpinGuard};
+use crate::sync::SpinGuard;
 use core::ptr;
 
 /// How many slow-path rounds an operation makes before it takes the cpu-slab path instead.
@@ -82,48 +82,24 @@ impl CacheInner {
     // The fast paths
     // -----------------------------------------------------------------------------------------
 
-    /// Whether allocations pop the sheaf inline (`PCS_FAST_ALLOC`: sheaves on, rseq mode).
-    #[inline(always)]
-    pub(crate) fn pcs_fast_alloc_on(&self) -> bool {
-        self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_ALLOC != 0
-    }
-
-    /// Whether frees push onto the sheaf inline (`PCS_FAST_FREE`: and one node).
-    #[inline(always)]
-    pub(crate) fn pcs_fast_free_on(&self) -> bool {
-        self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_FREE != 0
-    }
-
     /// The allocation fast path of the rseq mode, alone, for a caller that has tested
-    /// [`Self::pcs_fast_alloc_on`]: one pop from the CPU's `main` sheaf. `None` when the pop
+    /// `PCS_FAST_ALLOC` in [`Self::pcs_mode`]: one pop from the CPU's `main` sheaf. `None` when the pop
     /// did not commit (empty, stopped, no sequences): the caller then takes
     /// [`Self::alloc_from_pcs`], out of line. Kept this small so that a caller's fast path
     /// needs no callee-saved register: no stack frame on a pop that commits.
     #[inline(always)]
     pub(crate) fn pcs_pop_inline(&self) -> Option<*mut u8> {
-        // SAFETY: every `main` of this cache's slots is a live sheaf of this cache (or null).
-        let (st, at, obj) = unsafe { percpu::array_pop(&self.sheaf_slots) };
-        if st != Seq::Done {
-            return None;
-        }
-        self.cpu_at_sheaves(at).stat(AllocPcs);
-        Some(obj as *mut u8)
+        super::view::pop_from(&self.sheaf_slots)
     }
 
     /// The free fast path of the rseq mode, alone, for a caller that has tested
-    /// [`Self::pcs_fast_free_on`]: one push onto the CPU's `main` sheaf. `false` when the push
+    /// `PCS_FAST_FREE` in [`Self::pcs_mode`]: one push onto the CPU's `main` sheaf. `false` when the push
     /// did not commit (full, stopped, a double free, no sequences): the caller then takes the
     /// whole path ([`Self::free_to_pcs`] or `do_slab_free`), out of line, which redoes the push
     /// and handles each case.
     #[inline(always)]
     pub(crate) fn pcs_push_inline(&self, obj: usize) -> bool {
-        // SAFETY: as in `pcs_pop_inline`; `obj` is the caller's.
-        let (st, at) = unsafe { percpu::array_push(&self.sheaf_slots, obj) };
-        if st != Seq::Done {
-            return false;
-        }
-        self.cpu_at_sheaves(at).stat(FreePcs);
-        true
+        super::view::push_onto(&self.sheaf_slots, obj)
     }
 
     /// [`Self::alloc_from_pcs`] out of line: the rseq mode's allocation after its inline pop did
