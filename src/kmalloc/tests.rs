@@ -441,15 +441,18 @@ fn class_views_agree_with_their_caches() {
 /// `set_sheaves` keeps an attached view's mode current.
 #[test]
 fn set_sheaves_keeps_an_attached_view_current() {
+    // Declared before the instance and the cache, so dropped after them: the view outlives
+    // the cache that points at it.
+    let mut slot = Box::new(core::mem::MaybeUninit::<PcsView>::uninit());
+    let view = slot.as_mut_ptr();
     let k = crate::Kmem::builder().cpus(1).nodes(1).build().unwrap();
     let cfg = crate::CacheConfig::new().sheaf_capacity(16);
     let c = k.create_cache("view-mode", 64, cfg).unwrap();
     let inner = c.inner();
-    // The view lives as long as the cache: leaked (a test).
-    let view = Box::leak(Box::new(core::mem::MaybeUninit::<PcsView>::uninit())).as_mut_ptr();
-    // SAFETY: a fresh, leaked, writable view; nothing else attached one or runs set_sheaves.
+    // SAFETY: a fresh writable view that outlives the cache; nothing else attached one or
+    // runs set_sheaves.
     unsafe { inner.attach_view(view) };
-    // SAFETY: written by attach_view, never freed.
+    // SAFETY: written by attach_view, alive until the end of the test.
     let v = unsafe { &*view };
     for on in [false, true, false, true] {
         inner.set_sheaves(on);
