@@ -358,8 +358,9 @@ fn index_fast_agrees_with_index_where_it_answers() {
     }
 }
 
-#[test]
-fn kmalloc_slabs_carry_their_class_tag() {
+/// Calls `f(idx, size, object, cache, slab order)` with one fresh object of every kmalloc class
+/// (allocated with `Kmalloc`, freed after the call).
+fn with_an_object_of_every_class(mut f: impl FnMut(usize, usize, *mut u8, &CacheInner, u32)) {
     let a = Kmalloc::new();
     for (idx, &size) in SIZE_CLASSES.iter().enumerate() {
         let layout = Layout::from_size_align(size, 1).unwrap();
@@ -368,15 +369,22 @@ fn kmalloc_slabs_carry_their_class_tag() {
         assert!(!p.is_null());
         let c = kmalloc_cache(idx).unwrap();
         let order = crate::page::virt_to_page(p).unwrap().info().order();
+        f(idx, size, p, c, order);
+        // SAFETY: `p` came from `a.alloc(layout)` and is freed once.
+        unsafe { a.dealloc(p, layout) };
+    }
+}
+
+#[test]
+fn kmalloc_slabs_carry_their_class_tag() {
+    with_an_object_of_every_class(|idx, size, p, c, order| {
         let want = if c.debug {
             0
         } else {
             (idx as u16 + 1) | (order as u16) << 8
         };
         assert_eq!(crate::page::slab_tag(p), want, "kmalloc-{size}");
-        // SAFETY: `p` came from `a.alloc(layout)` and is freed once.
-        unsafe { a.dealloc(p, layout) };
-    }
+    });
     // Not kmem memory at all: no tag.
     let x = 0u64;
     assert_eq!(crate::page::slab_tag(&x as *const u64 as *const u8), 0);
@@ -413,18 +421,11 @@ fn slab_tags_are_written_at_creation_and_cleared_at_discard() {
 /// same object-start answers as the cache's own check.
 #[test]
 fn class_views_agree_with_their_caches() {
-    let a = Kmalloc::new();
-    for (idx, &size) in SIZE_CLASSES.iter().enumerate() {
-        let layout = Layout::from_size_align(size, 1).unwrap();
-        // SAFETY: a non-zero layout.
-        let p = unsafe { a.alloc(layout) };
-        assert!(!p.is_null());
-        let c = kmalloc_cache(idx).unwrap();
+    with_an_object_of_every_class(|idx, size, p, c, order| {
         let v = kmalloc_view(idx).expect("the views are published with the caches");
         let mode = c.pcs_mode.load(crate::sync::Ordering::Relaxed);
         assert_eq!(v.fast_alloc_on(), mode & crate::slub::PCS_FAST_ALLOC != 0);
         assert_eq!(v.fast_free_on(), mode & crate::slub::PCS_FAST_FREE != 0);
-        let order = crate::page::virt_to_page(p).unwrap().info().order();
         for off in [0, 1, 8, size / 2, size, size + 8] {
             let q = p.wrapping_add(off);
             assert_eq!(
@@ -433,9 +434,7 @@ fn class_views_agree_with_their_caches() {
                 "kmalloc-{size}, offset {off}"
             );
         }
-        // SAFETY: `p` came from `a.alloc(layout)` and is freed once.
-        unsafe { a.dealloc(p, layout) };
-    }
+    });
 }
 
 /// `set_sheaves` keeps an attached view's mode current.
