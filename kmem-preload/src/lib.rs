@@ -82,6 +82,22 @@ fn alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
 /// None beyond C's.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    // The fast path first (`cabi::malloc_fast`: one pop from the class's sheaf), with nothing
+    // to keep across a call, so it needs no stack frame; everything else — not ready, an
+    // empty sheaf, exhaustion and its `errno` — is the whole path, out of line.
+    if ready() {
+        let p = cabi::malloc_fast(size);
+        if !p.is_null() {
+            return p.cast();
+        }
+    }
+    malloc_slow(size)
+}
+
+/// [`malloc`] when its fast path did not serve (out of line; a C-ABI function, so that the
+/// call to it is a tail call from one).
+#[inline(never)]
+extern "C" fn malloc_slow(size: usize) -> *mut c_void {
     alloc(size, 8, false)
 }
 
@@ -132,6 +148,24 @@ unsafe fn free_any(p: *mut c_void) {
 /// `p` is null or a live allocation not used again.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    // The fast path first (`cabi::free_fast`: a kmalloc object pushed onto its sheaf), with
+    // nothing to keep across a call; everything else — null, the arena, foreign memory, the
+    // slow paths — out of line.
+    // SAFETY: forwarded contract; free_fast does nothing to a pointer it does not free.
+    if unsafe { cabi::free_fast(p.cast()) } {
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_any_slow(p) }
+}
+
+/// [`free`] when its fast path did not serve (out of line; a C-ABI function, so that the
+/// call to it is a tail call from one).
+///
+/// # Safety
+/// As [`free`].
+#[inline(never)]
+unsafe extern "C" fn free_any_slow(p: *mut c_void) {
     // SAFETY: forwarded contract.
     unsafe { free_any(p) }
 }

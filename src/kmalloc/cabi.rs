@@ -25,7 +25,7 @@
 //! with a destructor (the rules of [`Kmalloc`](crate::Kmalloc), whose re-entrancy guard these
 //! entry points enter too).
 
-use super::paths::{kmalloc, kzalloc};
+use super::paths::{kmalloc, kmalloc_fast, kzalloc};
 use super::*;
 use crate::os::Num;
 use crate::page::{page_address, virt_to_page, Page, PageKind};
@@ -151,6 +151,31 @@ pub fn malloc(size: usize) -> *mut u8 {
     }
 }
 
+/// The inline part of [`malloc`] alone: at least `size` bytes popped from their class's sheaf
+/// in one sequence (rseq mode), or null having done nothing — every other case (the first
+/// use, an empty sheaf, the locked mode, a size above the classes, exhaustion) is [`malloc`]'s,
+/// which the caller then calls. For a caller with its own fallback work (`libkmem.so`'s
+/// `malloc` sets `errno`): with this first, its fast path has nothing to keep across a call
+/// and needs no stack frame.
+///
+/// ```
+/// let mut p = kmem::cabi::malloc_fast(64);
+/// if p.is_null() {
+///     p = kmem::cabi::malloc(64);
+/// }
+/// assert!(!p.is_null());
+/// // SAFETY: `p` came from kmem::cabi::malloc_fast or malloc.
+/// unsafe { kmem::cabi::free(p) };
+/// ```
+#[inline(always)]
+pub fn malloc_fast(size: usize) -> *mut u8 {
+    let _g = super::reentry::enter();
+    match malloc_layout(size, MALLOC_ALIGN) {
+        Some(l) => kmalloc_fast(l, KmallocClasses::Spaced),
+        None => ptr::null_mut(),
+    }
+}
+
 /// `calloc(n, size)` without `errno`: `n * size` zeroed bytes; null on overflow or exhaustion.
 ///
 /// ```
@@ -218,6 +243,37 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
     }
     // SAFETY: forwarded contract.
     unsafe { free_slow(ptr) }
+}
+
+/// The inline part of [`free`] alone: frees `ptr` and returns true if it is an object of a
+/// kmalloc class whose sheaf took it in one sequence (rseq mode; the checks are `free`'s);
+/// returns false having done nothing otherwise (null, a pointer kmem did not allocate, a page
+/// block, the locked mode, a full sheaf...), and the caller then calls [`free`], which checks
+/// again and does the rest. For a caller that keeps its own fallback (`libkmem.so`'s `free`
+/// routes foreign pointers to the next allocator): with this first, its whole fast path needs
+/// no stack frame, because nothing has to be kept across a call.
+///
+/// ```
+/// let p = kmem::cabi::malloc(64);
+/// // SAFETY: `p` came from kmem::cabi::malloc and is freed once, by one of the two calls.
+/// if !unsafe { kmem::cabi::free_fast(p) } {
+///     // SAFETY: as above; free_fast did nothing.
+///     assert!(unsafe { kmem::cabi::free(p) });
+/// }
+/// let mut on_stack = 0u8;
+/// // SAFETY: not kmem's: free_fast does nothing to it.
+/// assert!(!unsafe { kmem::cabi::free_fast(&mut on_stack) });
+/// ```
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+pub unsafe fn free_fast(ptr: *mut u8) -> bool {
+    let _g = super::reentry::enter();
+    match kmalloc_object_fast(ptr) {
+        Some((_, view)) => view.fast_free_on() && view.push(ptr as usize),
+        None => false,
+    }
 }
 
 /// [`free`] of a kmalloc object that passed the tag check, when the inline push did not

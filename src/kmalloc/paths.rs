@@ -31,6 +31,22 @@ pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
     }
 }
 
+/// The inline part of [`kmalloc`] alone: an object popped from the class's sheaf in one
+/// sequence (rseq mode), or null having done nothing (then the caller calls [`kmalloc`]).
+#[inline(always)]
+pub(super) fn kmalloc_fast(layout: Layout, classes: KmallocClasses) -> *mut u8 {
+    if let Some(idx) = classes.index_fast(layout.size(), layout.align()) {
+        if let Some(v) = kmalloc_view(idx) {
+            if v.fast_alloc_on() {
+                if let Some(obj) = v.pop() {
+                    return obj;
+                }
+            }
+        }
+    }
+    ptr::null_mut()
+}
+
 /// `kmalloc` of a layout `index_fast` does not place: an over-aligned class, a page block or
 /// an OS mapping (out of line).
 #[inline(never)]
