@@ -518,8 +518,7 @@ pub(super) fn kmalloc_view(idx: usize) -> Option<&'static PcsView> {
     if t.is_null() {
         return None;
     }
-    // SAFETY: a published table holds NR_KMALLOC views, written before its publication (the
-    // Acquire load pairs with it), never unmapped; `idx < NR_KMALLOC` (caller).
+    // SAFETY: a published table holds NR_KMALLOC views, written before its publication (the Acquire load pairs with it), never unmapped; `idx < NR_KMALLOC` (caller).
     Some(unsafe { &*t.add(idx) })
 }
 
@@ -585,9 +584,7 @@ fn create_kmalloc_caches() -> Option<()> {
                 .slab_tag
                 .store(i as u8 + 1, crate::sync::Ordering::Release);
         }
-        // SAFETY: entry `i` of the fresh table (NR_KMALLOC views, page-aligned: each view's
-        // 64-byte alignment holds), never unmapped; the cache is not published yet, so no
-        // `set_sheaves` runs on it.
+        // SAFETY: entry `i` of the fresh table (NR_KMALLOC views, page-aligned: each view's 64-byte alignment holds), never unmapped; the cache is not published yet, so no `set_sheaves` runs on it.
         unsafe { cache.inner().attach_view(views.add(i)) };
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }

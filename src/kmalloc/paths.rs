@@ -216,8 +216,7 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             if v.push(ptr as usize) {
                 return;
             }
-            // SAFETY: `ptr` is an object of class `idx` (checked above) that the caller gives
-            // back.
+            // SAFETY: `ptr` is an object of class `idx` (checked above) that the caller gives back.
             unsafe { kfree_slab(ptr, layout, idx) }
         }
         // SAFETY: forwarded contract.

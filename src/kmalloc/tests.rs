@@ -448,8 +448,7 @@ fn set_sheaves_keeps_an_attached_view_current() {
     let cfg = crate::CacheConfig::new().sheaf_capacity(16);
     let c = k.create_cache("view-mode", 64, cfg).unwrap();
     let inner = c.inner();
-    // SAFETY: a fresh writable view that outlives the cache; nothing else attached one or
-    // runs set_sheaves.
+    // SAFETY: a fresh writable view that outlives the cache; nothing else attached one or runs set_sheaves.
     unsafe { inner.attach_view(view) };
     // SAFETY: written by attach_view, alive until the end of the test.
     let v = unsafe { &*view };

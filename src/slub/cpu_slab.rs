@@ -141,9 +141,7 @@ impl KmemCacheCpu {
     /// a cache's sheaf slots.
     #[inline(always)]
     pub(crate) fn at_sheaves<'a>(at: usize) -> &'a KmemCacheCpu {
-        // SAFETY: the sequences return the address of the sheaf part of one of a live cache's
-        // slots (`KmemCacheCpu`s, at `SHEAVES_OFFSET`), which live as long as the cache, and
-        // the caller holds a reference to that cache (or to a view of a cache never destroyed).
+        // SAFETY: the sequences return the address of the sheaf part of one of a live cache's slots (`KmemCacheCpu`s, at `SHEAVES_OFFSET`), which live as long as the cache, and the caller holds a reference to that cache (or to a view of a cache never destroyed).
         unsafe { &*((at - Self::SHEAVES_OFFSET) as *const KmemCacheCpu) }
     }
 

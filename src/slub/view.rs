@@ -98,8 +98,7 @@ impl PcsView {
 /// counter. `None` when it did not commit.
 #[inline(always)]
 pub(super) fn pop_from(slots: &ArraySlots<{ KmemCacheCpu::STRIDE }>) -> Option<*mut u8> {
-    // SAFETY: `slots` are a live sheaf cache's (the caller's reference: a cache, or a view of
-    // one, and caches with views are never destroyed); every `main` is a live sheaf of it.
+    // SAFETY: `slots` are a live sheaf cache's (the caller's reference: a cache, or a view of one, and caches with views are never destroyed); every `main` is a live sheaf of it.
     let (st, at, obj) = unsafe { percpu::array_pop(slots) };
     if st != Seq::Done {
         return None;
