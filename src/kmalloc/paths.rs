@@ -192,13 +192,13 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
         Some(idx) => {
             let Some(v) = kmalloc_view(idx) else {
                 // No kmalloc cache exists yet: `freed_class_cache` reports it.
-                // SAFETY: forwarded contract.
+                // SAFETY: forwarded contract; `idx` is the class of `layout` (index_fast).
                 return unsafe { kfree_class(ptr, layout, idx) };
             };
             if !v.fast_free_on() {
                 // The locked mode, the cpu-slab design, several nodes: the descriptor check
                 // and the whole free, one call away.
-                // SAFETY: forwarded contract.
+                // SAFETY: forwarded contract; `idx` is the class of `layout` (index_fast).
                 return unsafe { kfree_class(ptr, layout, idx) };
             }
             // The O(1) check, from the dense tag table (`page::slab_tag`): the page holds a
@@ -208,7 +208,7 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
             // wrong.
             let tag = crate::page::slab_tag(ptr);
             if tag & 0xff != idx as u16 + 1 || !v.starts_object(u32::from(tag >> 8), ptr) {
-                // SAFETY: forwarded contract.
+                // SAFETY: forwarded contract; `idx` is the class of `layout` (index_fast).
                 return unsafe { kfree_class(ptr, layout, idx) };
             }
             // The fast path, inline: one push onto the cache's sheaf (rseq mode); the rest out

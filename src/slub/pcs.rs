@@ -75,7 +75,7 @@ impl CacheInner {
     /// The slot whose sheaf part is at `at` (an address `array_pop`/`array_push` returned).
     #[inline(always)]
     fn cpu_at_sheaves(&self, at: usize) -> &KmemCacheCpu {
-        self.cpu_at(at - KmemCacheCpu::SHEAVES_OFFSET)
+        KmemCacheCpu::at_sheaves(at)
     }
 
     // -----------------------------------------------------------------------------------------
