@@ -60,7 +60,7 @@ impl KmemShared {
     /// the thread): the full sheaves waiting there go back to their slabs
     /// ([`CacheInner::trim_barns`]), so that what a cache that went idle holds in them becomes
     /// free pages the decay can return. A cache that keeps trading sheaves refills a few more
-    /// times per delay (at most ten sheaves per barn each time).
+    /// times per delay (at most `MAX_FULL_SHEAVES` per barn each time).
     #[inline]
     pub(crate) fn decay_tick(&self) {
         let Some(delay) = self.budget.decay_ns else {

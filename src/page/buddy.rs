@@ -155,11 +155,29 @@ impl BuddyState {
         self.transit -= 1;
     }
 
-    /// Pushes free head `p` (info already `Free(order, released)`) on its list.
+    /// Pushes free head `p` (info already `Free(order, released)`) on its list, freed now for
+    /// the decay.
     ///
     /// # Safety
     /// The node lock is held (we are inside it) and `p` is a detached block of ours.
     pub(super) unsafe fn push(&mut self, p: *mut Page, order: u32, released: bool) {
+        // SAFETY: forwarded contract.
+        unsafe { self.push_stamped(p, order, released, self.epoch) }
+    }
+
+    /// [`Self::push`] of a block whose pages have been free since `stamp` (a decay epoch:
+    /// a piece split off a free block keeps the block's stamp, a merged block the mean age
+    /// of its halves; see [`merged_stamp`]).
+    ///
+    /// # Safety
+    /// As [`Self::push`].
+    pub(super) unsafe fn push_stamped(
+        &mut self,
+        p: *mut Page,
+        order: u32,
+        released: bool,
+        stamp: u32,
+    ) {
         let o = order as usize;
         let head = self.free[o];
         // SAFETY: the node lock protects the list links of every free head of this node.
@@ -177,8 +195,8 @@ impl BuddyState {
             self.released_free += PAGE_SIZE << order;
         } else {
             // Its age for the decay (`decay.rs`).
-            // SAFETY: as above.
-            unsafe { (*p).slabs.set(self.epoch) };
+            // SAFETY: as above: the node lock guards a free head, its links and its stamp.
+            unsafe { (*p).slabs.set(stamp) };
         }
     }
 
@@ -417,7 +435,7 @@ impl PageAllocator {
     /// `Block`, and says whether its memory is released (zero).
     pub(super) fn take_free(&self, order: u32, pages: usize) -> Result<(*mut Page, bool), Empty> {
         let mut st = self.state.lock();
-        let Some((p, released)) = self.take_locked(&mut st, order) else {
+        let Some((p, released, stamp)) = self.take_locked(&mut st, order) else {
             // (Planted bug for loom-tests: ignore blocks in transit and map a spare chunk.)
             let wait = st.transit > 0 && !cfg!(kmem_mutant = "alloc_ignores_transit");
             return Err(if wait { Empty::InTransit } else { Empty::Empty });
@@ -427,7 +445,7 @@ impl PageAllocator {
             unsafe {
                 let q = p.add(j);
                 (*q).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
-                st.push(q, o, released);
+                st.push_stamped(q, o, released, stamp);
             }
         });
         // SAFETY: `p` is ours now.
@@ -437,10 +455,15 @@ impl PageAllocator {
     }
 
     /// Unlinks a free block of exactly `order` (splitting a larger one, whose upper halves go
-    /// back on their lists) and says whether its memory is released; `None` when no list of
-    /// order `>= order` has a block. The block is detached; its head's `info` is still the old
-    /// free head's: the caller sets it.
-    pub(super) fn take_locked(&self, st: &mut BuddyState, order: u32) -> Option<(*mut Page, bool)> {
+    /// back on their lists) and says whether its memory is released, and since when it was
+    /// free (its decay stamp, which the halves keep: splitting an old block makes no part of it
+    /// young); `None` when no list of order `>= order` has a block. The block is detached; its
+    /// head's `info` is still the old free head's: the caller sets it.
+    pub(super) fn take_locked(
+        &self,
+        st: &mut BuddyState,
+        order: u32,
+    ) -> Option<(*mut Page, bool, u32)> {
         let mut o = order;
         while (o as usize) < NR_ORDERS && st.free[o as usize].is_null() {
             o += 1;
@@ -451,6 +474,12 @@ impl PageAllocator {
         let p = st.free[o as usize];
         // SAFETY: `p` is a free head on list `o` of this node; the lock is held.
         let released = unsafe { (*p).info() }.released();
+        let stamp = if released {
+            st.epoch
+        } else {
+            // SAFETY: as above (a dirty free head's `slabs` holds its stamp).
+            unsafe { (*p).slabs.get() }
+        };
         // SAFETY: as above.
         unsafe { st.unlink(p, o) };
         while o > order {
@@ -460,10 +489,10 @@ impl PageAllocator {
             // SAFETY: `hi` is a descriptor of our detached block; the lock is held.
             unsafe {
                 (*hi).set_info(PageInfo::head(PageKind::Free, o, self.node, released));
-                st.push(hi, o, released);
+                st.push_stamped(hi, o, released, stamp);
             }
         }
-        Some((p, released))
+        Some((p, released, stamp))
     }
 
     /// Writes the tail descriptors of the block's `pages` pages and zeroes them if asked; runs
@@ -695,13 +724,15 @@ impl PageAllocator {
             let end = j;
             // Pass 2: take them, and give back what lies past `idx + new` of the last one.
             let mut j = idx + old;
-            let mut last_released = false;
+            let (mut last_released, mut last_stamp) = (false, st.epoch);
             while j < end {
                 // SAFETY: checked in pass 1: a free head of this node's list; lock held.
                 unsafe {
                     let b = ChunkMeta::page(meta, j);
                     let bi = (*b).info();
                     last_released = bi.released();
+                    // A dirty free head's `slabs` holds its decay stamp.
+                    last_stamp = (*b).slabs.get();
                     st.unlink(b, bi.order());
                     (*b).set_info(PageInfo::tail(j - idx, self.node));
                     j += 1 << bi.order();
@@ -716,7 +747,7 @@ impl PageAllocator {
                 unsafe {
                     let b = ChunkMeta::page(meta, q);
                     (*b).set_info(PageInfo::head(PageKind::Free, o, self.node, last_released));
-                    st.push(b, o, last_released);
+                    st.push_stamped(b, o, last_released, last_stamp);
                 }
             });
         }
@@ -746,6 +777,9 @@ impl PageAllocator {
         let (usable, base) = unsafe { ((*meta).usable_pages, (*meta).base) };
         // After a failed release, this call tries no other (the block stays dirty).
         let mut may_release = true;
+        // Since when the (merged) block's dirty pages have been free, for the decay: now for
+        // the block inserted, the mean age of the halves at each merge.
+        let mut stamp = st.epoch;
         loop {
             while order < MAX_ORDER {
                 let bidx = idx ^ (1 << order);
@@ -762,6 +796,13 @@ impl PageAllocator {
                 {
                     break;
                 }
+                // SAFETY: as above (a dirty free head's `slabs` holds its decay stamp).
+                let b_stamp = unsafe { (*b).slabs.get() };
+                stamp = merged_stamp(
+                    st.epoch,
+                    (!released).then_some(stamp),
+                    (!bi.released()).then_some(b_stamp),
+                );
                 let (lo, hi) = if bidx < idx { (bidx, idx) } else { (idx, bidx) };
                 // SAFETY: a Free head of this node's chunk is on list `order`; lock held. Both halves are ours now: `hi` becomes an interior page of the merged block, `lo` its in-transit head.
                 unsafe {
@@ -819,8 +860,28 @@ impl PageAllocator {
         // SAFETY: `head` is our detached block; the lock is held.
         unsafe {
             (*head).set_info(PageInfo::head(PageKind::Free, order, self.node, released));
-            st.push(head, order, released);
+            st.push_stamped(head, order, released, stamp);
         }
+    }
+}
+
+/// The decay stamp of a block merged from two buddies (equal sizes) whose dirty halves carry
+/// the stamps given (`None`: a released half, which holds no resident page), at epoch `now`:
+/// the mean age of the dirty halves, so that the merged block counts as free for as long as
+/// its resident bytes have been on average.
+///
+/// Taking the younger stamp (what a merged block got before) let every small free beside an
+/// old dirty block make the whole block young again: a program that keeps freeing a little
+/// deferred the release of everything around it indefinitely (kmem-bench's `idle`).
+pub(super) fn merged_stamp(now: u32, a: Option<u32>, b: Option<u32>) -> u32 {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let (x, y) = (now.wrapping_sub(a), now.wrapping_sub(b));
+            // The mean without overflow.
+            now.wrapping_sub(x / 2 + y / 2 + (x & y & 1))
+        }
+        (Some(s), None) | (None, Some(s)) => s,
+        (None, None) => now,
     }
 }
 

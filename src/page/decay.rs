@@ -14,7 +14,13 @@
 //!
 //! Each node keeps an *epoch* counter (in its locked state). A dirty free block records the
 //! epoch it was put on its free list in (`push` writes it into the head's `slabs`, unused by
-//! free heads; merging re-pushes, so a merged block is as young as its last part). A *decay
+//! free heads). A piece split off a free block keeps the block's stamp, and a block merged from
+//! two buddies gets the mean age of their dirty halves (`buddy::merged_stamp`; a released half
+//! holds no resident page and does not count): the age of a block is that of its resident
+//! bytes on average, so neither an allocation that takes a piece of an old free block nor a
+//! free beside one makes the rest young again. (A merged block used to take the newest stamp:
+//! a program that kept freeing a little beside old free memory deferred its release for as
+//! long as it did, 30 MiB of kmem-bench's `idle` with deeper barns.) A *decay
 //! run* advances the epoch and releases every dirty block at least [`DECAY_STEPS`] + 1 epochs
 //! old, with `release_dirty` (the same detach-`madvise`-reinsert as `release_free`, blocks in
 //! transit and all). Runs are at least `delay / DECAY_STEPS` apart, so a block is released

@@ -193,7 +193,7 @@ impl PageAllocator {
         let n = (PCP_BATCH >> order).max(1);
         let mut st = self.state.lock();
         for _ in 0..n {
-            let Some((p, _released)) = self.take_locked(&mut st, order) else {
+            let Some((p, _released, _stamp)) = self.take_locked(&mut st, order) else {
                 break;
             };
             // SAFETY: `p` is a detached block of ours (page lock held); the slot lock is held by the caller.

@@ -144,8 +144,8 @@ impl CacheInner {
     /// empty one (or goes back to the pool when the barn keeps enough). The CPUs' own sheaves
     /// are left alone. Objects in a sheaf keep their slabs allocated, each often in a slab of
     /// its own after random frees, so a barn holding full sheaves of a cache that went idle
-    /// keeps up to ten sheaves' worth of slabs; the flush lets the free path discard those that
-    /// empty. The same operations as a slow path's barn get and spare flush (the barn lock,
+    /// keeps up to [`MAX_FULL_SHEAVES`](super::barn::MAX_FULL_SHEAVES) sheaves' worth of
+    /// slabs; the flush lets the free path discard those that empty. The same operations as a slow path's barn get and spare flush (the barn lock,
     /// then `free_bulk` with no lock held). Returns the sheaves flushed.
     pub(crate) fn trim_barns(&self) -> usize {
         if self.pool.capacity == 0 {
