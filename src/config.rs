@@ -513,6 +513,11 @@ impl CacheConfig {
     /// slab; an allocation pops one. Both are one restartable sequence in the rseq mode, or
     /// take the slot's sheaf lock (`try_lock`, never waiting) in the locked mode.
     ///
+    /// A CPU's refills from the slabs start small: the first takes a quarter of the capacity
+    /// (at least 4, or the capacity if smaller), each further one twice the last, up to the
+    /// capacity (15, 30, 60, 60, … for 60). A cache used a little on a CPU holds a few objects
+    /// there; one used a lot fills whole sheaves from its third refill on.
+    ///
     /// ```
     /// use kmem::{default_sheaf_capacity, CacheConfig};
     /// let k = kmem::Kmem::builder().cpus(2).nodes(1).build().unwrap();

@@ -44,6 +44,34 @@ fn one_thread_uses_the_sheaves_and_the_barn() {
     }
 }
 
+/// A CPU's refills from the slabs start at a quarter of the sheaf's capacity and double: a
+/// cache used a little on a CPU holds a few objects there, one used a lot reaches whole sheaves
+/// by its third refill.
+#[test]
+fn refills_start_small_and_double_up_to_the_capacity() {
+    pin_to_cpu0();
+    let k = Kmem::builder().build().unwrap();
+    let c = cache(&k, "sheaf-ramp", 60);
+    let mut objs: Vec<NonNull<u8>> = Vec::new();
+    let mut refills = Vec::new();
+    // 15, then 30, then 60, then 60 objects.
+    for n in [1, 15, 16, 45, 46, 105, 106] {
+        while objs.len() < n {
+            objs.push(c.alloc().unwrap());
+        }
+        refills.push(c.stats().sheaf_refill);
+    }
+    for &p in &objs {
+        // SAFETY: allocated from `c`, freed once.
+        unsafe { c.free(p) };
+    }
+    assert_eq!(c.info().active_objs, 0);
+    if cfg!(feature = "stats") {
+        assert_eq!(refills, [1, 1, 2, 2, 3, 3, 4], "{:?}", c.stats());
+        assert_eq!(c.stats().alloc_cpu_sheaf, 106);
+    }
+}
+
 #[test]
 fn objects_in_sheaves_and_barns_count_as_free_and_shrink_returns_everything() {
     let k = Kmem::builder().cpus(2).nodes(1).build().unwrap();

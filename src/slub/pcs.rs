@@ -335,6 +335,7 @@ impl CacheInner {
         }
         c.stat(BarnGetFail);
         // Refill an empty sheaf from the slabs, with no sheaf lock held.
+        let want = sl.next_refill(&g, self.pool.capacity);
         let empty = if !spare.is_null() {
             sl.set_spare(&g, ptr::null_mut());
             spare
@@ -346,7 +347,7 @@ impl CacheInner {
         };
         drop(g);
         // SAFETY: `empty` is ours (taken out of the slot, the barn or the pool).
-        let got = unsafe { self.refill_sheaf(c, empty) };
+        let got = unsafe { self.refill_sheaf(c, empty, want) };
         if got == 0 {
             // Out of memory: the cpu-slab path will say so.
             self.put_empty_sheaf(c, empty);
@@ -475,17 +476,20 @@ impl CacheInner {
     // Refill and flush
     // -----------------------------------------------------------------------------------------
 
-    /// `refill_sheaf`: fills `s` from the slabs (`alloc_bulk`) to its capacity; returns how
-    /// many objects it got (fewer only when out of memory).
+    /// `refill_sheaf`: adds up to `want` objects from the slabs (`alloc_bulk`) to `s`, within
+    /// its capacity ([`SheafSlot::next_refill`](super::sheaf::SheafSlot::next_refill) says
+    /// how many); returns how many it got (fewer only when out of memory).
     ///
     /// # Safety
     /// The caller owns `s`.
-    unsafe fn refill_sheaf(&self, c: &KmemCacheCpu, s: *mut Sheaf) -> usize {
+    unsafe fn refill_sheaf(&self, c: &KmemCacheCpu, s: *mut Sheaf, want: usize) -> usize {
         // SAFETY: ours (contract).
         let sheaf = unsafe { &*s };
         let n = sheaf.len();
         // SAFETY: ours (contract).
-        let got = self.alloc_bulk(unsafe { sheaf.free_cells() });
+        let cells = unsafe { sheaf.free_cells() };
+        let take = want.min(cells.len());
+        let got = self.alloc_bulk(&mut cells[..take]);
         sheaf.set_len(n + got);
         c.stat(SheafRefill);
         got

@@ -119,6 +119,9 @@ pub(crate) struct SheafSlot {
     spare: Cell<*mut Sheaf>,
     /// Guards `spare`, the choice of `main`, and in the locked mode the fast paths.
     pub(crate) lock: SpinLock<()>,
+    /// Objects the next refill from the slabs takes (0: none yet), under `lock`
+    /// ([`SheafSlot::next_refill`]).
+    refill: Cell<usize>,
 }
 
 impl SheafSlot {
@@ -128,7 +131,29 @@ impl SheafSlot {
             head: ArraySlot::new(),
             spare: Cell::new(ptr::null_mut()),
             lock: SpinLock::new("kmem CPU sheaf lock", ()),
+            refill: Cell::new(0),
         }
+    }
+
+    /// How many objects this slot's next refill from the slabs takes, for sheaves of `cap`:
+    /// a quarter of the capacity the first time (at least 4, or `cap` if smaller), twice the
+    /// last refill's after that, up to `cap` (the caller holds `lock`).
+    ///
+    /// A slot that a thread allocates a few objects of a cache on then holds a few objects,
+    /// not a whole sheaf's worth taken from the slabs (each pinning its slab's page); a slot
+    /// that keeps allocating reaches full refills by its third (tcmalloc grows its per-CPU
+    /// capacities, and jemalloc its fill count, for the same reason).
+    pub(crate) fn next_refill(&self, _g: &crate::sync::SpinGuard<'_, ()>, cap: usize) -> usize {
+        // SAFETY: `refill` is only accessed under `lock`, which the guard proves held.
+        let last = unsafe { self.refill.get() };
+        let want = if last == 0 {
+            cap.div_ceil(4).max(cap.min(4))
+        } else {
+            last.saturating_mul(2).min(cap)
+        };
+        // SAFETY: as above.
+        unsafe { self.refill.set(want) };
+        want
     }
 
     /// `(top, main, count)`: the slot's top, the sheaf it points into (null: none) and its
