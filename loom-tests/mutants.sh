@@ -51,6 +51,7 @@ m17_sheaves                             sheaf_install_over_main
 m17_sheaves                             pool_trim_ignores_in_flight
 m17_sheaves                             sheaf_locked_pop_unlocked
 m17_sheaves                             barn_trim_without_take
+m17_sheaves                             sheaf_trim_ignores_top
 m16_debug_free                          debug_free_without_list_lock
 m18_pcp_lists                           pcp_free_marks_free
 "

@@ -143,6 +143,13 @@ pub fn trim_barns(cache: &KmemCache) -> usize {
     cache.inner().trim_barns()
 }
 
+/// The decay's CPU-sheaf trim (`CacheInner::trim_cpu_sheaves`) on the calling thread's
+/// CPU slot: its sheaves flushed if they did not change since the previous call. Returns the
+/// objects flushed.
+pub fn trim_cpu_sheaves(cache: &KmemCache) -> usize {
+    cache.inner().trim_cpu_sheaves()
+}
+
 /// A slow path of slot `slot` that runs wherever the calling model thread is (it chose the slot
 /// on that slot's CPU, then migrated): under the slot lock, detach and re-attach the slot, with
 /// the slow path's own CAS (`KmemCacheCpu::cas_slot`: a sequence on the slot's CPU, or stop +

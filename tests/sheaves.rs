@@ -267,3 +267,63 @@ fn the_decay_trims_the_barns() {
     c.shrink();
     assert_eq!(c.info().num_slabs, 0);
 }
+
+/// The decay trims the sheaves of a cache that went idle on a CPU (the calling thread's, when
+/// it runs a slow path there): their objects go back to the slabs, which go back to the page
+/// allocator as they empty. A cache used between two looks keeps its sheaves.
+#[test]
+fn the_decay_trims_idle_cpu_sheaves() {
+    pin_to_cpu0();
+    // A delay of 0: every decay tick is due, the trims too.
+    let k = Kmem::builder()
+        .cpus(2)
+        .nodes(1)
+        .dirty_decay_ms(Some(0))
+        .build()
+        .unwrap();
+    let cfg = CacheConfig::new().sheaf_capacity(32).max_order(0);
+    let idle = k.create_cache("sheaf-idle", 1024, cfg.clone()).unwrap();
+    let busy = k.create_cache("sheaf-busy", 1024, cfg).unwrap();
+    let objs: Vec<NonNull<u8>> = (0..64).map(|_| idle.alloc().unwrap()).collect();
+    // Every other object first, then the rest: the sheaves hold objects of many slabs.
+    for p in objs.iter().step_by(2).chain(objs.iter().skip(1).step_by(2)) {
+        // SAFETY: allocated from `idle`, freed once.
+        unsafe { idle.free(*p) };
+    }
+    let mut kept = Vec::new();
+    let held = idle.info();
+    let flushes = |c: &KmemCache| c.stats().sheaf_flush;
+    let (idle_flushes, busy_flushes) = (flushes(&idle), flushes(&busy));
+    // Slow paths of a cache without sheaves (one-page slabs of 4 objects: every fourth
+    // allocation takes one) tick the decay; `busy` allocates between them.
+    let ticker = k
+        .create_cache("sheaf-ticker", 1024, CacheConfig::new().max_order(0))
+        .unwrap();
+    let mut ticks = Vec::new();
+    for _ in 0..24 {
+        ticks.push(ticker.alloc().unwrap());
+        kept.push(busy.alloc().unwrap());
+    }
+    let trimmed = idle.info();
+    assert_eq!(trimmed.active_objs, 0, "{trimmed:?}");
+    assert!(
+        trimmed.num_slabs < held.num_slabs,
+        "slabs kept by the idle cache's CPU sheaves go back: {held:?} -> {trimmed:?}"
+    );
+    if cfg!(feature = "stats") {
+        assert!(flushes(&idle) > idle_flushes, "{:?}", idle.stats());
+        assert_eq!(flushes(&busy), busy_flushes, "{:?}", busy.stats());
+    }
+    for p in ticks {
+        // SAFETY: allocated from `ticker`, freed once.
+        unsafe { ticker.free(p) };
+    }
+    for p in kept {
+        // SAFETY: allocated from `busy`, freed once.
+        unsafe { busy.free(p) };
+    }
+    // The idle cache still works: its next refill starts small.
+    let p = idle.alloc().unwrap();
+    // SAFETY: allocated from `idle`, freed once.
+    unsafe { idle.free(p) };
+}

@@ -18,6 +18,12 @@
 //!   full sheaf of the barn back to the slabs: the sheaf goes to one of them (mutant
 //!   `barn_trim_without_take`: the trim flushes sheaves it left on the barn, so the allocation
 //!   hands out objects the trim gave back to their slabs);
+//! - `cpu_sheaf_trim_vs_free`: on CPU 0, the decay's trim of the CPU's sheaves (its second
+//!   look: the sheaves did not change since the first) while another thread on CPU 0 frees
+//!   into `main` and allocates from it; the trim takes `main` only with a replace that commits
+//!   if the top it read is still there (mutant `sheaf_trim_ignores_top`: it takes `main` with
+//!   the count it read, so an object freed into it meanwhile is lost, or one popped meanwhile
+//!   is flushed back to its slab while its allocator holds it);
 //! - `refill_vs_free`: on CPU 0, an allocation refills a sheaf from the slabs with no lock held
 //!   while another thread frees into `main`; the refilled sheaf must not be installed over the
 //!   object (mutant `sheaf_install_over_main`);
@@ -115,6 +121,33 @@ fn barn_trim_vs_exchange() {
         let b = loom::thread::spawn(move || {
             on_cpu(1);
             kmem::__loom::trim_barns(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+#[test]
+fn cpu_sheaf_trim_vs_free() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        // Slot 0's main sheaf: filled with 4, 2 popped: 2 left; the trim's first look.
+        let x = live.alloc(&c);
+        live.alloc(&c);
+        assert_eq!(kmem::__loom::trim_cpu_sheaves(&c), 0, "first look");
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.free(&c1, x);
+            l1.alloc(&c1);
+        });
+        let c2 = c.clone();
+        let b = loom::thread::spawn(move || {
+            on_cpu(0);
+            kmem::__loom::trim_cpu_sheaves(&c2);
         });
         a.join().unwrap();
         b.join().unwrap();

@@ -270,8 +270,10 @@ impl KmemBuilder {
         // Per node, one per-CPU page list slot per CPU slot (`page/pcp.rs`).
         let pcp_off = (slot_off + nr_cpus * 2).next_multiple_of(128);
         let nr_pcp = nr_nodes * nr_cpus;
+        // Per CPU slot, the due time of its sheaves' trim.
+        let trim_off = (pcp_off + nr_pcp * core::mem::size_of::<PcpSlot>()).next_multiple_of(64);
         let map_size =
-            (pcp_off + nr_pcp * core::mem::size_of::<PcpSlot>()).next_multiple_of(PAGE_SIZE);
+            (trim_off + nr_cpus * core::mem::size_of::<AtomicU64>()).next_multiple_of(PAGE_SIZE);
         let base = os::map(map_size, PAGE_SIZE)
             .ok_or(KmemError::OutOfMemory {
                 what: "allocator metadata",
@@ -289,6 +291,10 @@ impl KmemBuilder {
             let pcp = base.add(pcp_off) as *mut PcpSlot;
             for i in 0..nr_pcp {
                 ptr::write(pcp.add(i), PcpSlot::new());
+            }
+            let next_sheaf_trim = base.add(trim_off) as *mut AtomicU64;
+            for slot in 0..nr_cpus {
+                ptr::write(next_sheaf_trim.add(slot), AtomicU64::new(0));
             }
             for slot in 0..nr_cpus {
                 let nid = if fake_nodes {
@@ -319,6 +325,7 @@ impl KmemBuilder {
                     leaked: AtomicBool::new(false),
                     map_size,
                     next_barn_trim: AtomicU64::new(0),
+                    next_sheaf_trim,
                 },
             );
             let budget = &(*shared).budget as *const PageBudget;

@@ -28,6 +28,9 @@ pub(crate) struct KmemShared {
     pub(super) map_size: usize,
     /// When the next barn trim is due (`decay_now` time, ns; see [`KmemShared::decay_tick`]).
     pub(super) next_barn_trim: AtomicU64,
+    /// Per CPU slot, when the next trim of that slot's sheaves is due (`nr_cpus` entries; see
+    /// [`KmemShared::decay_tick`]).
+    pub(super) next_sheaf_trim: *const AtomicU64,
 }
 
 // SAFETY: everything mutable inside is synchronised (atomics, locks); the raw pointers name
@@ -84,6 +87,51 @@ impl KmemShared {
         {
             self.trim_barns();
         }
+        // The sheaves of the CPU this thread runs on, once per delay per CPU: a thread that
+        // runs a slow path on a CPU trims the sheaves that caches idle on that CPU keep there.
+        let cpu = crate::cpu::current_cpu();
+        let slot = if cpu < self.nr_cpus {
+            cpu
+        } else {
+            cpu % self.nr_cpus
+        };
+        // SAFETY: `slot < nr_cpus`; the table lives as long as the instance.
+        let due_at = unsafe { &*self.next_sheaf_trim.add(slot) };
+        let due = due_at.load(Ordering::Relaxed);
+        if now >= due
+            && due_at
+                .compare_exchange(
+                    due,
+                    now.saturating_add(delay),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.trim_cpu_sheaves();
+        }
+    }
+
+    /// [`CacheInner::trim_cpu_sheaves`] on every registered cache (the calling thread's CPU
+    /// slot), with the registry lock only tried and the thread's signals blocked, as
+    /// [`KmemShared::trim_barns`]. Returns the objects flushed.
+    #[cold]
+    pub(crate) fn trim_cpu_sheaves(&self) -> usize {
+        crate::os::with_signals_blocked(|| {
+            let Some(r) = self.registry.try_lock() else {
+                return 0;
+            };
+            let mut flushed = 0;
+            let mut p = r.head;
+            while !p.is_null() {
+                // SAFETY: registered caches stay alive while the registry lock is held.
+                let c = unsafe { &*p };
+                flushed += c.trim_cpu_sheaves();
+                // SAFETY: as above.
+                p = unsafe { c.reg_next.get() };
+            }
+            flushed
+        })
     }
 
     /// [`CacheInner::trim_barns`] on every registered cache, if the registry lock is free (it

@@ -37,9 +37,10 @@
 //! sizes), and the slab allocation slow path (`slab_alloc_slow`, through
 //! `KmemShared::decay_tick`), so a program that keeps allocating a little keeps returning
 //! what it no longer uses. The instance's tick (`KmemShared::decay_tick`, from the slab slow
-//! path and kmalloc's page blocks) also trims the caches' barns once per delay: full sheaves
-//! waiting there go back to their slabs, whose pages this decay can then return (see
-//! docs/design.md, "Sheaves"). A program that stops calling kmem entirely keeps what it had
+//! path and kmalloc's page blocks) also trims the caches' barns once per delay (full sheaves
+//! waiting there go back to their slabs, whose pages this decay can then return), and, once
+//! per delay per CPU, the sheaves that caches idle on the ticking thread's CPU keep there
+//! (see docs/design.md, "Sheaves"). A program that stops calling kmem entirely keeps what it had
 //! (jemalloc without its background thread behaves the same). The fast paths never tick.
 //! [`Kmem::shrink_all`](crate::Kmem::shrink_all) still returns everything at once.
 //!

@@ -530,6 +530,66 @@ impl CacheInner {
         (main, spare)
     }
 
+    /// The decay's CPU-sheaf trim, on the slot of the CPU the thread runs on: if the slot's
+    /// sheaves did not change since the previous trim of this slot (a cache that went idle on
+    /// this CPU), its spare and `main` go back to their slabs (`sheaf_flush`) and the slot
+    /// keeps no sheaf, its next refill starting small. Objects in a sheaf keep their slabs, so
+    /// an idle cache's two sheaves per CPU would otherwise hold up to twice the capacity of
+    /// slabs for good; the barn's trim ([`Self::trim_barns`]) does the same for the barns.
+    /// Returns the objects flushed.
+    ///
+    /// No stop and no fence: `main` is taken with the slow path's own replace, a sequence on
+    /// this CPU that commits only if the slot's top is still the one read under the sheaf lock
+    /// (a fast path that pushed or popped meanwhile makes it fail, and `main` stays); a thread
+    /// that migrated meanwhile fails it too. The spare is only touched under the lock.
+    pub(crate) fn trim_cpu_sheaves(&self) -> usize {
+        if self.pool.capacity == 0 {
+            return 0;
+        }
+        let c = self.this_cpu();
+        let sl = &c.sheaves;
+        let Some(g) = sl.lock.try_lock() else {
+            return 0;
+        };
+        let (top, main, n) = sl.main(self.sheaf_slots.geo);
+        let spare = sl.spare(&g);
+        if !sl.unchanged_since_last_look(&g, top, spare) || (n == 0 && Self::len_of(spare) == 0) {
+            return 0;
+        }
+        sl.set_spare(&g, ptr::null_mut());
+        let main = if !main.is_null()
+            && (cfg!(kmem_mutant = "sheaf_trim_ignores_top")
+                || self.replace_main(c, top, ptr::null_mut()) == Replace::Done)
+        {
+            if cfg!(kmem_mutant = "sheaf_trim_ignores_top") {
+                // Planted bug (loom-tests): takes `main` with the count read under the lock,
+                // whatever a fast path did since (its pushes are lost, its pops handed out
+                // again).
+                sl.head.set_top_stopped(0);
+                // SAFETY: (the planted bug) the sheaf is treated as taken at `top`.
+                unsafe { (*main).set_len(n) };
+            }
+            main
+        } else {
+            ptr::null_mut()
+        };
+        sl.reset_refill(&g);
+        // Seen as it is left: no sheaf (`main` too if it was taken).
+        let left = if main.is_null() { top } else { 0 };
+        sl.unchanged_since_last_look(&g, left, ptr::null_mut());
+        drop(g);
+        let mut flushed = 0;
+        for s in [spare, main] {
+            if !s.is_null() {
+                flushed += Self::len_of(s);
+                // SAFETY: taken out of the slot under its lock (the spare) or by a committed replace (`main`): ours.
+                unsafe { self.sheaf_flush(c, s) };
+                self.put_empty_sheaf(c, s);
+            }
+        }
+        flushed
+    }
+
     /// `pcs_flush_all` + the barns: every object in a sheaf goes back to its slab, every
     /// sheaf back to the pool (flush, shrink, destroy).
     pub(crate) fn flush_sheaves(&self) {

@@ -122,6 +122,9 @@ pub(crate) struct SheafSlot {
     /// Objects the next refill from the slabs takes (0: none yet), under `lock`
     /// ([`SheafSlot::next_refill`]).
     refill: Cell<usize>,
+    /// The slot's `(top, spare)` at the decay's last look ([`SheafSlot::unchanged_since_last_look`]),
+    /// under `lock`.
+    seen: Cell<(usize, *mut Sheaf)>,
 }
 
 impl SheafSlot {
@@ -132,7 +135,34 @@ impl SheafSlot {
             spare: Cell::new(ptr::null_mut()),
             lock: SpinLock::new("kmem CPU sheaf lock", ()),
             refill: Cell::new(0),
+            seen: Cell::new((0, ptr::null_mut())),
         }
+    }
+
+    /// Whether the slot's `top` and spare are those the previous call saw (then no sheaf
+    /// operation of the slot is likely to have happened in between: a pop and a push that
+    /// cancel out are missed, which only costs a refill); records them for the next call
+    /// (the caller holds `lock`). The decay's CPU-sheaf trim
+    /// ([`CacheInner::trim_cpu_sheaves`](super::CacheInner::trim_cpu_sheaves)) asks once per
+    /// delay.
+    pub(crate) fn unchanged_since_last_look(
+        &self,
+        _g: &crate::sync::SpinGuard<'_, ()>,
+        top: usize,
+        spare: *mut Sheaf,
+    ) -> bool {
+        // SAFETY: `seen` is only accessed under `lock`, which the guard proves held.
+        let before = unsafe { self.seen.get() };
+        // SAFETY: as above.
+        unsafe { self.seen.set((top, spare)) };
+        before == (top, spare)
+    }
+
+    /// Forgets the refill ramp ([`SheafSlot::next_refill`]): the slot's next refill starts
+    /// small again (the caller holds `lock`).
+    pub(crate) fn reset_refill(&self, _g: &crate::sync::SpinGuard<'_, ()>) {
+        // SAFETY: as in `next_refill`.
+        unsafe { self.refill.set(0) };
     }
 
     /// How many objects this slot's next refill from the slabs takes, for sheaves of `cap`:
