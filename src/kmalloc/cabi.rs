@@ -322,8 +322,8 @@ fn kmalloc_object_fast(ptr: *mut u8) -> Option<(usize, &'static PcsView)> {
         return None;
     }
     let view = kmalloc_view(class - 1)?;
-    view.starts_object(u32::from(tag >> 8), ptr)
-        .then_some((class - 1, view))
+    // A slab of the class's first order (a fallback order is `find`'s), and an object start.
+    (tag == view.tag() && view.starts_object(ptr)).then_some((class - 1, view))
 }
 
 /// Frees `ptr`, found to be `found`.

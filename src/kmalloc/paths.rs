@@ -202,12 +202,11 @@ pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses
                 return unsafe { kfree_class(ptr, layout, idx) };
             }
             // The O(1) check, from the dense tag table (`page::slab_tag`): the page holds a
-            // live slab of this class, and `ptr` starts one of its objects. Anything else —
-            // an untagged slab (a debug cache), a wrong layout, a foreign pointer — takes the
-            // descriptor check out of line, which accepts the pointer or aborts naming what is
-            // wrong.
-            let tag = crate::page::slab_tag(ptr);
-            if tag & 0xff != idx as u16 + 1 || !v.starts_object(u32::from(tag >> 8), ptr) {
+            // live slab of this class and of its first order, and `ptr` starts one of its
+            // objects. Anything else — a slab of a fallback order, an untagged slab (a debug
+            // cache), a wrong layout, a foreign pointer — takes the descriptor check out of
+            // line, which accepts the pointer or aborts naming what is wrong.
+            if crate::page::slab_tag(ptr) != v.tag() || !v.starts_object(ptr) {
                 // SAFETY: forwarded contract; `idx` is the class of `layout` (index_fast).
                 return unsafe { kfree_class(ptr, layout, idx) };
             }

@@ -426,10 +426,17 @@ fn class_views_agree_with_their_caches() {
         let mode = c.pcs_mode.load(crate::sync::Ordering::Relaxed);
         assert_eq!(v.fast_alloc_on(), mode & crate::slub::PCS_FAST_ALLOC != 0);
         assert_eq!(v.fast_free_on(), mode & crate::slub::PCS_FAST_FREE != 0);
+        // The object was allocated from a slab of the class's first order (no fallback here).
+        assert_eq!(order, c.geo.oo.order, "kmalloc-{size}");
+        if c.debug {
+            assert_eq!(v.tag(), PcsView::NO_TAG, "kmalloc-{size}");
+        } else {
+            assert_eq!(crate::page::slab_tag(p), v.tag(), "kmalloc-{size}");
+        }
         for off in [0, 1, 8, size / 2, size, size + 8] {
             let q = p.wrapping_add(off);
             assert_eq!(
-                v.starts_object(order, q),
+                v.starts_object(q),
                 c.starts_object(order, q),
                 "kmalloc-{size}, offset {off}"
             );
@@ -460,5 +467,70 @@ fn set_sheaves_keeps_an_attached_view_current() {
         if !on {
             assert!(!v.fast_alloc_on() && !v.fast_free_on());
         }
+    }
+}
+
+/// A view's free check is its cache's for a slab of the cache's first order, at every offset
+/// of such a slab, for sizes that are powers of two and others and for one- and multi-page
+/// slabs; a cache without a tag, or coloured, gets a tag no slab carries.
+#[test]
+#[cfg_attr(miri, ignore)] // every offset of fourteen slabs: long under Miri; `set_sheaves_keeps_an_attached_view_current` runs the view's memory handling there
+fn view_check_is_the_cache_check_for_its_order() {
+    let k = crate::Kmem::builder().cpus(1).nodes(1).build().unwrap();
+    for (i, size) in [
+        8, 24, 64, 96, 112, 192, 256, 448, 640, 1024, 1536, 3072, 4096, 6144,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut slot = Box::new(core::mem::MaybeUninit::<PcsView>::uninit());
+        let view = slot.as_mut_ptr();
+        let cfg = crate::CacheConfig::new().sheaf_capacity(16).min_objects(4);
+        let c = k.create_cache("view-check", size, cfg).unwrap();
+        let inner = c.inner();
+        inner
+            .slab_tag
+            .store(i as u8 + 1, crate::sync::Ordering::Relaxed);
+        // SAFETY: a fresh writable view that outlives its use below; the cache runs no set_sheaves meanwhile.
+        unsafe { inner.attach_view(view) };
+        // SAFETY: written by attach_view; `slot` lives until the end of the iteration.
+        let v = unsafe { &*view };
+        let order = inner.geo.oo.order;
+        assert_eq!(v.tag(), (i as u16 + 1) | (order as u16) << 8, "size {size}");
+        let slab = crate::page::PAGE_SIZE << order;
+        // A slab base with high bits set: only the offset may matter.
+        let base = 0x7f12_3400_0000usize;
+        let mut starts = 0;
+        for off in 0..slab {
+            let p = (base + off) as *mut u8;
+            let want = inner.starts_object(order, p);
+            assert_eq!(v.starts_object(p), want, "size {size}, offset {off}");
+            starts += usize::from(want);
+        }
+        assert_eq!(starts, slab / inner.geo.size, "size {size}");
+        drop(c);
+    }
+    // No tag, or coloured: the inline check never vouches.
+    for (name, cfg) in [
+        (
+            "view-untagged",
+            crate::CacheConfig::new().sheaf_capacity(16),
+        ),
+        (
+            "view-coloured",
+            crate::CacheConfig::new().sheaf_capacity(16).colour(true),
+        ),
+    ] {
+        let mut slot = Box::new(core::mem::MaybeUninit::<PcsView>::uninit());
+        let view = slot.as_mut_ptr();
+        let c = k.create_cache(name, 96, cfg).unwrap();
+        if name == "view-coloured" {
+            c.inner().slab_tag.store(9, crate::sync::Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { c.inner().attach_view(view) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { &*view }.tag(), PcsView::NO_TAG, "{name}");
+        drop(c);
     }
 }

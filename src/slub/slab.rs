@@ -144,6 +144,18 @@ impl ExactDiv {
         }
     }
 
+    /// The divider for `d`, whose [`ExactDiv::is_index`] accepts only the indexes `0..=last`
+    /// (`last <= u64::MAX / d`): `index(n) <= last` exactly when `n` is one of the multiples
+    /// `0, d, …, last * d`, since every other `n` maps above `u64::MAX / d` (see the type's
+    /// docs). One comparison then says both "an object start" and "inside the slab".
+    pub(crate) const fn with_last_index(d: usize, last: u64) -> Self {
+        let mut x = Self::new(d);
+        if last < x.limit {
+            x.limit = last;
+        }
+        x
+    }
+
     /// `n / d` if `d` divides `n`, else some value above `u64::MAX / d`; see
     /// [`ExactDiv::is_index`].
     #[inline(always)]

@@ -10,10 +10,22 @@
 //! ```text
 //!   PcsView (64 bytes, one line)
 //!   +0   slots       the sheaf slots' shape (base, nr, mask, full): what array_pop/push read
-//!   +32  size_div    exact division by the object size  ┐ the free check
-//!   +56  check_size  the end test's size                 ┘ (CacheInner::starts_object)
-//!   +60  mode        the cache's pcs_mode, mirrored
+//!   +32  slab_div    exact division by the object size, whose      ┐
+//!                    limit is the last object of a slab            │ the free check
+//!   +56  slab_mask   the bytes of a slab of the cache's order, - 1  │ (`tag`, then
+//!   +60  tag         the slab tag of such a slab (`page::slab_tag`) ┘  `starts_object`)
+//!   +62  mode        the cache's pcs_mode, mirrored
 //! ```
+//!
+//! The free check is narrower than the cache's own ([`CacheInner::starts_object`]): it knows
+//! one slab order, the cache's (`geo.oo`), and compares the whole tag, class and order, with
+//! the one such a slab carries; a slab of a fallback order (`geo.min`, when the page allocator
+//! had no block of the first) fails it and is checked out of line. For that order the slab's
+//! mask and the index of its last object are constants, so the check is an AND, a multiply, a
+//! rotate and one comparison (`ExactDiv::with_last_index`: "a multiple of the size" and
+//! "inside the slab" at once); computing the mask from the tag's order and testing the end
+//! separately cost about 1 ns per allocation and free pair in kmem-bench's `fastpath`
+//! (docs/performance.md, "The kmalloc free check for one slab order").
 //!
 //! Everything but `mode` is constant once the cache exists. `mode` may lag the cache's own
 //! byte for a moment while [`CacheInner::set_sheaves`] switches it, exactly as a relaxed read
@@ -21,10 +33,10 @@
 //! which the switch then flushes; the out-of-line paths read the cache's own byte.
 
 use super::cpu_slab::KmemCacheCpu;
-use super::free::starts_object_in;
 use super::slab::ExactDiv;
 use super::{CacheInner, PCS_FAST_ALLOC, PCS_FAST_FREE};
 use crate::cpu::percpu::{self, ArraySlots, Seq};
+use crate::page::PAGE_SIZE;
 use crate::stats::StatItem::*;
 use crate::sync::global::{AtomicU8, Ordering};
 
@@ -32,22 +44,46 @@ use crate::sync::global::{AtomicU8, Ordering};
 #[repr(C, align(64))]
 pub(crate) struct PcsView {
     slots: ArraySlots<{ KmemCacheCpu::STRIDE }>,
-    size_div: ExactDiv,
-    check_size: u32,
+    slab_div: ExactDiv,
+    slab_mask: u32,
+    tag: u16,
     mode: AtomicU8,
 }
 
 const _: () = assert!(core::mem::size_of::<PcsView>() == 64);
 
 impl PcsView {
-    /// The view of `c` now.
+    /// A tag no slab carries (an order above every order): the free check of a cache whose
+    /// objects the inline check cannot vouch for (untagged, coloured) always fails.
+    pub(crate) const NO_TAG: u16 = u16::MAX;
+
+    /// The view of `c` now (its slab tag set, if it has one).
     pub(crate) fn of(c: &CacheInner) -> Self {
+        let order = c.geo.oo.order;
+        let slab_bytes = PAGE_SIZE << order;
+        let class = c.slab_tag.load(crate::sync::Ordering::Acquire);
+        // A coloured cache's objects do not start at multiples of the size (`check_size`).
+        let tag = if class == 0 || c.check_size == u32::MAX {
+            Self::NO_TAG
+        } else {
+            u16::from(class) | (order as u16) << 8
+        };
+        let last = u64::from(c.geo.oo.objects).saturating_sub(1);
         PcsView {
             slots: c.sheaf_slots,
-            size_div: c.size_div,
-            check_size: c.check_size,
+            slab_div: ExactDiv::with_last_index(c.geo.size, last),
+            // Slabs are at most 4 MiB (`MAX_ORDER`).
+            slab_mask: (slab_bytes - 1) as u32,
+            tag,
             mode: AtomicU8::new(c.pcs_mode.load(crate::sync::Ordering::Relaxed)),
         }
+    }
+
+    /// The tag of the cache's slabs of its first order ([`Self::NO_TAG`] if the check must
+    /// always fail): a free whose page carries another tag is checked out of line.
+    #[inline(always)]
+    pub(crate) fn tag(&self) -> u16 {
+        self.tag
     }
 
     /// Whether allocations pop the sheaf inline (`PCS_FAST_ALLOC`: sheaves on, rseq mode).
@@ -74,18 +110,17 @@ impl PcsView {
         push_onto(&self.slots, obj)
     }
 
-    /// As [`CacheInner::starts_object`], with no branch on the size: one multiply-rotate test
-    /// for every size, a power of two included. `kfree` and the C ABI's `free` free every
-    /// class in turn; a branch on "power of two or not" mispredicted whenever a program freed
-    /// mixed sizes (2.5 ns per operation of kmem-bench's churn, measured).
+    /// Whether `obj`, in a page whose tag is [`Self::tag`], starts an object of its slab: an
+    /// AND, a multiply, a rotate, one comparison, and no branch on the size (`kfree` and the
+    /// C ABI's `free` free every class in turn: a branch on "power of two or not"
+    /// mispredicted whenever a program freed mixed sizes, 2.5 ns per operation of
+    /// kmem-bench's churn, measured). Exactly [`CacheInner::starts_object`] for a slab of the
+    /// cache's first order (test `view_check_is_the_cache_check_for_its_order`).
     #[inline(always)]
-    pub(crate) fn starts_object(&self, order: u32, obj: *mut u8) -> bool {
-        starts_object_in(
-            self.size_div,
-            self.check_size,
-            crate::page::PAGE_SIZE << order,
-            obj as usize,
-        )
+    pub(crate) fn starts_object(&self, obj: *mut u8) -> bool {
+        // The offset in the slab: slabs are aligned to their size (buddy blocks).
+        let off = (obj as usize as u32 & self.slab_mask) as usize;
+        self.slab_div.is_index(self.slab_div.index(off))
     }
 
     /// Sets the mirrored mode ([`CacheInner::set_sheaves`]).
