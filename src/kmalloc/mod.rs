@@ -383,11 +383,80 @@ pub(crate) fn kmalloc_index(size: usize, align: usize) -> Option<usize> {
 
 /// [`kmalloc_index`] without its cold case: `None` also when the smallest class is not aligned
 /// enough (the caller then asks `kmalloc_index`, out of line). No call in it.
+///
+/// Only layouts aligned to at most [`MIN_CLASS_ALIGN`] (what most types ask, and a constant
+/// in almost every caller, so the test folds away): every class is that aligned, so neither
+/// `max(size, align)` nor the class's alignment matters, and one table
+/// ([`FAST_INDEX`]) covers every size up to [`KMALLOC_MAX_CACHE_SIZE`] with a cmov-able
+/// index and no other branch. Over-aligned layouts go out of line: when the fast lookup
+/// kept their cases, the compiler duplicated the whole inline free for them, and kmem-bench's
+/// churn was 15% slower (docs/performance.md, "The class lookup").
 #[inline(always)]
 pub(crate) fn kmalloc_index_fast(size: usize, align: usize) -> Option<usize> {
-    let idx = spaced_smallest(size, align)?;
-    (align <= CLASS_ALIGN[idx]).then_some(idx)
+    if align > MIN_CLASS_ALIGN || size > KMALLOC_MAX_CACHE_SIZE {
+        return None;
+    }
+    let i = if size <= TABLE_MAX {
+        (size + 7) >> 3
+    } else {
+        FAST_STEP_BASE + ((size - TABLE_MAX + FAST_STEP - 1) >> FAST_STEP_SHIFT)
+    };
+    // No bounds test on the hot path: `i <= FAST_STEP_BASE + (KMALLOC_MAX_CACHE_SIZE -
+    // TABLE_MAX) / FAST_STEP`, the table's last index.
+    // SAFETY: `size <= KMALLOC_MAX_CACHE_SIZE`, so `i` is in range (the arithmetic above).
+    unsafe { core::hint::assert_unchecked(i < FAST_INDEX.len()) };
+    let idx = FAST_INDEX[i] as usize;
+    // SAFETY: the table's entries are class indices (asserted where it is built).
+    unsafe { core::hint::assert_unchecked(idx < NR_KMALLOC) };
+    Some(idx)
 }
+
+/// Above [`TABLE_MAX`], [`FAST_INDEX`] has one entry per `FAST_STEP` bytes (every class above
+/// 1024 bytes is a multiple of it).
+const FAST_STEP_SHIFT: u32 = 8;
+const FAST_STEP: usize = 1 << FAST_STEP_SHIFT;
+const FAST_STEP_BASE: usize = TABLE_MAX / 8;
+/// [`kmalloc_index_fast`]'s table: [`SIZE_INDEX`] up to [`TABLE_MAX`], then entry
+/// `FAST_STEP_BASE + k` is the smallest class holding `TABLE_MAX + k * FAST_STEP` bytes.
+const FAST_INDEX: [u8; FAST_STEP_BASE + (KMALLOC_MAX_CACHE_SIZE - TABLE_MAX) / FAST_STEP + 1] = {
+    let mut t = [0u8; FAST_STEP_BASE + (KMALLOC_MAX_CACHE_SIZE - TABLE_MAX) / FAST_STEP + 1];
+    let mut i = 0;
+    while i <= FAST_STEP_BASE {
+        t[i] = SIZE_INDEX[i];
+        i += 1;
+    }
+    while i < t.len() {
+        t[i] = smallest_class(
+            &SIZE_CLASSES_CONST,
+            TABLE_MAX + (i - FAST_STEP_BASE) * FAST_STEP,
+        );
+        i += 1;
+    }
+    t
+};
+const _: () = {
+    let mut i = 0;
+    while i < FAST_INDEX.len() {
+        assert!((FAST_INDEX[i] as usize) < NR_KMALLOC);
+        i += 1;
+    }
+    // Every class above TABLE_MAX is a multiple of FAST_STEP, so a step's sizes share a class.
+    let mut c = 0;
+    while c < NR_KMALLOC {
+        assert!(SIZE_CLASSES_CONST[c] <= TABLE_MAX || SIZE_CLASSES_CONST[c] % FAST_STEP == 0);
+        c += 1;
+    }
+};
+
+/// The alignment every class guarantees (its smallest class's).
+const MIN_CLASS_ALIGN: usize = 8;
+const _: () = {
+    let mut i = 0;
+    while i < NR_KMALLOC {
+        assert!(CLASS_ALIGN[i] >= MIN_CLASS_ALIGN);
+        i += 1;
+    }
+};
 
 /// The smallest spaced class holding `max(size, align)` bytes (`None` above the classes).
 #[inline(always)]
