@@ -113,48 +113,39 @@ impl KmemShared {
     }
 
     /// [`CacheInner::trim_cpu_sheaves`] on every registered cache (the calling thread's CPU
-    /// slot), with the registry lock only tried and the thread's signals blocked, as
-    /// [`KmemShared::trim_barns`]. Returns the objects flushed.
+    /// slot), as [`KmemShared::decay_over_caches`] runs it. Returns the objects flushed.
     #[cold]
     pub(crate) fn trim_cpu_sheaves(&self) -> usize {
-        crate::os::with_signals_blocked(|| {
-            let Some(r) = self.registry.try_lock() else {
-                return 0;
-            };
-            let mut flushed = 0;
-            let mut p = r.head;
-            while !p.is_null() {
-                // SAFETY: registered caches stay alive while the registry lock is held.
-                let c = unsafe { &*p };
-                flushed += c.trim_cpu_sheaves();
-                // SAFETY: as above.
-                p = unsafe { c.reg_next.get() };
-            }
-            flushed
-        })
+        self.decay_over_caches(CacheInner::trim_cpu_sheaves)
     }
 
-    /// [`CacheInner::trim_barns`] on every registered cache, if the registry lock is free (it
-    /// is only tried: the caller may be a `slabinfo` that holds it and allocates), with the
-    /// thread's signals blocked, so that no signal handler of this thread that allocates can
-    /// need a lock the trim holds (list and page locks in `free_bulk`).
+    /// [`CacheInner::trim_barns`] on every registered cache, as
+    /// [`KmemShared::decay_over_caches`] runs it. Returns the sheaves flushed.
     #[cold]
     pub(crate) fn trim_barns(&self) -> usize {
+        self.decay_over_caches(CacheInner::trim_barns)
+    }
+
+    /// The sum of `trim` over every registered cache, if the registry lock is free (it is only
+    /// tried: the caller may be a `slabinfo` that holds it and allocates), with the thread's
+    /// signals blocked, so that no signal handler of this thread that allocates can need a
+    /// lock a trim holds (list and page locks in `free_bulk`); 0 when the lock is busy.
+    fn decay_over_caches(&self, trim: fn(&CacheInner) -> usize) -> usize {
         crate::os::with_signals_blocked(|| {
             let Some(r) = self.registry.try_lock() else {
                 return 0;
             };
-            let mut flushed = 0;
+            let mut total = 0;
             let mut p = r.head;
             while !p.is_null() {
                 // Destroy unregisters a cache first, under this lock.
                 // SAFETY: registered caches stay alive while the registry lock is held.
                 let c = unsafe { &*p };
-                flushed += c.trim_barns();
+                total += trim(c);
                 // SAFETY: as above.
                 p = unsafe { c.reg_next.get() };
             }
-            flushed
+            total
         })
     }
 
