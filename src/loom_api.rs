@@ -147,7 +147,8 @@ pub fn trim_barns(cache: &KmemCache) -> usize {
 /// CPU slot: its sheaves flushed if they did not change since the previous call. Returns the
 /// objects flushed.
 pub fn trim_cpu_sheaves(cache: &KmemCache) -> usize {
-    cache.inner().trim_cpu_sheaves()
+    let c = cache.inner();
+    c.trim_cpu_sheaves(c.slot_index(c.this_cpu()))
 }
 
 /// A slow path of slot `slot` that runs wherever the calling model thread is (it chose the slot

@@ -108,15 +108,16 @@ impl KmemShared {
                 )
                 .is_ok()
         {
-            self.trim_cpu_sheaves();
+            self.trim_cpu_sheaves(slot);
         }
     }
 
-    /// [`CacheInner::trim_cpu_sheaves`] on every registered cache (the calling thread's CPU
-    /// slot), as [`KmemShared::decay_over_caches`] runs it. Returns the objects flushed.
+    /// [`CacheInner::trim_cpu_sheaves`] of slot `slot` (the calling thread's, whose trim it
+    /// claimed) on every registered cache, as [`KmemShared::decay_over_caches`] runs it.
+    /// Returns the objects flushed.
     #[cold]
-    pub(crate) fn trim_cpu_sheaves(&self) -> usize {
-        self.decay_over_caches(CacheInner::trim_cpu_sheaves)
+    pub(crate) fn trim_cpu_sheaves(&self, slot: usize) -> usize {
+        self.decay_over_caches(|c| c.trim_cpu_sheaves(slot))
     }
 
     /// [`CacheInner::trim_barns`] on every registered cache, as
@@ -130,7 +131,7 @@ impl KmemShared {
     /// tried: the caller may be a `slabinfo` that holds it and allocates), with the thread's
     /// signals blocked, so that no signal handler of this thread that allocates can need a
     /// lock a trim holds (list and page locks in `free_bulk`); 0 when the lock is busy.
-    fn decay_over_caches(&self, trim: fn(&CacheInner) -> usize) -> usize {
+    fn decay_over_caches(&self, trim: impl Fn(&CacheInner) -> usize) -> usize {
         crate::os::with_signals_blocked(|| {
             let Some(r) = self.registry.try_lock() else {
                 return 0;

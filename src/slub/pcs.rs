@@ -317,7 +317,7 @@ impl CacheInner {
             return true;
         }
         let barn = self.barn_of(c);
-        if let Some(full) = barn.get_full() {
+        if let Some(full) = barn.get_full(self.slot_index(c)) {
             if self.replace_main(c, top, full) == Replace::Done {
                 c.stat(BarnGet);
                 if !main.is_null() {
@@ -335,7 +335,6 @@ impl CacheInner {
         }
         c.stat(BarnGetFail);
         // Refill an empty sheaf from the slabs, with no sheaf lock held.
-        let want = sl.next_refill(&g, self.pool.capacity);
         let empty = if !spare.is_null() {
             sl.set_spare(&g, ptr::null_mut());
             spare
@@ -345,6 +344,7 @@ impl CacheInner {
                 None => return false,
             }
         };
+        let want = sl.next_refill(&g, self.pool.capacity);
         drop(g);
         // SAFETY: `empty` is ours (taken out of the slot, the barn or the pool).
         let got = unsafe { self.refill_sheaf(c, empty, want) };
@@ -450,7 +450,9 @@ impl CacheInner {
                 return false;
             };
             if self.replace_main(c, top, empty) == Replace::Done {
-                // SAFETY: the old main is ours now; given to the barn.
+                // SAFETY: the old main is ours now; it was filled on this slot.
+                unsafe { (*main).filled_on.set(self.slot_index(c)) };
+                // SAFETY: ours; given to the barn.
                 unsafe { barn.put_full_force(main) };
                 c.stat(BarnPut);
             } else {
@@ -530,9 +532,9 @@ impl CacheInner {
         (main, spare)
     }
 
-    /// The decay's CPU-sheaf trim, on the slot of the CPU the thread runs on: if the slot's
-    /// sheaves did not change since the previous trim of this slot (a cache that went idle on
-    /// this CPU), its spare and `main` go back to their slabs (`sheaf_flush`) and the slot
+    /// The decay's CPU-sheaf trim of slot `slot`, if the thread still runs on its CPU: if the
+    /// slot's sheaves did not change since the previous trim of this slot (a cache that went
+    /// idle on this CPU), its spare and `main` go back to their slabs (`sheaf_flush`) and the slot
     /// keeps no sheaf, its next refill starting small. Objects in a sheaf keep their slabs, so
     /// an idle cache's two sheaves per CPU would otherwise hold up to twice the capacity of
     /// slabs for good; the barn's trim ([`Self::trim_barns`]) does the same for the barns.
@@ -542,11 +544,15 @@ impl CacheInner {
     /// this CPU that commits only if the slot's top is still the one read under the sheaf lock
     /// (a fast path that pushed or popped meanwhile makes it fail, and `main` stays); a thread
     /// that migrated meanwhile fails it too. The spare is only touched under the lock.
-    pub(crate) fn trim_cpu_sheaves(&self) -> usize {
+    pub(crate) fn trim_cpu_sheaves(&self, slot: usize) -> usize {
         if self.pool.capacity == 0 {
             return 0;
         }
         let c = self.this_cpu();
+        if self.slot_index(c) != slot {
+            // The thread migrated since it claimed `slot`'s trim: this slot's is not due.
+            return 0;
+        }
         let sl = &c.sheaves;
         let Some(g) = sl.lock.try_lock() else {
             return 0;

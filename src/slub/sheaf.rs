@@ -50,7 +50,9 @@ pub(crate) struct Sheaf {
     pub(crate) head: ArrayHead,
     /// Next sheaf on a barn list or the pool's free list (the owner's).
     pub(crate) next: Cell<*mut Sheaf>,
-    _pad: usize,
+    /// The CPU slot whose objects filled it last, for the barn's choice of a full sheaf
+    /// ([`Barn::get_full`](super::barn::Barn::get_full)); written by whoever owns the sheaf.
+    pub(crate) filled_on: Cell<usize>,
 }
 
 #[cfg(not(loom))]
@@ -311,7 +313,7 @@ impl SheafPool {
                         Sheaf {
                             head: ArrayHead::new(self.capacity),
                             next: Cell::new(st.free),
-                            _pad: 0,
+                            filled_on: Cell::new(0),
                         },
                     )
                 };
