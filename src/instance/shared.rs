@@ -73,18 +73,7 @@ impl KmemShared {
         for nid in 0..self.nr_nodes {
             self.node_pages(nid).decay_tick(now);
         }
-        let due = self.next_barn_trim.load(Ordering::Relaxed);
-        if now >= due
-            && self
-                .next_barn_trim
-                .compare_exchange(
-                    due,
-                    now.saturating_add(delay),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
+        if claim_due(&self.next_barn_trim, now, delay) {
             self.trim_barns();
         }
         // The sheaves of the CPU this thread runs on, once per delay per CPU: a thread that
@@ -96,18 +85,7 @@ impl KmemShared {
             cpu % self.nr_cpus
         };
         // SAFETY: `slot < nr_cpus`; the table lives as long as the instance.
-        let due_at = unsafe { &*self.next_sheaf_trim.add(slot) };
-        let due = due_at.load(Ordering::Relaxed);
-        if now >= due
-            && due_at
-                .compare_exchange(
-                    due,
-                    now.saturating_add(delay),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
+        if claim_due(unsafe { &*self.next_sheaf_trim.add(slot) }, now, delay) {
             self.trim_cpu_sheaves(slot);
         }
     }
@@ -377,4 +355,19 @@ pub(super) fn reclaim_hook(arg: *const ()) {
     // SAFETY: registered by `build_shared` with the address of the instance that contains the calling page allocator, so it is alive while that allocator runs.
     let s = unsafe { &*(arg as *const KmemShared) };
     s.reclaim();
+}
+
+/// Whether the caller claims the run due at `*due_at` (a time of `decay_now`): true for the one
+/// thread whose CAS moves it `delay` past `now`, once it is due.
+fn claim_due(due_at: &AtomicU64, now: u64, delay: u64) -> bool {
+    let due = due_at.load(Ordering::Relaxed);
+    now >= due
+        && due_at
+            .compare_exchange(
+                due,
+                now.saturating_add(delay),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
 }
