@@ -346,7 +346,7 @@ impl CacheInner {
         };
         let want = sl.next_refill(&g, self.pool.capacity);
         drop(g);
-        // SAFETY: `empty` is ours (taken out of the slot, the barn or the pool).
+        // SAFETY: `empty` is ours (taken out of the slot, the barn or the pool) and empty; `want` is at least 1.
         let got = unsafe { self.refill_sheaf(c, empty, want) };
         if got == 0 {
             // Out of memory: the cpu-slab path will say so.
@@ -488,7 +488,7 @@ impl CacheInner {
         // SAFETY: ours (contract).
         let sheaf = unsafe { &*s };
         let n = sheaf.len();
-        // SAFETY: ours (contract).
+        // SAFETY: ours (contract): no one else reads or writes its free cells.
         let cells = unsafe { sheaf.free_cells() };
         let take = want.min(cells.len());
         let got = self.alloc_bulk(&mut cells[..take]);
