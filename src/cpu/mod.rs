@@ -159,6 +159,17 @@ pub fn method() -> CpuIdMethod {
     }
 }
 
+/// The slot of `n >= 1` slots that CPU `cpu` uses: its own when there is one, else `cpu % n`
+/// (the slot map of every per-CPU array: caches' slots, the decay's per-slot due times).
+#[inline(always)]
+pub(crate) fn slot_of(cpu: usize, n: usize) -> usize {
+    if cpu < n {
+        cpu
+    } else {
+        cpu % n
+    }
+}
+
 /// The CPU this thread is running on now.
 ///
 /// The answer may be stale the instant it returns (the thread can migrate): kmem's

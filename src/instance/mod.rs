@@ -398,13 +398,7 @@ impl Kmem {
     /// assert_eq!(one.current_slot(), 0); // every CPU shares the only slot
     /// ```
     pub fn current_slot(&self) -> usize {
-        let cpu = cpu::current_cpu();
-        let n = self.cpus();
-        if cpu < n {
-            cpu
-        } else {
-            cpu % n
-        }
+        cpu::slot_of(cpu::current_cpu(), self.cpus())
     }
 }
 

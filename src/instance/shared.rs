@@ -78,12 +78,7 @@ impl KmemShared {
         }
         // The sheaves of the CPU this thread runs on, once per delay per CPU: a thread that
         // runs a slow path on a CPU trims the sheaves that caches idle on that CPU keep there.
-        let cpu = crate::cpu::current_cpu();
-        let slot = if cpu < self.nr_cpus {
-            cpu
-        } else {
-            cpu % self.nr_cpus
-        };
+        let slot = crate::cpu::slot_of(crate::cpu::current_cpu(), self.nr_cpus);
         // SAFETY: `slot < nr_cpus`; the table lives as long as the instance.
         if claim_due(unsafe { &*self.next_sheaf_trim.add(slot) }, now, delay) {
             self.trim_cpu_sheaves(slot);

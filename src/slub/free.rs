@@ -447,8 +447,9 @@ fn pow2_starts_object(size: u32, obj: usize) -> bool {
 
 /// The object-start test for a slab of `slab_bytes` (a power of two, the slab's alignment),
 /// without a branch: `obj`'s offset in it is a multiple of the size (`div`) and the object it
-/// starts ends inside the slab (`check_size`). [`CacheInner::starts_object`] for sizes that
-/// are not powers of two up to a page, and [`super::PcsView::starts_object`] for all.
+/// starts ends inside the slab (`check_size`): [`CacheInner::starts_object`] for sizes that
+/// are not powers of two up to a page. (The kmalloc view's test,
+/// [`super::PcsView::starts_object`], knows its slab order and needs one comparison.)
 #[inline(always)]
 pub(super) fn starts_object_in(
     div: ExactDiv,

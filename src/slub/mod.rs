@@ -454,7 +454,7 @@ impl CacheInner {
         let cpu = crate::cpu::current_cpu();
         let n = self.nr_cpus;
         // `n >= 1` (the builder refuses 0 slots): no division by zero, and `slot < n`.
-        let slot = if cpu < n { cpu } else { cpu % n };
+        let slot = crate::cpu::slot_of(cpu, n);
         self.cpu(slot)
     }
 

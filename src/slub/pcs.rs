@@ -582,7 +582,7 @@ impl CacheInner {
         sl.reset_refill(&g);
         // Seen as it is left: no sheaf (`main` too if it was taken).
         let left = if main.is_null() { top } else { 0 };
-        sl.unchanged_since_last_look(&g, left, ptr::null_mut());
+        sl.record_look(&g, left, ptr::null_mut());
         drop(g);
         let mut flushed = 0;
         for s in [spare, main] {

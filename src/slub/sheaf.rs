@@ -149,15 +149,26 @@ impl SheafSlot {
     /// delay.
     pub(crate) fn unchanged_since_last_look(
         &self,
-        _g: &crate::sync::SpinGuard<'_, ()>,
+        g: &crate::sync::SpinGuard<'_, ()>,
         top: usize,
         spare: *mut Sheaf,
     ) -> bool {
         // SAFETY: `seen` is only accessed under `lock`, which the guard proves held.
         let before = unsafe { self.seen.get() };
-        // SAFETY: as above.
-        unsafe { self.seen.set((top, spare)) };
+        self.record_look(g, top, spare);
         before == (top, spare)
+    }
+
+    /// Records `(top, spare)` as what the decay's last look saw (the caller holds `lock`): the
+    /// trim records the state it leaves.
+    pub(crate) fn record_look(
+        &self,
+        _g: &crate::sync::SpinGuard<'_, ()>,
+        top: usize,
+        spare: *mut Sheaf,
+    ) {
+        // SAFETY: `seen` is only accessed under `lock`, which the guard proves held.
+        unsafe { self.seen.set((top, spare)) };
     }
 
     /// Forgets the refill ramp ([`SheafSlot::next_refill`]): the slot's next refill starts
