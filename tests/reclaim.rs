@@ -101,10 +101,11 @@ fn churn_under_a_limit(make: impl Fn(&Kmem, &str, usize) -> KmemCache) {
                             Some(p) => held.push(p),
                             None => panic!(
                                 "thread {t} round {round}: {} returned None after {i} objects \
-                                 (at most {} bytes live of {LIMIT}): {:?}",
+                                 (at most {} bytes live of {LIMIT}): {:?}\n{}",
                                 c.name(),
                                 THREADS * LIVE,
-                                c.kmem().page_stats()
+                                c.kmem().page_stats(),
+                                kmem::SlabInfoTable(c.kmem().slabinfo())
                             ),
                         }
                     }

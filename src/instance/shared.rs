@@ -243,7 +243,9 @@ impl KmemShared {
     /// Memory reclaim, run by a page allocator of this instance that reached the memory limit
     /// (its reclaim hook; the kernel's `shrink_slab` under direct reclaim): discards the empty
     /// partial slabs of every cache on every node, returning their pages to the buddy lists.
-    /// Returns the number of slabs discarded.
+    /// Returns the number of slabs discarded (0 also when the registry lock stayed busy). The
+    /// page allocator calls it again, up to `MAX_RECLAIM_RETRIES` times, while it discards
+    /// something: another thread may take the freed blocks before the caller's retry does.
     ///
     /// Runs with no page lock held and, since `new_slab` runs with the slot lock dropped, no
     /// slot lock either; it still only tries the registry lock (which comes before slot locks in
@@ -346,10 +348,10 @@ pub(super) unsafe fn destroy_shared(shared: NonNull<KmemShared>) {
 }
 
 /// The reclaim hook of every page allocator of an instance: `arg` is the instance.
-pub(super) fn reclaim_hook(arg: *const ()) {
+pub(super) fn reclaim_hook(arg: *const ()) -> bool {
     // SAFETY: registered by `build_shared` with the address of the instance that contains the calling page allocator, so it is alive while that allocator runs.
     let s = unsafe { &*(arg as *const KmemShared) };
-    s.reclaim();
+    s.reclaim() > 0
 }
 
 /// Whether the caller claims the run due at `*due_at` (a time of `decay_now`): true for the one

@@ -28,6 +28,9 @@ pub(super) const WAIT_NS: u64 = 1_000_000_000;
 /// Under loom: how many yields (each lets the other threads progress).
 #[cfg(loom)]
 pub(super) const WAIT_YIELDS: u32 = 16;
+/// How many times one page allocation at the limit calls the reclaim hook, while each call
+/// reports progress (the kernel's `MAX_RECLAIM_RETRIES`).
+pub(crate) const MAX_RECLAIM_RETRIES: u32 = 16;
 
 /// The bounded wait of one allocation (or of the reclaim hook for the registry lock).
 pub(crate) struct BoundedWait {
@@ -328,11 +331,12 @@ impl PageAllocator {
         unsafe { &*self.budget }
     }
 
-    /// Registers the function called (once, without any kmem page lock held, possibly inside a
-    /// slot lock) when an allocation without `NORETRY` finds the limit reached; the allocation
-    /// is then retried. `Kmem` registers `KmemShared::reclaim` (every cache's empty partial
-    /// slabs back to the buddy lists).
-    pub(crate) fn set_reclaim_hook(&self, hook: fn(*const ()), arg: *const ()) {
+    /// Registers the function called (without any kmem page lock held, possibly inside a slot
+    /// lock) when an allocation without `NORETRY` finds the limit reached; the allocation is
+    /// then retried, and the hook called again while it returns true ("memory may have been
+    /// freed: retry"), at most [`MAX_RECLAIM_RETRIES`] times. `Kmem` registers
+    /// `KmemShared::reclaim` (every cache's empty partial slabs back to the buddy lists).
+    pub(crate) fn set_reclaim_hook(&self, hook: fn(*const ()) -> bool, arg: *const ()) {
         self.hook_arg.store(arg as *mut (), Ordering::Relaxed);
         self.hook.store(hook as *mut (), Ordering::Release);
     }
@@ -385,7 +389,7 @@ impl PageAllocator {
         }
         let mut wait = BoundedWait::new();
         let mut limit_hits = 0u32;
-        let mut reclaimed = false;
+        let mut reclaims = 0u32;
         loop {
             match self.take_free(order, pages) {
                 Ok((page, released)) => {
@@ -416,15 +420,27 @@ impl PageAllocator {
                         continue;
                     }
                     let hook = self.hook.load(Ordering::Acquire);
-                    if flags.contains(GfpFlags::NORETRY) || reclaimed || hook.is_null() {
+                    if flags.contains(GfpFlags::NORETRY)
+                        || reclaims >= MAX_RECLAIM_RETRIES
+                        || hook.is_null()
+                    {
                         return self.fail(false);
                     }
-                    reclaimed = true;
+                    reclaims += 1;
                     self.reclaim_calls.fetch_add(1, Ordering::Relaxed);
                     // No page lock is held here (take_free and grow released it).
-                    // SAFETY: `hook` was stored from a `fn(*const ())` in set_reclaim_hook.
-                    let f: fn(*const ()) = unsafe { core::mem::transmute(hook) };
-                    f(self.hook_arg.load(Ordering::Relaxed));
+                    // SAFETY: `hook` was stored from a `fn(*const ()) -> bool` in set_reclaim_hook.
+                    let f: fn(*const ()) -> bool = unsafe { core::mem::transmute(hook) };
+                    if !f(self.hook_arg.load(Ordering::Relaxed)) {
+                        // Nothing to reclaim, and no other thread reclaiming: give up after
+                        // one more look at the lists (a concurrent free may have landed).
+                        reclaims = MAX_RECLAIM_RETRIES;
+                    }
+                    // Another thread may take what this reclaim freed before the retry does
+                    // (it allocates too): the retry reclaims again, while reclaim makes
+                    // progress, at most `MAX_RECLAIM_RETRIES` times (the kernel's
+                    // `should_reclaim_retry`).
+                    limit_hits = 1;
                 }
             }
         }

@@ -107,8 +107,10 @@
 //! When the limit refuses a new chunk, memory may still be on its way: a chunk another thread is
 //! mapping (the budget counts mappings under way, `growing`), or blocks in transit. The
 //! allocation waits for those (bounded as above), then re-checks the free lists once, then,
-//! unless `NORETRY`, calls the reclaim hook once (the `Kmem` instance registers one that
-//! discards every cache's empty partial slabs) and retries; only then does it fail.
+//! unless `NORETRY`, calls the reclaim hook (the `Kmem` instance registers one that discards
+//! every cache's empty partial slabs) and retries, again while the hook reports progress (at
+//! most `MAX_RECLAIM_RETRIES` times: a concurrent allocation may take what a reclaim freed);
+//! only then does it fail.
 //!
 //! # Locking
 //!
@@ -180,7 +182,8 @@ pub(crate) struct GfpFlags(u32);
 
 #[allow(dead_code)] // NONE is for callers in the slab layer
 impl GfpFlags {
-    /// No flags: grow up to the limit, reclaim once when the limit is reached.
+    /// No flags: grow up to the limit, reclaim when the limit is reached (again while reclaim
+    /// makes progress).
     pub(crate) const NONE: GfpFlags = GfpFlags(0);
     /// Fail fast: use free blocks only or grow within the limit; never reclaim.
     pub(crate) const NORETRY: GfpFlags = GfpFlags(1);

@@ -546,13 +546,17 @@ fn reclaim_hook_runs_once_without_noretry() {
         held: core::cell::Cell<Option<NonNull<Page>>>,
         calls: core::cell::Cell<u32>,
     }
-    fn hook(arg: *const ()) {
+    fn hook(arg: *const ()) -> bool {
         // SAFETY: the test passes a live Ctx and runs the hook on its own thread.
         let ctx = unsafe { &*(arg as *const Ctx) };
         ctx.calls.set(ctx.calls.get() + 1);
-        if let Some(p) = ctx.held.take() {
-            // SAFETY: the held block was allocated with MAX_ORDER.
-            unsafe { (*ctx.pa).free_pages(p, MAX_ORDER) };
+        match ctx.held.take() {
+            Some(p) => {
+                // SAFETY: the held block was allocated with MAX_ORDER.
+                unsafe { (*ctx.pa).free_pages(p, MAX_ORDER) };
+                true
+            }
+            None => false,
         }
     }
     let f = Fixture::one(CHUNK_SIZE);
@@ -574,6 +578,73 @@ fn reclaim_hook_runs_once_without_noretry() {
     // SAFETY: allocated above.
     unsafe { f.pa().free_pages(p, 0) };
     assert_all_free(&f);
+}
+
+/// Reclaim is retried while it reports progress (another thread may take what it freed before
+/// the caller's retry does), at most `MAX_RECLAIM_RETRIES` times, and not after a call that
+/// found nothing.
+#[test]
+fn reclaim_retries_while_the_hook_makes_progress() {
+    use crate::page::buddy::MAX_RECLAIM_RETRIES;
+    struct Ctx {
+        pa: *const PageAllocator,
+        held: core::cell::Cell<Option<NonNull<Page>>>,
+        calls: core::cell::Cell<u32>,
+        /// The call that frees the held block (the earlier ones report progress that a
+        /// "thief" took); 0: report progress every time, free nothing.
+        frees_on: u32,
+        /// What a call that frees nothing returns.
+        progress: bool,
+    }
+    fn hook(arg: *const ()) -> bool {
+        // SAFETY: the test passes a live Ctx and runs the hook on its own thread.
+        let ctx = unsafe { &*(arg as *const Ctx) };
+        ctx.calls.set(ctx.calls.get() + 1);
+        if ctx.calls.get() == ctx.frees_on {
+            let p = ctx.held.take().expect("held");
+            // SAFETY: the held block was allocated with MAX_ORDER.
+            unsafe { (*ctx.pa).free_pages(p, MAX_ORDER) };
+            return true;
+        }
+        ctx.progress
+    }
+    for (frees_on, progress, succeeds, calls) in [
+        (4, true, true, 4),
+        (0, true, false, MAX_RECLAIM_RETRIES),
+        (4, false, false, 1),
+    ] {
+        let f = Fixture::one(CHUNK_SIZE);
+        let ctx = Ctx {
+            pa: f.pa(),
+            held: core::cell::Cell::new(f.pa().alloc_pages(MAX_ORDER, NORETRY)),
+            calls: core::cell::Cell::new(0),
+            frees_on,
+            progress,
+        };
+        f.pa()
+            .set_reclaim_hook(hook, &ctx as *const Ctx as *const ());
+        let p = f.pa().alloc_pages(0, GfpFlags::NONE);
+        assert_eq!(
+            p.is_some(),
+            succeeds,
+            "frees on call {frees_on}, progress {progress}"
+        );
+        assert_eq!(
+            ctx.calls.get(),
+            calls,
+            "frees on call {frees_on}, progress {progress}"
+        );
+        assert_eq!(f.stats().reclaim_calls, u64::from(calls));
+        if let Some(p) = p {
+            // SAFETY: allocated above.
+            unsafe { f.pa().free_pages(p, 0) };
+        }
+        if let Some(h) = ctx.held.take() {
+            // SAFETY: allocated above with MAX_ORDER.
+            unsafe { f.pa().free_pages(h, MAX_ORDER) };
+        }
+        assert_all_free(&f);
+    }
 }
 
 #[test]
