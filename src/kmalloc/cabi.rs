@@ -405,8 +405,9 @@ fn usable_found(found: Found) -> Option<usize> {
 pub struct NotKmem;
 
 /// `realloc(ptr, size)` for non-null `ptr` and `size > 0`, without `errno`: `Ok(ptr)` when the
-/// allocation already fits (the same class, block order or mapping length) or a page block
-/// changes order in place; otherwise a new allocation with the old contents (up to the smaller
+/// allocation already fits (an object at least `size` and less than `2 * size` bytes, the
+/// same block order or mapping length) or a page block changes its page count in place;
+/// otherwise a new allocation with the old contents (up to the smaller
 /// size) and `ptr` freed. `Ok(null)` with `ptr` untouched when memory is exhausted;
 /// `Err(NotKmem)` with nothing done when `ptr` is not kmem's memory.
 ///
@@ -437,13 +438,16 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> Result<*mut u8, NotKmem> {
     };
     let old_usable = match (&found, kind_of(new, KmallocClasses::Spaced)) {
         (Found::Foreign, _) => return Err(NotKmem),
-        (Found::Object(cache, _), Kind::Class(idx)) => {
-            if ptr::eq(KMALLOC_CACHES[idx].load(Ordering::Relaxed), *cache) {
+        (Found::Object(cache, _), _) => {
+            let usable = cache.geo.object_size;
+            // It still fits, and keeping it wastes at most half of it: no move (tcmalloc's and
+            // mimalloc's rule). A buffer that shrinks a little at a time (redis's listpacks on
+            // LPOP) is then copied once per halving, not once per class it crosses.
+            if size <= usable && size >= usable / 2 {
                 return Ok(ptr);
             }
-            cache.geo.object_size
+            usable
         }
-        (Found::Object(cache, _), _) => cache.geo.object_size,
         (&Found::Block(page, n1), Kind::Pages(n2)) => {
             if n1 == n2 {
                 return Ok(ptr);
@@ -584,6 +588,34 @@ mod tests {
         }
         // SAFETY: ours.
         assert!(unsafe { free(p) });
+    }
+
+    #[test]
+    fn objects_shrink_in_place_down_to_half_their_size() {
+        let p = malloc(1000); // kmalloc-1k
+        assert_eq!(usable_size(p), Some(1024));
+        // SAFETY: 1000 bytes are ours.
+        unsafe { p.add(510).write(7) };
+        for s in [1024, 900, 600, 512] {
+            // SAFETY: ours, and not used after the call.
+            let q = unsafe { realloc(p, s) }.unwrap();
+            assert_eq!(q, p, "realloc to {s} of a 1024-byte object stays in place");
+            assert_eq!(usable_size(q), Some(1024));
+        }
+        // Below half: it moves to the class that fits, with its contents.
+        // SAFETY: ours, and not used after the call.
+        let q = unsafe { realloc(p, 511) }.unwrap();
+        assert_ne!(q, p);
+        assert_eq!(usable_size(q), Some(512));
+        // SAFETY: the first 511 bytes moved.
+        assert_eq!(unsafe { q.add(510).read() }, 7);
+        // Growing past the object moves too.
+        // SAFETY: ours, and not used after the call.
+        let r = unsafe { realloc(q, 513) }.unwrap();
+        assert_ne!(r, q);
+        assert_eq!(usable_size(r), Some(640));
+        // SAFETY: ours.
+        assert!(unsafe { free(r) });
     }
 
     #[test]
