@@ -144,18 +144,6 @@ impl ExactDiv {
         }
     }
 
-    /// The divider for `d`, whose [`ExactDiv::is_index`] accepts only the indexes `0..=last`
-    /// (`last <= u64::MAX / d`): `index(n) <= last` exactly when `n` is one of the multiples
-    /// `0, d, …, last * d`, since every other `n` maps above `u64::MAX / d` (see the type's
-    /// docs). One comparison then says both "an object start" and "inside the slab".
-    pub(crate) const fn with_last_index(d: usize, last: u64) -> Self {
-        let mut x = Self::new(d);
-        if last < x.limit {
-            x.limit = last;
-        }
-        x
-    }
-
     /// `n / d` if `d` divides `n`, else some value above `u64::MAX / d`; see
     /// [`ExactDiv::is_index`].
     #[inline(always)]
@@ -167,6 +155,51 @@ impl ExactDiv {
     #[inline(always)]
     pub(crate) const fn is_index(self, index: u64) -> bool {
         index <= self.limit
+    }
+}
+
+/// "Is `off` the start of one of a slab's objects `0..=last`?" as one multiplication and one
+/// comparison, for offsets inside a slab (below 4 MiB): the inline free check of kmalloc's
+/// views (`view.rs`), where [`ExactDiv`]'s rotation by a per-cache amount cost a variable
+/// shift and the register it needs.
+///
+/// With `c = floor(2^64 / d) + 1`, `d * c = 2^64 + e` where `e = d - (2^64 mod d)` is in
+/// `1..=d`. Modulo 2^64, the multiple `n = k * d` maps to `n * c = k * e`, which grows with
+/// `k`; any other `n = k * d + r` (`0 < r < d`) maps to `k * e + r * c`, at least
+/// `c > 2^41` (for `d <= 2^23`), with no wrap-around while `n < 2^23` and `d < 2^20`.
+/// So `n * c <= last * e` holds exactly for the multiples `0, d, …, last * d` (Lemire, Kaser
+/// and Kurz 2019 use the same `c` for their divisibility test; the ordering of the multiples
+/// is what lets one comparison also bound the index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StartCheck {
+    mul: u64,
+    limit: u64,
+}
+
+impl StartCheck {
+    /// The largest object size the check is exact for.
+    pub(crate) const MAX_SIZE: usize = 1 << 19;
+    /// The largest offset the check is exact for (a slab is at most 4 MiB).
+    pub(crate) const MAX_OFFSET: usize = (1 << 23) - 1;
+
+    /// The check for objects of `d` bytes (`1..=MAX_SIZE`) with indexes `0..=last`.
+    pub(crate) const fn new(d: usize, last: u64) -> Self {
+        assert!(d >= 1 && d <= Self::MAX_SIZE);
+        let d = d as u64;
+        // `floor(2^64 / d) + 1` modulo 2^64 (it is 2^64 + 1 only for `d = 1`, where 1 works).
+        let mul = ((1u128 << 64) / d as u128 + 1) as u64;
+        // `d * mul` wraps to `e`; `last * e <= last * d` (a slab's bytes) cannot overflow.
+        let e = d.wrapping_mul(mul);
+        StartCheck {
+            mul,
+            limit: last * e,
+        }
+    }
+
+    /// Whether `off <= MAX_OFFSET` is `k * d` for some `k <= last`.
+    #[inline(always)]
+    pub(crate) const fn is_start(self, off: usize) -> bool {
+        (off as u64).wrapping_mul(self.mul) <= self.limit
     }
 }
 
@@ -269,6 +302,53 @@ mod tests {
                 check(x);
             }
             check(usize::MAX);
+        }
+    }
+
+    #[test]
+    // Every offset of a 4 MiB slab for hundreds of sizes: seconds natively, far too slow
+    // under Miri (pure arithmetic).
+    #[cfg_attr(miri, ignore)]
+    fn start_check_accepts_exactly_the_object_starts() {
+        let max = crate::page::PAGE_SIZE << crate::page::MAX_ORDER;
+        assert_eq!(max - 1, StartCheck::MAX_OFFSET >> 1);
+        let mut sizes: Vec<usize> = (8..=8192).step_by(8).collect();
+        sizes.extend([
+            1,
+            3,
+            7,
+            25,
+            4104,
+            12_288,
+            65_536,
+            100_000,
+            StartCheck::MAX_SIZE,
+        ]);
+        for d in sizes {
+            // A full slab of the largest size, one object short, and a single object.
+            for last in [
+                (max / d) as u64 - 1,
+                ((max / d) as u64).saturating_sub(2),
+                0,
+            ] {
+                let c = StartCheck::new(d, last);
+                let check = |x: usize| {
+                    let want = x % d == 0 && (x / d) as u64 <= last;
+                    assert_eq!(c.is_start(x), want, "{x} with size {d}, last {last}: {c:?}");
+                };
+                let mut n = 0;
+                while n <= StartCheck::MAX_OFFSET {
+                    for x in [n.saturating_sub(1), n, n + 1, n + d / 2, n + d - 1] {
+                        if x <= StartCheck::MAX_OFFSET {
+                            check(x);
+                        }
+                    }
+                    n += d;
+                }
+                for x in (0..=StartCheck::MAX_OFFSET).step_by(4099) {
+                    check(x);
+                }
+            }
         }
     }
 

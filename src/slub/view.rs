@@ -10,22 +10,23 @@
 //! ```text
 //!   PcsView (64 bytes, one line)
 //!   +0   slots       the sheaf slots' shape (base, nr, mask, full): what array_pop/push read
-//!   +32  slab_div    exact division by the object size, whose      ┐
-//!                    limit is the last object of a slab            │ the free check
-//!   +56  slab_mask   the bytes of a slab of the cache's order, - 1  │ (`tag`, then
-//!   +60  tag         the slab tag of such a slab (`page::slab_tag`) ┘  `starts_object`)
-//!   +62  mode        the cache's pcs_mode, mirrored
+//!   +32  start       "object k <= last starts here" for offsets in  ┐
+//!                    a slab: a multiplier and a limit               │ the free check
+//!   +48  slab_mask   the bytes of a slab of the cache's order, - 1  │ (`tag`, then
+//!   +52  tag         the slab tag of such a slab (`page::slab_tag`) ┘  `starts_object`)
+//!   +54  mode        the cache's pcs_mode, mirrored
 //! ```
 //!
 //! The free check is narrower than the cache's own ([`CacheInner::starts_object`]): it knows
 //! one slab order, the cache's (`geo.oo`), and compares the whole tag, class and order, with
 //! the one such a slab carries; a slab of a fallback order (`geo.min`, when the page allocator
 //! had no block of the first) fails it and is checked out of line. For that order the slab's
-//! mask and the index of its last object are constants, so the check is an AND, a multiply, a
-//! rotate and one comparison (`ExactDiv::with_last_index`: "a multiple of the size" and
-//! "inside the slab" at once); computing the mask from the tag's order and testing the end
-//! separately cost about 1 ns per allocation and free pair in kmem-bench's `fastpath`
-//! (docs/performance.md, "The kmalloc free check for one slab order").
+//! mask and the index of its last object are constants, so the check is an AND, a multiply
+//! and one comparison (`slab::StartCheck`: "a multiple of the size" and "inside the slab" at
+//! once); computing the mask from the tag's order and testing the end separately cost about
+//! 1 ns per allocation and free pair in kmem-bench's `fastpath` (docs/performance.md, "The
+//! kmalloc free check for one slab order"), and the rotation `ExactDiv` needs another 2–8%
+//! ("The free check without a rotation").
 //!
 //! Everything but `mode` is constant once the cache exists. `mode` may lag the cache's own
 //! byte for a moment while [`CacheInner::set_sheaves`] switches it, exactly as a relaxed read
@@ -33,7 +34,7 @@
 //! which the switch then flushes; the out-of-line paths read the cache's own byte.
 
 use super::cpu_slab::KmemCacheCpu;
-use super::slab::ExactDiv;
+use super::slab::StartCheck;
 use super::{CacheInner, PCS_FAST_ALLOC, PCS_FAST_FREE};
 use crate::cpu::percpu::{self, ArraySlots, Seq};
 use crate::page::PAGE_SIZE;
@@ -44,7 +45,7 @@ use crate::sync::global::{AtomicU8, Ordering};
 #[repr(C, align(64))]
 pub(crate) struct PcsView {
     slots: ArraySlots<{ KmemCacheCpu::STRIDE }>,
-    slab_div: ExactDiv,
+    start: StartCheck,
     slab_mask: u32,
     tag: u16,
     mode: AtomicU8,
@@ -62,8 +63,10 @@ impl PcsView {
         let order = c.geo.oo.order;
         let slab_bytes = PAGE_SIZE << order;
         let class = c.slab_tag.load(crate::sync::Ordering::Acquire);
-        // A coloured cache's objects do not start at multiples of the size (`check_size`).
-        let tag = if class == 0 || c.check_size == u32::MAX {
+        // A coloured cache's objects do not start at multiples of the size (`check_size`);
+        // the one-multiplication check covers kmalloc's sizes, not every size.
+        let exact = c.geo.size <= StartCheck::MAX_SIZE && slab_bytes - 1 <= StartCheck::MAX_OFFSET;
+        let tag = if class == 0 || c.check_size == u32::MAX || !exact {
             Self::NO_TAG
         } else {
             u16::from(class) | (order as u16) << 8
@@ -71,7 +74,11 @@ impl PcsView {
         let last = u64::from(c.geo.oo.objects).saturating_sub(1);
         PcsView {
             slots: c.sheaf_slots,
-            slab_div: ExactDiv::with_last_index(c.geo.size, last),
+            start: if exact {
+                StartCheck::new(c.geo.size, last)
+            } else {
+                StartCheck::new(1, 0)
+            },
             // Slabs are at most 4 MiB (`MAX_ORDER`).
             slab_mask: (slab_bytes - 1) as u32,
             tag,
@@ -111,7 +118,7 @@ impl PcsView {
     }
 
     /// Whether `obj`, in a page whose tag is [`Self::tag`], starts an object of its slab: an
-    /// AND, a multiply, a rotate, one comparison, and no branch on the size (`kfree` and the
+    /// AND, a multiply, one comparison, and no branch on the size (`kfree` and the
     /// C ABI's `free` free every class in turn: a branch on "power of two or not"
     /// mispredicted whenever a program freed mixed sizes, 2.5 ns per operation of
     /// kmem-bench's churn, measured). Exactly [`CacheInner::starts_object`] for a slab of the
@@ -120,7 +127,7 @@ impl PcsView {
     pub(crate) fn starts_object(&self, obj: *mut u8) -> bool {
         // The offset in the slab: slabs are aligned to their size (buddy blocks).
         let off = (obj as usize as u32 & self.slab_mask) as usize;
-        self.slab_div.is_index(self.slab_div.index(off))
+        self.start.is_start(off)
     }
 
     /// Sets the mirrored mode ([`CacheInner::set_sheaves`]).
