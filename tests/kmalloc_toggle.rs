@@ -1,7 +1,7 @@
 //! The global allocator's sheaves switched off and on (`kmem::kmalloc_set_sheaves`) while
-//! threads allocate and free through it. The inline paths read each class's mode from its view
-//! (`slub/view.rs`), a copy that `set_sheaves` updates right after the cache's own byte, so for
-//! a moment a fast path may still push onto or pop from a sheaf the switch is flushing. Nothing
+//! threads allocate and free through it. The inline paths find each class's view through a
+//! table pointer that the switch withdraws before it flushes (`kmalloc/mod.rs`), so for a
+//! moment a fast path that loaded it may still push onto or pop from a sheaf being flushed. Nothing
 //! may be lost, handed out twice or corrupted: every live object carries a stamp that is checked
 //! before it is freed and at the end. In its own binary (the switch is process-wide); the suite
 //! runs it in both commit modes.

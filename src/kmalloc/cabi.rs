@@ -235,7 +235,7 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
     // `find`) pushed onto its cache's sheaf in one sequence. Anything else, or a push that
     // does not commit, is the whole path out of line, which checks again and reports.
     if let Some((idx, view)) = kmalloc_object_fast(ptr) {
-        if view.fast_free_on() && view.push(ptr as usize) {
+        if kmalloc_push_on() && view.push(ptr as usize) {
             return true;
         }
         // SAFETY: forwarded contract; `ptr` passed the tag check for class `idx`.
@@ -271,7 +271,7 @@ pub unsafe fn free(ptr: *mut u8) -> bool {
 pub unsafe fn free_fast(ptr: *mut u8) -> bool {
     let _g = super::reentry::enter();
     match kmalloc_object_fast(ptr) {
-        Some((_, view)) => view.fast_free_on() && view.push(ptr as usize),
+        Some((_, view)) => kmalloc_push_on() && view.push(ptr as usize),
         None => false,
     }
 }

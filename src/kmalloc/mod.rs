@@ -575,20 +575,79 @@ fn kind_of(layout: Layout, classes: KmallocClasses) -> Kind {
 /// The kmalloc caches of the global instance, created together on first use.
 static KMALLOC_CACHES: [AtomicPtr<CacheInner>; NR_KMALLOC] =
     [const { AtomicPtr::new(ptr::null_mut()) }; NR_KMALLOC];
-/// The fast paths' table: one [`PcsView`] per class, in one OS mapping, published (Release)
-/// once every cache exists; null before. `kmalloc` and `kfree` index it directly, so their
-/// inline paths read one line per class and no cache pointer first (`slub/view.rs`).
+/// The views' table: one [`PcsView`] per class, in one OS mapping, published (Release) once
+/// every cache exists; null before. `kmalloc` and `kfree` index it directly, so their inline
+/// paths read one line per class and no cache pointer first (`slub/view.rs`). Views are
+/// constant; three pointers to the same table say what may use it:
+///
+/// - [`KMALLOC_VIEWS`]: the C ABI's classification of a pointer (`cabi::free`: the tag and
+///   the object start), in every mode;
+/// - [`KMALLOC_POP_VIEWS`]: the inline pops (`kmalloc`), published while the caches use
+///   their sheaves in the rseq mode;
+/// - [`KMALLOC_PUSH_VIEWS`]: the inline pushes (`kfree`, `cabi::free`), published with
+///   [`KMALLOC_POP_VIEWS`] when the instance has one node (a free of another node's object
+///   takes the out-of-line path, which routes it).
+///
+/// So the inline paths test one pointer for null and no mode byte (a byte test per
+/// allocation and per free cost about 5% of kmem-bench's `fastpath`, measured), and the
+/// locked mode's inline path is that one test and a call.
 static KMALLOC_VIEWS: AtomicPtr<PcsView> = AtomicPtr::new(ptr::null_mut());
+/// See [`KMALLOC_VIEWS`].
+static KMALLOC_POP_VIEWS: AtomicPtr<PcsView> = AtomicPtr::new(ptr::null_mut());
+/// See [`KMALLOC_VIEWS`].
+static KMALLOC_PUSH_VIEWS: AtomicPtr<PcsView> = AtomicPtr::new(ptr::null_mut());
 
-/// The view of class `idx < NR_KMALLOC`, if the caches exist.
+/// View `idx < NR_KMALLOC` of the table `t` points to, if published.
 #[inline(always)]
-pub(super) fn kmalloc_view(idx: usize) -> Option<&'static PcsView> {
-    let t = KMALLOC_VIEWS.load(Ordering::Acquire);
+fn view_in(t: &AtomicPtr<PcsView>, idx: usize) -> Option<&'static PcsView> {
+    let t = t.load(Ordering::Acquire);
     if t.is_null() {
         return None;
     }
-    // SAFETY: a published table holds NR_KMALLOC views, written before its publication (the Acquire load pairs with it), never unmapped; `idx < NR_KMALLOC` (caller).
+    // SAFETY: a published table holds NR_KMALLOC views, written before its first publication (the Acquire load pairs with it), never unmapped; `idx < NR_KMALLOC` (caller).
     Some(unsafe { &*t.add(idx) })
+}
+
+/// The view of class `idx < NR_KMALLOC`, if the caches exist: for classifying a pointer.
+#[inline(always)]
+pub(super) fn kmalloc_view(idx: usize) -> Option<&'static PcsView> {
+    view_in(&KMALLOC_VIEWS, idx)
+}
+
+/// The view of class `idx < NR_KMALLOC` if allocations may pop its sheaf inline now.
+#[inline(always)]
+pub(super) fn kmalloc_pop_view(idx: usize) -> Option<&'static PcsView> {
+    view_in(&KMALLOC_POP_VIEWS, idx)
+}
+
+/// The view of class `idx < NR_KMALLOC` if frees may push onto its sheaf inline now.
+#[inline(always)]
+pub(super) fn kmalloc_push_view(idx: usize) -> Option<&'static PcsView> {
+    view_in(&KMALLOC_PUSH_VIEWS, idx)
+}
+
+/// Whether frees may push inline now (the C ABI's `free`, which classified the pointer with
+/// [`kmalloc_view`]).
+#[inline(always)]
+pub(super) fn kmalloc_push_on() -> bool {
+    !KMALLOC_PUSH_VIEWS.load(Ordering::Relaxed).is_null()
+}
+
+/// Publishes or withdraws the inline paths' views ([`KMALLOC_VIEWS`]) for the sheaves being
+/// `on` now; the instance's commit mode and node count decide the rest (a class that cannot
+/// use them, a slub_debug one, has a view that sends every operation out of line).
+fn publish_inline_views(on: bool) {
+    let t = KMALLOC_VIEWS.load(Ordering::Acquire);
+    let mode = match kmalloc_cache(0) {
+        Some(c) if !t.is_null() => {
+            let s = c.kmem();
+            crate::slub::pcs_mode(on, s.rseq, s.nr_nodes)
+        }
+        _ => 0,
+    };
+    let pick = |bit: u8| if mode & bit != 0 { t } else { ptr::null_mut() };
+    KMALLOC_POP_VIEWS.store(pick(crate::slub::PCS_FAST_ALLOC), Ordering::Release);
+    KMALLOC_PUSH_VIEWS.store(pick(crate::slub::PCS_FAST_FREE), Ordering::Release);
 }
 
 /// Gate for creating the caches exactly once, without allocating.
@@ -653,11 +712,12 @@ fn create_kmalloc_caches() -> Option<()> {
                 .slab_tag
                 .store(i as u8 + 1, crate::sync::Ordering::Release);
         }
-        // SAFETY: entry `i` of the fresh table (NR_KMALLOC views, page-aligned: each view's 64-byte alignment holds), never unmapped; the cache is not published yet, so no `set_sheaves` runs on it.
-        unsafe { cache.inner().attach_view(views.add(i)) };
+        // SAFETY: entry `i` of the fresh table (NR_KMALLOC views, page-aligned: each view's 64-byte alignment holds), never unmapped, and not published yet.
+        unsafe { views.add(i).write(PcsView::of(cache.inner())) };
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }
     KMALLOC_VIEWS.store(views, Ordering::Release);
+    publish_inline_views(sheaves);
     Some(())
 }
 
@@ -721,6 +781,11 @@ pub fn kmalloc_set_sheaves(on: bool) -> bool {
     if kmalloc_cache(0).is_none() {
         return false;
     }
+    if !on {
+        // The inline paths first: from here on (give or take one operation that loaded a
+        // table pointer just before) nothing pops or pushes a sheaf the switch flushes.
+        publish_inline_views(false);
+    }
     let mut now = on;
     for slot in &KMALLOC_CACHES {
         let p = slot.load(Ordering::Acquire);
@@ -728,6 +793,9 @@ pub fn kmalloc_set_sheaves(on: bool) -> bool {
             // SAFETY: a published kmalloc cache is never destroyed.
             now &= unsafe { &*p }.set_sheaves(on);
         }
+    }
+    if on {
+        publish_inline_views(now);
     }
     now
 }

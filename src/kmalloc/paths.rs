@@ -10,21 +10,19 @@ use core::ptr::NonNull;
 pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
     match classes.index_fast(layout.size(), layout.align()) {
         Some(idx) => {
-            // The class's view (`slub/view.rs`): one line, no cache pointer to chase first.
-            let Some(v) = kmalloc_view(idx) else {
-                // First use: the caches are created out of line.
+            // The class's view (`slub/view.rs`): one line, no cache pointer to chase first;
+            // published while the caches pop their sheaves inline (the rseq mode).
+            let Some(v) = kmalloc_pop_view(idx) else {
+                // The first use (the caches are created out of line), the locked mode and
+                // the cpu-slab design: their paths, one call away.
                 return kmalloc_class(idx);
             };
-            if v.fast_alloc_on() {
-                // The rseq mode's fast path, inline: one pop from the class cache's sheaf.
-                // Every other case is the out-of-line call below, so a pop that commits needs
-                // no stack frame.
-                if let Some(obj) = v.pop() {
-                    return obj;
-                }
-                return kmalloc_class(idx);
+            // The rseq mode's fast path, inline: one pop from the class cache's sheaf. Every
+            // other case is the out-of-line call below, so a pop that commits needs no stack
+            // frame.
+            if let Some(obj) = v.pop() {
+                return obj;
             }
-            // The locked mode and the cpu-slab design: their fast paths, one call away.
             kmalloc_class(idx)
         }
         None => kmalloc_other(layout, classes),
@@ -36,11 +34,9 @@ pub(super) fn kmalloc(layout: Layout, classes: KmallocClasses) -> *mut u8 {
 #[inline(always)]
 pub(super) fn kmalloc_fast(layout: Layout, classes: KmallocClasses) -> *mut u8 {
     if let Some(idx) = classes.index_fast(layout.size(), layout.align()) {
-        if let Some(v) = kmalloc_view(idx) {
-            if v.fast_alloc_on() {
-                if let Some(obj) = v.pop() {
-                    return obj;
-                }
+        if let Some(v) = kmalloc_pop_view(idx) {
+            if let Some(obj) = v.pop() {
+                return obj;
             }
         }
     }
@@ -190,17 +186,13 @@ pub(super) fn page_block(
 pub(super) unsafe fn kfree(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
     match classes.index_fast(layout.size(), layout.align()) {
         Some(idx) => {
-            let Some(v) = kmalloc_view(idx) else {
-                // No kmalloc cache exists yet: `freed_class_cache` reports it.
+            let Some(v) = kmalloc_push_view(idx) else {
+                // No kmalloc cache yet (`freed_class_cache` reports it), the locked mode, the
+                // cpu-slab design, several nodes: the descriptor check and the whole free, one
+                // call away.
                 // SAFETY: forwarded contract; `idx` is the class of `layout` (index_fast).
                 return unsafe { kfree_class(ptr, layout, idx) };
             };
-            if !v.fast_free_on() {
-                // The locked mode, the cpu-slab design, several nodes: the descriptor check
-                // and the whole free, one call away.
-                // SAFETY: forwarded contract; `idx` is the class of `layout` (index_fast).
-                return unsafe { kfree_class(ptr, layout, idx) };
-            }
             // The O(1) check, from the dense tag table (`page::slab_tag`): the page holds a
             // live slab of this class and of its first order, and `ptr` starts one of its
             // objects. Anything else — a slab of a fallback order, an untagged slab (a debug

@@ -423,15 +423,25 @@ fn slab_tags_are_written_at_creation_and_cleared_at_discard() {
     }
 }
 
-/// Each class's view (`slub/view.rs`) is the cache's fast-path fields: the same mode, and the
-/// same object-start answers as the cache's own check.
+/// Each class's view (`slub/view.rs`) is the cache's fast-path fields: the inline paths see
+/// it exactly when the cache's mode says they may, and it gives the same object-start
+/// answers as the cache's own check.
 #[test]
 fn class_views_agree_with_their_caches() {
     with_an_object_of_every_class(|idx, size, p, c, order| {
         let v = kmalloc_view(idx).expect("the views are published with the caches");
         let mode = c.pcs_mode.load(crate::sync::Ordering::Relaxed);
-        assert_eq!(v.fast_alloc_on(), mode & crate::slub::PCS_FAST_ALLOC != 0);
-        assert_eq!(v.fast_free_on(), mode & crate::slub::PCS_FAST_FREE != 0);
+        let s = c.kmem();
+        let could = crate::slub::pcs_mode(c.use_sheaves(), s.rseq, s.nr_nodes);
+        assert_eq!(mode, if c.debug { 0 } else { could }, "kmalloc-{size}");
+        assert_eq!(
+            kmalloc_pop_view(idx).is_some(),
+            could & crate::slub::PCS_FAST_ALLOC != 0
+        );
+        assert_eq!(
+            kmalloc_push_view(idx).is_some(),
+            could & crate::slub::PCS_FAST_FREE != 0
+        );
         // The object was allocated from a slab of the class's first order (no fallback here).
         assert_eq!(order, c.geo.oo.order, "kmalloc-{size}");
         if c.debug {
@@ -450,37 +460,33 @@ fn class_views_agree_with_their_caches() {
     });
 }
 
-/// `set_sheaves` keeps an attached view's mode current.
+/// A class whose cache cannot pop inline (no sheaves, a slub_debug cache) has a view with no
+/// slot: its pop and push fail at once and change nothing. (`kmalloc_set_sheaves` publishes
+/// and withdraws the views: `tests/kmalloc_modes.rs`.)
 #[test]
-fn set_sheaves_keeps_an_attached_view_current() {
-    // Declared before the instance and the cache, so dropped after them: the view outlives
-    // the cache that points at it.
-    let mut slot = Box::new(core::mem::MaybeUninit::<PcsView>::uninit());
-    let view = slot.as_mut_ptr();
+fn a_view_without_sheaves_sends_every_operation_out_of_line() {
     let k = crate::Kmem::builder().cpus(1).nodes(1).build().unwrap();
-    let cfg = crate::CacheConfig::new().sheaf_capacity(16);
-    let c = k.create_cache("view-mode", 64, cfg).unwrap();
-    let inner = c.inner();
-    // SAFETY: a fresh writable view that outlives the cache; nothing else attached one or runs set_sheaves.
-    unsafe { inner.attach_view(view) };
-    // SAFETY: written by attach_view, alive until the end of the test.
-    let v = unsafe { &*view };
-    for on in [false, true, false, true] {
-        inner.set_sheaves(on);
-        let mode = inner.pcs_mode.load(crate::sync::Ordering::Relaxed);
-        assert_eq!(v.fast_alloc_on(), mode & crate::slub::PCS_FAST_ALLOC != 0);
-        assert_eq!(v.fast_free_on(), mode & crate::slub::PCS_FAST_FREE != 0);
-        if !on {
-            assert!(!v.fast_alloc_on() && !v.fast_free_on());
-        }
+    let c = k
+        .create_cache("view-none", 64, crate::CacheConfig::new())
+        .unwrap();
+    let v = PcsView::of(c.inner());
+    assert_eq!(v.tag(), PcsView::NO_TAG);
+    let p = c.alloc().unwrap();
+    // The sequences run only in the rseq mode (in the locked mode no rseq area is known, and
+    // the views are never published).
+    if k.commit_mode() == crate::cpu::CommitMode::Rseq {
+        assert!(v.pop().is_none());
+        assert!(!v.push(p.as_ptr() as usize));
     }
+    // SAFETY: `p` came from `c` and is freed once.
+    unsafe { c.free(p) };
 }
 
 /// A view's free check is its cache's for a slab of the cache's first order, at every offset
 /// of such a slab, for sizes that are powers of two and others and for one- and multi-page
 /// slabs; a cache without a tag, or coloured, gets a tag no slab carries.
 #[test]
-#[cfg_attr(miri, ignore)] // every offset of fourteen slabs: long under Miri; `set_sheaves_keeps_an_attached_view_current` runs the view's memory handling there
+#[cfg_attr(miri, ignore)] // every offset of fourteen slabs: long under Miri
 fn view_check_is_the_cache_check_for_its_order() {
     let k = crate::Kmem::builder().cpus(1).nodes(1).build().unwrap();
     for (i, size) in [
@@ -489,18 +495,13 @@ fn view_check_is_the_cache_check_for_its_order() {
     .into_iter()
     .enumerate()
     {
-        let mut slot = Box::new(core::mem::MaybeUninit::<PcsView>::uninit());
-        let view = slot.as_mut_ptr();
         let cfg = crate::CacheConfig::new().sheaf_capacity(16).min_objects(4);
         let c = k.create_cache("view-check", size, cfg).unwrap();
         let inner = c.inner();
         inner
             .slab_tag
             .store(i as u8 + 1, crate::sync::Ordering::Relaxed);
-        // SAFETY: a fresh writable view that outlives its use below; the cache runs no set_sheaves meanwhile.
-        unsafe { inner.attach_view(view) };
-        // SAFETY: written by attach_view; `slot` lives until the end of the iteration.
-        let v = unsafe { &*view };
+        let v = PcsView::of(inner);
         let order = inner.geo.oo.order;
         assert_eq!(v.tag(), (i as u16 + 1) | (order as u16) << 8, "size {size}");
         let slab = crate::page::PAGE_SIZE << order;
@@ -527,16 +528,11 @@ fn view_check_is_the_cache_check_for_its_order() {
             crate::CacheConfig::new().sheaf_capacity(16).colour(true),
         ),
     ] {
-        let mut slot = Box::new(core::mem::MaybeUninit::<PcsView>::uninit());
-        let view = slot.as_mut_ptr();
         let c = k.create_cache(name, 96, cfg).unwrap();
         if name == "view-coloured" {
             c.inner().slab_tag.store(9, crate::sync::Ordering::Relaxed);
         }
-        // SAFETY: as above.
-        unsafe { c.inner().attach_view(view) };
-        // SAFETY: as above.
-        assert_eq!(unsafe { &*view }.tag(), PcsView::NO_TAG, "{name}");
+        assert_eq!(PcsView::of(c.inner()).tag(), PcsView::NO_TAG, "{name}");
         drop(c);
     }
 }

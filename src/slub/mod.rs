@@ -150,7 +150,7 @@ pub(crate) const PCS_FAST_FREE: u8 = 4;
 
 /// The [`CacheInner::pcs_mode`] of a cache whose sheaves are `on`, in the rseq mode or not,
 /// with `nr_nodes` nodes.
-fn pcs_mode(on: bool, rseq: bool, nr_nodes: usize) -> u8 {
+pub(crate) fn pcs_mode(on: bool, rseq: bool, nr_nodes: usize) -> u8 {
     match (on, rseq, nr_nodes == 1) {
         (false, _, _) => 0,
         (true, false, _) => PCS_ON,
@@ -217,10 +217,6 @@ pub(crate) struct CacheInner {
     pub(crate) nr_nodes: usize,
     pub(crate) kmem: *const KmemShared,
     /// Registry links (under the allocator's registry lock).
-    /// A [`PcsView`] of this cache that a table outside it holds (kmalloc's classes), whose
-    /// mode [`CacheInner::set_sheaves`] keeps current; null for none. Set once
-    /// ([`CacheInner::attach_view`]) before the cache is published.
-    view: crate::sync::global::AtomicPtr<PcsView>,
     pub(crate) reg_prev: Cell<*const CacheInner>,
     pub(crate) reg_next: Cell<*const CacheInner>,
     name_len: usize,
@@ -381,7 +377,6 @@ impl CacheInner {
                     node: nodes,
                     nr_nodes,
                     kmem,
-                    view: crate::sync::global::AtomicPtr::new(ptr::null_mut()),
                     reg_prev: Cell::new(ptr::null()),
                     reg_next: Cell::new(ptr::null()),
                     name_len: name.len(),
@@ -492,35 +487,19 @@ impl CacheInner {
     /// old setting may still put an object into a sheaf, where it stays free and counted
     /// until the next flush. Returns whether the cache now uses sheaves (never, without a
     /// capacity, nor for a slub_debug cache, whose objects are all checked on the node-only
-    /// paths).
+    /// paths). A kmalloc cache is switched only with all the others, by
+    /// [`kmalloc_set_sheaves`](crate::kmalloc_set_sheaves), which also withdraws the inline
+    /// paths' views first (`kmalloc/mod.rs`): the views do not follow one cache's switch.
     pub(crate) fn set_sheaves(&self, on: bool) -> bool {
         if self.pool.capacity == 0 || self.debug {
             return false;
         }
         let mode = pcs_mode(on, self.rseq, self.nr_nodes);
         self.pcs_mode.store(mode, Ordering::Relaxed);
-        let view = self.view.load(crate::sync::global::Ordering::Acquire);
-        if !view.is_null() {
-            // SAFETY: an attached view lives as long as the cache (`attach_view`).
-            unsafe { &*view }.set_mode(mode);
-        }
         if !on {
             self.flush_sheaves();
         }
         on
-    }
-
-    /// Writes a [`PcsView`] of this cache at `view` and attaches it: from now on
-    /// [`Self::set_sheaves`] keeps its mode current.
-    ///
-    /// # Safety
-    /// `view` is valid for writes and lives (unmoved) as long as the cache; no view is attached
-    /// yet; no `set_sheaves` runs concurrently.
-    pub(crate) unsafe fn attach_view(&self, view: *mut PcsView) {
-        // SAFETY: the caller's contract.
-        unsafe { view.write(PcsView::of(self)) };
-        self.view
-            .store(view, crate::sync::global::Ordering::Release);
     }
 
     /// The barns (one per node; none when the cache has no sheaves).

@@ -5,7 +5,9 @@
 //! line (its mode byte, the slot array's shape), then the slot: the pointer load was one more
 //! dependent load on the chain every allocation and free waits for. A view holds the same
 //! constant fields in one cache line of a table the caller indexes directly (no pointer
-//! first), and a copy of the cache's mode byte that [`CacheInner::set_sheaves`] keeps current.
+//! first). A view is constant: whether the inline paths may use the sheaves at all (the rseq
+//! mode, the sheaves switched on, one node for the free) is the caller's table pointer being
+//! published or null (`kmalloc/mod.rs`), so no view carries a mode to test.
 //!
 //! ```text
 //!   PcsView (64 bytes, one line)
@@ -14,8 +16,12 @@
 //!                    a slab: a multiplier and a limit               │ the free check
 //!   +48  slab_mask   the bytes of a slab of the cache's order, - 1  │ (`tag`, then
 //!   +52  tag         the slab tag of such a slab (`page::slab_tag`) ┘  `starts_object`)
-//!   +54  mode        the cache's pcs_mode, mirrored
 //! ```
+//!
+//! A class whose cache cannot pop inline even when the sheaves are on (no sheaf capacity, a
+//! slub_debug cache) has a view whose slot count is 0: every sequence on it reports
+//! `Unavailable`, and the caller takes its out-of-line path; such a cache's slabs carry no
+//! tag, so its view's tag is [`PcsView::NO_TAG`] and no free passes its inline check.
 //!
 //! The free check is narrower than the cache's own ([`CacheInner::starts_object`]): it knows
 //! one slab order, the cache's (`geo.oo`), and compares the whole tag, class and order, with
@@ -28,18 +34,12 @@
 //! kmalloc free check for one slab order"), and the rotation `ExactDiv` needs another 2–8%
 //! ("The free check without a rotation").
 //!
-//! Everything but `mode` is constant once the cache exists. `mode` may lag the cache's own
-//! byte for a moment while [`CacheInner::set_sheaves`] switches it, exactly as a relaxed read
-//! of the cache's byte may: a fast path that still sees the sheaves on pops or pushes a sheaf,
-//! which the switch then flushes; the out-of-line paths read the cache's own byte.
-
 use super::cpu_slab::KmemCacheCpu;
 use super::slab::StartCheck;
-use super::{CacheInner, PCS_FAST_ALLOC, PCS_FAST_FREE};
+use super::CacheInner;
 use crate::cpu::percpu::{self, ArraySlots, Seq};
 use crate::page::PAGE_SIZE;
 use crate::stats::StatItem::*;
-use crate::sync::global::{AtomicU8, Ordering};
 
 /// A sheaf cache's inline fast-path fields, copied (module docs).
 #[repr(C, align(64))]
@@ -48,7 +48,6 @@ pub(crate) struct PcsView {
     start: StartCheck,
     slab_mask: u32,
     tag: u16,
-    mode: AtomicU8,
 }
 
 const _: () = assert!(core::mem::size_of::<PcsView>() == 64);
@@ -58,7 +57,8 @@ impl PcsView {
     /// objects the inline check cannot vouch for (untagged, coloured) always fails.
     pub(crate) const NO_TAG: u16 = u16::MAX;
 
-    /// The view of `c` now (its slab tag set, if it has one).
+    /// The view of `c` (its slab tag set, if it has one): what the inline paths need when the
+    /// sheaves are on.
     pub(crate) fn of(c: &CacheInner) -> Self {
         let order = c.geo.oo.order;
         let slab_bytes = PAGE_SIZE << order;
@@ -72,8 +72,14 @@ impl PcsView {
             u16::from(class) | (order as u16) << 8
         };
         let last = u64::from(c.geo.oo.objects).saturating_sub(1);
+        // A cache without sheaves to pop from: no slot, so every sequence fails at once.
+        let pops = c.pool.capacity != 0 && !c.debug;
         PcsView {
-            slots: c.sheaf_slots,
+            slots: if pops {
+                c.sheaf_slots
+            } else {
+                c.sheaf_slots.without_slots()
+            },
             start: if exact {
                 StartCheck::new(c.geo.size, last)
             } else {
@@ -82,7 +88,6 @@ impl PcsView {
             // Slabs are at most 4 MiB (`MAX_ORDER`).
             slab_mask: (slab_bytes - 1) as u32,
             tag,
-            mode: AtomicU8::new(c.pcs_mode.load(crate::sync::Ordering::Relaxed)),
         }
     }
 
@@ -91,18 +96,6 @@ impl PcsView {
     #[inline(always)]
     pub(crate) fn tag(&self) -> u16 {
         self.tag
-    }
-
-    /// Whether allocations pop the sheaf inline (`PCS_FAST_ALLOC`: sheaves on, rseq mode).
-    #[inline(always)]
-    pub(crate) fn fast_alloc_on(&self) -> bool {
-        self.mode.load(Ordering::Relaxed) & PCS_FAST_ALLOC != 0
-    }
-
-    /// Whether frees push onto the sheaf inline (`PCS_FAST_FREE`: and one node).
-    #[inline(always)]
-    pub(crate) fn fast_free_on(&self) -> bool {
-        self.mode.load(Ordering::Relaxed) & PCS_FAST_FREE != 0
     }
 
     /// As [`CacheInner::pcs_pop_inline`].
@@ -128,11 +121,6 @@ impl PcsView {
         // The offset in the slab: slabs are aligned to their size (buddy blocks).
         let off = (obj as usize as u32 & self.slab_mask) as usize;
         self.start.is_start(off)
-    }
-
-    /// Sets the mirrored mode ([`CacheInner::set_sheaves`]).
-    pub(super) fn set_mode(&self, mode: u8) {
-        self.mode.store(mode, Ordering::Relaxed);
     }
 }
 

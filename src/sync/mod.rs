@@ -75,7 +75,7 @@ pub(crate) use once::OnceSlot;
 /// cannot live in statics, and these tables are only written under a page-allocator lock or
 /// during single-threaded initialisation, or hold idempotent caches.
 pub(crate) mod global {
-    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU8, AtomicUsize, Ordering};
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicUsize, Ordering};
 }
 
 // ---------------------------------------------------------------------------------------------

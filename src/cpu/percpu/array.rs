@@ -269,6 +269,12 @@ impl<const STRIDE: usize> ArraySlots<STRIDE> {
         }
     }
 
+    /// The same shape with no slot: every sequence on it reports `Unavailable` before it
+    /// touches anything (a caller's way to send one of its tables' entries out of line).
+    pub(crate) fn without_slots(self) -> Self {
+        ArraySlots { nr: 0, ..self }
+    }
+
     /// Slot `i` (`i < nr`).
     #[cfg_attr(not(loom), allow(dead_code))]
     #[inline(always)]
