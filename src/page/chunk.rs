@@ -125,6 +125,7 @@ pub(crate) fn virt_to_page_allocated(ptr: *const u8) -> Option<&'static Page> {
 /// expects knows the object's cache without reading the descriptor (which a free of a random
 /// object would miss in the cache). Any other value sends the free to the descriptor check.
 #[inline(always)]
+#[cfg_attr(loom, allow(dead_code))] // kmalloc's inline checks (not built under loom)
 pub(crate) fn slab_tag(ptr: *const u8) -> u16 {
     let Some(meta) = radix::lookup(ptr as usize) else {
         return 0;

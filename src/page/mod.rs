@@ -133,8 +133,11 @@ mod tests;
 pub(crate) use buddy::{BoundedWait, PageAllocator};
 pub(crate) use budget::PageBudget;
 pub(crate) use chunk::{
-    page_address, set_slab_tags, slab_tag, virt_to_page, virt_to_page_allocated, ChunkMeta,
+    page_address, set_slab_tags, virt_to_page, virt_to_page_allocated, ChunkMeta,
 };
+// The inline free checks' tag lookup (kmalloc's, which loom does not build).
+#[cfg(not(loom))]
+pub(crate) use chunk::slab_tag;
 pub use decay::DEFAULT_DECAY_MS;
 pub(crate) use pcp::PcpSlot;
 

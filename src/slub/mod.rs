@@ -93,6 +93,7 @@ mod pcs;
 mod teardown;
 mod view;
 
+#[cfg_attr(loom, allow(unused_imports))] // kmalloc's (not built under loom)
 pub(crate) use view::PcsView;
 
 use crate::config::MAX_CACHE_NAME;

@@ -171,6 +171,7 @@ impl ExactDiv {
 /// and Kurz 2019 use the same `c` for their divisibility test; the ordering of the multiples
 /// is what lets one comparison also bound the index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(loom, allow(dead_code))] // kmalloc's views (not built under loom)
 pub(crate) struct StartCheck {
     mul: u64,
     limit: u64,

@@ -34,6 +34,8 @@
 //! kmalloc free check for one slab order"), and the rotation `ExactDiv` needs another 2–8%
 //! ("The free check without a rotation").
 //!
+#![cfg_attr(loom, allow(dead_code))] // kmalloc's inline paths (not built under loom)
+
 use super::cpu_slab::KmemCacheCpu;
 use super::slab::StartCheck;
 use super::CacheInner;
