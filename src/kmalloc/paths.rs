@@ -265,12 +265,14 @@ unsafe fn kfree_other(ptr: *mut u8, layout: Layout, classes: KmallocClasses) {
 #[inline(never)]
 unsafe fn kfree_slab(ptr: *mut u8, layout: Layout, idx: usize) {
     let c = freed_class_cache(ptr, layout, idx);
-    let Some(slab) = crate::page::virt_to_page_allocated(ptr) else {
-        // SAFETY: forwarded contract.
-        return unsafe { kfree_cache(c, ptr) };
+    // The slab only if the sheaves do not take the object (a tagged page is a page of a live
+    // slab of this class, so the descriptor walk finds it; the full check otherwise).
+    let slab = || match crate::page::virt_to_page_allocated(ptr) {
+        Some(slab) => slab as *const crate::page::Page as *mut crate::page::Page,
+        None => c.owning_slab(ptr),
     };
-    // SAFETY: `ptr` is an object of `slab`, a slab of `c` (the tag check), given back once.
-    unsafe { c.slab_free(slab as *const _ as *mut _, ptr as usize) }
+    // SAFETY: `ptr` is an object of a slab of `c` (the tag check), given back once.
+    unsafe { c.slab_free_after_push(ptr as usize, slab) }
 }
 
 /// `kfree` with the descriptor check (`owning_slab`: aborts naming what is wrong, or gives the

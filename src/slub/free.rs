@@ -39,6 +39,29 @@ impl CacheInner {
         unsafe { self.do_slab_free(slab, obj, obj, 1) }
     }
 
+    /// [`Self::slab_free`] of an object whose slab the caller has not looked up, after an
+    /// inline push onto the sheaf did not commit (kmalloc's `kfree` and the C ABI's `free`,
+    /// which checked the object with the page's tag): the sheaves' slow path first (a swap
+    /// with the spare, a trade at the barn), which needs no slab, and `slab()` only for a
+    /// free to the slab. The descriptor of a random object's page is a likely cache miss:
+    /// the sheaves' slow path is most of these frees.
+    ///
+    /// # Safety
+    /// As [`Self::slab_free`], with `slab()` the slab of `obj`.
+    #[inline(never)]
+    pub(crate) unsafe fn slab_free_after_push(&self, obj: usize, slab: impl FnOnce() -> *mut Page) {
+        if self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_FREE != 0 {
+            // One node: every object is local (`node_is_local`).
+            if self.free_to_pcs(obj) {
+                return;
+            }
+            // SAFETY: forwarded contract (a list of one object of `slab()`).
+            return unsafe { self.do_slab_free(slab(), obj, obj, 1) };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.slab_free(slab(), obj) }
+    }
+
     /// [`Self::slab_free_sheaves`] out of line: the rseq mode's free after its inline push did
     /// not commit.
     ///
