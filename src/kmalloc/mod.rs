@@ -795,7 +795,9 @@ pub fn kmalloc_set_sheaves(on: bool) -> bool {
         }
     }
     if on {
-        publish_inline_views(now);
+        // With `on`, not `now`: a slub_debug class stays off (its `set_sheaves` says false),
+        // and its view, with no slot and no tag, sends its operations out of line anyway.
+        publish_inline_views(on);
     }
     now
 }

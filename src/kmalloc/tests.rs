@@ -462,7 +462,7 @@ fn class_views_agree_with_their_caches() {
 
 /// A class whose cache cannot pop inline (no sheaves, a slub_debug cache) has a view with no
 /// slot: its pop and push fail at once and change nothing. (`kmalloc_set_sheaves` publishes
-/// and withdraws the views: `tests/kmalloc_modes.rs`.)
+/// and withdraws the views: `tests/kmalloc_toggle.rs`.)
 #[test]
 fn a_view_without_sheaves_sends_every_operation_out_of_line() {
     let k = crate::Kmem::builder().cpus(1).nodes(1).build().unwrap();

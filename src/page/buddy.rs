@@ -436,11 +436,13 @@ impl PageAllocator {
                         // one more look at the lists (a concurrent free may have landed).
                         reclaims = MAX_RECLAIM_RETRIES;
                     }
-                    // Another thread may take what this reclaim freed before the retry does
-                    // (it allocates too): the retry reclaims again, while reclaim makes
+                    // What reclaim freed may sit on the per-CPU page lists (slabs of order <= 3
+                    // are freed there): the next limit hit drains them and looks again before
+                    // it reclaims again. Another thread may take the blocks before the retry
+                    // does (it allocates too): the retry reclaims again, while reclaim makes
                     // progress, at most `MAX_RECLAIM_RETRIES` times (the kernel's
                     // `should_reclaim_retry`).
-                    limit_hits = 1;
+                    limit_hits = 0;
                 }
             }
         }

@@ -647,6 +647,56 @@ fn reclaim_retries_while_the_hook_makes_progress() {
     }
 }
 
+/// What reclaim frees may land on the calling CPU's page list (blocks of order <= 3 are freed
+/// there): the retry drains the lists before it looks again, instead of calling the hook
+/// again and failing with the page free beside it.
+#[test]
+fn the_retry_after_reclaim_finds_pages_freed_to_the_cpu_lists() {
+    struct Ctx {
+        pa: *const PageAllocator,
+        held: core::cell::RefCell<Vec<NonNull<Page>>>,
+        calls: core::cell::Cell<u32>,
+    }
+    fn hook(arg: *const ()) -> bool {
+        // SAFETY: the test passes a live Ctx and runs the hook on its own thread.
+        let ctx = unsafe { &*(arg as *const Ctx) };
+        ctx.calls.set(ctx.calls.get() + 1);
+        match ctx.held.borrow_mut().pop() {
+            Some(p) => {
+                // SAFETY: an order-0 page allocated below and not freed yet.
+                unsafe { (*ctx.pa).free_pages(p, 0) };
+                true
+            }
+            None => false,
+        }
+    }
+    let f = Fixture::with_pcp(1, CHUNK_SIZE, None);
+    let ctx = Ctx {
+        pa: f.pa(),
+        held: core::cell::RefCell::new(Vec::new()),
+        calls: core::cell::Cell::new(0),
+    };
+    while let Some(p) = f.pa().alloc_pages(0, NORETRY) {
+        ctx.held.borrow_mut().push(p);
+    }
+    assert_eq!(ctx.held.borrow().len(), PAGES_PER_CHUNK);
+    f.pa()
+        .set_reclaim_hook(hook, &ctx as *const Ctx as *const ());
+    let p = f
+        .pa()
+        .alloc_pages(0, GfpFlags::NONE)
+        .expect("the page reclaim freed onto the CPU list");
+    assert_eq!(ctx.calls.get(), 1, "one reclaim was enough");
+    // SAFETY: allocated above.
+    unsafe { f.pa().free_pages(p, 0) };
+    for h in ctx.held.take() {
+        // SAFETY: order-0 pages allocated above.
+        unsafe { f.pa().free_pages(h, 0) };
+    }
+    f.pa().drain_pcp(false);
+    assert_all_free(&f);
+}
+
 #[test]
 #[cfg_attr(miri, ignore)] // deliberately leaks a chunk
 fn drop_with_allocated_pages_leaks_the_chunk() {
