@@ -175,10 +175,8 @@ impl KmemCache {
     /// ```
     #[inline]
     pub unsafe fn free(&self, obj: NonNull<u8>) {
-        let inner = self.inner();
-        let slab = inner.owning_slab(obj.as_ptr());
-        // SAFETY: `slab` is the live slab of `obj`, which the caller passes back to us once.
-        unsafe { inner.slab_free(slab, obj.as_ptr() as usize) }
+        // SAFETY: forwarded contract.
+        unsafe { self.inner().cache_free(obj.as_ptr()) }
     }
 
     /// Frees `obj` after a grace period (`kfree_rcu`): its memory is reused only after every

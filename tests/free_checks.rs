@@ -187,3 +187,71 @@ fn double_free_into_an_empty_slab_aborts() {
     let (st, err) = child("double_free_into_an_empty_slab_aborts");
     assert_aborted(st, &err, &["kmem: cache \"underflow\": double free of 0x"]);
 }
+
+/// A sheaf cache's frees check the object with its page's slab tag (the cache's tag id and
+/// order) and the object-start test, without the descriptor (`CacheInner::cache_free`); every
+/// pointer those checks refuse takes the descriptor check, which aborts with the same message
+/// as for a cache without sheaves: an interior pointer, a multiple of the size past the last
+/// object, an object of another sheaf cache.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn a_sheaf_cache_refuses_bad_frees_with_a_message() {
+    const CASES: [(&str, &str); 3] = [
+        (
+            "interior",
+            "kmem: cache \"sheaf-a\": free of an interior pointer 0x",
+        ),
+        (
+            "past",
+            "kmem: cache \"sheaf-a\": free of a pointer past the last object 0x",
+        ),
+        (
+            "other",
+            "freed to cache \"sheaf-a\" belongs to cache \"sheaf-b\"",
+        ),
+    ];
+    if in_child() {
+        let case = std::env::var("KMEM_FREE_CASE").unwrap();
+        // A slot per CPU: the rseq mode where the process has it, where frees push inline.
+        let k = Kmem::builder().nodes(1).build().unwrap();
+        let cfg = CacheConfig::new().sheaf_capacity(16).max_order(0);
+        let a = k.create_cache("sheaf-a", 96, cfg.clone()).unwrap();
+        let b = k.create_cache("sheaf-b", 96, cfg).unwrap();
+        assert_eq!((a.order(), a.objects_per_slab()), (0, 42));
+        // Good frees first, in another order than the allocations: they take the tag path.
+        let objs: Vec<_> = (0..100).map(|_| a.alloc().unwrap()).collect();
+        for p in objs.iter().rev() {
+            // SAFETY: every pointer came from `a` and is freed once.
+            unsafe { a.free(*p) };
+        }
+        if k.commit_mode() == kmem::cpu::CommitMode::Rseq && cfg!(feature = "stats") {
+            assert!(a.stats().free_cpu_sheaf >= 90, "{:?}", a.stats());
+        }
+        let p = a.alloc().unwrap();
+        let bad = match case.as_str() {
+            "interior" => p.as_ptr().wrapping_add(32),
+            "past" => {
+                let base = p.as_ptr().wrapping_sub(p.as_ptr() as usize % 4096);
+                base.wrapping_add(42 * 96)
+            }
+            _ => b.alloc().unwrap().as_ptr(),
+        };
+        // SAFETY: deliberately wrong — the point of the test.
+        unsafe { a.free(NonNull::new(bad).unwrap()) };
+        std::process::exit(0);
+    }
+    for (case, msg) in CASES {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_sheaf_cache_refuses_bad_frees_with_a_message",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("KMEM_CHILD", "1")
+            .env("KMEM_FREE_CASE", case)
+            .output()
+            .unwrap();
+        assert_aborted(out.status, &String::from_utf8_lossy(&out.stderr), &[msg]);
+    }
+}

@@ -327,7 +327,7 @@ unsafe fn free_slow(ptr: *mut u8) -> bool {
 #[inline(always)]
 fn kmalloc_object_fast(ptr: *mut u8) -> Option<(usize, &'static PcsView)> {
     let tag = crate::page::slab_tag(ptr);
-    let class = usize::from(tag & 0xff);
+    let class = usize::from(tag & crate::page::TAG_ID_MAX);
     if class == 0 || class > NR_KMALLOC {
         return None;
     }

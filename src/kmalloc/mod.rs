@@ -704,14 +704,15 @@ fn create_kmalloc_caches() -> Option<()> {
             .inner()
             .is_kmalloc
             .store(true, crate::sync::Ordering::Release);
-        if !cache.inner().debug {
-            // Tag values are class + 1 in a byte (`page::slab_tag`).
-            const _: () = assert!(NR_KMALLOC < 255);
-            cache
-                .inner()
-                .slab_tag
-                .store(i as u8 + 1, crate::sync::Ordering::Release);
-        }
+        // The class's tag id replaces the one the cache took as a sheaf cache (no slab yet).
+        // Tag ids of the classes are class + 1 (`page::slab_tag`, `slub/tag_id.rs`).
+        const _: () = assert!(NR_KMALLOC < crate::slub::tag_id::FIRST_ID as usize);
+        let id = if cache.inner().debug { 0 } else { i as u16 + 1 };
+        let taken = cache
+            .inner()
+            .slab_tag
+            .swap(id, crate::sync::Ordering::AcqRel);
+        crate::slub::tag_id::give_back(taken);
         // SAFETY: entry `i` of the fresh table (NR_KMALLOC views, page-aligned: each view's 64-byte alignment holds), never unmapped, and not published yet.
         unsafe { views.add(i).write(PcsView::of(cache.inner())) };
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);

@@ -387,7 +387,7 @@ fn kmalloc_slabs_carry_their_class_tag() {
         let want = if c.debug {
             0
         } else {
-            (idx as u16 + 1) | (order as u16) << 8
+            crate::page::slab_tag_of(idx as u16 + 1, order)
         };
         assert_eq!(crate::page::slab_tag(p), want, "kmalloc-{size}");
     });
@@ -410,7 +410,10 @@ fn slab_tags_are_written_at_creation_and_cleared_at_discard() {
         .info()
         .order();
     for o in &objs {
-        assert_eq!(crate::page::slab_tag(o.as_ptr()), 7 | (order as u16) << 8);
+        assert_eq!(
+            crate::page::slab_tag(o.as_ptr()),
+            crate::page::slab_tag_of(7, order)
+        );
     }
     for &o in &objs {
         // SAFETY: every object came from `c` and is freed once.
@@ -498,12 +501,19 @@ fn view_check_is_the_cache_check_for_its_order() {
         let cfg = crate::CacheConfig::new().sheaf_capacity(16).min_objects(4);
         let c = k.create_cache("view-check", size, cfg).unwrap();
         let inner = c.inner();
-        inner
-            .slab_tag
-            .store(i as u8 + 1, crate::sync::Ordering::Relaxed);
+        // A class's id in place of the one the sheaf cache took (given back: no slab yet).
+        crate::slub::tag_id::give_back(
+            inner
+                .slab_tag
+                .swap(i as u16 + 1, crate::sync::Ordering::Relaxed),
+        );
         let v = PcsView::of(inner);
         let order = inner.geo.oo.order;
-        assert_eq!(v.tag(), (i as u16 + 1) | (order as u16) << 8, "size {size}");
+        assert_eq!(
+            v.tag(),
+            crate::page::slab_tag_of(i as u16 + 1, order),
+            "size {size}"
+        );
         let slab = crate::page::PAGE_SIZE << order;
         // A slab base with high bits set: only the offset may matter.
         let base = 0x7f12_3400_0000usize;
@@ -519,10 +529,8 @@ fn view_check_is_the_cache_check_for_its_order() {
     }
     // No tag, or coloured: the inline check never vouches.
     for (name, cfg) in [
-        (
-            "view-untagged",
-            crate::CacheConfig::new().sheaf_capacity(16),
-        ),
+        // No sheaves: no tag id.
+        ("view-untagged", crate::CacheConfig::new()),
         (
             "view-coloured",
             crate::CacheConfig::new().sheaf_capacity(16).colour(true),
@@ -530,7 +538,9 @@ fn view_check_is_the_cache_check_for_its_order() {
     ] {
         let c = k.create_cache(name, 96, cfg).unwrap();
         if name == "view-coloured" {
-            c.inner().slab_tag.store(9, crate::sync::Ordering::Relaxed);
+            crate::slub::tag_id::give_back(
+                c.inner().slab_tag.swap(9, crate::sync::Ordering::Relaxed),
+            );
         }
         assert_eq!(PcsView::of(c.inner()).tag(), PcsView::NO_TAG, "{name}");
         drop(c);

@@ -118,14 +118,14 @@ pub(crate) fn virt_to_page_allocated(ptr: *const u8) -> Option<&'static Page> {
 ///
 /// A *slab tag* is two bytes per page, kept beside the descriptors in a dense table (32 pages
 /// per cache line, where a descriptor takes a line of its own): the slab layer writes a
-/// nonzero tag on every page of a slab of a cache that has one (the kmalloc caches: class
-/// index + 1 in the low byte, the slab's order in the high byte) before any object of the
-/// slab is handed out, and clears it before the slab's pages go back to the page allocator.
-/// So a nonzero tag names a live slab of that class, and a free that finds the tag its layout
-/// expects knows the object's cache without reading the descriptor (which a free of a random
-/// object would miss in the cache). Any other value sends the free to the descriptor check.
+/// nonzero tag on every page of a slab of a cache that has one ([`slab_tag_of`]: the cache's
+/// tag id in the low 12 bits — a kmalloc class index + 1, or an id a sheaf cache took at
+/// creation, `slub/tag_id.rs` — and the slab's order above) before any object of the slab is
+/// handed out, and clears it before the slab's pages go back to the page allocator. So a
+/// nonzero tag names a live slab of that cache, and a free that finds the tag it expects
+/// knows the object's cache without reading the descriptor (which a free of a random object
+/// would miss in the cache). Any other value sends the free to the descriptor check.
 #[inline(always)]
-#[cfg_attr(loom, allow(dead_code))] // kmalloc's inline checks (not built under loom)
 pub(crate) fn slab_tag(ptr: *const u8) -> u16 {
     let Some(meta) = radix::lookup(ptr as usize) else {
         return 0;
@@ -139,6 +139,20 @@ pub(crate) fn slab_tag(ptr: *const u8) -> u16 {
     }
     .load(Ordering::Acquire)
 }
+
+/// Bits of a slab tag that hold the cache's tag id (the order is above them).
+pub(crate) const TAG_ID_BITS: u32 = 12;
+/// The largest tag id.
+pub(crate) const TAG_ID_MAX: u16 = (1 << TAG_ID_BITS) - 1;
+
+/// The slab tag of a slab of order `order` of the cache whose tag id is `id` (`1..=TAG_ID_MAX`;
+/// [`slab_tag`]).
+#[inline(always)]
+pub(crate) const fn slab_tag_of(id: u16, order: u32) -> u16 {
+    // Orders are at most MAX_ORDER (10): they fit the 4 bits above the id.
+    id | (order as u16) << TAG_ID_BITS
+}
+const _: () = assert!(super::MAX_ORDER < 1 << (16 - TAG_ID_BITS));
 
 /// Writes `tag` on each of the `1 << order` pages of the allocated block headed by `head` (see
 /// [`slab_tag`]; 0 clears them).

@@ -135,9 +135,7 @@ pub(crate) use budget::PageBudget;
 pub(crate) use chunk::{
     page_address, set_slab_tags, virt_to_page, virt_to_page_allocated, ChunkMeta,
 };
-// The inline free checks' tag lookup (kmalloc's, which loom does not build).
-#[cfg(not(loom))]
-pub(crate) use chunk::slab_tag;
+pub(crate) use chunk::{slab_tag, slab_tag_of, TAG_ID_MAX};
 pub use decay::DEFAULT_DECAY_MS;
 pub(crate) use pcp::PcpSlot;
 

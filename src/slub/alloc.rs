@@ -518,11 +518,11 @@ impl CacheInner {
         p.set_info(
             crate::page::PageInfo::head(PageKind::Slab, order, nid, false).with_colour(colour),
         );
-        // The kmalloc caches tag their slabs' pages (`page::slab_tag`: class + 1, order) before
+        // A tagged cache tags its slabs' pages (`page::slab_tag`: its id and the order) before
         // any object of the slab is handed out.
         let tag = self.slab_tag.load(Ordering::Relaxed);
         if tag != 0 {
-            crate::page::set_slab_tags(p, order, u16::from(tag) | (order as u16) << 8);
+            crate::page::set_slab_tags(p, order, crate::page::slab_tag_of(tag, order));
         }
         self.node(nid).inc_slabs(objects as usize);
         FrozenSlab {

@@ -39,6 +39,40 @@ impl CacheInner {
         unsafe { self.do_slab_free(slab, obj, obj, 1) }
     }
 
+    /// `kmem_cache_free`: the checks every free makes, then [`Self::slab_free`]. A sheaf cache
+    /// with a tag id (`tag_id.rs`) whose frees push inline checks the object with its page's
+    /// tag and the object-start test, as `kfree` does, and pushes it onto the CPU's sheaf
+    /// without reading the slab's descriptor (a likely cache miss for a random object: typed
+    /// objects freed in any order, kmem-bench's `objects`); everything else, and a pointer that
+    /// fails those checks, takes the descriptor check ([`Self::owning_slab`]), which accepts
+    /// it or aborts naming what is wrong.
+    ///
+    /// # Safety
+    /// `obj` came from this cache and is given back once.
+    #[inline(always)]
+    pub(crate) unsafe fn cache_free(&self, obj: *mut u8) {
+        if self.pcs_mode.load(Ordering::Relaxed) & PCS_FAST_FREE != 0 {
+            let id = self.slab_tag.load(Ordering::Relaxed);
+            let order = self.geo.oo.order;
+            if id != 0
+                && crate::page::slab_tag(obj) == crate::page::slab_tag_of(id, order)
+                && self.starts_object(order, obj)
+            {
+                if self.pcs_push_inline(obj as usize) {
+                    return;
+                }
+                // SAFETY: `obj` starts an object of a live slab of this cache (its page's tag
+                // and the object-start test), given back once (contract).
+                return unsafe {
+                    self.slab_free_after_push(obj as usize, || self.owning_slab(obj))
+                };
+            }
+        }
+        let slab = self.owning_slab(obj);
+        // SAFETY: `slab` is the live slab of `obj`, which the caller passes back to us once.
+        unsafe { self.slab_free(slab, obj as usize) }
+    }
+
     /// [`Self::slab_free`] of an object whose slab the caller has not looked up, after an
     /// inline push onto the sheaf did not commit (kmalloc's `kfree` and the C ABI's `free`,
     /// which checked the object with the page's tag): the sheaves' slow path first (a swap

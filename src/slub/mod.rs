@@ -90,6 +90,7 @@ mod bulk;
 mod free;
 mod partial;
 mod pcs;
+pub(crate) mod tag_id;
 mod teardown;
 mod view;
 
@@ -104,7 +105,7 @@ use crate::instance::KmemShared;
 use crate::os;
 use crate::page::{Page, PAGE_SIZE};
 use crate::stats::{CacheStats, NR_STAT_ITEMS};
-use crate::sync::{AtomicBool, AtomicU8, AtomicUsize, Cell, Ordering};
+use crate::sync::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Cell, Ordering};
 use barn::Barn;
 use core::ptr::{self, NonNull};
 use cpu_slab::{KmemCacheCpu, TidStep};
@@ -185,10 +186,11 @@ pub(crate) struct CacheInner {
     /// One of the global instance's published kmalloc caches (set once, before publication;
     /// kmalloc caches are never destroyed): the C ABI's `free` accepts its objects.
     pub(crate) is_kmalloc: AtomicBool,
-    /// The slab tag of this cache's slabs (`page::slab_tag`: a kmalloc class index + 1; 0 for
-    /// none). Set once, with `is_kmalloc`, for a kmalloc cache without debug flags, before the
-    /// cache is published and has any slab.
-    pub(crate) slab_tag: AtomicU8,
+    /// The tag id of this cache's slabs (`page::slab_tag`, `tag_id.rs`): a kmalloc class's
+    /// index plus one, an id of its own for a sheaf cache without debug flags or colours, 0
+    /// for none. Set at creation, and for a kmalloc cache once more before it is published;
+    /// always before the cache has a slab.
+    pub(crate) slab_tag: AtomicU16,
     // ---- the cpu-slab fast paths ----
     /// `nr_cpus` slots, each on its own cache lines.
     pub(crate) cpu_slab: *const KmemCacheCpu,
@@ -351,7 +353,15 @@ impl CacheInner {
                         nr_nodes,
                     )),
                     is_kmalloc: AtomicBool::new(false),
-                    slab_tag: AtomicU8::new(0),
+                    // Frees check a sheaf cache's objects with the tag (`KmemCache::free`); a
+                    // coloured cache's objects fail the inline object test anyway.
+                    slab_tag: AtomicU16::new(
+                        if sheaf_capacity != 0 && !debug && geo.colour_off == 0 {
+                            tag_id::take()
+                        } else {
+                            0
+                        },
+                    ),
                     handed_over_objs: AtomicUsize::new(0),
                     // The sheaf part of each slot, at a fixed offset in it.
                     sheaf_slots: ArraySlots::new(

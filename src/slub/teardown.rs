@@ -206,6 +206,8 @@ impl CacheInner {
             .map(|n| s.node(n).nr_slabs.load(Ordering::Relaxed))
             .sum();
         if slabs == 0 {
+            // No page carries the cache's tag any more (every slab's pages were untagged).
+            super::tag_id::give_back(s.slab_tag.load(Ordering::Relaxed));
             // SAFETY: no slab refers to the cache any more.
             unsafe { CacheInner::unmap(this) };
             return;

@@ -71,7 +71,7 @@ impl PcsView {
         let tag = if class == 0 || c.check_size == u32::MAX || !exact {
             Self::NO_TAG
         } else {
-            u16::from(class) | (order as u16) << 8
+            crate::page::slab_tag_of(class, order)
         };
         let last = u64::from(c.geo.oo.objects).saturating_sub(1);
         // A cache without sheaves to pop from: no slot, so every sequence fails at once.

@@ -8,7 +8,7 @@
 use core::ops::{Deref, DerefMut};
 
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 /// Per-(model-)thread state.
 pub(crate) use loom::thread_local;

@@ -62,8 +62,8 @@ mod once;
 #[cfg(loom)]
 pub(crate) use backend::{cpu_fence, cpu_sequence, MODEL_CPUS};
 pub(crate) use backend::{
-    fence, retry_hint, thread_token, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
-    AtomicUsize, Backoff, Cell, Ordering, SpinGuard, SpinLock,
+    fence, retry_hint, thread_token, AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU64,
+    AtomicU8, AtomicUsize, Backoff, Cell, Ordering, SpinGuard, SpinLock,
 };
 #[cfg(not(loom))]
 pub use dword::BenchDWord;

@@ -5,7 +5,7 @@
 use core::ops::{Deref, DerefMut};
 
 pub(crate) use core::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 /// Per-thread state (std's; a value without `Drop` registers no destructor).
 pub(crate) use std::thread_local;
