@@ -353,10 +353,16 @@ impl CacheInner {
                         nr_nodes,
                     )),
                     is_kmalloc: AtomicBool::new(false),
-                    // Frees check a sheaf cache's objects with the tag (`KmemCache::free`); a
+                    // Frees check a sheaf cache's objects with the tag (`KmemCache::free`) when
+                    // they push inline (rseq mode, one node: both fixed for the instance); a
                     // coloured cache's objects fail the inline object test anyway.
                     slab_tag: AtomicU16::new(
-                        if sheaf_capacity != 0 && !debug && geo.colour_off == 0 {
+                        if sheaf_capacity != 0
+                            && !debug
+                            && geo.colour_off == 0
+                            && kmem.rseq
+                            && nr_nodes == 1
+                        {
                             tag_id::take()
                         } else {
                             0
