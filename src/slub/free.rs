@@ -61,8 +61,7 @@ impl CacheInner {
                 if self.pcs_push_inline(obj as usize) {
                     return;
                 }
-                // SAFETY: `obj` starts an object of a live slab of this cache (its page's tag
-                // and the object-start test), given back once (contract).
+                // SAFETY: `obj` starts an object of a live slab of this cache (its page's tag and the object-start test), given back once (contract).
                 return unsafe {
                     self.slab_free_after_push(obj as usize, || self.owning_slab(obj))
                 };
