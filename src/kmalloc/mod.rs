@@ -804,16 +804,16 @@ pub fn kmalloc_set_sheaves(on: bool) -> bool {
 }
 
 /// The sheaf capacity of the kmalloc class of `size`-byte objects: twice the kernel's
-/// ([`default_sheaf_capacity`](crate::default_sheaf_capacity)) below 1 KiB (120 objects, a
-/// 1 KiB sheaf, below 256 bytes; 60, a 512-byte sheaf after rounding, from 256 bytes), the
-/// kernel's above. Measured (docs/performance.md, "Deeper barns" and "Sheaves of 60 from 256
-/// bytes"): a thread's 1000-object batch of 64-byte objects 6.4 → 5.8 ns per object, two
+/// ([`default_sheaf_capacity`](crate::default_sheaf_capacity)) below 4 KiB (after rounding to
+/// a power-of-two sheaf: 120 objects below 256 bytes, 60 below 1 KiB, 28 below 4 KiB), the
+/// kernel's 4 above. Measured (docs/performance.md, "Deeper barns" and "Sheaves of 60 from
+/// 256 bytes"): a thread's 1000-object batch of 64-byte objects 6.4 → 5.8 ns per object, two
 /// threads' 4.6 → 3.5 (half the barn trades, on the node's shared barn lock); of 256-byte
-/// objects 11.1 → 5.1 and 6.4 → 3.8; what an idle class keeps in its CPUs' sheaves the
-/// decay's CPU-sheaf trim gives back, and a class used a little fills only a quarter of a
-/// sheaf (`SheafSlot::next_refill`).
+/// objects 11.1 → 5.1 and 6.4 → 3.8; of 2 KiB objects 31 → 17 and 11.8 → 6.5; what an idle
+/// class keeps in its CPUs' sheaves the decay's CPU-sheaf trim gives back, and a class used
+/// a little fills only a quarter of a sheaf (`SheafSlot::next_refill`).
 pub(crate) const fn kmalloc_sheaf_capacity(size: usize) -> usize {
-    if size < 1024 {
+    if size < 4096 {
         2 * crate::config::default_sheaf_capacity(size)
     } else {
         crate::config::default_sheaf_capacity(size)
