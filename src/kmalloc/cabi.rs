@@ -293,17 +293,10 @@ unsafe fn free_object(idx: usize, ptr: *mut u8) -> bool {
     // SAFETY: published kmalloc caches are never destroyed.
     let cache = unsafe { &*p };
     // The slab only if the sheaves do not take the object (a tagged page is a page of a live
-    // slab of this class; `find`'s full check otherwise, which reports a bad pointer).
+    // slab of this class; the cache's full check otherwise, as `kfree_slab`'s).
     let slab = || match crate::page::virt_to_page_allocated(ptr) {
         Some(slab) => slab as *const Page as *mut Page,
-        None => match find("free", ptr) {
-            Found::Object(c, slab) if ptr::eq(c, cache) => slab as *const Page as *mut Page,
-            _ => invalid(
-                "free",
-                ptr,
-                "a tagged page whose slab does not hold the object",
-            ),
-        },
+        None => cache.owning_slab(ptr),
     };
     // SAFETY: `ptr` is an allocated object of a slab of `cache` (the tag check), given back once.
     unsafe { cache.slab_free_after_push(ptr as usize, slab) };
