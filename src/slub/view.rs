@@ -39,7 +39,7 @@
 use super::cpu_slab::KmemCacheCpu;
 use super::slab::StartCheck;
 use super::CacheInner;
-use crate::cpu::percpu::{self, ArraySlots, Seq};
+use crate::cpu::percpu::{self, ArraySlots};
 use crate::page::PAGE_SIZE;
 use crate::stats::StatItem::*;
 
@@ -131,8 +131,8 @@ impl PcsView {
 #[inline(always)]
 pub(super) fn pop_from(slots: &ArraySlots<{ KmemCacheCpu::STRIDE }>) -> Option<*mut u8> {
     // SAFETY: `slots` are a live sheaf cache's (the caller's reference: a cache, or a view of one, and caches with views are never destroyed); every `main` is a live sheaf of it.
-    let (st, at, obj) = unsafe { percpu::array_pop(slots) };
-    if st != Seq::Done {
+    let (at, obj) = unsafe { percpu::array_pop_fast(slots) };
+    if obj == 0 {
         return None;
     }
     KmemCacheCpu::at_sheaves(at).stat(AllocPcs);
@@ -144,8 +144,8 @@ pub(super) fn pop_from(slots: &ArraySlots<{ KmemCacheCpu::STRIDE }>) -> Option<*
 #[inline(always)]
 pub(super) fn push_onto(slots: &ArraySlots<{ KmemCacheCpu::STRIDE }>, obj: usize) -> bool {
     // SAFETY: as in `pop_from`; `obj` is the caller's.
-    let (st, at) = unsafe { percpu::array_push(slots, obj) };
-    if st != Seq::Done {
+    let at = unsafe { percpu::array_push_fast(slots, obj) };
+    if at == 0 {
         return false;
     }
     KmemCacheCpu::at_sheaves(at).stat(FreePcs);

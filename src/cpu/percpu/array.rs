@@ -438,6 +438,161 @@ pub(crate) unsafe fn array_push<const STRIDE: usize>(
     (seq_of(st), slot)
 }
 
+/// [`array_pop`] for the inline fast paths, which only need "an object, or go out of line":
+/// `(slot address, object)`, or `(_, 0)` when the pop did not commit, whatever the reason (the
+/// out-of-line path redoes it with [`array_pop`] and handles each case). The committed path
+/// sets no status and takes no jump: its outputs are the answer.
+///
+/// # Safety
+/// As [`array_pop`].
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) unsafe fn array_pop_fast<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+) -> (usize, usize) {
+    let (slot, obj): (usize, usize);
+    // SAFETY: as in `array_pop` (the same sequence; only its exits differ).
+    unsafe {
+        rseq_asm!(
+            body: [
+                "mov {slot:e}, dword ptr fs:[{off} + 4]",
+                "cmp {slot}, qword ptr [{s} + {o_nr}]",
+                "jae 25f",
+                "imul {slot}, {slot}, {stride}",
+                "add {slot}, qword ptr [{s} + {o_base}]",
+                "cmp qword ptr [{slot} + {o_stop}], 0",
+                "jne 25f",
+                "mov {top}, qword ptr [{slot} + {o_top}]",
+                "mov {t}, {top}",
+                "and {t}, qword ptr [{s} + {o_mask}]",
+                "cmp {t}, {empty}",
+                "jbe 25f",
+                "mov {obj}, qword ptr [{top}]",
+                "sub {top}, 8",
+                "mov qword ptr [{slot} + {o_top}], {top}",
+            ],
+            done: [],
+            fail: [
+                "25:",
+                "xor {obj:e}, {obj:e}",
+            ],
+            ops: [
+                s = in(reg) slots,
+                stride = const STRIDE,
+                o_nr = const SLOTS_NR,
+                o_base = const SLOTS_BASE,
+                o_mask = const SLOTS_MASK,
+                t = out(reg) _,
+                slot = out(reg) slot,
+                top = out(reg) _,
+                obj = out(reg) obj,
+                o_stop = const OFF_ASTOP,
+                o_top = const OFF_TOP,
+                empty = const EMPTY_OFF,
+            ]
+        );
+    }
+    (slot, obj)
+}
+
+/// [`array_push`] for the inline fast paths (as [`array_pop_fast`]): the slot's address, or 0
+/// when the push did not commit, whatever the reason.
+///
+/// # Safety
+/// As [`array_push`].
+#[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) unsafe fn array_push_fast<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+    obj: usize,
+) -> usize {
+    let slot: usize;
+    // SAFETY: as in `array_push` (the same sequence; only its exits differ).
+    unsafe {
+        rseq_asm!(
+            body: [
+                "mov {slot:e}, dword ptr fs:[{off} + 4]",
+                "cmp {slot}, qword ptr [{s} + {o_nr}]",
+                "jae 25f",
+                "imul {slot}, {slot}, {stride}",
+                "add {slot}, qword ptr [{s} + {o_base}]",
+                "cmp qword ptr [{slot} + {o_stop}], 0",
+                "jne 25f",
+                "mov {top}, qword ptr [{slot} + {o_top}]",
+                "test {top}, {top}",
+                "jz 25f",
+                "mov {t}, {top}",
+                "and {t}, qword ptr [{s} + {o_mask}]",
+                "cmp {t}, {empty}",
+                "je 4f",
+                "cmp {obj}, qword ptr [{top}]",
+                "je 25f",
+                "4:",
+                "cmp {t}, qword ptr [{s} + {o_full}]",
+                "jae 25f",
+                "mov qword ptr [{top} + 8], {obj}",
+                "add {top}, 8",
+                "mov qword ptr [{slot} + {o_top}], {top}",
+            ],
+            done: [],
+            fail: [
+                "25:",
+                "xor {slot:e}, {slot:e}",
+            ],
+            ops: [
+                s = in(reg) slots,
+                stride = const STRIDE,
+                o_nr = const SLOTS_NR,
+                o_base = const SLOTS_BASE,
+                o_mask = const SLOTS_MASK,
+                o_full = const SLOTS_FULL,
+                obj = in(reg) obj,
+                t = out(reg) _,
+                slot = out(reg) slot,
+                top = out(reg) _,
+                o_stop = const OFF_ASTOP,
+                o_top = const OFF_TOP,
+                empty = const EMPTY_OFF,
+            ]
+        );
+    }
+    slot
+}
+
+/// [`array_pop`] for the inline fast paths (the x86_64 version's contract), built on the
+/// status-returning sequence where there is no assembly (other targets, Miri, the loom model).
+///
+/// # Safety
+/// As [`array_pop`].
+#[cfg(any(miri, loom, not(target_arch = "x86_64")))]
+#[inline(always)]
+pub(crate) unsafe fn array_pop_fast<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+) -> (usize, usize) {
+    // SAFETY: forwarded contract.
+    match unsafe { array_pop(slots) } {
+        (Seq::Done, at, obj) => (at, obj),
+        _ => (0, 0),
+    }
+}
+
+/// [`array_push`] for the inline fast paths (as [`array_pop_fast`]).
+///
+/// # Safety
+/// As [`array_push`].
+#[cfg(any(miri, loom, not(target_arch = "x86_64")))]
+#[inline(always)]
+pub(crate) unsafe fn array_push_fast<const STRIDE: usize>(
+    slots: &ArraySlots<STRIDE>,
+    obj: usize,
+) -> usize {
+    // SAFETY: forwarded contract.
+    match unsafe { array_push(slots, obj) } {
+        (Seq::Done, at) => at,
+        _ => 0,
+    }
+}
+
 /// Replaces slot `slot`'s top `old` by `new`, as the commit of a sequence that first checks that
 /// the thread runs on CPU `cpu` (module docs). The caller holds the slot's lock.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]

@@ -90,19 +90,37 @@ use super::rseq::RSEQ_SIG;
 ///   abort handler jumps back here: the kernel clears `rseq_cs` on an abort);
 /// - label `3`, the start of the range, then `body` — which ends with the commit, the single
 ///   store that publishes the sequence, and may branch to the `fail` labels;
-/// - label `5` (the end of the range): `{t} = 0` (done) and a jump past the rest;
-/// - the signature ([`RSEQ_SIG`], in the `ud1` encoding librseq uses so disassemblers stay in
-///   sync) and label `6`, the abort handler, which restarts at `2`;
-/// - `fail`: labels `25`..`28` that set `{t:e}` to a status and jump to `29`, the exit (the last
-///   one may fall through to it);
+/// - label `5` (the end of the range), then `done`: what the committed path does before the
+///   exit, `{t} = 0` (done) unless the caller gives its own (the inline fast paths' variants
+///   give nothing: their outputs say "done" by themselves); then label `29`, the exit, so the
+///   committed path falls through with no jump;
+/// - in a section of its own (`.text.unlikely.kmem_rseq`, as librseq's `__rseq_failure`), out of
+///   the fast path's way: the signature ([`RSEQ_SIG`], in the `ud1` encoding librseq uses so
+///   disassemblers stay in sync) and label `6`, the abort handler, which restarts at `2`; then
+///   `fail`: labels `25`..`28` that set the caller's outputs for a sequence that did not
+///   commit and jump back to `29` (the macro adds the last jump);
 /// - the descriptor (`struct rseq_cs`: version 0, flags 0, start `3`, length `5 - 3`, abort
 ///   `6`) in `__rseq_cs`, 32-byte aligned, and its address in `__rseq_cs_ptr_array` (where
 ///   debuggers and checkers look for them, as librseq does).
 ///
-/// The caller names `t` (the status register, an output) and its own operands after `ops:`.
+/// The caller names `t` (the status register, an output, or a scratch register when it gives
+/// its own `done`) and its own operands after `ops:`.
 #[cfg(all(not(any(miri, loom)), target_arch = "x86_64"))]
 macro_rules! rseq_asm {
     (body: [$($body:literal),* $(,)?], fail: [$($fail:literal),* $(,)?], ops: [$($ops:tt)*]) => {
+        rseq_asm!(
+            body: [$($body),*],
+            done: ["xor {t:e}, {t:e}"],
+            fail: [$($fail),*],
+            ops: [$($ops)*]
+        )
+    };
+    (
+        body: [$($body:literal),* $(,)?],
+        done: [$($done:literal),* $(,)?],
+        fail: [$($fail:literal),* $(,)?],
+        ops: [$($ops:tt)*]
+    ) => {
         core::arch::asm!(
             "mov {off}, qword ptr [rip + {seq_off}]",
             "2:",
@@ -111,13 +129,15 @@ macro_rules! rseq_asm {
             "3:",
             $($body,)*
             "5:",
-            "xor {t:e}, {t:e}",
-            "jmp 29f",
+            $($done,)*
+            ".pushsection .text.unlikely.kmem_rseq, \"ax\", @progbits",
             ".byte 0x0f, 0xb9, 0x3d",
             ".long {sig}",
             "6:",
             "jmp 2b",
             $($fail,)*
+            "jmp 29f",
+            ".popsection",
             "29:",
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -143,8 +163,8 @@ mod mode;
 mod seq;
 
 pub(crate) use array::{
-    array_pop, array_push, replace_on_cpu, ArrayGeo, ArrayHead, ArraySlot, ArraySlots, Replace,
-    ARRAY_OBJECTS,
+    array_pop, array_pop_fast, array_push, array_push_fast, replace_on_cpu, ArrayGeo, ArrayHead,
+    ArraySlot, ArraySlots, Replace, ARRAY_OBJECTS,
 };
 #[cfg(not(any(loom, miri)))]
 pub(crate) use mode::after_fork_child;
