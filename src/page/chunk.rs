@@ -5,7 +5,6 @@
 use super::buddy::*;
 use super::*;
 use crate::os::{self, Num};
-use crate::sync::global::AtomicU16;
 use crate::sync::{Cell, Ordering};
 use core::ptr::{self, null_mut, NonNull};
 
@@ -24,8 +23,6 @@ pub(crate) struct ChunkMeta {
     pub(super) meta_size: usize,
     /// Next chunk of the same node (node lock).
     pub(super) next: Cell<*mut ChunkMeta>,
-    /// The slab tags, one `u16` per page ([`slab_tag`]).
-    pub(super) tags: [AtomicU16; PAGES_PER_CHUNK],
     /// The descriptors.
     pub(super) pages: [Page; PAGES_PER_CHUNK],
 }
@@ -116,8 +113,9 @@ pub(crate) fn virt_to_page_allocated(ptr: *const u8) -> Option<&'static Page> {
 /// The slab tag of the page holding `ptr`: 0 when `ptr` lies in no registered chunk or its page
 /// holds no tagged slab.
 ///
-/// A *slab tag* is two bytes per page, kept beside the descriptors in a dense table (32 pages
-/// per cache line, where a descriptor takes a line of its own): the slab layer writes a
+/// A *slab tag* is two bytes per page, kept apart from the descriptors in a dense table (32
+/// pages per cache line, where a descriptor takes a line of its own; the tag map of
+/// `radix.rs`, two dependent loads from a pointer to its tag): the slab layer writes a
 /// nonzero tag on every page of a slab of a cache that has one ([`slab_tag_of`]: the cache's
 /// tag id in the low 12 bits — a kmalloc class index + 1, or an id a sheaf cache took at
 /// creation, `slub/tag_id.rs` — and the slab's order above) before any object of the slab is
@@ -127,17 +125,7 @@ pub(crate) fn virt_to_page_allocated(ptr: *const u8) -> Option<&'static Page> {
 /// would miss in the cache). Any other value sends the free to the descriptor check.
 #[inline(always)]
 pub(crate) fn slab_tag(ptr: *const u8) -> u16 {
-    let Some(meta) = radix::lookup(ptr as usize) else {
-        return 0;
-    };
-    let idx = (ptr as usize & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
-    // SAFETY: registered chunks are live and `idx < PAGES_PER_CHUNK`; the tags are atomics.
-    unsafe {
-        &*ptr::addr_of!((*meta.as_ptr()).tags)
-            .cast::<AtomicU16>()
-            .add(idx)
-    }
-    .load(Ordering::Acquire)
+    radix::tag(ptr as usize)
 }
 
 /// Bits of a slab tag that hold the cache's tag id (the order is above them).
@@ -157,12 +145,9 @@ const _: () = assert!(super::MAX_ORDER < 1 << (16 - TAG_ID_BITS));
 /// Writes `tag` on each of the `1 << order` pages of the allocated block headed by `head` (see
 /// [`slab_tag`]; 0 clears them).
 pub(crate) fn set_slab_tags(head: &Page, order: u32, tag: u16) {
-    // SAFETY: `head` is a descriptor of a live chunk (a `&Page` outside set-up is one).
-    let (meta, idx) = unsafe { chunk_of(head) };
-    for i in idx..idx + (1usize << order) {
-        // SAFETY: the block lies inside its chunk, so `i < PAGES_PER_CHUNK`; the tags are atomics of the live chunk.
-        unsafe { &*ptr::addr_of!((*meta).tags).cast::<AtomicU16>().add(i) }
-            .store(tag, Ordering::Release);
+    let first = head.addr;
+    for i in 0..1usize << order {
+        radix::tag_cell(first + (i << PAGE_SHIFT)).store(tag, Ordering::Release);
     }
 }
 
@@ -218,8 +203,6 @@ impl PageAllocator {
             ptr::addr_of_mut!((*meta).node).write(self.node);
             ptr::addr_of_mut!((*meta).meta_size).write(meta_size);
             ptr::addr_of_mut!((*meta).next).write(Cell::new(null_mut()));
-            // No page holds a tagged slab yet (an all-zero `AtomicU16` array is all untagged).
-            ptr::addr_of_mut!((*meta).tags).write_bytes(0, 1);
         }
         // Carve [0, usable_pages) into maximal aligned blocks; fresh memory is "released".
         let base_addr = base.as_ptr() as usize;

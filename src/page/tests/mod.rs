@@ -212,6 +212,52 @@ fn interior_pointers_find_the_head_and_foreign_pointers_none() {
 }
 
 #[test]
+fn slab_tags_name_their_pages_only_and_die_with_their_chunk() {
+    let base;
+    {
+        let f = Fixture::one(usize::MAX);
+        let order = 2.min(MAX_ORDER);
+        let p = f.pa().alloc_pages(order, NORETRY).unwrap();
+        let q = f.pa().alloc_pages(0, NORETRY).unwrap();
+        base = mem(p);
+        let tag = slab_tag_of(7, order);
+        // SAFETY: live descriptors.
+        let (head, other) = unsafe { (p.as_ref(), q.as_ref()) };
+        assert_eq!(slab_tag(base), 0, "a fresh chunk is untagged");
+        set_slab_tags(head, order, tag);
+        for off in [0, 1, PAGE_SIZE, (PAGE_SIZE << order) - 1] {
+            assert_eq!(slab_tag(base.wrapping_add(off)), tag, "offset {off}");
+        }
+        assert_eq!(
+            slab_tag(base.wrapping_add(PAGE_SIZE << order)),
+            0,
+            "past the block"
+        );
+        assert_eq!(slab_tag(mem(q)), 0, "another block");
+        set_slab_tags(other, 0, slab_tag_of(9, 0));
+        assert_eq!(slab_tag(mem(q)), slab_tag_of(9, 0));
+        set_slab_tags(head, order, 0);
+        assert_eq!(slab_tag(base), 0, "cleared");
+        // Left tagged on purpose: unregistering the chunk must clear it.
+        set_slab_tags(head, order, tag);
+        let local = 0u64;
+        assert_eq!(slab_tag(&local as *const u64 as *const u8), 0, "the stack");
+        assert_eq!(slab_tag(ptr::null()), 0);
+        assert_eq!(slab_tag(ptr::null::<u8>().wrapping_add(usize::MAX)), 0);
+        assert_eq!(slab_tag(ptr::null::<u8>().wrapping_add(1 << 48)), 0);
+        set_slab_tags(other, 0, 0);
+        // SAFETY: allocated above, freed once (a block's tag is the caller's to clear; here
+        // the chunk's unregistration does it for `p`).
+        unsafe {
+            f.pa().free_pages(q, 0);
+            f.pa().free_pages(p, order);
+        }
+    }
+    // The chunk is unmapped: whatever maps that address next reads untagged.
+    assert_eq!(slab_tag(base), 0, "a dead chunk's tags");
+}
+
+#[test]
 fn fragmentation_fails_high_orders_but_not_order_zero() {
     let f = Fixture::one(CHUNK_SIZE);
     let pages: Vec<NonNull<Page>> = (0..PAGES_PER_CHUNK)
