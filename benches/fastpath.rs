@@ -12,6 +12,8 @@
 //!   global allocator's path: size class, then the same fast paths; sheaves unless
 //!   `KMEM_SHEAVES=0`);
 //! - `mimalloc`: `<mimalloc::MiMalloc as GlobalAlloc>::alloc` + `dealloc`, called directly;
+//! - `jemalloc`: `<tikv_jemallocator::Jemalloc as GlobalAlloc>::alloc` + `dealloc` (jemalloc's
+//!   `mallocx` and `sdallocx`), called directly;
 //! - `system`: `<std::alloc::System as GlobalAlloc>::alloc` + `dealloc` (glibc malloc);
 //! - `cmpxchg16b_pair`: the floor of this design — two successful LOCKed `cmpxchg16b` (kmem's
 //!   own inline-assembly double word, exactly what the fast paths execute) on one 16-byte word,
@@ -88,6 +90,9 @@ fn fastpath_size(
         global_alloc_pair(b, &kmem::Kmalloc::new(), size)
     });
     g.bench_function("mimalloc", |b| global_alloc_pair(b, &MiMalloc, size));
+    g.bench_function("jemalloc", |b| {
+        global_alloc_pair(b, &tikv_jemallocator::Jemalloc, size)
+    });
     g.bench_function("system", |b| global_alloc_pair(b, &System, size));
     g.bench_function("cmpxchg16b_pair", |b| {
         let w = DWord::new();
