@@ -43,9 +43,9 @@ m14_deferred_drop_vs_run                deferred_drop_checks_pending_early
 m15_typesafe_reader_vs_shrink           typesafe_shrink_discards
 m15_typesafe_reader_vs_shrink           typesafe_slabs_released_at_once
 m17_sheaves                             sheaf_flush_without_stop
-m17_sheaves                             rseq_ignores_stop
-m17_sheaves                             rseq_stop_without_fence
-m17_sheaves                             rseq_fence_before_stop
+m17_sheaves                             sheaf_take_without_recheck
+m17_sheaves                             sheaf_take_without_fence
+m17_sheaves                             sheaf_take_fence_first
 m17_sheaves                             sheaf_replace_ignores_count
 m17_sheaves                             sheaf_install_over_main
 m17_sheaves                             pool_trim_ignores_in_flight
@@ -86,7 +86,7 @@ while read -r model mutant; do
     if [ "${clean[$model]}" = PASS ] && [ "$res" = FAIL ]; then
         verdict=CAUGHT
         why=$(grep -m1 -A1 -E "panicked at" "$TARGET_DIR/logs/$model.$mutant.log" | tail -1)
-        [ -z "$why" ] && why=$(grep -m1 -E "kmem: .*(protocol|abort|corrupt)|Causality|deadlock" "$TARGET_DIR/logs/$model.$mutant.log")
+        [ -z "$why" ] && why=$(grep -m1 -E "kmem: .*(protocol|abort|corrupt|double free|handed out)|Causality|deadlock" "$TARGET_DIR/logs/$model.$mutant.log")
         why=$(echo "$why" | sed 's/^\.//' | cut -c1-100)
     else
         verdict=MISSED

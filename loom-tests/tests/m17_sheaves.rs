@@ -1,13 +1,14 @@
 //! Model 17: sheaves (`src/slub/pcs.rs`, `sheaf.rs`, `barn.rs`, `cpu/percpu/array.rs`) in the rseq
 //! commit mode: per-CPU arrays whose pop and push are sequences on the CPU's slot, changed by
 //! slow paths under the slot's sheaf lock with replaces committed on that CPU, and taken away
-//! by flushes from other CPUs after a stop + fence. Sheaves hold 4 objects; slabs hold 2.
+//! by flushes from other CPUs that take the slot's top (swap, fence, swap again:
+//! `percpu::take_array`). Sheaves hold 4 objects; slabs hold 2.
 //!
 //! - `flush_vs_free_other_cpu`: a flush of every slot's sheaves (what shrink and destroy do
 //!   first) on CPU 1 while a thread on CPU 0 frees into, and allocates from, slot 0's sheaf —
 //!   the flush must see every object the sequences committed (mutants
-//!   `sheaf_flush_without_stop`, `rseq_ignores_stop`, `rseq_stop_without_fence`,
-//!   `rseq_fence_before_stop`: an object freed into the sheaf after the flush read it is lost,
+//!   `sheaf_flush_without_stop`, `sheaf_take_without_recheck`, `sheaf_take_without_fence`,
+//!   `sheaf_take_fence_first`: an object freed into the sheaf after the flush read it is lost,
 //!   or one it flushed is allocated again);
 //! - `barn_exchange_vs_free`: on CPU 0, an allocation finds `main` and the spare empty and
 //!   trades `main` at the barn for a full sheaf, while another thread frees into `main` (mutant

@@ -35,7 +35,7 @@
 //! # Bypass
 //!
 //! When a sheaf cannot be used — the slot's sheaf lock is busy (its holder may be descheduled:
-//! never wait for it), the slot is stopped by a flush, the thread cannot run sequences in the
+//! never wait for it; a flush that took the slot's top holds it), the thread cannot run sequences in the
 //! rseq mode, the allocation asks for a node, the object is of another node's slab, or refills
 //! keep losing races — the operation takes the cpu-slab path (`slab_alloc_cpu`,
 //! `do_slab_free`), which is correct for any object at any time. Nothing waits and nothing is
@@ -84,7 +84,7 @@ impl CacheInner {
 
     /// The allocation fast path of the rseq mode, alone, for a caller that has tested
     /// `PCS_FAST_ALLOC` in [`Self::pcs_mode`]: one pop from the CPU's `main` sheaf. `None` when the pop
-    /// did not commit (empty, stopped, no sequences): the caller then takes
+    /// did not commit (empty, the top taken by a flush, no sequences): the caller then takes
     /// [`Self::alloc_from_pcs`], out of line. Kept this small so that a caller's fast path
     /// needs no callee-saved register: no stack frame on a pop that commits.
     #[inline(always)]
@@ -94,7 +94,7 @@ impl CacheInner {
 
     /// The free fast path of the rseq mode, alone, for a caller that has tested
     /// `PCS_FAST_FREE` in [`Self::pcs_mode`]: one push onto the CPU's `main` sheaf. `false` when the push
-    /// did not commit (full, stopped, a double free, no sequences): the caller then takes the
+    /// did not commit (full, the top taken by a flush, a double free, no sequences): the caller then takes the
     /// whole path ([`Self::free_to_pcs`] or `do_slab_free`), out of line, which redoes the push
     /// and handles each case.
     #[inline(always)]
@@ -514,19 +514,22 @@ impl CacheInner {
         c.stat(SheafFlush);
     }
 
-    /// Takes slot `c`'s sheaves out (stopping the slot and fencing its CPU in the rseq mode:
-    /// the caller may run anywhere) and returns them `(main, spare)`, leaving the slot with
+    /// Takes slot `c`'s sheaves out (in the rseq mode by taking the slot's top, which fences its
+    /// CPU: the caller may run anywhere) and returns them `(main, spare)`, leaving the slot with
     /// none. The caller holds `c`'s sheaf lock.
     fn pcs_take_locked(&self, c: &KmemCacheCpu, g: &SpinGuard<'_, ()>) -> (*mut Sheaf, *mut Sheaf) {
         let sl = &c.sheaves;
-        let stop = self.rseq && !cfg!(kmem_mutant = "sheaf_flush_without_stop");
-        if stop {
-            percpu::stop_array(&sl.head, c.index());
-        }
-        let main = sl.take_main_stopped(self.sheaf_slots.geo);
-        if stop {
-            percpu::resume_array(&sl.head);
-        }
+        let top = if self.rseq && !cfg!(kmem_mutant = "sheaf_flush_without_stop") {
+            percpu::take_array(&sl.head, c.index())
+        } else {
+            // The locked mode (the lock excludes the fast paths), or the planted bug
+            // (loom-tests): a read and a store from another CPU, which a sequence in flight
+            // there overwrites.
+            let top = sl.head.top();
+            sl.head.set_top_stopped(0);
+            top
+        };
+        let main = sl.own_main(self.sheaf_slots.geo, top);
         let spare = sl.spare(g);
         sl.set_spare(g, ptr::null_mut());
         (main, spare)
@@ -637,19 +640,21 @@ impl CacheInner {
         }
     }
 
-    /// The objects in slot `i`'s sheaves, counted with the slot stopped (exact at the moment),
-    /// for `slabinfo`.
+    /// The objects in slot `i`'s sheaves, counted with the slot's top taken (exact at the
+    /// moment), for `slabinfo`.
     pub(super) fn pcs_count(&self, i: usize) -> usize {
         let c = self.cpu(i);
         let sl = &c.sheaves;
         let g = sl.lock.lock();
-        if self.rseq {
-            percpu::stop_array(&sl.head, i);
-        }
-        let n = sl.main(self.sheaf_slots.geo).2 + Self::len_of(sl.spare(&g));
-        if self.rseq {
-            percpu::resume_array(&sl.head);
-        }
-        n
+        let geo = self.sheaf_slots.geo;
+        let main = if self.rseq {
+            let top = percpu::take_array(&sl.head, i);
+            let n = geo.split(top).1;
+            percpu::put_array(&sl.head, top);
+            n
+        } else {
+            sl.main(geo).2
+        };
+        main + Self::len_of(sl.spare(&g))
     }
 }

@@ -5,8 +5,8 @@
 //! ```text
 //!   KmemCacheCpu.sheaves (SheafSlot)        Sheaf (a power of two of bytes, aligned to it)
 //!     head.top     ──▶ into `main`:          size | capacity | next | objects[capacity]
-//!                      the first free cell   (size: the count while no slot holds it)
-//!     head.stopped     (percpu/array.rs)
+//!                      the first free cell   (size: the count while no slot holds it);
+//!                      0: no `main`, or taken by a flush (percpu/array.rs)
 //!     spare            under `lock`
 //!     lock             the slow paths (try_lock), the fast paths in the locked mode
 //! ```
@@ -209,15 +209,16 @@ impl SheafSlot {
         (top, arr as *mut Sheaf, n)
     }
 
-    /// Takes `main` out of a stopped (or, in the locked mode, locked) slot: writes its count
-    /// into it, leaves the slot with none, and returns it (null: none).
-    pub(crate) fn take_main_stopped(&self, geo: ArrayGeo) -> *mut Sheaf {
-        let (_, main, n) = self.main(geo);
+    /// The `main` sheaf the caller took out of the slot with its top `top` (by
+    /// `percpu::take_array`, or under the lock in the locked mode; the slot's top is 0 now):
+    /// writes its count into it and returns it (null: none).
+    pub(crate) fn own_main(&self, geo: ArrayGeo, top: usize) -> *mut Sheaf {
+        let (main, n) = geo.split(top);
+        let main = main as *mut Sheaf;
         if !main.is_null() {
-            // SAFETY: the slot is stopped (or locked): the sheaf is the caller's now.
+            // SAFETY: the top was taken out of the slot: the sheaf is the caller's now.
             unsafe { (*main).set_len(n) };
         }
-        self.head.set_top_stopped(0);
         main
     }
 

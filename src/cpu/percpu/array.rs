@@ -5,7 +5,7 @@
 //! ```text
 //!   ArraySlot (in the CPU slot)        an array (e.g. a sheaf): BYTES bytes, a power of two,
 //!   +0  top  ─────────────────┐        aligned to BYTES
-//!   +8  stopped               │        +0    size       its count while no slot holds it
+//!                             │        +0    size       its count while no slot holds it
 //!                             │        +8    capacity
 //!                             │        +16   (the owner's words)
 //!                             │        +32   objects[0] ...
@@ -20,8 +20,8 @@
 //! rather than past it so that a full array's top stays inside the array even when its cells
 //! fill it to the end.
 //!
-//! - pop: `cpu = cpu_id; slot = slots[cpu]; stopped? → Stopped; top = slot.top; top & mask <= 24
-//!   (no array: top 0, or an empty one) → Empty; obj = *top`; commit `slot.top = top - 8`.
+//! - pop: `cpu = cpu_id; slot = slots[cpu]; top = slot.top; top & mask <= 24 (no array: top 0,
+//!   or an empty one) → Empty; obj = *top`; commit `slot.top = top - 8`.
 //! - push: `...; top == 0 → Full; top & mask != 24 and *top == obj → DoubleFree; top & mask ==
 //!   full → Full; *(top + 8) = obj`; commit `slot.top = top + 8`. The store before the commit is
 //!   into a cell beyond the count, which no one reads: a restart redoes it, and if the array
@@ -32,9 +32,28 @@
 //!   after the slow path looked makes the replace fail instead of leaving with the old array.
 //!
 //! Only the holder of the slot's lock changes which array `top` points into (by a replace on
-//! the slot's CPU, or after stopping the slot and fencing its CPU, see `percpu/mod.rs`); the
-//! fast paths only move `top` within the array. An array that no slot holds carries its count
-//! in `size` and belongs to whoever took it out, who may use it with plain loads and stores.
+//! the slot's CPU, or by *taking* the top from any CPU, see below); the fast paths only move
+//! `top` within the array. An array that no slot holds carries its count in `size` and belongs
+//! to whoever took it out, who may use it with plain loads and stores.
+//!
+//! # Taking a slot's top from another CPU (no stop word)
+//!
+//! The cpu-slab sequences check a stop word (`percpu/mod.rs`); the array sequences check
+//! nothing of the kind, because a top of 0 already fails them all (pop: empty; push: full),
+//! and that test is one they make anyway. A stopper (flush, shrink, destroy, the exact count;
+//! it holds the slot's lock, so no replace runs) *takes* the top — [`take_array`]:
+//!
+//! 1. `taken = swap(top, 0)`: sequences that start now fail;
+//! 2. fence the slot's CPU (membarrier): the one sequence that may have been in flight there,
+//!    having read `taken` before the swap, has committed or will restart;
+//! 3. `now = swap(top, 0)`: if 0, no commit came after the swap, and `taken` is the slot's
+//!    whole state; else the in-flight sequence committed `taken ± 8` over the 0, which is now
+//!    the newer state: `taken = now`, and back to 2 (a sequence may have started on the
+//!    restored top before this swap).
+//!
+//! Each round needs a sequence in flight at the very moment of the swap, so the loop ends after
+//! one or two rounds in practice. What the stopper returns is the top as the last commit left
+//! it: the array and its count are its own until it stores a top back ([`put_array`]).
 //!
 //! In the locked commit mode there are no sequences: the slot's lock (taken with `try_lock` by
 //! the fast paths) guards `top` and the array, and [`ArraySlot::pop_locked`] /
@@ -53,8 +72,6 @@ use crate::sync::AtomicUsize;
 pub(crate) const ARRAY_OBJECTS: usize = if cfg!(loom) { 256 } else { 32 };
 /// Offset of `top` in an [`ArraySlot`].
 const OFF_TOP: usize = 0;
-/// Offset of `stopped` in an [`ArraySlot`].
-const OFF_ASTOP: usize = 8;
 
 /// The first words of an array: its count (while no slot holds it) and capacity; `objects`
 /// start at [`ARRAY_OBJECTS`].
@@ -66,20 +83,18 @@ pub(crate) struct ArrayHead {
     pub(crate) capacity: usize,
 }
 
-/// The per-CPU part the array sequences read: the top of the CPU's array, and the stop word.
+/// The per-CPU word the array sequences read and commit: the top of the CPU's array. It has no
+/// stop word: a stopper takes the top itself ([`take_array`](super::take_array)), and a slot
+/// whose top is 0 fails every pop and push.
 #[repr(C)]
 pub(crate) struct ArraySlot {
-    /// The first free cell of the CPU's array, or 0 when it has none (pop: empty; push: full).
+    /// The first free cell of the CPU's array, or 0 when it has none, or while a stopper holds
+    /// it (pop: empty; push: full).
     pub(crate) top: AtomicUsize,
-    /// Non-zero while a stopper owns the slot.
-    pub(crate) stopped: AtomicU64,
 }
 
 #[cfg(not(loom))]
-const _: () = {
-    assert!(core::mem::offset_of!(ArraySlot, top) == OFF_TOP);
-    assert!(core::mem::offset_of!(ArraySlot, stopped) == OFF_ASTOP);
-};
+const _: () = assert!(core::mem::offset_of!(ArraySlot, top) == OFF_TOP);
 
 impl ArrayHead {
     /// An empty array of `capacity` cells.
@@ -163,21 +178,40 @@ impl ArraySlot {
     pub(crate) fn new() -> Self {
         ArraySlot {
             top: AtomicUsize::new(0),
-            stopped: AtomicU64::new(0),
         }
     }
 
-    /// The slot's top (stable for the holder of the slot's lock in the locked mode, or of a
-    /// stopped slot; a snapshot otherwise).
+    /// The slot's top (stable for the holder of the slot's lock in the locked mode; a snapshot
+    /// otherwise).
     #[inline(always)]
     pub(crate) fn top(&self) -> usize {
         self.top.load(Ordering::Acquire)
     }
 
-    /// Stores the top (the caller holds the slot's lock and, in the rseq mode, has stopped the
-    /// slot).
+    /// Stores the top (the caller holds the slot's lock and, in the rseq mode, has taken the
+    /// top: [`take_array`]).
     pub(crate) fn set_top_stopped(&self, top: usize) {
         self.top.store(top, Ordering::Release)
+    }
+
+    /// The commit of a pop or push (of the model sequences under loom; of the locked mode's
+    /// steps otherwise): the store of the new top.
+    ///
+    /// On the machine the commit is a plain `mov`, and x86 orders every store to the word in
+    /// one total order with the stopper's `xchg` ([`take_array`]): if the commit was still in
+    /// its CPU's store buffer when the `xchg` read the word, it lands after it and the fence
+    /// makes the next `xchg` see it. Loom orders two stores of different threads only as far as
+    /// their causality does, so it lets an `xchg` that comes after such a commit (fenced) read
+    /// the stopper's own earlier 0 as "newest" — an execution x86 (and C++'s total modification
+    /// order) forbid. The model therefore commits with a swap whose result it ignores: a store
+    /// placed after the newest value, as the machine's are.
+    #[inline(always)]
+    fn commit(&self, top: usize) {
+        if cfg!(loom) {
+            let _ = self.top.swap(top, Ordering::Release);
+        } else {
+            self.top.store(top, Ordering::Relaxed);
+        }
     }
 
     /// Pop in the locked mode (the caller holds the slot's lock; the model of the sequence
@@ -190,7 +224,7 @@ impl ArraySlot {
         }
         // SAFETY: `top` is the last object's cell of the slot's live array, which the caller's lock (or the model sequence) gives it alone.
         let obj = unsafe { crate::sync::load_word(top as *const usize) };
-        self.top.store(top - 8, Ordering::Relaxed);
+        self.commit(top - 8);
         (Seq::Done, obj)
     }
 
@@ -212,7 +246,7 @@ impl ArraySlot {
         }
         // SAFETY: `top + 8` is a free cell of the slot's live array (`off < full`).
         unsafe { crate::sync::store_word((top + 8) as *mut usize, obj) };
-        self.top.store(top + 8, Ordering::Relaxed);
+        self.commit(top + 8);
         Seq::Done
     }
 }
@@ -290,8 +324,9 @@ impl<const STRIDE: usize> ArraySlots<STRIDE> {
 // ---------------------------------------------------------------------------------------------
 
 /// Pops the last object of the array of the CPU the thread runs on (module docs). Returns
-/// `(how, slot address, object)`: `Done` with the object; `Empty` (no array, or an empty one),
-/// `Stopped` with the slot's address; `Unavailable` (no registration, or a CPU beyond the slots).
+/// `(how, slot address, object)`: `Done` with the object; `Empty` (no array, an empty one, or a
+/// top a stopper holds) with the slot's address; `Unavailable` (no registration, or a CPU beyond
+/// the slots).
 ///
 /// # Safety
 /// Every slot's top is 0 or points into a live array of shape `slots.geo`.
@@ -318,8 +353,6 @@ pub(crate) unsafe fn array_pop<const STRIDE: usize>(
                 "jae 25f",
                 "imul {slot}, {slot}, {stride}",
                 "add {slot}, qword ptr [{s} + {o_base}]",
-                "cmp qword ptr [{slot} + {o_stop}], 0",
-                "jne 26f",
                 "mov {top}, qword ptr [{slot} + {o_top}]",
                 "mov {t}, {top}",
                 "and {t}, qword ptr [{s} + {o_mask}]",
@@ -332,9 +365,6 @@ pub(crate) unsafe fn array_pop<const STRIDE: usize>(
             fail: [
                 "25:",
                 "mov {t:e}, {st_unavail}",
-                "jmp 29f",
-                "26:",
-                "mov {t:e}, {st_stopped}",
                 "jmp 29f",
                 "28:",
                 "mov {t:e}, {st_empty}",
@@ -349,11 +379,9 @@ pub(crate) unsafe fn array_pop<const STRIDE: usize>(
                 slot = out(reg) slot,
                 top = out(reg) _,
                 obj = out(reg) obj,
-                o_stop = const OFF_ASTOP,
                 o_top = const OFF_TOP,
                 empty = const EMPTY_OFF,
                 st_unavail = const ST_UNAVAILABLE,
-                st_stopped = const ST_STOPPED,
                 st_empty = const ST_EMPTY,
             ]
         );
@@ -362,8 +390,8 @@ pub(crate) unsafe fn array_pop<const STRIDE: usize>(
 }
 
 /// Pushes `obj` onto the array of the CPU the thread runs on (module docs). Returns `(how, slot
-/// address)`: `Done`; `Full` (no array, or a full one), `Stopped`, `DoubleFree` (`obj` is the
-/// array's last object) with the slot's address; `Unavailable`.
+/// address)`: `Done`; `Full` (no array, a full one, or a top a stopper holds), `DoubleFree`
+/// (`obj` is the array's last object) with the slot's address; `Unavailable`.
 ///
 /// # Safety
 /// As [`array_pop`]; `obj` is the caller's.
@@ -383,8 +411,6 @@ pub(crate) unsafe fn array_push<const STRIDE: usize>(
                 "jae 25f",
                 "imul {slot}, {slot}, {stride}",
                 "add {slot}, qword ptr [{s} + {o_base}]",
-                "cmp qword ptr [{slot} + {o_stop}], 0",
-                "jne 26f",
                 "mov {top}, qword ptr [{slot} + {o_top}]",
                 "test {top}, {top}",
                 "jz 28f",
@@ -405,9 +431,6 @@ pub(crate) unsafe fn array_push<const STRIDE: usize>(
                 "25:",
                 "mov {t:e}, {st_unavail}",
                 "jmp 29f",
-                "26:",
-                "mov {t:e}, {st_stopped}",
-                "jmp 29f",
                 "27:",
                 "mov {t:e}, {st_double}",
                 "jmp 29f",
@@ -425,11 +448,9 @@ pub(crate) unsafe fn array_push<const STRIDE: usize>(
                 t = out(reg) st,
                 slot = out(reg) slot,
                 top = out(reg) _,
-                o_stop = const OFF_ASTOP,
                 o_top = const OFF_TOP,
                 empty = const EMPTY_OFF,
                 st_unavail = const ST_UNAVAILABLE,
-                st_stopped = const ST_STOPPED,
                 st_double = const ST_DOUBLE_FREE,
                 st_full = const ST_FULL,
             ]
@@ -460,8 +481,6 @@ pub(crate) unsafe fn array_pop_fast<const STRIDE: usize>(
                 "jae 25f",
                 "imul {slot}, {slot}, {stride}",
                 "add {slot}, qword ptr [{s} + {o_base}]",
-                "cmp qword ptr [{slot} + {o_stop}], 0",
-                "jne 25f",
                 "mov {top}, qword ptr [{slot} + {o_top}]",
                 "mov {t}, {top}",
                 "and {t}, qword ptr [{s} + {o_mask}]",
@@ -486,7 +505,6 @@ pub(crate) unsafe fn array_pop_fast<const STRIDE: usize>(
                 slot = out(reg) slot,
                 top = out(reg) _,
                 obj = out(reg) obj,
-                o_stop = const OFF_ASTOP,
                 o_top = const OFF_TOP,
                 empty = const EMPTY_OFF,
             ]
@@ -516,8 +534,6 @@ pub(crate) unsafe fn array_push_fast<const STRIDE: usize>(
                 "jae 25f",
                 "imul {slot}, {slot}, {stride}",
                 "add {slot}, qword ptr [{s} + {o_base}]",
-                "cmp qword ptr [{slot} + {o_stop}], 0",
-                "jne 25f",
                 "mov {top}, qword ptr [{slot} + {o_top}]",
                 "test {top}, {top}",
                 "jz 25f",
@@ -550,7 +566,6 @@ pub(crate) unsafe fn array_push_fast<const STRIDE: usize>(
                 t = out(reg) _,
                 slot = out(reg) slot,
                 top = out(reg) _,
-                o_stop = const OFF_ASTOP,
                 o_top = const OFF_TOP,
                 empty = const EMPTY_OFF,
             ]
@@ -660,9 +675,10 @@ pub(crate) fn replace_on_cpu(_: &ArraySlot, _: usize, _: usize, _: usize) -> Rep
 // The sequences under loom (the model: `sync::cpu_sequence`, as in `seq.rs`)
 // ---------------------------------------------------------------------------------------------
 
-/// The model of [`array_pop`]: the sequence runs under its model CPU's mutex. Its loads of the
-/// slot are Acquire, as every x86_64 load is: a sequence that sees a stopper's `stopped = 0`
-/// sees the top the stopper left.
+/// The model of [`array_pop`]: the sequence runs under its model CPU's mutex (a stopper's swaps
+/// do not take it, so they may fall between the sequence's read of the top and its commit, as
+/// on the machine; its fence waits for the sequence). Its loads of the slot are Acquire, as
+/// every x86_64 load is: a sequence that sees the top a stopper put back sees its stores.
 ///
 /// # Safety
 /// As the x86_64 version.
@@ -677,9 +693,6 @@ pub(crate) unsafe fn array_pop<const STRIDE: usize>(
     }
     let s = slots.get(cpu);
     let at = s as *const ArraySlot as usize;
-    if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Acquire) != 0 {
-        return (Seq::Stopped, at, 0);
-    }
     let _ = s.top.load(Ordering::Acquire);
     let (st, obj) = s.pop_locked(slots.geo);
     (st, at, obj)
@@ -701,9 +714,6 @@ pub(crate) unsafe fn array_push<const STRIDE: usize>(
     }
     let s = slots.get(cpu);
     let at = s as *const ArraySlot as usize;
-    if !cfg!(kmem_mutant = "rseq_ignores_stop") && s.stopped.load(Ordering::Acquire) != 0 {
-        return (Seq::Stopped, at);
-    }
     let _ = s.top.load(Ordering::Acquire);
     (s.push_locked(slots.geo, obj), at)
 }

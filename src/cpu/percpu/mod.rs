@@ -353,9 +353,40 @@ pub(crate) fn stop<S>(slot: &SlotHead<S>, cpu: usize) {
     stop_word(&slot.stopped, cpu)
 }
 
-/// [`stop`] for a slot's per-CPU array ([`ArraySlot`]; the caller holds its lock).
-pub(crate) fn stop_array(slot: &ArraySlot, cpu: usize) {
-    stop_word(&slot.stopped, cpu)
+/// Takes the top of slot `slot` of `cpu`'s per-CPU array (`array.rs`, "Taking a slot's top"):
+/// returns the top the last committed sequence left and leaves 0 there, so that every pop and
+/// push on the slot fails until [`put_array`]. The caller holds the slot's lock (no replace
+/// runs); it may run on any CPU. A system call per round: never from inside a sequence, and not
+/// on a fast path.
+pub(crate) fn take_array(slot: &ArraySlot, cpu: usize) -> usize {
+    if cfg!(kmem_mutant = "sheaf_take_fence_first") {
+        // Planted bug (loom-tests): a sequence that starts after the fence and commits after
+        // the swap puts back a top the stopper no longer counts.
+        fence_cpu(cpu);
+        return slot.top.swap(0, Ordering::AcqRel);
+    }
+    let mut taken = slot.top.swap(0, Ordering::AcqRel);
+    loop {
+        if !cfg!(kmem_mutant = "sheaf_take_without_fence") {
+            fence_cpu(cpu);
+        }
+        if cfg!(kmem_mutant = "sheaf_take_without_recheck") {
+            // Planted bug (loom-tests): a sequence in flight at the swap commits over the 0.
+            return taken;
+        }
+        let now = slot.top.swap(0, Ordering::AcqRel);
+        if now == 0 {
+            return taken;
+        }
+        // The sequence in flight at the swap committed: its top is the newer state.
+        taken = now;
+    }
+}
+
+/// Gives a top taken by [`take_array`] back to its slot (the array and its count as the
+/// caller leaves them; the caller still holds the slot's lock).
+pub(crate) fn put_array(slot: &ArraySlot, top: usize) {
+    slot.top.store(top, Ordering::Release);
 }
 
 /// Stores 1 in a slot's stop word, then fences `cpu`.
@@ -375,11 +406,6 @@ fn stop_word(stopped: &AtomicU64, cpu: usize) {
 
 /// Lets sequences commit on `slot` again (the caller's stores before it are visible to them).
 pub(crate) fn resume<S>(slot: &SlotHead<S>) {
-    slot.stopped.store(0, Ordering::Release);
-}
-
-/// [`resume`] for a slot's per-CPU array.
-pub(crate) fn resume_array(slot: &ArraySlot) {
     slot.stopped.store(0, Ordering::Release);
 }
 
