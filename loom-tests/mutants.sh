@@ -48,6 +48,7 @@ m17_sheaves                             sheaf_take_without_fence
 m17_sheaves                             sheaf_take_fence_first
 m17_sheaves                             sheaf_replace_ignores_count
 m17_sheaves                             sheaf_install_over_main
+m17_sheaves                             barn_trades_main
 m17_sheaves                             pool_trim_ignores_in_flight
 m17_sheaves                             sheaf_locked_pop_unlocked
 m17_sheaves                             barn_trim_without_take

@@ -14,6 +14,14 @@
 //!   trades `main` at the barn for a full sheaf, while another thread frees into `main` (mutant
 //!   `sheaf_replace_ignores_count`: the replace commits although `main` is no longer empty, and
 //!   the sheaf put back as empty still holds the freed object — kmem aborts);
+//! - `barn_put_vs_alloc`: on CPU 0, a free finds `main` and the spare full and trades the spare
+//!   at the barn for an empty sheaf that replaces `main`, while another thread pops from `main`
+//!   (mutant `barn_trades_main`: the full `main` itself goes to the barn before its replace
+//!   commits, so after the pop it is both the slot's `main` and a sheaf of the barn: flushed
+//!   twice);
+//! - `barn_steal_vs_own_trade`: the barn's one full sheaf, in slot 0's shard, wanted at once by
+//!   an allocation on CPU 0 (its own shard's trade) and one on CPU 1 (a steal from slot 0's
+//!   shard): exactly one gets it, the other refills from the slabs;
 //! - `barn_trim_vs_exchange`: on CPU 0, an allocation finds `main` and the spare empty and
 //!   takes the barn's full sheaf, while CPU 1 runs the decay's barn trim, which flushes every
 //!   full sheaf of the barn back to the slabs: the sheaf goes to one of them (mutant
@@ -70,12 +78,13 @@ fn flush_vs_free_other_cpu() {
 fn main_and_spare_empty_barn_full(c: &kmem::KmemCache, live: &Live) -> Vec<std::ptr::NonNull<u8>> {
     // 12 allocations: three refills (main S1 empty, spare S2 empty).
     let mut held: Vec<_> = (0..12).map(|_| live.alloc(c)).collect();
-    // 12 frees: S1 fills and swaps with S2; S2 fills and goes to the barn for an empty S3,
-    // which fills.
+    // 12 frees: S1 fills and swaps with S2; S2 fills, and the full spare S1 goes to the barn
+    // (slot 0's shard) while an empty S3 from the pool replaces S2, which becomes the spare;
+    // S3 fills.
     for p in held.drain(..) {
         live.free(c, p);
     }
-    // 8 allocations: S3 emptied, swapped with the full spare S1, S1 emptied.
+    // 8 allocations: S3 emptied, swapped with the full spare S2, S2 emptied.
     (0..8).map(|_| live.alloc(c)).collect()
 }
 
@@ -101,6 +110,69 @@ fn barn_exchange_vs_free() {
         });
         a.join().unwrap();
         b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+/// Leaves slot 0 (the calling thread on CPU 0) with `main` and the spare full (4 objects each)
+/// and an empty barn, holding 8 objects, which it returns.
+fn main_and_spare_full(c: &kmem::KmemCache, live: &Live) -> Vec<std::ptr::NonNull<u8>> {
+    // 16 allocations: four refills (main S2 empty, spare S1 empty).
+    let mut held: Vec<_> = (0..16).map(|_| live.alloc(c)).collect();
+    // 8 frees: S2 fills and swaps with the empty spare S1, which fills.
+    for p in held.drain(..8) {
+        live.free(c, p);
+    }
+    held
+}
+
+#[test]
+fn barn_put_vs_alloc() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        let held = main_and_spare_full(&c, &live);
+        let s = c.stats();
+        assert_eq!((s.barn_put, s.sheaf_swap), (0, 1), "setup: {s:?}");
+        let x = held[0];
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.free(&c1, x);
+        });
+        let (c2, l2) = (c.clone(), live.clone());
+        let b = loom::thread::spawn(move || {
+            on_cpu(0);
+            l2.alloc(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        finish(&k, &c, &live, false);
+    });
+}
+
+#[test]
+fn barn_steal_vs_own_trade() {
+    model(|| {
+        let (k, c) = setup_sheaves(Rseq, 2);
+        let live = Live::new();
+        on_cpu(0);
+        let _held = main_and_spare_empty_barn_full(&c, &live);
+        let (c1, l1) = (c.clone(), live.clone());
+        let a = loom::thread::spawn(move || {
+            on_cpu(0);
+            l1.alloc(&c1);
+        });
+        let (c2, l2) = (c.clone(), live.clone());
+        let b = loom::thread::spawn(move || {
+            on_cpu(1);
+            l2.alloc(&c2);
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        let s = c.stats();
+        assert_eq!(s.barn_get, 1, "one of the two took the barn's sheaf: {s:?}");
         finish(&k, &c, &live, false);
     });
 }

@@ -165,7 +165,7 @@ impl KmemShared {
     /// Fork support (the `pthread_atfork` prepare handler in `instance/fork.rs`): takes every lock of
     /// this instance, in lock order, and returns with all of them held and no guard:
     /// the registry lock, then every slot lock of every cache, every CPU sheaf lock, every
-    /// sheaf pool lock, every node `list_lock`, every barn lock, then every node's per-CPU page
+    /// sheaf pool lock, every node `list_lock`, every barn shard lock, then every node's per-CPU page
     /// list locks, then every node's page lock. Taking a whole level before the next keeps the
     /// walk consistent with the lock order (no kmem path holds a lower-level lock while waiting
     /// for a higher-level one), so the walk cannot deadlock with running allocations.

@@ -1,50 +1,85 @@
 //! The barn (Linux 7.0, `struct node_barn`): per node, a stock of full and empty sheaves that CPU
 //! slots trade with, so a CPU that only frees and one that only allocates exchange whole sheaves
-//! instead of going to the slabs object by object.
+//! instead of going to the slabs object by object — kept here in one *shard* per CPU slot.
 //!
 //! ```text
-//!   Barn (one per node, under its spin lock)
-//!     full   ──▶ sheaf ──▶ sheaf ...   at most MAX_FULL_SHEAVES (freeing CPUs put, allocating CPUs get)
-//!     empty  ──▶ sheaf ──▶ sheaf ...   at most MAX_EMPTY_SHEAVES (the reverse)
+//!   node n's barn = the shards of the slots on node n (one BarnShard per slot, own lock, own lines)
+//!
+//!     shard of slot 0            shard of slot 1            ...
+//!       full  ─▶ sheaf ─▶ ...      full  ─▶ sheaf ─▶ ...      at most `full_max` each
+//!       empty ─▶ sheaf ─▶ ...      empty ─▶ sheaf ─▶ ...      at most `empty_max` each
 //! ```
 //!
-//! A full sheaf records the CPU slot whose frees filled it (`Sheaf::filled_on`); a slot that
-//! takes a full sheaf takes one of its own if one is among the first [`PREFER_OWN`] of the
-//! list, so that objects freed on a CPU are allocated again on it while they are in its
-//! caches (kmem-bench's `batch`, one and two threads: 6% faster, docs/performance.md).
+//! # Why shards
 //!
-//! The lock is held only to link or unlink one sheaf (or to take a whole list for shrink): no
-//! other lock is taken under it, and nothing under it can fault or call out. Lock order: a CPU
-//! slot's sheaf lock may be held when the barn lock is taken, never the reverse.
+//! The kernel's barn is one list pair under one spin lock per node. Measured here, that lock's
+//! cache line moving between the CPUs of a node cost two threads that each allocate 1000
+//! objects and free them (kmem-bench `batch`) a fifth of their time: every trade of a sheaf
+//! took it up to three times, each time from the other CPU. In kmem a slot trades with its
+//! *own* shard first — a line only its CPU writes while that CPU's threads keep their objects
+//! to themselves — and only when that shard has no full sheaf (allocation) or no room
+//! (free) with the other shards of its node ([`STEAL_SCAN`] of them at most, skipping those
+//! whose counts, read without their locks, say they cannot help). So the barn still moves
+//! sheaves from CPUs that free to CPUs that allocate (a producer's full sheaves overflow its
+//! shard into the others, where a consumer finds them), and what a CPU freed is what it
+//! allocates next while it fits in its shard (its objects are in its caches).
 //!
-//! The empty limit is the kernel's (`MAX_EMPTY_SHEAVES`, 10); the full one is twice the kernel's
-//! (`MAX_FULL_SHEAVES`, 20), measured: a thread that allocates 1000 objects of 64 bytes and then
-//! frees them (kmem-bench's `batch`) keeps its whole batch in its sheaves and the barn instead of
-//! flushing a third of it to the slabs and refilling it again, 8.4 → 6.2 ns per object
-//! (docs/performance.md, "Deeper barns"). The decay's barn trim bounds what an idle cache keeps
-//! there. A put that
-//! would pass them fails and the caller flushes the sheaf to the slabs (full) or returns it to
-//! the pool (empty); only a thread that lost a race installing a sheaf it has just refilled puts
-//! it past the limit ([`Barn::put_full_force`]), as the kernel does.
+//! The node's bound stays the kernel's on small machines: each shard keeps
+//! `ceil(MAX_FULL_SHEAVES / slots on the node)` full sheaves (at least [`MIN_SHARD_FULL`]) and
+//! `ceil(MAX_EMPTY_SHEAVES / slots on the node)` empty ones (at least [`MIN_SHARD_EMPTY`]):
+//! 10 and 5 per shard, 20 and 10 per node, on two CPUs. On a node of more than five CPUs the
+//! minimum makes the node's stock grow with its CPUs (4 full sheaves each), so that a CPU's own
+//! trades keep the locality they are for; the decay's barn trim gives full sheaves of an idle
+//! cache back to the slabs whatever their number.
+//!
+//! # One lock per trade
+//!
+//! [`BarnShard::exchange_empty`] hands in an empty sheaf and takes a full one under one lock
+//! (`barn_replace_empty_sheaf`), [`BarnShard::exchange_full`] the reverse
+//! (`barn_replace_full_sheaf`). The sheaves handed in are ones the caller owns outright (a
+//! slot's spare, taken out under the slot's sheaf lock), never the slot's `main`, which a
+//! sequence may still be using until the replace that swaps it out commits (`pcs.rs`).
+//!
+//! # Locks
+//!
+//! A shard's lock is held only to link or unlink sheaves (or to take a whole list for shrink):
+//! no other lock is taken under it, nothing under it can fault or call out, and no path holds
+//! two shard locks at once. Lock order: a CPU slot's sheaf lock may be held when a shard lock
+//! is taken (any shard of the node), never the reverse. The counts a stealer reads without
+//! the lock are hints, rewritten under it after every change: a stale one only makes a steal
+//! skip a shard that could have helped, or lock one that cannot.
 
 use super::sheaf::Sheaf;
-use crate::sync::SpinLock;
+use crate::sync::{AtomicUsize, Ordering, SpinLock};
 use core::ptr;
 
-/// Full sheaves a barn keeps at most.
+/// Full sheaves a node's barn keeps at most, on a node of two CPUs (the kernel's 10, twice: a
+/// thread that allocates 1000 objects of a few hundred bytes and frees them keeps its batch
+/// in sheaves, docs/performance.md, "Deeper barns").
 pub(crate) const MAX_FULL_SHEAVES: usize = 20;
-/// Empty sheaves a barn keeps at most.
+/// Empty sheaves a node's barn keeps at most, on a node of two CPUs (the kernel's 10).
 pub(crate) const MAX_EMPTY_SHEAVES: usize = 10;
-/// How far down its full list [`Barn::get_full`] looks for a sheaf of the caller's CPU.
-pub(crate) const PREFER_OWN: usize = 4;
+/// The fewest full sheaves a shard keeps, however many CPUs share the node.
+pub(crate) const MIN_SHARD_FULL: usize = 4;
+/// The fewest empty sheaves a shard keeps.
+pub(crate) const MIN_SHARD_EMPTY: usize = 2;
+/// How many other shards of its node a slot looks at when its own cannot serve.
+pub(crate) const STEAL_SCAN: usize = 8;
 
-/// One node's barn.
-#[repr(C, align(64))]
-pub(crate) struct Barn {
+/// One CPU slot's shard of its node's barn (module docs).
+#[repr(C, align(128))]
+pub(crate) struct BarnShard {
     pub(crate) lists: SpinLock<BarnLists>,
+    /// `nr_full` and `nr_empty` as of the last change (stored under the lock; read without it
+    /// by stealers: hints).
+    hint_full: AtomicUsize,
+    hint_empty: AtomicUsize,
+    /// This shard's limits (constant).
+    full_max: usize,
+    empty_max: usize,
 }
 
-/// The barn's two lists, linked through [`Sheaf::next`].
+/// A shard's two lists, linked through [`Sheaf::next`].
 pub(crate) struct BarnLists {
     full: *mut Sheaf,
     nr_full: usize,
@@ -52,12 +87,12 @@ pub(crate) struct BarnLists {
     nr_empty: usize,
 }
 
-// SAFETY: the sheaves on the lists are owned by the barn and only touched under its lock.
+// SAFETY: the sheaves on the lists are owned by the shard and only touched under its lock.
 unsafe impl Send for BarnLists {}
 
 impl BarnLists {
     fn push(head: &mut *mut Sheaf, n: &mut usize, s: *mut Sheaf) {
-        // SAFETY: the caller hands `s` to the barn (it owns it); linked under the barn lock.
+        // SAFETY: the caller hands `s` to the shard (it owns it); linked under the shard lock.
         unsafe { (*s).next.set(*head) };
         *head = s;
         *n += 1;
@@ -68,17 +103,26 @@ impl BarnLists {
         if s.is_null() {
             return None;
         }
-        // SAFETY: on the list, which the barn lock guards.
+        // SAFETY: on the list, which the shard lock guards.
         *head = unsafe { (*s).next.get() };
         *n -= 1;
         Some(s)
     }
 }
 
-impl Barn {
-    /// An empty barn.
-    pub(crate) fn new() -> Self {
-        Barn {
+/// The limits of each shard of a node with `slots` CPU slots: `(full, empty)` (module docs).
+pub(crate) fn shard_limits(slots: usize) -> (usize, usize) {
+    let slots = slots.max(1);
+    (
+        MAX_FULL_SHEAVES.div_ceil(slots).max(MIN_SHARD_FULL),
+        MAX_EMPTY_SHEAVES.div_ceil(slots).max(MIN_SHARD_EMPTY),
+    )
+}
+
+impl BarnShard {
+    /// An empty shard keeping at most `full_max` full and `empty_max` empty sheaves.
+    pub(crate) fn new(full_max: usize, empty_max: usize) -> Self {
+        BarnShard {
             lists: SpinLock::new(
                 "kmem barn lock",
                 BarnLists {
@@ -88,52 +132,116 @@ impl Barn {
                     nr_empty: 0,
                 },
             ),
+            hint_full: AtomicUsize::new(0),
+            hint_empty: AtomicUsize::new(0),
+            full_max,
+            empty_max,
         }
     }
 
-    /// Takes a full sheaf (`barn_replace_empty_sheaf` without the put, which the caller does
-    /// once its slot took the sheaf): among the first [`PREFER_OWN`] of the list, one that slot
-    /// `slot` filled (its objects were last written on this CPU: the allocations that take them
-    /// find them in its caches), else the first.
-    pub(crate) fn get_full(&self, slot: usize) -> Option<*mut Sheaf> {
+    /// Rewrites the hints after a change (the caller holds the lock: `l` is its data).
+    fn publish(&self, l: &BarnLists) {
+        self.hint_full.store(l.nr_full, Ordering::Relaxed);
+        self.hint_empty.store(l.nr_empty, Ordering::Relaxed);
+    }
+
+    /// Whether the shard seemed to hold a full sheaf at its last change (no lock: a hint).
+    #[inline]
+    pub(crate) fn may_have_full(&self) -> bool {
+        self.hint_full.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the shard seemed to have room for a full sheaf at its last change (a hint).
+    #[inline]
+    pub(crate) fn may_take_full(&self) -> bool {
+        self.hint_full.load(Ordering::Relaxed) < self.full_max
+    }
+
+    /// Takes a full sheaf (`barn_get_full_sheaf`).
+    pub(crate) fn get_full(&self) -> Option<*mut Sheaf> {
         let mut l = self.lists.lock();
         let l = &mut *l;
-        let mut prev: *mut Sheaf = ptr::null_mut();
-        let mut s = l.full;
-        let mut i = 0;
-        while !s.is_null() && i < PREFER_OWN {
-            // SAFETY: on the list, which the held barn lock guards.
-            let (filled_on, next) = unsafe { ((*s).filled_on.get(), (*s).next.get()) };
-            if filled_on == slot {
-                if prev.is_null() {
-                    l.full = next;
-                } else {
-                    // SAFETY: as above.
-                    unsafe { (*prev).next.set(next) };
-                }
-                l.nr_full -= 1;
-                return Some(s);
-            }
-            prev = s;
-            s = next;
-            i += 1;
+        let s = BarnLists::pop(&mut l.full, &mut l.nr_full);
+        self.publish(l);
+        s
+    }
+
+    /// Takes a full sheaf and, if it got one, keeps `give` (an empty sheaf the caller owns, or
+    /// null) on the empty list if there is room (`barn_replace_empty_sheaf`): one lock for both.
+    /// Returns the full sheaf (if any) and what of `give` the shard did not keep (`give` itself
+    /// when no full sheaf was there or the empty list is at its limit; null otherwise).
+    ///
+    /// # Safety
+    /// `give` is null or an empty sheaf the caller owns; the shard owns it if it is not
+    /// returned.
+    pub(crate) unsafe fn exchange_empty(
+        &self,
+        give: *mut Sheaf,
+    ) -> (Option<*mut Sheaf>, *mut Sheaf) {
+        let mut l = self.lists.lock();
+        let l = &mut *l;
+        let Some(full) = BarnLists::pop(&mut l.full, &mut l.nr_full) else {
+            return (None, give);
+        };
+        let left = if !give.is_null() && l.nr_empty < self.empty_max {
+            BarnLists::push(&mut l.empty, &mut l.nr_empty, give);
+            ptr::null_mut()
+        } else {
+            give
+        };
+        self.publish(l);
+        (Some(full), left)
+    }
+
+    /// Puts `full` (a full sheaf the caller owns) if the shard has room for it, and takes an
+    /// empty sheaf if it has one (`barn_replace_full_sheaf`): one lock for both. `Ok` with the
+    /// empty sheaf (or `None`: the caller finds one elsewhere) when `full` was taken; `Err`
+    /// with `full` when the shard is at its limit.
+    ///
+    /// # Safety
+    /// The caller owns `full`; the shard owns it on `Ok`.
+    pub(crate) unsafe fn exchange_full(
+        &self,
+        full: *mut Sheaf,
+    ) -> Result<Option<*mut Sheaf>, *mut Sheaf> {
+        let mut l = self.lists.lock();
+        let l = &mut *l;
+        if l.nr_full >= self.full_max {
+            return Err(full);
         }
-        BarnLists::pop(&mut l.full, &mut l.nr_full)
+        BarnLists::push(&mut l.full, &mut l.nr_full, full);
+        let empty = BarnLists::pop(&mut l.empty, &mut l.nr_empty);
+        self.publish(l);
+        Ok(empty)
     }
 
     /// Takes an empty sheaf (`barn_get_empty_sheaf`).
     pub(crate) fn get_empty(&self) -> Option<*mut Sheaf> {
         let mut l = self.lists.lock();
         let l = &mut *l;
-        BarnLists::pop(&mut l.empty, &mut l.nr_empty)
+        let s = BarnLists::pop(&mut l.empty, &mut l.nr_empty);
+        self.publish(l);
+        s
     }
 
-    /// Whether a full sheaf could be put now (the caller checks before taking its main out).
-    pub(crate) fn has_room_for_full(&self) -> bool {
-        self.lists.lock().nr_full < MAX_FULL_SHEAVES
+    /// Puts a full sheaf if the shard has room (`barn_put_full_sheaf` with the limit); gives
+    /// it back otherwise.
+    ///
+    /// # Safety
+    /// The caller owns `s` and gives it up on `Ok`.
+    pub(crate) unsafe fn put_full(&self, s: *mut Sheaf) -> Result<(), *mut Sheaf> {
+        let mut l = self.lists.lock();
+        let l = &mut *l;
+        if l.nr_full >= self.full_max {
+            return Err(s);
+        }
+        BarnLists::push(&mut l.full, &mut l.nr_full, s);
+        self.publish(l);
+        Ok(())
     }
 
-    /// Puts a full (or partly full) sheaf, whatever the limit (`barn_put_full_sheaf`).
+    /// Puts a full (or partly full) sheaf, whatever the limit (`barn_put_full_sheaf`): only a
+    /// thread that lost a race installing a sheaf it has just refilled does, as the kernel's.
     ///
     /// # Safety
     /// The caller owns `s` and gives it up.
@@ -141,20 +249,22 @@ impl Barn {
         let mut l = self.lists.lock();
         let l = &mut *l;
         BarnLists::push(&mut l.full, &mut l.nr_full, s);
+        self.publish(l);
     }
 
-    /// Puts an empty sheaf if the barn keeps fewer than [`MAX_EMPTY_SHEAVES`]; gives it back
-    /// otherwise (the caller returns it to the pool).
+    /// Puts an empty sheaf if the shard keeps fewer than its limit; gives it back otherwise
+    /// (the caller returns it to the pool).
     ///
     /// # Safety
     /// The caller owns `s` (empty) and gives it up on `Ok`.
     pub(crate) unsafe fn put_empty(&self, s: *mut Sheaf) -> Result<(), *mut Sheaf> {
         let mut l = self.lists.lock();
         let l = &mut *l;
-        if l.nr_empty >= MAX_EMPTY_SHEAVES {
+        if l.nr_empty >= self.empty_max {
             return Err(s);
         }
         BarnLists::push(&mut l.empty, &mut l.nr_empty, s);
+        self.publish(l);
         Ok(())
     }
 
@@ -171,6 +281,7 @@ impl Barn {
             l.full = ptr::null_mut();
             l.nr_full = 0;
         }
+        self.publish(&l);
         out
     }
 
@@ -182,6 +293,7 @@ impl Barn {
         l.empty = ptr::null_mut();
         l.nr_full = 0;
         l.nr_empty = 0;
+        self.publish(&l);
         out
     }
 
@@ -207,46 +319,75 @@ mod tests {
     use crate::cpu::percpu::ArrayHead;
     use crate::sync::Cell;
 
-    fn sheaf(filled_on: usize) -> Box<Sheaf> {
-        Box::new(Sheaf {
+    fn sheaf() -> *mut Sheaf {
+        Box::into_raw(Box::new(Sheaf {
             head: ArrayHead::new(4),
             next: Cell::new(ptr::null_mut()),
-            filled_on: Cell::new(filled_on),
-        })
+            _pad: 0,
+        }))
     }
 
-    /// `get_full` prefers, among the first `PREFER_OWN` full sheaves, one the caller's slot
-    /// filled; else it takes the first. Every sheaf put comes back once, and the count follows.
+    fn free(s: *mut Sheaf) {
+        // SAFETY: from `sheaf()`, off every list, freed once.
+        drop(unsafe { Box::from_raw(s) });
+    }
+
+    /// The per-shard limits keep a node of two slots at the kernel-derived totals, and give
+    /// every shard at least the minimum on large nodes.
     #[test]
-    fn get_full_prefers_the_callers_own_sheaves() {
-        let barn = Barn::new();
-        // Put oldest first; the list is then, newest first (slot that filled each):
-        // A 0, B 1, C 0, D 2, E 0, F 0, G 3.
-        let owners = [3, 0, 0, 2, 0, 1, 0];
-        let sheaves: Vec<*mut Sheaf> = owners.iter().map(|&o| Box::into_raw(sheaf(o))).collect();
-        let [g, f, e, d, c, b, a] = sheaves[..] else {
-            unreachable!()
-        };
-        for &s in &sheaves {
-            // SAFETY: a sheaf we own, given to the barn.
-            unsafe { barn.put_full_force(s) };
+    fn shard_limits_split_the_node_bound() {
+        assert_eq!(shard_limits(1), (MAX_FULL_SHEAVES, MAX_EMPTY_SHEAVES));
+        assert_eq!(shard_limits(2), (10, 5));
+        assert_eq!(shard_limits(3), (7, 4));
+        assert_eq!(shard_limits(64), (MIN_SHARD_FULL, MIN_SHARD_EMPTY));
+        assert_eq!(shard_limits(0), shard_limits(1));
+    }
+
+    /// Exchanges trade under one lock and respect both limits; every sheaf put comes back
+    /// exactly once; the hints follow the counts.
+    #[test]
+    fn exchanges_keep_limits_and_lose_nothing() {
+        let b = BarnShard::new(2, 1);
+        let (f1, f2, f3, e1, e2) = (sheaf(), sheaf(), sheaf(), sheaf(), sheaf());
+        // SAFETY (each call below): sheaves we own, handed to the shard or given back.
+        unsafe {
+            // No full sheaf: nothing taken, `give` comes back.
+            assert_eq!(b.exchange_empty(e1), (None, e1));
+            assert!(!b.may_have_full() && b.may_take_full());
+            // A full sheaf for no empty one (the shard has none): `Ok(None)`.
+            assert_eq!(b.exchange_full(f1), Ok(None));
+            b.put_full(f2).unwrap();
+            assert!(b.may_have_full() && !b.may_take_full());
+            // At the limit: the third full sheaf is refused, forced puts still go in.
+            assert_eq!(b.exchange_full(f3), Err(f3));
+            assert_eq!(b.put_full(f3), Err(f3));
+            // Trade e1 for the newest full sheaf: e1 kept.
+            assert_eq!(b.exchange_empty(e1), (Some(f2), ptr::null_mut()));
+            // The empty list is at its limit (1): e2 comes back with f1.
+            assert_eq!(b.exchange_empty(e2), (Some(f1), e2));
+            assert_eq!(b.counts(), (0, 1, 0));
+            assert!(!b.may_have_full());
+            // A full sheaf for the kept empty one.
+            assert_eq!(b.exchange_full(f3), Ok(Some(e1)));
+            b.put_full_force(f1);
+            b.put_full_force(f2);
+            assert_eq!(b.counts().0, 3);
+            assert_eq!(b.put_empty(e2), Ok(()));
+            assert_eq!(b.put_empty(e1), Err(e1));
+            let (mut full, empty) = b.take_all();
+            assert_eq!(empty, e2);
+            let mut n = 0;
+            while !full.is_null() {
+                let next = (*full).next.get();
+                free(full);
+                full = next;
+                n += 1;
+            }
+            assert_eq!(n, 3);
+            assert_eq!(b.counts(), (0, 0, 0));
+            assert!(!b.may_have_full() && b.may_take_full());
         }
-        // Slot 1: B, the second of the list (its own first).
-        assert_eq!(barn.get_full(1), Some(b));
-        // Slot 2: D, third now (A, C, D, E, F, G): within the PREFER_OWN = 4 looked at.
-        assert_eq!(PREFER_OWN, 4);
-        assert_eq!(barn.get_full(2), Some(d));
-        // Slot 3: G is fifth (A, C, E, F, G), beyond reach: the first, A, instead.
-        assert_eq!(barn.get_full(3), Some(a));
-        assert_eq!(barn.counts().0, 4);
-        // What is left comes back in list order, each once.
-        let rest: Vec<_> = (0..4).map(|_| barn.get_full(7).unwrap()).collect();
-        assert_eq!(rest, [c, e, f, g]);
-        assert_eq!(barn.get_full(7), None);
-        assert_eq!(barn.counts().0, 0);
-        for s in sheaves {
-            // SAFETY: from Box::into_raw above, off the barn, freed once.
-            drop(unsafe { Box::from_raw(s) });
-        }
+        free(e1);
+        free(e2);
     }
 }

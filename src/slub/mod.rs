@@ -27,7 +27,7 @@
 //! | `bulk.rs` | bulk alloc/free | `kmem_cache_alloc_bulk`, `kmem_cache_free_bulk` |
 //! | `teardown.rs` | flush, shrink, destroy, slabinfo | `flush_all`, `__kmem_cache_shrink` |
 //! | `sheaf.rs` | a sheaf, a slot's sheaves, the memory sheaves live in | `struct slab_sheaf`, `slub_percpu_sheaves` |
-//! | `barn.rs` | a node's stock of full and empty sheaves | `struct node_barn` |
+//! | `barn.rs` | a node's stock of full and empty sheaves, one shard per CPU slot | `struct node_barn` |
 //! | `pcs.rs` | the sheaf policy: alloc, free, barn trades, refill, flush | `alloc_from_pcs`, `free_to_pcs` |
 //!
 //! `impl CacheInner` is split across `alloc.rs`, `free.rs`, `partial.rs`, `bulk.rs` and
@@ -44,7 +44,7 @@
 //!         -> sheaf pool lock         (carving sheaves: may allocate pages)
 //!           -> node list_lock        (kmem_cache_node: the partial list)
 //!             -> page allocator lock (one per node; never calls out)
-//!   barn lock                        (a leaf: nothing is taken under it)
+//!   barn shard lock                  (a leaf: nothing is taken under it; one at a time)
 //! ```
 //! A sheaf lock is never held across a refill or a flush of a sheaf (`alloc_bulk` and
 //! `free_bulk` take CPU slot locks): the sheaf is taken out, the lock dropped.
@@ -106,7 +106,7 @@ use crate::os;
 use crate::page::{Page, PAGE_SIZE};
 use crate::stats::{CacheStats, NR_STAT_ITEMS};
 use crate::sync::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Cell, Ordering};
-use barn::Barn;
+use barn::BarnShard;
 use core::ptr::{self, NonNull};
 use cpu_slab::{KmemCacheCpu, TidStep};
 use geometry::Geometry;
@@ -206,12 +206,13 @@ pub(crate) struct CacheInner {
     pub(crate) offset: usize,
     pub(crate) tid_step: TidStep,
     /// Sheaves: `pool.capacity` objects per sheaf, 0 when the cache uses the cpu-slab design
-    /// only; the slots' sheaf parts as the array sequences see them; one barn per node.
+    /// only; the slots' sheaf parts as the array sequences see them; one barn shard per slot
+    /// (a node's barn is its slots' shards, `barn.rs`).
     pub(crate) pool: SheafPool,
     /// Objects of the `TYPESAFE_BY_RCU` slabs handed to a collector and not yet released
     /// (free objects of slabs on no list: `slabinfo` counts them as free).
     pub(crate) handed_over_objs: AtomicUsize,
-    pub(crate) barn: *const Barn,
+    pub(crate) barn: *const BarnShard,
     // ---- slow paths ----
     pub(crate) geo: Geometry,
     pub(crate) flags: CacheFlags,
@@ -285,8 +286,9 @@ impl CacheInner {
             0 => 0,
             n => SheafPool::capacity_for(n),
         };
-        let nr_barns = if sheaf_capacity != 0 { nr_nodes } else { 0 };
-        let seq_off = barn_off + nr_barns * core::mem::size_of::<Barn>();
+        // One barn shard per slot (`barn.rs`), none without sheaves.
+        let nr_barns = if sheaf_capacity != 0 { nr_cpus } else { 0 };
+        let seq_off = barn_off + nr_barns * core::mem::size_of::<BarnShard>();
         let seq_len = if debug { 0 } else { geo.oo.objects as usize };
         let map_size = (seq_off + crate::debug::shuffle::random_seq_bytes(seq_len))
             .next_multiple_of(PAGE_SIZE);
@@ -313,9 +315,13 @@ impl CacheInner {
             for i in 0..nr_nodes {
                 ptr::write(nodes.add(i), KmemCacheNode::new());
             }
-            let barns = base.add(barn_off) as *mut Barn;
+            let barns = base.add(barn_off) as *mut BarnShard;
             for i in 0..nr_barns {
-                ptr::write(barns.add(i), Barn::new());
+                // The shard's limits split its node's bound among the node's slots.
+                let nid = kmem.slot_node(i);
+                let on_node = (0..nr_cpus).filter(|&j| kmem.slot_node(j) == nid).count();
+                let (full, empty) = barn::shard_limits(on_node);
+                ptr::write(barns.add(i), BarnShard::new(full, empty));
             }
             let random = crate::debug::shuffle::cache_random();
             let random_seq = if crate::debug::shuffle::random_seq_bytes(seq_len) != 0 {
@@ -428,8 +434,8 @@ impl CacheInner {
                 ptr::drop_in_place(inner.node.add(i) as *mut KmemCacheNode);
             }
             if inner.pool.capacity != 0 {
-                for i in 0..inner.nr_nodes {
-                    ptr::drop_in_place(inner.barn.add(i) as *mut Barn);
+                for i in 0..inner.nr_cpus {
+                    ptr::drop_in_place(inner.barn.add(i) as *mut BarnShard);
                 }
             }
             ptr::drop_in_place(this.as_ptr());
@@ -519,15 +525,14 @@ impl CacheInner {
         on
     }
 
-    /// The barns (one per node; none when the cache has no sheaves).
-    #[cfg_attr(any(loom, miri), allow(dead_code))] // the fork handlers
-    pub(crate) fn barns(&self) -> &[Barn] {
+    /// The barn shards (one per slot, `barn.rs`; none when the cache has no sheaves).
+    pub(crate) fn barns(&self) -> &[BarnShard] {
         let n = if self.pool.capacity != 0 {
-            self.nr_nodes
+            self.nr_cpus
         } else {
             0
         };
-        // SAFETY: `n` barns were written at `barn` when the cache was created (none without sheaves); they live as long as the cache.
+        // SAFETY: `n` shards were written at `barn` when the cache was created (none without sheaves); they live as long as the cache.
         unsafe { core::slice::from_raw_parts(self.barn, n) }
     }
 

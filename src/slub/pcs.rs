@@ -12,9 +12,11 @@
 //! `try_lock`, in the locked mode). If it is empty, [`CacheInner::pcs_replace_empty_main`]:
 //!
 //! 1. the spare has objects: it becomes `main`, the empty main the spare;
-//! 2. the barn has a full sheaf: it becomes `main`, the empty main goes to the spare or back to
-//!    the barn's empty list (`BARN_GET`);
-//! 3. else (`BARN_GET_FAIL`) an empty sheaf (the spare, one from the barn, or a new one from
+//! 2. the barn has a full sheaf (`barn.rs`: the slot's own shard, traded under one lock for the
+//!    spare if the slot has an empty one; else another shard of the node): it becomes `main`,
+//!    the empty main the spare, and an empty sheaf the shard did not keep goes back to the
+//!    pool (`BARN_GET`);
+//! 3. else (`BARN_GET_FAIL`) an empty sheaf (the spare, one from the shard, or a new one from
 //!    the pool) is taken out, the lock dropped, the sheaf refilled from the slabs in bulk
 //!    (`alloc_bulk`: the cpu-slab machinery, `SHEAF_REFILL`), and installed on whatever slot the
 //!    thread is on then (as `main` if that one is empty, else as the spare, else into the barn).
@@ -22,15 +24,18 @@
 //! then the pop is retried. Each `main` change is a replace (`percpu::replace_on_cpu`: a sequence
 //! on the slot's CPU that commits only if `main` still has the count the slow path saw); a
 //! thread that migrated meanwhile gets `Elsewhere` and simply retries on its new CPU. No stop,
-//! no system call.
+//! no system call. What goes to the barn is never `main` (a sequence may be using it until the
+//! replace commits) but a sheaf the slot's lock gives the caller outright: the spare.
 //!
 //! # Free
 //!
 //! Push onto `main` (the same way). If it is full, [`CacheInner::pcs_replace_full_main`]: the
-//! spare has room → swap; no spare → an empty sheaf from the barn or the pool becomes `main`
-//! and the full one the spare; both full → the full main goes to the barn (`BARN_PUT`) for an
-//! empty one; the barn at its limit (`BARN_PUT_FAIL`) → the spare is taken out, flushed to the
-//! slabs (`free_bulk`, grouped by slab: `SHEAF_FLUSH`) with no lock held, and comes back empty.
+//! spare has room → swap; no spare → an empty sheaf from the shard or the pool becomes `main`
+//! and the full one the spare; both full → the full spare goes to the barn (the slot's shard,
+//! which hands back an empty sheaf under the same lock; else another shard of the node with
+//! room: `BARN_PUT`), an empty sheaf replaces `main`, and the full main becomes the spare; the
+//! node's shards at their limits (`BARN_PUT_FAIL`) → the spare is flushed to the slabs
+//! (`free_bulk`, grouped by slab: `SHEAF_FLUSH`) with no lock held, and comes back empty.
 //!
 //! # Bypass
 //!
@@ -41,7 +46,7 @@
 //! `do_slab_free`), which is correct for any object at any time. Nothing waits and nothing is
 //! lost.
 
-use super::barn::Barn;
+use super::barn::{BarnShard, STEAL_SCAN};
 use super::cpu_slab::KmemCacheCpu;
 use super::sheaf::Sheaf;
 use super::CacheInner;
@@ -64,12 +69,47 @@ enum Pcs<'a> {
 }
 
 impl CacheInner {
-    /// The barn of slot `c`'s node.
+    /// Slot `c`'s own barn shard (`barn.rs`).
     #[inline]
-    pub(super) fn barn_of(&self, c: &KmemCacheCpu) -> &Barn {
-        let nid = self.kmem().slot_node(self.slot_index(c));
-        // SAFETY: `nid < nr_nodes`; the barns live as long as the cache (sheaf caches have them).
-        unsafe { &*self.barn.add(nid) }
+    pub(super) fn barn_of(&self, c: &KmemCacheCpu) -> &BarnShard {
+        &self.barns()[self.slot_index(c)]
+    }
+
+    /// The other shards of slot `c`'s node a steal looks at: the next slots of the node after
+    /// `c`, round the slot array, at most [`STEAL_SCAN`].
+    fn barn_neighbours<'s>(&'s self, c: &KmemCacheCpu) -> impl Iterator<Item = &'s BarnShard> + 's {
+        let shards = self.barns();
+        let me = self.slot_index(c);
+        let k = self.kmem();
+        let nid = k.slot_node(me);
+        let n = shards.len();
+        (1..n)
+            .map(move |d| (me + d) % n)
+            .filter(move |&j| k.slot_node(j) == nid)
+            .take(STEAL_SCAN)
+            .map(move |j| &shards[j])
+    }
+
+    /// A full sheaf from another shard of slot `c`'s node (own shard empty).
+    fn barn_steal_full(&self, c: &KmemCacheCpu) -> Option<*mut Sheaf> {
+        self.barn_neighbours(c)
+            .filter(|b| b.may_have_full())
+            .find_map(|b| b.get_full())
+    }
+
+    /// Puts the full sheaf `s` (the caller's) into another shard of slot `c`'s node with room
+    /// (own shard at its limit); `Err(s)` when none has.
+    ///
+    /// # Safety
+    /// The caller owns `s`; a shard owns it on `Ok`.
+    unsafe fn barn_spill_full(&self, c: &KmemCacheCpu, s: *mut Sheaf) -> Result<(), *mut Sheaf> {
+        for b in self.barn_neighbours(c).filter(|b| b.may_take_full()) {
+            // SAFETY: ours (contract); the shard owns it on `Ok`.
+            if unsafe { b.put_full(s) }.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(s)
     }
 
     /// The slot whose sheaf part is at `at` (an address `array_pop`/`array_push` returned).
@@ -316,23 +356,40 @@ impl CacheInner {
             }
             return true;
         }
-        let barn = self.barn_of(c);
-        if let Some(full) = barn.get_full(self.slot_index(c)) {
+        // Trade at the barn: the spare (null or empty, ours under the lock) goes in, a full
+        // sheaf comes out, under one shard lock; else a full sheaf from another shard.
+        sl.set_spare(&g, ptr::null_mut());
+        // SAFETY: `spare` is null or empty (tested above) and ours: taken out of the slot.
+        let (mut full, mut left) = unsafe { self.barn_of(c).exchange_empty(spare) };
+        if full.is_none() {
+            full = self.barn_steal_full(c);
+            left = spare;
+        }
+        if let Some(full) = full {
+            c.stat(BarnGet);
             if self.replace_main(c, top, full) == Replace::Done {
-                c.stat(BarnGet);
-                if !main.is_null() {
-                    if spare.is_null() {
-                        sl.set_spare(&g, main);
-                    } else {
-                        self.put_empty_sheaf(c, main);
-                    }
+                // The old main (empty, or none) and what the barn left of the spare: one
+                // becomes the spare, the other goes back.
+                let (keep, give) = if main.is_null() {
+                    (left, main)
+                } else {
+                    (main, left)
+                };
+                sl.set_spare(&g, keep);
+                if !give.is_null() {
+                    self.put_empty_sheaf(c, give);
                 }
             } else {
-                // SAFETY: we took `full` out of the barn and give it back.
-                unsafe { barn.put_full_force(full) };
+                // `main` changed (a free pushed, or the thread migrated): the full sheaf
+                // waits as the spare, for the next pop that finds `main` empty.
+                sl.set_spare(&g, full);
+                if !left.is_null() {
+                    self.put_empty_sheaf(c, left);
+                }
             }
             return true;
         }
+        sl.set_spare(&g, spare);
         c.stat(BarnGetFail);
         // Refill an empty sheaf from the slabs, with no sheaf lock held.
         let empty = if !spare.is_null() {
@@ -367,7 +424,7 @@ impl CacheInner {
         let c = self.this_cpu();
         let barn = self.barn_of(c);
         let Some(g) = c.sheaves.lock.try_lock() else {
-            // SAFETY: ours; given to the barn.
+            // SAFETY: ours; given to the slot's shard.
             unsafe { barn.put_full_force(full) };
             c.stat(BarnPut);
             return;
@@ -443,26 +500,49 @@ impl CacheInner {
             }
             return true;
         }
-        // Main and spare are full.
-        let barn = self.barn_of(c);
-        if barn.has_room_for_full() {
-            let Some(empty) = self.get_empty_sheaf(c) else {
-                return false;
+        // Main and spare are full: the spare goes to the barn (the slot's shard, or another
+        // of the node's with room), an empty sheaf comes back (from the same shard under the
+        // same lock, else the shard's or the pool's) and takes `main`'s place; the full main
+        // becomes the spare.
+        if cfg!(kmem_mutant = "barn_trades_main") {
+            // Planted bug (loom-tests): the full `main` goes to the barn before the replace
+            // that takes it out of the slot has committed, so a pop on the slot's CPU in
+            // between leaves it both in the slot and in the barn.
+            // SAFETY: (the planted bug) `main` is treated as the caller's.
+            if unsafe { self.barn_of(c).put_full(main) }.is_ok() {
+                c.stat(BarnPut);
+                let Some(empty) = self.get_empty_sheaf(c) else {
+                    return false;
+                };
+                if self.replace_main(c, top, empty) != Replace::Done {
+                    self.put_empty_sheaf(c, empty);
+                }
+                return true;
+            }
+        }
+        sl.set_spare(&g, ptr::null_mut());
+        // SAFETY: the spare is ours (taken out under the lock) and full.
+        let traded = match unsafe { self.barn_of(c).exchange_full(spare) } {
+            Ok(empty) => Ok(empty),
+            // SAFETY: as above: `spare` came back to us.
+            Err(spare) => unsafe { self.barn_spill_full(c, spare) }.map(|()| None),
+        };
+        if let Ok(empty) = traded {
+            c.stat(BarnPut);
+            let Some(empty) = empty.or_else(|| self.get_empty_sheaf(c)) else {
+                return false; // no memory for a sheaf: free to the slab
             };
             if self.replace_main(c, top, empty) == Replace::Done {
-                // SAFETY: the old main is ours now; it was filled on this slot.
-                unsafe { (*main).filled_on.set(self.slot_index(c)) };
-                // SAFETY: ours; given to the barn.
-                unsafe { barn.put_full_force(main) };
-                c.stat(BarnPut);
+                sl.set_spare(&g, main);
             } else {
-                self.put_empty_sheaf(c, empty);
+                // An allocation made room in `main` (or the thread migrated): the empty
+                // sheaf waits as the spare.
+                sl.set_spare(&g, empty);
             }
             return true;
         }
         // The barn keeps enough full sheaves: flush the spare to the slabs, keep it empty.
         c.stat(BarnPutFail);
-        sl.set_spare(&g, ptr::null_mut());
         drop(g);
         // SAFETY: the spare is ours now (taken out under the lock).
         unsafe { self.sheaf_flush(c, spare) };
@@ -621,13 +701,11 @@ impl CacheInner {
                 }
             }
         }
-        for nid in 0..self.nr_nodes {
-            // SAFETY: `nid < nr_nodes`.
-            let barn = unsafe { &*self.barn.add(nid) };
+        for barn in self.barns() {
             let (full, empty) = barn.take_all();
             for mut s in [full, empty] {
                 while !s.is_null() {
-                    // SAFETY: taken off the barn: ours.
+                    // SAFETY: taken off the shard: ours.
                     let next = unsafe { (*s).next.get() };
                     // SAFETY: as above.
                     unsafe {

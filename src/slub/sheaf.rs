@@ -30,7 +30,7 @@
 //! Sheaves are carved from page blocks of the cache's own instance ([`SheafPool`]), never
 //! from the global allocator (kmem may be it). A block holds at least four sheaves; blocks
 //! stay with the cache until it is destroyed. The number of sheaves is bounded: two per CPU
-//! slot, the barns' limits ([`super::barn`]), and one in flight per thread refilling or
+//! slot, the barn shards' limits ([`super::barn`]), and one in flight per thread refilling or
 //! flushing.
 
 use crate::cpu::percpu::{ArrayGeo, ArrayHead, ArraySlot, ARRAY_OBJECTS};
@@ -50,9 +50,8 @@ pub(crate) struct Sheaf {
     pub(crate) head: ArrayHead,
     /// Next sheaf on a barn list or the pool's free list (the owner's).
     pub(crate) next: Cell<*mut Sheaf>,
-    /// The CPU slot whose objects filled it last, for the barn's choice of a full sheaf
-    /// ([`Barn::get_full`](super::barn::Barn::get_full)); written by whoever owns the sheaf.
-    pub(crate) filled_on: Cell<usize>,
+    /// Pads the head to [`ARRAY_OBJECTS`] bytes, where the cells start.
+    pub(crate) _pad: usize,
 }
 
 #[cfg(not(loom))]
@@ -325,7 +324,7 @@ impl SheafPool {
                         Sheaf {
                             head: ArrayHead::new(self.capacity),
                             next: Cell::new(st.free),
-                            filled_on: Cell::new(0),
+                            _pad: 0,
                         },
                     )
                 };

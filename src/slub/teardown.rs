@@ -144,7 +144,7 @@ impl CacheInner {
     /// empty one (or goes back to the pool when the barn keeps enough). The CPUs' own sheaves
     /// are left alone. Objects in a sheaf keep their slabs allocated, each often in a slab of
     /// its own after random frees, so a barn holding full sheaves of a cache that went idle
-    /// keeps up to [`MAX_FULL_SHEAVES`](super::barn::MAX_FULL_SHEAVES) sheaves' worth of
+    /// keeps up to its shards' limits ([`super::barn`]) of sheaves' worth of
     /// slabs; the flush lets the free path discard those that empty. The same operations as a slow path's barn get and spare flush (the barn lock,
     /// then `free_bulk` with no lock held). Returns the sheaves flushed.
     pub(crate) fn trim_barns(&self) -> usize {
@@ -152,16 +152,14 @@ impl CacheInner {
             return 0;
         }
         let mut flushed = 0;
-        for nid in 0..self.nr_nodes {
-            // SAFETY: `nid < nr_nodes`; sheaf caches have a barn per node.
-            let barn = unsafe { &*self.barn.add(nid) };
+        for barn in self.barns() {
             let mut s = barn.take_full();
             while !s.is_null() {
-                // SAFETY: taken off the barn: ours.
+                // SAFETY: taken off the shard: ours.
                 let next = unsafe { (*s).next.get() };
                 // SAFETY: ours; every object in it is an allocated object of this cache.
                 unsafe { self.sheaf_flush(self.cpu(0), s) };
-                // SAFETY: ours and empty now; given to the barn, or back to the pool.
+                // SAFETY: ours and empty now; given to the shard, or back to the pool.
                 if let Err(s) = unsafe { barn.put_empty(s) } {
                     // SAFETY: ours, empty, on no list.
                     unsafe { self.pool.free(s) };
@@ -287,11 +285,10 @@ impl CacheInner {
             }
         }
         let (mut num_slabs, mut num_objs) = (0, 0);
+        for barn in self.barns() {
+            free += barn.counts().2;
+        }
         for nid in 0..self.nr_nodes {
-            if self.pool.capacity != 0 {
-                // SAFETY: `nid < nr_nodes`; sheaf caches have a barn per node.
-                free += unsafe { &*self.barn.add(nid) }.counts().2;
-            }
             let n = self.node(nid);
             let g = n.list_lock.lock();
             let mut slab = KmemCacheNode::first(&g);
