@@ -611,26 +611,28 @@ fn view_in(t: &AtomicPtr<PcsView>, idx: usize) -> Option<&'static PcsView> {
 /// The view of class `idx < NR_KMALLOC`, if the caches exist: for classifying a pointer.
 #[inline(always)]
 pub(super) fn kmalloc_view(idx: usize) -> Option<&'static PcsView> {
-    view_in(&KMALLOC_VIEWS, idx)
+    view_in(crate::sync::static_ref!(KMALLOC_VIEWS), idx)
 }
 
 /// The view of class `idx < NR_KMALLOC` if allocations may pop its sheaf inline now.
 #[inline(always)]
 pub(super) fn kmalloc_pop_view(idx: usize) -> Option<&'static PcsView> {
-    view_in(&KMALLOC_POP_VIEWS, idx)
+    view_in(crate::sync::static_ref!(KMALLOC_POP_VIEWS), idx)
 }
 
 /// The view of class `idx < NR_KMALLOC` if frees may push onto its sheaf inline now.
 #[inline(always)]
 pub(super) fn kmalloc_push_view(idx: usize) -> Option<&'static PcsView> {
-    view_in(&KMALLOC_PUSH_VIEWS, idx)
+    view_in(crate::sync::static_ref!(KMALLOC_PUSH_VIEWS), idx)
 }
 
 /// Whether frees may push inline now (the C ABI's `free`, which classified the pointer with
 /// [`kmalloc_view`]).
 #[inline(always)]
 pub(super) fn kmalloc_push_on() -> bool {
-    !KMALLOC_PUSH_VIEWS.load(Ordering::Relaxed).is_null()
+    !crate::sync::static_ref!(KMALLOC_PUSH_VIEWS)
+        .load(Ordering::Relaxed)
+        .is_null()
 }
 
 /// Publishes or withdraws the inline paths' views ([`KMALLOC_VIEWS`]) for the sheaves being

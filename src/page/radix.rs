@@ -58,7 +58,7 @@ pub(super) fn tag(addr: usize) -> u16 {
     if i >= TAG_ROOT_LEN {
         return 0;
     }
-    let leaf = TAG_ROOT[i].load(Ordering::Acquire);
+    let leaf = crate::sync::static_ref!(TAG_ROOT)[i].load(Ordering::Acquire);
     if leaf.is_null() {
         return 0;
     }
