@@ -359,8 +359,13 @@ impl CacheInner {
         // Trade at the barn: the spare (null or empty, ours under the lock) goes in, a full
         // sheaf comes out, under one shard lock; else a full sheaf from another shard.
         sl.set_spare(&g, ptr::null_mut());
-        // SAFETY: `spare` is null or empty (tested above) and ours: taken out of the slot.
-        let (mut full, mut left) = unsafe { self.barn_of(c).exchange_empty(spare) };
+        let own = self.barn_of(c);
+        let (mut full, mut left) = if own.may_have_full() {
+            // SAFETY: `spare` is null or empty (tested above) and ours: taken out of the slot.
+            unsafe { own.exchange_empty(spare) }
+        } else {
+            (None, spare)
+        };
         if full.is_none() {
             full = self.barn_steal_full(c);
             left = spare;
@@ -521,8 +526,14 @@ impl CacheInner {
             }
         }
         sl.set_spare(&g, ptr::null_mut());
-        // SAFETY: the spare is ours (taken out under the lock) and full.
-        let traded = match unsafe { self.barn_of(c).exchange_full(spare) } {
+        let own = self.barn_of(c);
+        let own_trade = if own.may_take_full() {
+            // SAFETY: the spare is ours (taken out under the lock) and full.
+            unsafe { own.exchange_full(spare) }
+        } else {
+            Err(spare)
+        };
+        let traded = match own_trade {
             Ok(empty) => Ok(empty),
             // SAFETY: as above: `spare` came back to us.
             Err(spare) => unsafe { self.barn_spill_full(c, spare) }.map(|()| None),
