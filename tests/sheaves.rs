@@ -138,6 +138,91 @@ fn threads_free_each_others_objects_through_sheaves() {
     assert_eq!(c.info().num_slabs, 0);
 }
 
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with `cpu` set; applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A producer pinned to CPU 0 allocates, a consumer pinned to CPU 1 frees: the consumer's full
+/// sheaves go to its barn shard and overflow into the producer's (a spill), and the producer,
+/// whose own shard has no full sheaf, takes them from either (a steal, or its own trade): the
+/// objects go round through the barn instead of through the slabs, and none is lost or
+/// handed out twice (stamped: a second hand-out overwrites a stamp in flight).
+#[test]
+fn full_sheaves_flow_from_a_freeing_cpu_to_an_allocating_one_through_the_barn_shards() {
+    // SAFETY: sysconf has no preconditions.
+    if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+        eprintln!("SKIPPED: one CPU online, no second CPU to free on");
+        return;
+    }
+    let k = Kmem::builder().build().unwrap();
+    let cap = 12;
+    let c = cache(&k, "sheaf-shards", cap);
+    const ROUNDS: u64 = 400;
+    const BATCH: u64 = 60;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(4);
+    std::thread::scope(|s| {
+        let c = &c;
+        s.spawn(move || {
+            pin_to(0);
+            for round in 0..ROUNDS {
+                let batch: Vec<usize> = (0..BATCH)
+                    .map(|i| {
+                        let p = c.alloc().unwrap().as_ptr() as *mut u64;
+                        // SAFETY: a fresh 64-byte object, ours. (An object handed out twice
+                        // would have its stamp overwritten while in flight: the consumer's
+                        // check fails.)
+                        unsafe { p.write(round << 32 | i) };
+                        p as usize
+                    })
+                    .collect();
+                tx.send(batch).unwrap();
+            }
+        });
+        s.spawn(move || {
+            pin_to(1);
+            for (round, batch) in rx.into_iter().enumerate() {
+                for (i, p) in batch.into_iter().enumerate() {
+                    // SAFETY: written by the producer, handed over, freed once.
+                    unsafe {
+                        let p = p as *mut u64;
+                        assert_eq!(p.read(), (round as u64) << 32 | i as u64);
+                        c.free(NonNull::new(p as *mut u8).unwrap());
+                    }
+                }
+            }
+        });
+    });
+    let s = c.stats();
+    eprintln!("producer on CPU 0, consumer on CPU 1: {s:?}");
+    assert_eq!(c.info().active_objs, 0);
+    if cfg!(feature = "stats") {
+        let allocs = ROUNDS * BATCH;
+        assert!(s.barn_put > 0 && s.barn_get > 0, "no sheaf went through the barn: {s:?}");
+        // Most objects come back to the producer through the barn: the slabs refill far fewer
+        // sheaves than the allocations would need without it.
+        assert!(
+            s.sheaf_refill * (cap as u64) < allocs / 2,
+            "{} refills of {cap} for {allocs} allocations: {s:?}",
+            s.sheaf_refill
+        );
+        // The empty sheaves the producer trades in go back to the consumer (from the
+        // producer's shard), not through the pool: few sheaves are ever carved.
+        assert!(
+            s.sheaf_alloc < 100,
+            "{} sheaves carved for {} trades: {s:?}",
+            s.sheaf_alloc,
+            s.barn_put
+        );
+    }
+    c.shrink();
+    assert_eq!(c.info().num_slabs, 0);
+}
+
 #[test]
 fn switching_the_sheaves_off_and_on_loses_nothing() {
     let k = Kmem::builder().build().unwrap();

@@ -19,7 +19,9 @@
 //! *own* shard first — a line only its CPU writes while that CPU's threads keep their objects
 //! to themselves — and only when that shard has no full sheaf (allocation) or no room
 //! (free) with the other shards of its node ([`STEAL_SCAN`] of them at most, skipping those
-//! whose counts, read without their locks, say they cannot help). So the barn still moves
+//! whose counts, read without their locks, say they cannot help). Empty sheaves flow the same
+//! way back: a CPU that needs one and has none in its shard takes one from another shard of
+//! its node before it carves a new one from the cache's pool (whose lock every CPU shares). So the barn still moves
 //! sheaves from CPUs that free to CPUs that allocate (a producer's full sheaves overflow its
 //! shard into the others, where a consumer finds them), and what a CPU freed is what it
 //! allocates next while it fits in its shard (its objects are in its caches).
@@ -157,6 +159,12 @@ impl BarnShard {
     #[inline]
     pub(crate) fn may_take_full(&self) -> bool {
         self.hint_full.load(Ordering::Relaxed) < self.full_max
+    }
+
+    /// Whether the shard seemed to hold an empty sheaf at its last change (a hint).
+    #[inline]
+    pub(crate) fn may_have_empty(&self) -> bool {
+        self.hint_empty.load(Ordering::Relaxed) != 0
     }
 
     /// Takes a full sheaf (`barn_get_full_sheaf`).

@@ -302,9 +302,19 @@ impl CacheInner {
         }
     }
 
-    /// An empty sheaf for slot `c`: from its barn, else from the pool (`SHEAF_ALLOC`).
+    /// An empty sheaf for slot `c`: from its barn shard, else another shard of its node (a
+    /// CPU that frees what another allocates gets back the empty sheaves the other trades in),
+    /// else from the pool (`SHEAF_ALLOC`).
     fn get_empty_sheaf(&self, c: &KmemCacheCpu) -> Option<*mut Sheaf> {
-        if let Some(s) = self.barn_of(c).get_empty() {
+        let own = self.barn_of(c);
+        if let Some(s) = own.may_have_empty().then(|| own.get_empty()).flatten() {
+            return Some(s);
+        }
+        if let Some(s) = self
+            .barn_neighbours(c)
+            .filter(|b| b.may_have_empty())
+            .find_map(|b| b.get_empty())
+        {
             return Some(s);
         }
         let s = self.pool.alloc(self.kmem().node_pages(0))?;
