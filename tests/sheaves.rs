@@ -202,7 +202,10 @@ fn full_sheaves_flow_from_a_freeing_cpu_to_an_allocating_one_through_the_barn_sh
     assert_eq!(c.info().active_objs, 0);
     if cfg!(feature = "stats") {
         let allocs = ROUNDS * BATCH;
-        assert!(s.barn_put > 0 && s.barn_get > 0, "no sheaf went through the barn: {s:?}");
+        assert!(
+            s.barn_put > 0 && s.barn_get > 0,
+            "no sheaf went through the barn: {s:?}"
+        );
         // Most objects come back to the producer through the barn: the slabs refill far fewer
         // sheaves than the allocations would need without it.
         assert!(

@@ -5,6 +5,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+/// `--pin`: workers of a run with no more threads than the process may use CPUs are pinned,
+/// worker `t` to the `t`-th of those CPUs (set once by `main`, and by a child from its
+/// parameters). Off by default: the scheduler may then put two workers on one CPU for a
+/// while, which every allocator sees alike but which makes two-thread figures bimodal on a
+/// shared machine; A/B comparisons of kmem builds turn it on.
+pub static PIN: AtomicBool = AtomicBool::new(false);
+
+/// The CPUs this process may run on, in order (`sched_getaffinity`), or none if unknown.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for the
+    // calling thread and reads nothing else.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu` (best effort: a refusal leaves it unpinned).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with `cpu` (below CPU_SETSIZE: it came from
+    // `allowed_cpus`) set; applies to the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Smallest sample duration accepted.
 pub const MIN_SAMPLE: Duration = Duration::from_millis(10);
 
@@ -70,12 +103,22 @@ where
     let go = Barrier::new(n + 1);
     let end = Barrier::new(n + 1);
     let stop = AtomicBool::new(false);
+    let cpus = if PIN.load(Ordering::Relaxed) {
+        allowed_cpus()
+    } else {
+        Vec::new()
+    };
+    let pin = n <= cpus.len();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|t| {
                 let (start, ready, go, end, stop) = (&start, &ready, &go, &end, &stop);
                 let (setup, work) = (&setup, &work);
+                let cpu = if pin { Some(cpus[t]) } else { None };
                 s.spawn(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to(cpu);
+                    }
                     start.wait();
                     let s0 = Instant::now();
                     let mut state = setup(t);

@@ -83,6 +83,10 @@ struct Cli {
     /// Print kmem's slabinfo after the run
     #[arg(long)]
     slabinfo: bool,
+    /// Pin the workers of runs with at most one thread per CPU, thread t to the t-th CPU the
+    /// process may use (less noise for A/B comparisons; many-threads is never pinned)
+    #[arg(long)]
+    pin: bool,
     /// Where to write CSV, JSON and SVG [default: <target dir>/kmem-bench]
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -111,6 +115,7 @@ impl Cli {
             frag_mib: self.frag_mib.unwrap_or(if q { 64 } else { 256 }) as usize,
             seed: self.seed,
             slabinfo: self.slabinfo,
+            pin: self.pin,
             cache_host: None,
         }
     }
@@ -144,6 +149,7 @@ impl Cli {
 
 fn main() {
     let cli = Cli::parse();
+    harness::PIN.store(cli.pin, std::sync::atomic::Ordering::Relaxed);
     if let Some(w) = cli.child {
         let params: Params = match cli.child_params.as_deref().map(serde_json::from_str) {
             Some(Ok(p)) => p,
@@ -152,6 +158,7 @@ fn main() {
                 std::process::exit(2);
             }
         };
+        harness::PIN.store(params.pin, std::sync::atomic::Ordering::Relaxed);
         let report = run_child(w, &params);
         let line = serde_json::to_string(&report).expect("child report serialises");
         println!("{line}");
@@ -437,7 +444,7 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
     println!("kmem-bench  {date}");
     println!("machine: {cpu}, {cores} CPUs");
     println!(
-        "allocators: {}   runs: {}   sample: {} ms   threads/core-workloads: {}   sizes: {:?}",
+        "allocators: {}   runs: {}   sample: {} ms   threads/core-workloads: {}{}   sizes: {:?}",
         allocs
             .iter()
             .map(|b| b.name())
@@ -446,6 +453,7 @@ fn run_parent(cli: &Cli) -> Result<(), String> {
         params.runs,
         params.duration().as_millis(),
         params.threads,
+        if params.pin { " (pinned)" } else { "" },
         params.sizes
     );
     println!("ns/op = wall time per alloc+free over all threads; vs kmem = median / kmem's median (>1: kmem faster)");
@@ -694,7 +702,14 @@ mod tests {
         let p = Cli::try_parse_from(["kmem-bench", "--quick"])
             .unwrap()
             .params(4);
+        assert!(!p.pin);
         let back: Params = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+        // `--pin` reaches the children.
+        let p = Cli::try_parse_from(["kmem-bench", "--pin"])
+            .unwrap()
+            .params(4);
+        let back: Params = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert!(back.pin);
     }
 }

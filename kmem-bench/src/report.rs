@@ -669,6 +669,7 @@ mod tests {
             frag_mib: 1,
             seed: 3,
             slabinfo: false,
+            pin: false,
             cache_host: None,
         };
         let json = to_json(&Report {

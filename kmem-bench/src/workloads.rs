@@ -158,6 +158,9 @@ pub struct Params {
     pub seed: u64,
     /// Whether children report kmem's slabinfo.
     pub slabinfo: bool,
+    /// `--pin` ([`crate::harness::PIN`]).
+    #[serde(default)]
+    pub pin: bool,
     /// The child of this allocator also measures `kmem::Cache<T>` in `objects` (kmem's own
     /// child when kmem is measured; typed caches do not use the global allocator).
     pub cache_host: Option<crate::alloc::Backend>,
@@ -927,6 +930,7 @@ mod tests {
             frag_mib: 4,
             seed: 1,
             slabinfo: false,
+            pin: false,
             cache_host: None,
         }
     }
