@@ -14,11 +14,10 @@
 //!   trades `main` at the barn for a full sheaf, while another thread frees into `main` (mutant
 //!   `sheaf_replace_ignores_count`: the replace commits although `main` is no longer empty, and
 //!   the sheaf put back as empty still holds the freed object — kmem aborts);
-//! - `barn_put_vs_alloc`: on CPU 0, a free finds `main` and the spare full and trades the spare
-//!   at the barn for an empty sheaf that replaces `main`, while another thread pops from `main`
-//!   (mutant `barn_trades_main`: the full `main` itself goes to the barn before its replace
-//!   commits, so after the pop it is both the slot's `main` and a sheaf of the barn: flushed
-//!   twice);
+//! - `barn_put_vs_alloc`: on CPU 0, a free finds `main` and the spare full, replaces `main` with
+//!   an empty sheaf and puts the full one into the barn, while another thread pops from `main`
+//!   (mutant `barn_trades_main`: the full `main` goes to the barn before its replace commits,
+//!   so after the pop it is both the slot's `main` and a sheaf of the barn);
 //! - `barn_steal_vs_own_trade`: the barn's one full sheaf, in slot 0's shard, wanted at once by
 //!   an allocation on CPU 0 (its own shard's trade) and one on CPU 1 (a steal from slot 0's
 //!   shard): exactly one gets it, the other refills from the slabs;
@@ -78,13 +77,12 @@ fn flush_vs_free_other_cpu() {
 fn main_and_spare_empty_barn_full(c: &kmem::KmemCache, live: &Live) -> Vec<std::ptr::NonNull<u8>> {
     // 12 allocations: three refills (main S1 empty, spare S2 empty).
     let mut held: Vec<_> = (0..12).map(|_| live.alloc(c)).collect();
-    // 12 frees: S1 fills and swaps with S2; S2 fills, and the full spare S1 goes to the barn
-    // (slot 0's shard) while an empty S3 from the pool replaces S2, which becomes the spare;
-    // S3 fills.
+    // 12 frees: S1 fills and swaps with S2; S2 fills, an empty S3 from the pool replaces it,
+    // and S2 goes to the barn (slot 0's shard); S3 fills.
     for p in held.drain(..) {
         live.free(c, p);
     }
-    // 8 allocations: S3 emptied, swapped with the full spare S2, S2 emptied.
+    // 8 allocations: S3 emptied, swapped with the full spare S1, S1 emptied.
     (0..8).map(|_| live.alloc(c)).collect()
 }
 

@@ -38,13 +38,16 @@
 //! waits without the pool's lock, shared by every CPU (a thread allocating and freeing
 //! batches of 1000 objects hands its shard six or seven empty sheaves per batch).
 //!
-//! # One lock per trade
+//! # Trades
 //!
-//! [`BarnShard::exchange_empty`] hands in an empty sheaf and takes a full one under one lock
-//! (`barn_replace_empty_sheaf`), [`BarnShard::exchange_full`] the reverse
-//! (`barn_replace_full_sheaf`). The sheaves handed in are ones the caller owns outright (a
-//! slot's spare, taken out under the slot's sheaf lock), never the slot's `main`, which a
-//! sequence may still be using until the replace that swaps it out commits (`pcs.rs`).
+//! An allocation's trade is one lock: [`BarnShard::exchange_empty`] hands in an empty sheaf
+//! (the slot's spare, which its sheaf lock gives the caller outright) and takes a full one
+//! (`barn_replace_empty_sheaf`). A free's trade is two short ones on the same shard: an empty
+//! sheaf out ([`BarnShard::get_empty`]), then, once the replace that swapped it in for the full
+//! `main` has committed, that `main` in ([`BarnShard::put_full`]) — never before, since a
+//! sequence may still be using `main` until then (`pcs.rs`). Handing the barn the full spare
+//! instead, in one lock, measured no faster and kept 1.1 MiB more after kmem-bench's `idle`
+//! (docs/performance.md, "Barn shards").
 //!
 //! # Locks
 //!
@@ -203,28 +206,6 @@ impl BarnShard {
         (Some(full), left)
     }
 
-    /// Puts `full` (a full sheaf the caller owns) if the shard has room for it, and takes an
-    /// empty sheaf if it has one (`barn_replace_full_sheaf`): one lock for both. `Ok` with the
-    /// empty sheaf (or `None`: the caller finds one elsewhere) when `full` was taken; `Err`
-    /// with `full` when the shard is at its limit.
-    ///
-    /// # Safety
-    /// The caller owns `full`; the shard owns it on `Ok`.
-    pub(crate) unsafe fn exchange_full(
-        &self,
-        full: *mut Sheaf,
-    ) -> Result<Option<*mut Sheaf>, *mut Sheaf> {
-        let mut l = self.lists.lock();
-        let l = &mut *l;
-        if l.nr_full >= self.full_max {
-            return Err(full);
-        }
-        BarnLists::push(&mut l.full, &mut l.nr_full, full);
-        let empty = BarnLists::pop(&mut l.empty, &mut l.nr_empty);
-        self.publish(l);
-        Ok(empty)
-    }
-
     /// Takes an empty sheaf (`barn_get_empty_sheaf`).
     pub(crate) fn get_empty(&self) -> Option<*mut Sheaf> {
         let mut l = self.lists.lock();
@@ -353,10 +334,10 @@ mod tests {
         assert_eq!(shard_limits(0), shard_limits(1));
     }
 
-    /// Exchanges trade under one lock and respect both limits; every sheaf put comes back
-    /// exactly once; the hints follow the counts.
+    /// The trade and the puts respect both limits; every sheaf put comes back exactly once;
+    /// the hints follow the counts.
     #[test]
-    fn exchanges_keep_limits_and_lose_nothing() {
+    fn trades_keep_limits_and_lose_nothing() {
         let b = BarnShard::new(2, 1);
         let (f1, f2, f3, e1, e2) = (sheaf(), sheaf(), sheaf(), sheaf(), sheaf());
         // SAFETY: every sheaf below is one we own (from `sheaf()`), handed to the shard or given
@@ -364,25 +345,27 @@ mod tests {
         unsafe {
             // No full sheaf: nothing taken, `give` comes back.
             assert_eq!(b.exchange_empty(e1), (None, e1));
-            assert!(!b.may_have_full() && b.may_take_full());
-            // A full sheaf for no empty one (the shard has none): `Ok(None)`.
-            assert_eq!(b.exchange_full(f1), Ok(None));
+            assert!(!b.may_have_full() && b.may_take_full() && !b.may_have_empty());
+            b.put_full(f1).unwrap();
             b.put_full(f2).unwrap();
             assert!(b.may_have_full() && !b.may_take_full());
-            // At the limit: the third full sheaf is refused, forced puts still go in.
-            assert_eq!(b.exchange_full(f3), Err(f3));
+            // At the limit: the third full sheaf is refused, a forced put still goes in.
             assert_eq!(b.put_full(f3), Err(f3));
             // Trade e1 for the newest full sheaf: e1 kept.
             assert_eq!(b.exchange_empty(e1), (Some(f2), ptr::null_mut()));
+            assert!(b.may_have_empty());
             // The empty list is at its limit (1): e2 comes back with f1.
             assert_eq!(b.exchange_empty(e2), (Some(f1), e2));
             assert_eq!(b.counts(), (0, 1, 0));
             assert!(!b.may_have_full());
-            // A full sheaf for the kept empty one.
-            assert_eq!(b.exchange_full(f3), Ok(Some(e1)));
+            assert_eq!(b.get_empty(), Some(e1));
+            assert_eq!(b.get_empty(), None);
             b.put_full_force(f1);
             b.put_full_force(f2);
+            b.put_full_force(f3);
             assert_eq!(b.counts().0, 3);
+            assert_eq!(b.get_full(), Some(f3));
+            b.put_full_force(f3);
             assert_eq!(b.put_empty(e2), Ok(()));
             assert_eq!(b.put_empty(e1), Err(e1));
             let (mut full, empty) = b.take_all();
@@ -396,7 +379,7 @@ mod tests {
             }
             assert_eq!(n, 3);
             assert_eq!(b.counts(), (0, 0, 0));
-            assert!(!b.may_have_full() && b.may_take_full());
+            assert!(!b.may_have_full() && b.may_take_full() && !b.may_have_empty());
         }
         free(e1);
         free(e2);

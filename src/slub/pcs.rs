@@ -24,18 +24,20 @@
 //! then the pop is retried. Each `main` change is a replace (`percpu::replace_on_cpu`: a sequence
 //! on the slot's CPU that commits only if `main` still has the count the slow path saw); a
 //! thread that migrated meanwhile gets `Elsewhere` and simply retries on its new CPU. No stop,
-//! no system call. What goes to the barn is never `main` (a sequence may be using it until the
-//! replace commits) but a sheaf the slot's lock gives the caller outright: the spare.
+//! no system call. A `main` goes to the barn only after the replace that took it out of the
+//! slot has committed (until then a sequence may be using it); the allocation's trade hands
+//! the barn the empty spare, which the slot's lock gives the caller outright.
 //!
 //! # Free
 //!
 //! Push onto `main` (the same way). If it is full, [`CacheInner::pcs_replace_full_main`]: the
 //! spare has room → swap; no spare → an empty sheaf from the shard or the pool becomes `main`
-//! and the full one the spare; both full → the full spare goes to the barn (the slot's shard,
-//! which hands back an empty sheaf under the same lock; else another shard of the node with
-//! room: `BARN_PUT`), an empty sheaf replaces `main`, and the full main becomes the spare; the
-//! node's shards at their limits (`BARN_PUT_FAIL`) → the spare is flushed to the slabs
-//! (`free_bulk`, grouped by slab: `SHEAF_FLUSH`) with no lock held, and comes back empty.
+//! and the full one the spare; both full → an empty sheaf (the slot's shard, another shard of
+//! the node, or the pool) replaces `main`, and the full `main`, the caller's once that replace
+//! has committed, goes to the barn (the slot's shard, else another shard of the node with
+//! room: `BARN_PUT`); the node's shards at their limits (`BARN_PUT_FAIL`) → the spare is
+//! flushed to the slabs (`free_bulk`, grouped by slab: `SHEAF_FLUSH`) with no lock held, and
+//! comes back empty.
 //!
 //! # Bypass
 //!
@@ -95,6 +97,26 @@ impl CacheInner {
         self.barn_neighbours(c)
             .filter(|b| b.may_have_full())
             .find_map(|b| b.get_full())
+    }
+
+    /// Puts the full sheaf `s` (the caller's) into slot `c`'s own barn shard, else another of
+    /// its node with room, else (the room its caller saw was taken meanwhile by another CPU)
+    /// into its own shard past the limit, as a refill that lost its race does
+    /// (`put_full_force`).
+    ///
+    /// # Safety
+    /// The caller owns `s` and gives it up.
+    unsafe fn barn_put_full(&self, c: &KmemCacheCpu, s: *mut Sheaf) {
+        let own = self.barn_of(c);
+        // SAFETY: ours (contract); a shard owns it on `Ok`.
+        let Err(s) = (unsafe { own.put_full(s) }) else {
+            return;
+        };
+        // SAFETY: as above.
+        if let Err(s) = unsafe { self.barn_spill_full(c, s) } {
+            // SAFETY: as above.
+            unsafe { own.put_full_force(s) };
+        }
     }
 
     /// Puts the full sheaf `s` (the caller's) into another shard of slot `c`'s node with room
@@ -515,16 +537,20 @@ impl CacheInner {
             }
             return true;
         }
-        // Main and spare are full: the spare goes to the barn (the slot's shard, or another
-        // of the node's with room), an empty sheaf comes back (from the same shard under the
-        // same lock, else the shard's or the pool's) and takes `main`'s place; the full main
-        // becomes the spare.
-        if cfg!(kmem_mutant = "barn_trades_main") {
-            // Planted bug (loom-tests): the full `main` goes to the barn before the replace
-            // that takes it out of the slot has committed, so a pop on the slot's CPU in
-            // between leaves it both in the slot and in the barn.
-            // SAFETY: (the planted bug) `main` is treated as the caller's.
-            if unsafe { self.barn_of(c).put_full(main) }.is_ok() {
+        // Main and spare are full: if the barn seems to have room (the slot's shard, or another
+        // of the node's: their counts, read without their locks), an empty sheaf (from the
+        // shard, another shard or the pool) replaces `main`, and the full `main`, ours once
+        // the replace has committed, goes to the barn; the spare stays. (Sending the spare
+        // and keeping `main` instead, one shard lock fewer, kept 1.1 MiB more after kmem-bench's
+        // `idle`: docs/performance.md, "Barn shards".)
+        let own = self.barn_of(c);
+        if own.may_take_full() || self.barn_neighbours(c).any(|b| b.may_take_full()) {
+            if cfg!(kmem_mutant = "barn_trades_main") {
+                // Planted bug (loom-tests): the full `main` goes to the barn before the replace
+                // that takes it out of the slot has committed, so a pop on the slot's CPU in
+                // between leaves it both in the slot and in the barn.
+                // SAFETY: (the planted bug) `main` is treated as the caller's.
+                unsafe { self.barn_put_full(c, main) };
                 c.stat(BarnPut);
                 let Some(empty) = self.get_empty_sheaf(c) else {
                     return false;
@@ -534,36 +560,22 @@ impl CacheInner {
                 }
                 return true;
             }
-        }
-        sl.set_spare(&g, ptr::null_mut());
-        let own = self.barn_of(c);
-        let own_trade = if own.may_take_full() {
-            // SAFETY: the spare is ours (taken out under the lock) and full.
-            unsafe { own.exchange_full(spare) }
-        } else {
-            Err(spare)
-        };
-        let traded = match own_trade {
-            Ok(empty) => Ok(empty),
-            // SAFETY: as above: `spare` came back to us.
-            Err(spare) => unsafe { self.barn_spill_full(c, spare) }.map(|()| None),
-        };
-        if let Ok(empty) = traded {
-            c.stat(BarnPut);
-            let Some(empty) = empty.or_else(|| self.get_empty_sheaf(c)) else {
+            let Some(empty) = self.get_empty_sheaf(c) else {
                 return false; // no memory for a sheaf: free to the slab
             };
             if self.replace_main(c, top, empty) == Replace::Done {
-                sl.set_spare(&g, main);
+                // SAFETY: the replace took the full `main` out of the slot: ours.
+                unsafe { self.barn_put_full(c, main) };
+                c.stat(BarnPut);
             } else {
-                // An allocation made room in `main` (or the thread migrated): the empty
-                // sheaf waits as the spare.
-                sl.set_spare(&g, empty);
+                // An allocation made room in `main` (or the thread migrated).
+                self.put_empty_sheaf(c, empty);
             }
             return true;
         }
         // The barn keeps enough full sheaves: flush the spare to the slabs, keep it empty.
         c.stat(BarnPutFail);
+        sl.set_spare(&g, ptr::null_mut());
         drop(g);
         // SAFETY: the spare is ours now (taken out under the lock).
         unsafe { self.sheaf_flush(c, spare) };
