@@ -4,13 +4,17 @@
 use kmem::{CacheConfig, Kmem, KmemCache};
 use std::ptr::NonNull;
 
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set; applies to the calling thread.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with `cpu` set; applies to the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+fn pin_to_cpu0() {
+    pin_to(0);
 }
 
 fn cache(k: &Kmem, name: &str, cap: usize) -> KmemCache {
@@ -100,58 +104,61 @@ fn objects_in_sheaves_and_barns_count_as_free_and_shrink_returns_everything() {
     );
 }
 
-#[test]
-fn threads_free_each_others_objects_through_sheaves() {
-    let k = Kmem::builder().build().unwrap();
-    let c = cache(&k, "sheaf-remote", 60);
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+/// One thread allocates `rounds` batches of `batch` objects of `c`, stamps each, and hands the
+/// batches to a second thread, which checks the stamps and frees them (`pins`: the CPUs the two
+/// run on, if they are to be pinned). An object handed out twice would have its stamp
+/// overwritten while in flight: the consumer's check fails.
+fn produce_and_consume(c: &KmemCache, rounds: u64, batch: u64, pins: Option<(usize, usize)>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(4);
     std::thread::scope(|s| {
-        let c = &c;
         s.spawn(move || {
-            for round in 0..200u64 {
-                let batch: Vec<usize> = (0..100)
+            if let Some((cpu, _)) = pins {
+                pin_to(cpu);
+            }
+            for round in 0..rounds {
+                let objs: Vec<usize> = (0..batch)
                     .map(|i| {
                         let p = c.alloc().unwrap().as_ptr() as *mut u64;
-                        // SAFETY: a fresh 64-byte object.
+                        // SAFETY: a fresh 64-byte object, ours.
                         unsafe { p.write(round << 32 | i) };
                         p as usize
                     })
                     .collect();
-                tx.send(batch).unwrap();
+                tx.send(objs).unwrap();
             }
         });
         s.spawn(move || {
-            for (round, batch) in rx.into_iter().enumerate() {
-                let round = round as u64;
-                for (i, p) in batch.into_iter().enumerate() {
+            if let Some((_, cpu)) = pins {
+                pin_to(cpu);
+            }
+            for (round, objs) in rx.into_iter().enumerate() {
+                for (i, p) in objs.into_iter().enumerate() {
                     // SAFETY: written by the producer, handed over, freed once.
                     unsafe {
-                        assert_eq!((p as *const u64).read(), round << 32 | i as u64);
+                        assert_eq!((p as *const u64).read(), (round as u64) << 32 | i as u64);
                         c.free(NonNull::new(p as *mut u8).unwrap());
                     }
                 }
             }
         });
     });
+}
+
+#[test]
+fn threads_free_each_others_objects_through_sheaves() {
+    let k = Kmem::builder().build().unwrap();
+    let c = cache(&k, "sheaf-remote", 60);
+    produce_and_consume(&c, 200, 100, None);
     assert_eq!(c.info().active_objs, 0);
     c.shrink();
     assert_eq!(c.info().num_slabs, 0);
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with `cpu` set; applies to the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// A producer pinned to CPU 0 allocates, a consumer pinned to CPU 1 frees: the consumer's full
 /// sheaves go to its barn shard and overflow into the producer's (a spill), and the producer,
 /// whose own shard has no full sheaf, takes them from either (a steal, or its own trade): the
 /// objects go round through the barn instead of through the slabs, and none is lost or
-/// handed out twice (stamped: a second hand-out overwrites a stamp in flight).
+/// handed out twice (stamped).
 #[test]
 fn full_sheaves_flow_from_a_freeing_cpu_to_an_allocating_one_through_the_barn_shards() {
     // SAFETY: sysconf has no preconditions.
@@ -164,39 +171,7 @@ fn full_sheaves_flow_from_a_freeing_cpu_to_an_allocating_one_through_the_barn_sh
     let c = cache(&k, "sheaf-shards", cap);
     const ROUNDS: u64 = 400;
     const BATCH: u64 = 60;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(4);
-    std::thread::scope(|s| {
-        let c = &c;
-        s.spawn(move || {
-            pin_to(0);
-            for round in 0..ROUNDS {
-                let batch: Vec<usize> = (0..BATCH)
-                    .map(|i| {
-                        let p = c.alloc().unwrap().as_ptr() as *mut u64;
-                        // SAFETY: a fresh 64-byte object, ours. (An object handed out twice
-                        // would have its stamp overwritten while in flight: the consumer's
-                        // check fails.)
-                        unsafe { p.write(round << 32 | i) };
-                        p as usize
-                    })
-                    .collect();
-                tx.send(batch).unwrap();
-            }
-        });
-        s.spawn(move || {
-            pin_to(1);
-            for (round, batch) in rx.into_iter().enumerate() {
-                for (i, p) in batch.into_iter().enumerate() {
-                    // SAFETY: written by the producer, handed over, freed once.
-                    unsafe {
-                        let p = p as *mut u64;
-                        assert_eq!(p.read(), (round as u64) << 32 | i as u64);
-                        c.free(NonNull::new(p as *mut u8).unwrap());
-                    }
-                }
-            }
-        });
-    });
+    produce_and_consume(&c, ROUNDS, BATCH, Some((0, 1)));
     let s = c.stats();
     eprintln!("producer on CPU 0, consumer on CPU 1: {s:?}");
     assert_eq!(c.info().active_objs, 0);

@@ -46,6 +46,29 @@
 use kmem::cpu::CommitMode::{Locked, Rseq};
 use kmem_loom_tests::*;
 
+/// On CPU 0, one thread frees `x` (an object the model holds) while another allocates; then the
+/// model's end checks.
+fn free_vs_alloc_on_cpu0(
+    k: &kmem::Kmem,
+    c: &loom::sync::Arc<kmem::KmemCache>,
+    live: &Live,
+    x: std::ptr::NonNull<u8>,
+) {
+    let (c1, l1) = (c.clone(), live.clone());
+    let a = loom::thread::spawn(move || {
+        on_cpu(0);
+        l1.free(&c1, x);
+    });
+    let (c2, l2) = (c.clone(), live.clone());
+    let b = loom::thread::spawn(move || {
+        on_cpu(0);
+        l2.alloc(&c2);
+    });
+    a.join().unwrap();
+    b.join().unwrap();
+    finish(k, c, live, false);
+}
+
 #[test]
 fn flush_vs_free_other_cpu() {
     model(|| {
@@ -95,20 +118,7 @@ fn barn_exchange_vs_free() {
         let held = main_and_spare_empty_barn_full(&c, &live);
         let s = c.stats();
         assert_eq!((s.barn_put, s.barn_get), (1, 0), "setup: {s:?}");
-        let x = held[0];
-        let (c1, l1) = (c.clone(), live.clone());
-        let a = loom::thread::spawn(move || {
-            on_cpu(0);
-            l1.free(&c1, x);
-        });
-        let (c2, l2) = (c.clone(), live.clone());
-        let b = loom::thread::spawn(move || {
-            on_cpu(0);
-            l2.alloc(&c2);
-        });
-        a.join().unwrap();
-        b.join().unwrap();
-        finish(&k, &c, &live, false);
+        free_vs_alloc_on_cpu0(&k, &c, &live, held[0]);
     });
 }
 
@@ -133,20 +143,7 @@ fn barn_put_vs_alloc() {
         let held = main_and_spare_full(&c, &live);
         let s = c.stats();
         assert_eq!((s.barn_put, s.sheaf_swap), (0, 1), "setup: {s:?}");
-        let x = held[0];
-        let (c1, l1) = (c.clone(), live.clone());
-        let a = loom::thread::spawn(move || {
-            on_cpu(0);
-            l1.free(&c1, x);
-        });
-        let (c2, l2) = (c.clone(), live.clone());
-        let b = loom::thread::spawn(move || {
-            on_cpu(0);
-            l2.alloc(&c2);
-        });
-        a.join().unwrap();
-        b.join().unwrap();
-        finish(&k, &c, &live, false);
+        free_vs_alloc_on_cpu0(&k, &c, &live, held[0]);
     });
 }
 
@@ -234,20 +231,7 @@ fn refill_vs_free() {
         on_cpu(0);
         // One refill of 4, all popped: main empty, no spare, an empty barn.
         let held: Vec<_> = (0..4).map(|_| live.alloc(&c)).collect();
-        let x = held[0];
-        let (c1, l1) = (c.clone(), live.clone());
-        let a = loom::thread::spawn(move || {
-            on_cpu(0);
-            l1.free(&c1, x);
-        });
-        let (c2, l2) = (c.clone(), live.clone());
-        let b = loom::thread::spawn(move || {
-            on_cpu(0);
-            l2.alloc(&c2);
-        });
-        a.join().unwrap();
-        b.join().unwrap();
-        finish(&k, &c, &live, false);
+        free_vs_alloc_on_cpu0(&k, &c, &live, held[0]);
     });
 }
 

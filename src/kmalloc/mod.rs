@@ -810,7 +810,7 @@ pub fn kmalloc_set_sheaves(on: bool) -> bool {
 /// a power-of-two sheaf: 120 objects below 256 bytes, 60 below 1 KiB, 28 below 4 KiB), the
 /// kernel's 4 above. Measured (docs/performance.md, "Deeper barns" and "Sheaves of 60 from
 /// 256 bytes"): a thread's 1000-object batch of 64-byte objects 6.4 → 5.8 ns per object, two
-/// threads' 4.6 → 3.5 (half the barn trades, on the node's shared barn lock); of 256-byte
+/// threads' 4.6 → 3.5 (half the barn trades, then on one barn lock per node); of 256-byte
 /// objects 11.1 → 5.1 and 6.4 → 3.8; of 2 KiB objects 31 → 17 and 11.8 → 6.5; what an idle
 /// class keeps in its CPUs' sheaves the decay's CPU-sheaf trim gives back, and a class used
 /// a little fills only a quarter of a sheaf (`SheafSlot::next_refill`).
