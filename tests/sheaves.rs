@@ -189,9 +189,11 @@ fn full_sheaves_flow_from_a_freeing_cpu_to_an_allocating_one_through_the_barn_sh
             s.sheaf_refill
         );
         // The empty sheaves the producer trades in go back to the consumer (from the
-        // producer's shard), not through the pool: few sheaves are ever carved.
+        // producer's shard), not through the pool: far fewer sheaves are carved than traded
+        // (about 20 to 100 for 2 000 trades; one per trade before empty sheaves could be taken
+        // from another shard).
         assert!(
-            s.sheaf_alloc < 100,
+            s.sheaf_alloc * 4 < s.barn_put,
             "{} sheaves carved for {} trades: {s:?}",
             s.sheaf_alloc,
             s.barn_put
