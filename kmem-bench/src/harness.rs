@@ -14,8 +14,8 @@ pub static PIN: AtomicBool = AtomicBool::new(false);
 
 /// The CPUs this process may run on, in order (`sched_getaffinity`), or none if unknown.
 fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for the
-    // calling thread and reads nothing else.
+    // A zeroed cpu_set_t is a valid empty set, which sched_getaffinity fills.
+    // SAFETY: only the calling thread's mask is read, into a local set of the right size.
     unsafe {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
         if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
@@ -29,8 +29,8 @@ fn allowed_cpus() -> Vec<usize> {
 
 /// Pins the calling thread to `cpu` (best effort: a refusal leaves it unpinned).
 fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with `cpu` (below CPU_SETSIZE: it came from
-    // `allowed_cpus`) set; applies to the calling thread only.
+    // `cpu` is below CPU_SETSIZE: it came from `allowed_cpus`.
+    // SAFETY: a zeroed cpu_set_t with `cpu` set; applies to the calling thread only.
     unsafe {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);

@@ -340,8 +340,8 @@ mod tests {
     fn trades_keep_limits_and_lose_nothing() {
         let b = BarnShard::new(2, 1);
         let (f1, f2, f3, e1, e2) = (sheaf(), sheaf(), sheaf(), sheaf(), sheaf());
-        // SAFETY: every sheaf below is one we own (from `sheaf()`), handed to the shard or given
-        // back, and freed once at the end.
+        // Each sheaf below is handed to the shard or given back, and freed once at the end.
+        // SAFETY: every sheaf used below is one we own (from `sheaf()`).
         unsafe {
             // No full sheaf: nothing taken, `give` comes back.
             assert_eq!(b.exchange_empty(e1), (None, e1));

@@ -328,12 +328,8 @@ impl CacheInner {
     /// CPU that frees what another allocates gets back the empty sheaves the other trades in),
     /// else from the pool (`SHEAF_ALLOC`).
     fn get_empty_sheaf(&self, c: &KmemCacheCpu) -> Option<*mut Sheaf> {
-        let own = self.barn_of(c);
-        if let Some(s) = own.may_have_empty().then(|| own.get_empty()).flatten() {
-            return Some(s);
-        }
-        if let Some(s) = self
-            .barn_neighbours(c)
+        if let Some(s) = core::iter::once(self.barn_of(c))
+            .chain(self.barn_neighbours(c))
             .filter(|b| b.may_have_empty())
             .find_map(|b| b.get_empty())
         {
@@ -392,17 +388,14 @@ impl CacheInner {
         // sheaf comes out, under one shard lock; else a full sheaf from another shard.
         sl.set_spare(&g, ptr::null_mut());
         let own = self.barn_of(c);
-        let (mut full, mut left) = if own.may_have_full() {
+        let (full, left) = if own.may_have_full() {
             // SAFETY: `spare` is null or empty (tested above) and ours: taken out of the slot.
             unsafe { own.exchange_empty(spare) }
         } else {
             (None, spare)
         };
-        if full.is_none() {
-            full = self.barn_steal_full(c);
-            left = spare;
-        }
-        if let Some(full) = full {
+        // Without a trade the barn kept nothing of the spare: `left` is `spare`.
+        if let Some(full) = full.or_else(|| self.barn_steal_full(c)) {
             c.stat(BarnGet);
             if self.replace_main(c, top, full) == Replace::Done {
                 // The old main (empty, or none) and what the barn left of the spare: one

@@ -93,9 +93,9 @@ macro_rules! static_ref {
         #[cfg(all(target_arch = "x86_64", not(any(miri, loom))))]
         let r = {
             let p: usize;
-            // SAFETY: `lea` computes the address of `$s`, a static of this crate (in the same
-            // executable or shared object as this code, so a PC-relative reference reaches
-            // it), and reads or writes no memory.
+            // `$s` is a static of this crate, in the same executable or shared object as this
+            // code, so a PC-relative reference reaches it.
+            // SAFETY: `lea` only computes the address of `$s`; it reads or writes no memory.
             unsafe {
                 core::arch::asm!(
                     "lea {p}, [rip + {s}]",
@@ -122,8 +122,8 @@ pub(crate) use static_ref;
 )]
 pub(crate) fn static_at<T>(like: &'static T, p: usize) -> &'static T {
     debug_assert_eq!(like as *const T as usize, p);
-    // SAFETY: `p` is the address of the static `like` refers to (`static_ref!` computed it
-    // with `lea` from the static's symbol): valid for 'static and aligned for `T`.
+    // `static_ref!` computed `p` with `lea` from the symbol of the static `like` refers to.
+    // SAFETY: `p` is that static's address: valid for 'static and aligned for `T`.
     unsafe { &*(p as *const T) }
 }
 
