@@ -9,6 +9,8 @@
  *   gcc -O2 -o /tmp/pm scripts/uarch/pair_model.c            # kmem's layout (main)
  *   gcc -O2 -DVIEWS=static -o /tmp/pm_static ...             # views at a link-time address
  *   gcc -O2 -DVIEWS=region -o /tmp/pm_region ...             # slot base from one global
+ *   ... -DVIEWS=region_class (+ class * 8, tcmalloc's layout)  -DVIEWS=region_span (+ class *
+ *   a span loaded from a global: every class's slots in one mapping)
  *   ... -DSTATS=0 (no per-slot counters)  -DRSEQCS=0 (no arming store)  -DCHECK=0 (no free
  *   check)  -DDF=0 (no double-free compare)
  *   taskset -c 1 /tmp/pm                                     # prints ns per pair, 5 runs
@@ -24,6 +26,8 @@
 #define current 0
 #define static_ 1
 #define region 2
+#define region_class 3
+#define region_span 4
 #ifndef VIEWS
 #define VIEWS current
 #endif
@@ -56,7 +60,8 @@ struct view {
 };
 struct view views[32] __attribute__((aligned(64)));
 struct view *POP_VIEWS, *PUSH_VIEWS; /* the published table pointers (main's layout) */
-char *REGION;                        /* the slot base of the region layout */
+char *REGION;                        /* the slot base of the region layouts */
+uint64_t SPAN;                       /* region_span: the distance between classes' slots */
 uint16_t *TAG_ROOT[1 << 13];
 uint8_t class_tab[256];
 char slotmem[0x1c0 * 4] __attribute__((aligned(64))); /* KmemCacheCpu slots, 448 B apart */
@@ -87,6 +92,10 @@ static inline __attribute__((always_inline)) void *kalloc(uint64_t size) {
   uint64_t top, obj, t;
 #if VIEWS == region
   char *sb = REGION;
+#elif VIEWS == region_class
+  char *sb = REGION + idx * 8; /* tcmalloc: every class's top in one per-CPU block */
+#elif VIEWS == region_span
+  char *sb = REGION + idx * SPAN; /* every class's slot array in one mapping, SPAN apart */
 #endif
   __asm__ volatile(
 #if RSEQCS
@@ -97,7 +106,7 @@ static inline __attribute__((always_inline)) void *kalloc(uint64_t size) {
       "cmp 8(%[v]), %[slot]\n\t"
       "jae 9f\n\t"
       "imul $0x1c0, %[slot], %[slot]\n\t"
-#if VIEWS == region
+#if VIEWS >= region
       "add %[sb], %[slot]\n\t"
 #else
       "add (%[v]), %[slot]\n\t"
@@ -115,7 +124,7 @@ static inline __attribute__((always_inline)) void *kalloc(uint64_t size) {
       "8:\n\t"
       : [slot] "=&r"(slot), [top] "=&r"(top), [obj] "=&r"(obj), [t] "=&r"(t)
       : [off] "r"(off), [v] "r"(v)
-#if VIEWS == region
+#if VIEWS >= region
         , [sb] "r"(sb)
 #endif
       : "memory", "cc");
@@ -145,6 +154,10 @@ static inline __attribute__((always_inline)) void kfree(void *p, uint64_t size) 
   uint64_t top, t;
 #if VIEWS == region
   char *sb = REGION;
+#elif VIEWS == region_class
+  char *sb = REGION + idx * 8; /* tcmalloc: every class's top in one per-CPU block */
+#elif VIEWS == region_span
+  char *sb = REGION + idx * SPAN; /* every class's slot array in one mapping, SPAN apart */
 #endif
   __asm__ volatile(
 #if RSEQCS
@@ -155,7 +168,7 @@ static inline __attribute__((always_inline)) void kfree(void *p, uint64_t size) 
       "cmp 8(%[v]), %[slot]\n\t"
       "jae 9f\n\t"
       "imul $0x1c0, %[slot], %[slot]\n\t"
-#if VIEWS == region
+#if VIEWS >= region
       "add %[sb], %[slot]\n\t"
 #else
       "add (%[v]), %[slot]\n\t"
@@ -181,7 +194,7 @@ static inline __attribute__((always_inline)) void kfree(void *p, uint64_t size) 
       "8:\n\t"
       : [slot] "=&r"(slot), [top] "=&r"(top), [t] "=&r"(t)
       : [off] "r"(off), [v] "r"(v), [obj] "r"(ptr)
-#if VIEWS == region
+#if VIEWS >= region
         , [sb] "r"(sb)
 #endif
       : "memory", "cc");
@@ -209,7 +222,12 @@ int main(void) {
   POP_VIEWS = views;
   PUSH_VIEWS = views;
   REGION = slotmem;
+  SPAN = 0;
   for (int i = 0; i < 256; i++) class_tab[i] = i % 32;
+#if VIEWS == region_class
+  /* The top of class 64 B's column (the slot is REGION + class * 8 on CPU 0). */
+  *(uint64_t *)(slotmem + class_tab[(64 + 7) >> 3] * 8) = *(uint64_t *)slotmem;
+#endif
   volatile uint64_t size = 64; /* a size the compiler cannot fold, as kmem-bench's */
   for (int r = 0; r < 5; r++) {
     double t0 = now();
