@@ -115,7 +115,8 @@ pub(crate) struct KmemCacheCpu {
     pub(crate) partial: Cell<*mut Page>,
     /// The slot lock: serialises the slow paths of this slot.
     pub(crate) lock: SpinLock<()>,
-    /// Event counters, one per [`StatItem`].
+    /// Event counters, one per [`StatItem`] (`AllocPcs` and `FreePcs` are counted in
+    /// `sheaves.fast_stats` instead, and their entries here stay 0).
     #[cfg(feature = "stats")]
     pub(crate) stats: [crate::sync::AtomicU64; NR_STAT_ITEMS],
 }
@@ -130,6 +131,10 @@ impl core::ops::Deref for KmemCacheCpu {
 
 #[cfg(not(loom))]
 const _: () = assert!(KmemCacheCpu::SHEAVES_OFFSET == 32);
+// The sheaves' inline counters share the slot's first line with the sheaf's top.
+#[cfg(all(not(loom), feature = "stats"))]
+const _: () =
+    assert!(KmemCacheCpu::SHEAVES_OFFSET + core::mem::offset_of!(SheafSlot, fast_stats) + 16 <= 64);
 
 impl KmemCacheCpu {
     /// Offset of `sheaves` in the slot (right after the 32-byte `SlotHead`, on its cache line).
@@ -177,8 +182,15 @@ impl KmemCacheCpu {
         #[cfg(feature = "stats")]
         {
             // A relaxed load+store, not fetch_add: no locked instruction on the fast path. Two
-            // threads sharing the slot can lose an increment (documented in stats.rs).
-            let c = &self.stats[item as usize];
+            // threads sharing the slot can lose an increment (documented in stats.rs). The
+            // sheaves' inline counters live beside the sheaf's top, on the line the sequence
+            // just wrote (`SheafSlot::fast_stats`); `item` is a constant at every call, so the
+            // choice folds away.
+            let c = match item {
+                StatItem::AllocPcs => &self.sheaves.fast_stats[0],
+                StatItem::FreePcs => &self.sheaves.fast_stats[1],
+                _ => &self.stats[item as usize],
+            };
             c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
         }
         #[cfg(not(feature = "stats"))]
@@ -190,8 +202,12 @@ impl KmemCacheCpu {
     /// Adds this slot's counters into `out`.
     pub(crate) fn add_stats(&self, out: &mut [u64; NR_STAT_ITEMS]) {
         #[cfg(feature = "stats")]
-        for (o, c) in out.iter_mut().zip(self.stats.iter()) {
-            *o += c.load(Ordering::Relaxed);
+        {
+            for (o, c) in out.iter_mut().zip(self.stats.iter()) {
+                *o += c.load(Ordering::Relaxed);
+            }
+            out[StatItem::AllocPcs as usize] += self.sheaves.fast_stats[0].load(Ordering::Relaxed);
+            out[StatItem::FreePcs as usize] += self.sheaves.fast_stats[1].load(Ordering::Relaxed);
         }
         #[cfg(not(feature = "stats"))]
         let _ = out;

@@ -116,6 +116,11 @@ impl Sheaf {
 pub(crate) struct SheafSlot {
     /// `main` (the fast paths' sheaf) and the stop word: what the sequences read.
     pub(crate) head: ArraySlot,
+    /// The counters of the inline pop and push (`alloc_cpu_sheaf`, `free_cpu_sheaf`), on the
+    /// line of `head`: the fast paths touch one line of the slot, not two (the slot's other
+    /// counters are lines further on). See `KmemCacheCpu::stat_add`.
+    #[cfg(feature = "stats")]
+    pub(crate) fast_stats: [crate::sync::AtomicU64; 2],
     /// The spare sheaf, or null (under `lock`).
     spare: Cell<*mut Sheaf>,
     /// Guards `spare`, the choice of `main`, and in the locked mode the fast paths.
@@ -133,6 +138,11 @@ impl SheafSlot {
     pub(crate) fn new() -> Self {
         SheafSlot {
             head: ArraySlot::new(),
+            #[cfg(feature = "stats")]
+            fast_stats: [
+                crate::sync::AtomicU64::new(0),
+                crate::sync::AtomicU64::new(0),
+            ],
             spare: Cell::new(ptr::null_mut()),
             lock: SpinLock::new("kmem CPU sheaf lock", ()),
             refill: Cell::new(0),
