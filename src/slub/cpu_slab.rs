@@ -382,6 +382,38 @@ mod tests {
         }
     }
 
+    /// Consecutive caches put their slots at different offsets in their pages (`meta_colour`):
+    /// the slots' first lines, which every inline operation writes, do not all fall into one
+    /// set of the L1 data cache.
+    #[test]
+    fn consecutive_caches_slots_sit_at_different_page_offsets() {
+        let k = crate::Kmem::builder().cpus(2).nodes(1).build().unwrap();
+        let caches: Vec<_> = (0..8)
+            .map(|i| {
+                let cfg = crate::CacheConfig::new().sheaf_capacity(30);
+                k.create_cache(&format!("colour-{i}"), 64, cfg).unwrap()
+            })
+            .collect();
+        let mut offsets: Vec<usize> = caches
+            .iter()
+            .map(|c| c.inner().cpu_slab as usize % PAGE)
+            .collect();
+        for c in &caches {
+            // Inside the cache's own mapping, with its slots, nodes and barns.
+            let inner = c.inner() as *const _ as usize;
+            let end = c.inner().cpu_slab as usize + 2 * core::mem::size_of::<KmemCacheCpu>();
+            assert!(end <= inner + c.inner().map_size);
+            assert_eq!(c.inner().cpu_slab as usize % 64, 0);
+        }
+        offsets.sort_unstable();
+        offsets.dedup();
+        // Other tests create caches meanwhile, so the colours need not be consecutive; without
+        // the colouring all eight would be equal.
+        assert!(offsets.len() >= 4, "slot offsets {offsets:?}");
+    }
+
+    const PAGE: usize = crate::page::PAGE_SIZE;
+
     #[test]
     fn detach_then_attach_advances_tid_twice() {
         let step = TidStep::new(4);

@@ -239,6 +239,25 @@ pub(crate) struct CacheInner {
     pub(crate) colour_next: crate::sync::AtomicUsize,
 }
 
+/// Caches created so far, for [`meta_colour`].
+static META_COLOURS: crate::sync::global::AtomicUsize = crate::sync::global::AtomicUsize::new(0);
+
+/// How far the next cache's slots (and what follows them) are moved into the slack at the end
+/// of its metadata mapping: a multiple of 64 bytes, at most `slack`, different for consecutive
+/// caches.
+///
+/// Every cache's metadata is a page-aligned mapping of its own with `CacheInner` first, so
+/// without this each cache's slot for CPU `c` sat at the same offset in its page, and the
+/// lines the inline paths write (a slot's first line: the sheaf's `top` and its counters) of
+/// every cache fell into one set of the L1 data cache (its index is address bits 6–11):
+/// eight ways for the twenty classes a mixed-size workload uses on each CPU. Moving them costs
+/// no memory: the slack is the unused end of the last page.
+fn meta_colour(slack: usize) -> usize {
+    let colours = slack / 64 + 1;
+    let n = META_COLOURS.fetch_add(1, crate::sync::global::Ordering::Relaxed);
+    (n % colours.min(64)) * 64
+}
+
 // SAFETY: all shared mutable state inside is reached through atomics, `Cell`s under locks, or the
 // CPU slots' and nodes' own synchronisation; the raw pointers name memory that lives as long as
 // the cache.
@@ -277,21 +296,33 @@ impl CacheInner {
             || cfg.failslab != crate::page::FaultInjection::None;
         let geo = Geometry::compute(name, object_size, cfg, nr_cpus)?;
 
-        let cpu_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
-        let node_off = cpu_off + nr_cpus * core::mem::size_of::<KmemCacheCpu>();
-        let node_off = node_off.next_multiple_of(128);
-        let barn_off =
-            (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>()).next_multiple_of(128);
         let sheaf_capacity = match cfg.sheaf_capacity {
             0 => 0,
             n => SheafPool::capacity_for(n),
         };
         // One barn shard per slot (`barn.rs`), none without sheaves.
         let nr_barns = if sheaf_capacity != 0 { nr_cpus } else { 0 };
-        let seq_off = barn_off + nr_barns * core::mem::size_of::<BarnShard>();
         let seq_len = if debug { 0 } else { geo.oo.objects as usize };
-        let map_size = (seq_off + crate::debug::shuffle::random_seq_bytes(seq_len))
-            .next_multiple_of(PAGE_SIZE);
+        // The layout after `CacheInner`, its slots starting `cpu_off` bytes in: the end of
+        // the random sequence (the mapping's used bytes), and the offsets of the parts.
+        let layout = |cpu_off: usize| {
+            let node_off = cpu_off + nr_cpus * core::mem::size_of::<KmemCacheCpu>();
+            let node_off = node_off.next_multiple_of(128);
+            let barn_off =
+                (node_off + nr_nodes * core::mem::size_of::<KmemCacheNode>()).next_multiple_of(128);
+            let seq_off = barn_off + nr_barns * core::mem::size_of::<BarnShard>();
+            let end = seq_off + crate::debug::shuffle::random_seq_bytes(seq_len);
+            (end, node_off, barn_off, seq_off)
+        };
+        let first_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
+        let map_size = layout(first_off).0.next_multiple_of(PAGE_SIZE);
+        // Moved by a colour that still fits the pages (the 128-byte roundings of the parts
+        // after the slots may take more than the colour itself: then a smaller one).
+        let mut cpu_off = first_off + meta_colour(map_size - layout(first_off).0);
+        while layout(cpu_off).0 > map_size {
+            cpu_off -= 64;
+        }
+        let (_, node_off, barn_off, seq_off) = layout(cpu_off);
         let base = os::map(map_size, PAGE_SIZE)
             .ok_or(KmemError::OutOfMemory {
                 what: "cache metadata",
