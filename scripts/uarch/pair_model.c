@@ -6,11 +6,12 @@
  * the free's tag and object-start checks, the per-slot counters), against a fake rseq area in
  * TLS that no kernel restarts (one thread, no preemption handling: a timing model only).
  *
- *   gcc -O2 -o /tmp/pm scripts/uarch/pair_model.c            # kmem's layout (main)
- *   gcc -O2 -DVIEWS=static -o /tmp/pm_static ...             # views at a link-time address
+ *   gcc -O2 -o /tmp/pm scripts/uarch/pair_model.c            # main: a published table pointer
+ *   gcc -O2 -DVIEWS=static_views -o /tmp/pm_static ...       # views at a link-time address
  *   gcc -O2 -DVIEWS=region -o /tmp/pm_region ...             # slot base from one global
  *   ... -DVIEWS=region_class (+ class * 8, tcmalloc's layout)  -DVIEWS=region_span (+ class *
  *   a span loaded from a global: every class's slots in one mapping)
+ *   ... -DCOUNTERS_BY_TOP (the counters beside the top, as main keeps them since 7a6cf94)
  *   ... -DSTATS=0 (no per-slot counters)  -DRSEQCS=0 (no arming store)  -DCHECK=0 (no free
  *   check)  -DDF=0 (no double-free compare)
  *   taskset -c 1 /tmp/pm                                     # prints ns per pair, 5 runs
@@ -23,17 +24,18 @@
 #include <stdlib.h>
 #include <time.h>
 
-#define current 0
-#define static_ 1
-#define region 2
-#define region_class 3
-#define region_span 4
+/* The layouts (-DVIEWS=...). Names that are not C keywords: an unknown identifier in `#if` is
+ * 0, so `-DVIEWS=static` would silently be the first layout. */
+#define table 1
+#define static_views 2
+#define region 3
+#define region_class 4
+#define region_span 5
 #ifndef VIEWS
-#define VIEWS current
+#define VIEWS table
 #endif
-#if VIEWS == static
-#undef VIEWS
-#define VIEWS static_
+#if VIEWS < table || VIEWS > region_span
+#error "VIEWS: table, static_views, region, region_class or region_span"
 #endif
 #ifndef STATS
 #define STATS 1
@@ -73,16 +75,55 @@ static double now(void) {
 }
 __attribute__((noinline)) void fail(void) { abort(); }
 
-static inline __attribute__((always_inline)) struct view *view_of(struct view *table,
+static inline __attribute__((always_inline)) struct view *view_of(struct view *tab,
                                                                   uint64_t idx) {
-#if VIEWS == current
-  if (!table) fail();
-  return table + idx;
+#if VIEWS == table
+  if (!tab) fail();
+  return tab + idx;
 #else
-  (void)table;
+  (void)tab;
   return views + idx;
 #endif
 }
+
+/* The sequence's start, shared by the pop and the push: arm the area, the CPU id, the bound,
+ * the slot's address, its top. */
+#if RSEQCS
+#define ARM "lea 0(%%rip), %[t]\n\t" "mov %[t], %%fs:8(%[off])\n\t"
+#else
+#define ARM ""
+#endif
+#if VIEWS >= region
+#define SLOT_ADD "add %[sb], %[slot]\n\t"
+#define SB_OPERAND , [sb] "r"(sb)
+#else
+#define SLOT_ADD "add (%[v]), %[slot]\n\t"
+#define SB_OPERAND
+#endif
+#define SLOT_TOP                                                                                  \
+  ARM "mov %%fs:4(%[off]), %k[slot]\n\t"                                                         \
+      "cmp 8(%[v]), %[slot]\n\t"                                                                 \
+      "jae 9f\n\t"                                                                               \
+      "imul $0x1c0, %[slot], %[slot]\n\t" SLOT_ADD "mov (%[slot]), %[top]\n\t"
+/* Where the slot's base comes from (the region layouts). */
+#if VIEWS == region
+#define SLOT_BASE char *sb = REGION
+#elif VIEWS == region_class
+#define SLOT_BASE char *sb = REGION + idx * 8 /* tcmalloc: every class's top in one block */
+#elif VIEWS == region_span
+#define SLOT_BASE char *sb = REGION + idx * SPAN /* every class's slots in one mapping */
+#else
+#define SLOT_BASE (void)0
+#endif
+/* The counters: entries 25 and 26 of the slot's array, as measured on 2026-12-07 before
+ * `7a6cf94`; main now keeps them beside the top (-DCOUNTERS_BY_TOP). */
+#ifdef COUNTERS_BY_TOP
+#define CTR_ALLOC 8
+#define CTR_FREE 16
+#else
+#define CTR_ALLOC 0x138
+#define CTR_FREE 0x140
+#endif
 
 static inline __attribute__((always_inline)) void *kalloc(uint64_t size) {
   uint64_t idx = class_tab[(size + 7) >> 3];
@@ -90,28 +131,9 @@ static inline __attribute__((always_inline)) void *kalloc(uint64_t size) {
   uint64_t off = SEQ_OFFSET;
   char *slot;
   uint64_t top, obj, t;
-#if VIEWS == region
-  char *sb = REGION;
-#elif VIEWS == region_class
-  char *sb = REGION + idx * 8; /* tcmalloc: every class's top in one per-CPU block */
-#elif VIEWS == region_span
-  char *sb = REGION + idx * SPAN; /* every class's slot array in one mapping, SPAN apart */
-#endif
+  SLOT_BASE;
   __asm__ volatile(
-#if RSEQCS
-      "lea 0(%%rip), %[t]\n\t"
-      "mov %[t], %%fs:8(%[off])\n\t"
-#endif
-      "mov %%fs:4(%[off]), %k[slot]\n\t"
-      "cmp 8(%[v]), %[slot]\n\t"
-      "jae 9f\n\t"
-      "imul $0x1c0, %[slot], %[slot]\n\t"
-#if VIEWS >= region
-      "add %[sb], %[slot]\n\t"
-#else
-      "add (%[v]), %[slot]\n\t"
-#endif
-      "mov (%[slot]), %[top]\n\t"
+      SLOT_TOP
       "mov %[top], %[t]\n\t"
       "and 16(%[v]), %[t]\n\t"
       "cmp $0x18, %[t]\n\t"
@@ -124,13 +146,11 @@ static inline __attribute__((always_inline)) void *kalloc(uint64_t size) {
       "8:\n\t"
       : [slot] "=&r"(slot), [top] "=&r"(top), [obj] "=&r"(obj), [t] "=&r"(t)
       : [off] "r"(off), [v] "r"(v)
-#if VIEWS >= region
-        , [sb] "r"(sb)
-#endif
+        SB_OPERAND
       : "memory", "cc");
   if (!obj) fail();
 #if STATS
-  ((volatile uint64_t *)(slot + 0x138))[0]++;
+  ((volatile uint64_t *)(slot + CTR_ALLOC))[0]++;
 #endif
   return (void *)obj;
 }
@@ -152,28 +172,9 @@ static inline __attribute__((always_inline)) void kfree(void *p, uint64_t size) 
   uint64_t off = SEQ_OFFSET;
   char *slot;
   uint64_t top, t;
-#if VIEWS == region
-  char *sb = REGION;
-#elif VIEWS == region_class
-  char *sb = REGION + idx * 8; /* tcmalloc: every class's top in one per-CPU block */
-#elif VIEWS == region_span
-  char *sb = REGION + idx * SPAN; /* every class's slot array in one mapping, SPAN apart */
-#endif
+  SLOT_BASE;
   __asm__ volatile(
-#if RSEQCS
-      "lea 0(%%rip), %[t]\n\t"
-      "mov %[t], %%fs:8(%[off])\n\t"
-#endif
-      "mov %%fs:4(%[off]), %k[slot]\n\t"
-      "cmp 8(%[v]), %[slot]\n\t"
-      "jae 9f\n\t"
-      "imul $0x1c0, %[slot], %[slot]\n\t"
-#if VIEWS >= region
-      "add %[sb], %[slot]\n\t"
-#else
-      "add (%[v]), %[slot]\n\t"
-#endif
-      "mov (%[slot]), %[top]\n\t"
+      SLOT_TOP
       "test %[top], %[top]\n\t"
       "jz 9f\n\t"
       "mov %[top], %[t]\n\t"
@@ -194,13 +195,11 @@ static inline __attribute__((always_inline)) void kfree(void *p, uint64_t size) 
       "8:\n\t"
       : [slot] "=&r"(slot), [top] "=&r"(top), [t] "=&r"(t)
       : [off] "r"(off), [v] "r"(v), [obj] "r"(ptr)
-#if VIEWS >= region
-        , [sb] "r"(sb)
-#endif
+        SB_OPERAND
       : "memory", "cc");
   if (!slot) fail();
 #if STATS
-  ((volatile uint64_t *)(slot + 0x140))[0]++;
+  ((volatile uint64_t *)(slot + CTR_FREE))[0]++;
 #endif
 }
 
