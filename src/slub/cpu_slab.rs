@@ -182,20 +182,26 @@ impl KmemCacheCpu {
         #[cfg(feature = "stats")]
         {
             // A relaxed load+store, not fetch_add: no locked instruction on the fast path. Two
-            // threads sharing the slot can lose an increment (documented in stats.rs). The
-            // sheaves' inline counters live beside the sheaf's top, on the line the sequence
-            // just wrote (`SheafSlot::fast_stats`); `item` is a constant at every call, so the
-            // choice folds away.
-            let c = match item {
-                StatItem::AllocPcs => &self.sheaves.fast_stats[0],
-                StatItem::FreePcs => &self.sheaves.fast_stats[1],
-                _ => &self.stats[item as usize],
-            };
+            // threads sharing the slot can lose an increment (documented in stats.rs).
+            let c = self.counter(item);
             c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
         }
         #[cfg(not(feature = "stats"))]
         {
             let _ = (item, n);
+        }
+    }
+
+    /// The counter of `item`: the sheaves' inline pop and push counters beside the sheaf's
+    /// top, on the line the sequence just wrote (`SheafSlot::fast_stats`); the others in
+    /// `stats`. `item` is a constant at every fast-path call, so the choice folds away.
+    #[cfg(feature = "stats")]
+    #[inline(always)]
+    fn counter(&self, item: StatItem) -> &crate::sync::AtomicU64 {
+        match item {
+            StatItem::AllocPcs => &self.sheaves.fast_stats[0],
+            StatItem::FreePcs => &self.sheaves.fast_stats[1],
+            _ => &self.stats[item as usize],
         }
     }
 
@@ -206,8 +212,9 @@ impl KmemCacheCpu {
             for (o, c) in out.iter_mut().zip(self.stats.iter()) {
                 *o += c.load(Ordering::Relaxed);
             }
-            out[StatItem::AllocPcs as usize] += self.sheaves.fast_stats[0].load(Ordering::Relaxed);
-            out[StatItem::FreePcs as usize] += self.sheaves.fast_stats[1].load(Ordering::Relaxed);
+            for item in [StatItem::AllocPcs, StatItem::FreePcs] {
+                out[item as usize] += self.counter(item).load(Ordering::Relaxed);
+            }
         }
         #[cfg(not(feature = "stats"))]
         let _ = out;
@@ -396,7 +403,7 @@ mod tests {
             .collect();
         let mut offsets: Vec<usize> = caches
             .iter()
-            .map(|c| c.inner().cpu_slab as usize % PAGE)
+            .map(|c| c.inner().cpu_slab as usize % crate::page::PAGE_SIZE)
             .collect();
         for c in &caches {
             // Inside the cache's own mapping, with its slots, nodes and barns.
@@ -411,8 +418,6 @@ mod tests {
         // the colouring all eight would be equal.
         assert!(offsets.len() >= 4, "slot offsets {offsets:?}");
     }
-
-    const PAGE: usize = crate::page::PAGE_SIZE;
 
     #[test]
     fn detach_then_attach_advances_tid_twice() {

@@ -315,10 +315,11 @@ impl CacheInner {
             (end, node_off, barn_off, seq_off)
         };
         let first_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
-        let map_size = layout(first_off).0.next_multiple_of(PAGE_SIZE);
+        let used = layout(first_off).0;
+        let map_size = used.next_multiple_of(PAGE_SIZE);
         // Moved by a colour that still fits the pages (the 128-byte roundings of the parts
         // after the slots may take more than the colour itself: then a smaller one).
-        let mut cpu_off = first_off + meta_colour(map_size - layout(first_off).0);
+        let mut cpu_off = first_off + meta_colour(map_size - used);
         while layout(cpu_off).0 > map_size {
             cpu_off -= 64;
         }

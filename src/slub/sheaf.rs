@@ -114,7 +114,7 @@ impl Sheaf {
 /// The sheaf part of a CPU slot (`struct slub_percpu_sheaves`: `main`, `spare`, the lock).
 #[repr(C)]
 pub(crate) struct SheafSlot {
-    /// `main` (the fast paths' sheaf) and the stop word: what the sequences read.
+    /// `main` (the fast paths' sheaf): its `top`, what the sequences read.
     pub(crate) head: ArraySlot,
     /// The counters of the inline pop and push (`alloc_cpu_sheaf`, `free_cpu_sheaf`), on the
     /// line of `head`: the fast paths touch one line of the slot, not two (the slot's other
