@@ -48,6 +48,64 @@ fn one_thread_uses_the_sheaves_and_the_barn() {
     }
 }
 
+/// Whether the page holding `p` is resident (`mincore`).
+fn resident(p: NonNull<u8>) -> bool {
+    let page = (p.as_ptr() as usize) & !4095;
+    let mut v = 0u8;
+    // SAFETY: one page of a mapping of ours; `v` receives one byte.
+    let r = unsafe { libc::mincore(page as *mut libc::c_void, 4096, &mut v) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    v & 1 != 0
+}
+
+/// A refill that takes objects of a new slab hands them out by address without writing them
+/// (`init_slab`'s `Taken`), so the pages of objects nobody has written stay out of memory.
+/// Linking the whole new slab, as before, wrote a free pointer into each of its eight 4 KiB
+/// objects: one allocation made all 32 KiB resident.
+#[test]
+fn a_refill_from_a_new_slab_leaves_unwritten_objects_untouched() {
+    pin_to_cpu0();
+    let k = Kmem::builder().build().unwrap();
+    // Slabs of eight 4 KiB objects (order 3); sheaves of 16: the first refill takes 4.
+    let c = k
+        .create_cache(
+            "sheaf-untouched",
+            4096,
+            CacheConfig::new().sheaf_capacity(16).min_objects(8),
+        )
+        .unwrap();
+    let info = c.info();
+    assert_eq!((info.objperslab, info.pagesperslab), (8, 8), "{info:?}");
+    let objs: Vec<NonNull<u8>> = (0..4).map(|_| c.alloc().unwrap()).collect();
+    if std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"))
+    {
+        // A first write could fault a whole huge page in: keep the slab's range in small pages.
+        let huge = (objs[0].as_ptr() as usize) & !((2 << 20) - 1);
+        // SAFETY: advice on address space kmem mapped; it changes no contents.
+        unsafe { libc::madvise(huge as *mut libc::c_void, 4 << 20, libc::MADV_NOHUGEPAGE) };
+    }
+    for &p in &objs {
+        assert!(
+            !resident(p),
+            "{p:?}: written by the allocator before its user"
+        );
+    }
+    // The probe sees a write (the test can fail).
+    // SAFETY: our object of 4096 bytes.
+    unsafe { objs[0].as_ptr().write_bytes(0xa5, 4096) };
+    assert!(resident(objs[0]));
+    for &p in &objs[1..] {
+        assert!(!resident(p));
+    }
+    for &p in &objs {
+        // SAFETY: allocated from `c`, freed once.
+        unsafe { c.free(p) };
+    }
+    assert_eq!(c.info().active_objs, 0);
+    drop(c);
+}
+
 /// A CPU's refills from the slabs start at a quarter of the sheaf's capacity and double: a
 /// cache used a little on a CPU holds a few objects there, one used a lot reaches whole sheaves
 /// by its third refill.

@@ -111,7 +111,7 @@ impl CacheInner {
             return unsafe { self.alloc_from_slab_locked(n, &mut g, slab, ret) } as *mut u8;
         }
         // alloc_single_from_new_slab: built with no lock held.
-        let Some(FrozenSlab { slab, freelist }) = self.new_slab(c, node) else {
+        let Some((FrozenSlab { slab, freelist }, _)) = self.new_slab(c, node, 0) else {
             return ptr::null_mut();
         };
         // SAFETY: the new slab is ours alone until it is on a list.

@@ -68,6 +68,13 @@ pub(crate) unsafe fn init_random_seq(seq: *mut u16, n: usize, seed: u64) {
 }
 
 impl CacheInner {
+    /// Whether the cache keeps a permutation for its fresh slabs' freelists (freelist-random
+    /// on, not a debug cache): then `init_slab` links every object in that order.
+    #[inline]
+    pub(crate) fn shuffles(&self) -> bool {
+        !self.random_seq.is_null()
+    }
+
     /// `shuffle_freelist`: relinks the `objects` objects of the fresh slab at `base` in the
     /// order of the cache's permutation from a random start; returns the first object, or
     /// `None` when the cache keeps no permutation (the feature is off, or a debug cache).

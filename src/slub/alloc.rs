@@ -6,7 +6,7 @@
 use super::cpu_slab::KmemCacheCpu;
 use super::node::KmemCacheNode;
 use super::slab::{get_freepointer, set_freepointer, Counters};
-use super::{CacheInner, FrozenSlab, NewSlab, PCS_FAST_ALLOC};
+use super::{CacheInner, FrozenSlab, NewSlab, Taken, PCS_FAST_ALLOC};
 use crate::cpu::percpu::{self, Seq};
 use crate::page::{GfpFlags, Page, PageKind};
 use crate::stats::StatItem::*;
@@ -167,7 +167,8 @@ impl CacheInner {
                 slab,
                 freelist: object,
                 tid,
-            }) = self.new_slab_unlocked(c, node)
+                ..
+            }) = self.new_slab_unlocked(c, node, 0)
             else {
                 // Out of memory. While the lock was dropped, other threads of the slot may have
                 // installed a slab or freed objects onto the partial lists (with the lock held
@@ -196,12 +197,16 @@ impl CacheInner {
     /// `retry_load_slab:`). Returns the slot locked and detached, with the new slab and its
     /// freelist, for the caller to attach; `None` (nothing locked, nothing changed) when
     /// memory is exhausted.
+    ///
+    /// `take`: up to this many of the new slab's objects are handed out by address instead of
+    /// being linked (`NewSlab::taken`, [`Self::init_slab`]).
     pub(super) fn new_slab_unlocked(
         &self,
         c: &KmemCacheCpu,
         node: Option<usize>,
+        take: usize,
     ) -> Option<NewSlab<'_>> {
-        let FrozenSlab { slab, freelist } = self.new_slab(c, node)?;
+        let (FrozenSlab { slab, freelist }, taken) = self.new_slab(c, node, take)?;
         let cpu = self.this_cpu();
         let guard = cpu.lock.lock();
         let (old, old_freelist, tid) = cpu.detach(self.tid_step);
@@ -227,6 +232,7 @@ impl CacheInner {
             guard,
             slab,
             freelist,
+            taken,
             tid,
         })
     }
@@ -401,14 +407,21 @@ impl CacheInner {
     /// memory, discards this cache's empty partial slabs and tries once more. Called with no
     /// slot lock held (`c` only picks the node and takes the counts); takes node `list_lock`s
     /// (the reclaim) and page locks, and runs the constructor.
-    pub(crate) fn new_slab(&self, c: &KmemCacheCpu, node: Option<usize>) -> Option<FrozenSlab> {
+    ///
+    /// `take`: as [`Self::init_slab`]'s.
+    pub(crate) fn new_slab(
+        &self,
+        c: &KmemCacheCpu,
+        node: Option<usize>,
+        take: usize,
+    ) -> Option<(FrozenSlab, Taken)> {
         let kmem = self.kmem();
         let home = node.unwrap_or_else(|| kmem.slot_node(self.slot_index(c)));
         let mut nodes =
             core::iter::once(home).chain((1..self.nr_nodes).map(|i| (home + i) % self.nr_nodes));
         let tries = if node.is_some() { 1 } else { self.nr_nodes };
         for nid in nodes.by_ref().take(tries) {
-            if let Some(r) = self.allocate_slab(c, nid) {
+            if let Some(r) = self.allocate_slab(c, nid, take) {
                 return Some(r);
             }
         }
@@ -416,7 +429,12 @@ impl CacheInner {
     }
 
     /// `allocate_slab` on one node.
-    pub(super) fn allocate_slab(&self, c: &KmemCacheCpu, nid: usize) -> Option<FrozenSlab> {
+    pub(super) fn allocate_slab(
+        &self,
+        c: &KmemCacheCpu,
+        nid: usize,
+        take: usize,
+    ) -> Option<(FrozenSlab, Taken)> {
         let pages = self.kmem().node_pages(nid);
         let (oo, min) = (self.geo.oo, self.geo.min);
         let mut got = None;
@@ -438,17 +456,27 @@ impl CacheInner {
         }
         let (page, ord) = got?;
         c.stat(AllocSlab);
-        Some(self.init_slab(page, ord.order, ord.objects, nid))
+        Some(self.init_slab(page, ord.order, ord.objects, nid, take))
     }
 
-    /// Turns a fresh block into a frozen slab with every object on the returned freelist.
+    /// Turns a fresh block into a frozen slab with every object on the returned freelist, or,
+    /// with `take > 0`, its first `min(take, objects)` objects handed out by address
+    /// ([`Taken`]) and only the others linked.
+    ///
+    /// Linking writes a free pointer into every linked object, which makes every page of the
+    /// slab resident at once; the taken objects are not written, so a bulk allocation (a sheaf
+    /// refill) that takes a whole slab of a multi-page class leaves the pages of the objects
+    /// its user never writes untouched (jemalloc's bitmaps and mimalloc's lazily extended free
+    /// lists have the same effect). A cache with a constructor, slub_debug or freelist-random
+    /// writes or orders every object anyway, and takes nothing.
     pub(super) fn init_slab(
         &self,
         page: NonNull<Page>,
         order: u32,
         objects: u32,
         nid: usize,
-    ) -> FrozenSlab {
+        take: usize,
+    ) -> (FrozenSlab, Taken) {
         // SAFETY: a block just handed to us by the page allocator.
         let p = unsafe { page.as_ref() };
         let base = crate::page::page_address(p) as usize;
@@ -476,10 +504,13 @@ impl CacheInner {
                 nid,
                 false,
             ));
-            return FrozenSlab {
-                slab: page.as_ptr(),
-                freelist: first,
-            };
+            return (
+                FrozenSlab {
+                    slab: page.as_ptr(),
+                    freelist: first,
+                },
+                Taken::default(),
+            );
         }
         // The constructor is the user's code: if it panics, the block goes back to the page
         // allocator as the unwind passes (nothing else has seen it yet), so a caught panic
@@ -493,7 +524,12 @@ impl CacheInner {
         // bytes in, the colour cycling through every offset the slab's unused tail allows.
         let colour = self.next_colour(order, objects as usize);
         let base = base + colour * self.geo.colour_off;
-        for i in 0..objects as usize {
+        let take = if self.ctor.is_none() && !self.shuffles() {
+            take.min(objects as usize)
+        } else {
+            0
+        };
+        for i in take..objects as usize {
             let obj = base + i * size;
             if let Some(ctor) = self.ctor {
                 // SAFETY: `obj` is a fresh object of `size` bytes inside the block.
@@ -509,8 +545,14 @@ impl CacheInner {
         }
         core::mem::forget(give_back);
         // freelist-random: relink in the cache's random order (`debug/shuffle.rs`).
-        // SAFETY: the fresh slab is ours and every object is constructed.
-        let first = unsafe { self.shuffle_freelist(base, objects as usize) }.unwrap_or(base);
+        let first = if take == objects as usize {
+            0
+        } else if take > 0 {
+            base + take * size
+        } else {
+            // SAFETY: the fresh slab is ours and every object is constructed.
+            unsafe { self.shuffle_freelist(base, objects as usize) }.unwrap_or(base)
+        };
         p.freelist_counters
             .store(0, Counters::new(objects, objects, true).0);
         p.cache
@@ -525,10 +567,16 @@ impl CacheInner {
             crate::page::set_slab_tags(p, order, crate::page::slab_tag_of(tag, order));
         }
         self.node(nid).inc_slabs(objects as usize);
-        FrozenSlab {
-            slab: page.as_ptr(),
-            freelist: first,
-        }
+        (
+            FrozenSlab {
+                slab: page.as_ptr(),
+                freelist: first,
+            },
+            Taken {
+                first: if take > 0 { base } else { 0 },
+                count: take,
+            },
+        )
     }
 }
 

@@ -62,9 +62,20 @@ impl CacheInner {
                     if out_of_memory {
                         return i;
                     }
-                    if let Some(new) = self.new_slab_unlocked(c, None) {
+                    // The new slab's first objects, as many as are still wanted, come by
+                    // address and unwritten (`Taken`): pages no caller writes stay untouched.
+                    if let Some(new) = self.new_slab_unlocked(c, None, out.len() - i) {
                         (c, guard) = (new.cpu, new.guard);
                         (slab, freelist, tid) = (new.slab, new.freelist, new.tid);
+                        let size = self.geo.size;
+                        for k in 0..new.taken.count {
+                            out[i] = (new.taken.first + k * size) as *mut u8;
+                            i += 1;
+                        }
+                        if i == out.len() {
+                            break;
+                        }
+                        continue;
                     } else {
                         // Out of memory: one more look under the lock, as in slab_alloc_slow.
                         out_of_memory = true;

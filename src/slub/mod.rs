@@ -125,13 +125,28 @@ pub(crate) struct FrozenSlab {
     pub(crate) freelist: usize,
 }
 
+/// The objects of a fresh slab that [`CacheInner::init_slab`] hands to its caller by address
+/// instead of linking them: `count` objects from `first`, one object size apart, which kmem
+/// never wrote. A page of the slab that holds only such objects (and no free pointer) stays
+/// untouched, so not resident, until the objects' user writes it: a bulk allocation or a
+/// sheaf refill that takes a whole new slab of a multi-page class touches only what it uses.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Taken {
+    /// The first object (0 when `count` is 0).
+    pub(crate) first: usize,
+    /// How many.
+    pub(crate) count: usize,
+}
+
 /// What [`CacheInner::new_slab_unlocked`] returns: slot `cpu`, locked (`guard`) and detached
-/// with `tid`, and a new frozen `slab` whose whole `freelist` the caller owns.
+/// with `tid`, and a new frozen `slab` whose whole `freelist` the caller owns, as it owns the
+/// `taken` objects.
 struct NewSlab<'a> {
     cpu: &'a KmemCacheCpu,
     guard: crate::sync::SpinGuard<'a, ()>,
     pub(crate) slab: *mut Page,
     freelist: usize,
+    taken: Taken,
     tid: u64,
 }
 
