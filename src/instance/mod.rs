@@ -209,7 +209,19 @@ impl Kmem {
         size: usize,
         config: CacheConfig,
     ) -> Result<KmemCache, KmemError> {
-        let inner = CacheInner::create(self.shared(), name, size, &config)?;
+        self.create_cache_in(name, size, config, None)
+    }
+
+    /// [`Self::create_cache`], the metadata in `arena` when it fits there (kmalloc's caches,
+    /// which are never destroyed: see [`MetaArena`](crate::slub::MetaArena)).
+    pub(crate) fn create_cache_in(
+        &self,
+        name: &str,
+        size: usize,
+        config: CacheConfig,
+        arena: Option<&mut crate::slub::MetaArena>,
+    ) -> Result<KmemCache, KmemError> {
+        let inner = CacheInner::create(self.shared(), name, size, &config, arena)?;
         self.shared().register(inner);
         Ok(KmemCache {
             inner,

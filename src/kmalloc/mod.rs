@@ -106,7 +106,7 @@ pub use reentry::kmalloc_reentrancy_simulate_enter;
 use crate::config::CacheConfig;
 use crate::instance::Kmem;
 use crate::page::{MAX_ORDER, PAGE_SIZE};
-use crate::slub::{CacheInner, PcsView};
+use crate::slub::{CacheInner, MetaArena, PcsView};
 use crate::sync::global::{AtomicPtr, Ordering};
 use crate::sync::OnceSlot;
 use core::alloc::Layout;
@@ -676,27 +676,27 @@ fn kmalloc_cache_slow(idx: usize) -> Option<&'static CacheInner> {
     (!p.is_null()).then(|| unsafe { &*p })
 }
 
-/// Creates every kmalloc cache on the global instance (`create_kmalloc_caches`). Each cache
-/// lives in its own OS mapping and is registered, so `slabinfo` lists it. Creating all of
-/// them at once means no later allocation ever needs the registry lock, which
-/// `Kmem::slabinfo` holds while it allocates.
+/// Creates every kmalloc cache on the global instance (`create_kmalloc_caches`). The caches'
+/// metadata and the views' table share the pages of one [`MetaArena`] (they are never
+/// destroyed); each cache is registered, so `slabinfo` lists it. Creating all of them at once
+/// means no later allocation ever needs the registry lock, which `Kmem::slabinfo` holds while
+/// it allocates.
 fn create_kmalloc_caches() -> Option<()> {
     let k = Kmem::try_global()?;
     let sheaves = sheaves_from_env();
+    let mut arena = MetaArena::new();
     // The views' table first: nothing is created if it cannot be had.
-    let views = crate::os::map(
-        core::mem::size_of::<[PcsView; NR_KMALLOC]>().next_multiple_of(PAGE_SIZE),
-        PAGE_SIZE,
-    )?
-    .as_ptr()
-    .cast::<PcsView>();
+    let views = arena
+        .take(core::mem::size_of::<[PcsView; NR_KMALLOC]>())?
+        .cast::<PcsView>();
     for i in 0..NR_KMALLOC {
         let cfg = CacheConfig::new()
             .align(CLASS_ALIGN[i])
             .min_objects(4)
             .sheaf_capacity(kmalloc_sheaf_capacity(SIZE_CLASSES[i]));
         let cache = core::mem::ManuallyDrop::new(
-            k.create_cache(CLASS_NAMES[i], SIZE_CLASSES[i], cfg).ok()?,
+            k.create_cache_in(CLASS_NAMES[i], SIZE_CLASSES[i], cfg, Some(&mut arena))
+                .ok()?,
         );
         cache.inner().set_sheaves(sheaves);
         // The handle is never dropped: kmalloc caches live as long as the process.
@@ -715,7 +715,7 @@ fn create_kmalloc_caches() -> Option<()> {
             .slab_tag
             .swap(id, crate::sync::Ordering::AcqRel);
         crate::slub::tag_id::give_back(taken);
-        // SAFETY: entry `i` of the fresh table (NR_KMALLOC views, page-aligned: each view's 64-byte alignment holds), never unmapped, and not published yet.
+        // SAFETY: entry `i` of the fresh table (NR_KMALLOC views from the arena, 128-byte aligned: each view's 64-byte alignment holds), never unmapped, and not published yet.
         unsafe { views.add(i).write(PcsView::of(cache.inner())) };
         KMALLOC_CACHES[i].store(cache.inner.as_ptr(), Ordering::Release);
     }

@@ -176,8 +176,8 @@ pub(crate) fn pcs_mode(on: bool, rseq: bool, nr_nodes: usize) -> u8 {
     }
 }
 
-/// The shared state of one cache (`struct kmem_cache`). Lives in its own OS mapping, followed
-/// by its CPU slots and its nodes.
+/// The shared state of one cache (`struct kmem_cache`). Lives in its own OS mapping (or a
+/// [`MetaArena`]'s piece), followed by its CPU slots and its nodes.
 #[repr(C)]
 pub(crate) struct CacheInner {
     // ---- the sheaf fast paths and the free checks: the first cache line (the mapping is
@@ -240,6 +240,8 @@ pub(crate) struct CacheInner {
     pub(crate) reg_next: Cell<*const CacheInner>,
     name_len: usize,
     name_buf: [u8; MAX_CACHE_NAME],
+    /// Bytes of the cache's own metadata mapping; 0 for a cache placed in a [`MetaArena`]
+    /// (its bytes belong to the arena, which is never unmapped).
     map_size: usize,
     /// `freelist-random`: the cache's permutation of `0..random_seq_len` (in this mapping;
     /// null without the feature and for debug caches), and its secret.
@@ -273,6 +275,50 @@ fn meta_colour(slack: usize) -> usize {
     (n % colours.min(64)) * 64
 }
 
+/// Shared pages for the metadata of caches that live as long as the process (the global
+/// instance's kmalloc caches): each cache takes the next `used` bytes, rounded to 128, instead
+/// of a mapping of whole pages of its own.
+///
+/// With two CPUs a kmalloc cache's metadata (the cache, its slots, node and barn shards) is
+/// 1 792 bytes: 33 caches took 33 pages, all resident, and now take 15 of one mapping. The
+/// caches sit at different offsets of their pages by construction (1 792 bytes apart), so their
+/// slots' hot lines spread over the L1 data cache's sets without [`meta_colour`]. A cache
+/// that does not fit the arena's rest gets a mapping of its own, as any other cache.
+pub(crate) struct MetaArena {
+    /// The next free byte (128-byte aligned), or 0 before the first mapping.
+    next: usize,
+    /// The end of the current mapping.
+    end: usize,
+}
+
+impl MetaArena {
+    /// Bytes the arena maps at a time (a cache larger than a quarter of it gets its own).
+    const CHUNK: usize = 64 << 10;
+
+    /// An arena with no pages yet.
+    pub(crate) const fn new() -> Self {
+        MetaArena { next: 0, end: 0 }
+    }
+
+    /// `bytes` (rounded up to 128) of zeroed memory, never freed; `None` when `bytes` is too
+    /// large for the arena or the OS has no memory (the caller then maps its own).
+    pub(crate) fn take(&mut self, bytes: usize) -> Option<*mut u8> {
+        let bytes = bytes.next_multiple_of(128);
+        if bytes > Self::CHUNK / 4 {
+            return None;
+        }
+        if self.end - self.next < bytes {
+            let base = os::map(Self::CHUNK, PAGE_SIZE)?.as_ptr();
+            // The rest of the previous mapping stays unused (and untouched: not resident).
+            self.next = base as usize;
+            self.end = self.next + Self::CHUNK;
+        }
+        let p = self.next as *mut u8;
+        self.next += bytes;
+        Some(p)
+    }
+}
+
 // SAFETY: all shared mutable state inside is reached through atomics, `Cell`s under locks, or the
 // CPU slots' and nodes' own synchronisation; the raw pointers name memory that lives as long as
 // the cache.
@@ -281,12 +327,15 @@ unsafe impl Send for CacheInner {}
 unsafe impl Sync for CacheInner {}
 
 impl CacheInner {
-    /// Creates a cache in its own mapping and returns it, unregistered.
+    /// Creates a cache and returns it, unregistered: its metadata in `arena` when one is given
+    /// and has room (such a cache is never destroyed: [`Self::unmap`] aborts for one), else in
+    /// a mapping of its own.
     pub(crate) fn create(
         kmem: &KmemShared,
         name: &str,
         object_size: usize,
         cfg: &CacheConfig,
+        arena: Option<&mut MetaArena>,
     ) -> Result<NonNull<CacheInner>, KmemError> {
         if name.is_empty() {
             return Err(KmemError::InvalidName {
@@ -331,22 +380,29 @@ impl CacheInner {
         };
         let first_off = core::mem::size_of::<CacheInner>().next_multiple_of(128);
         let used = layout(first_off).0;
-        let map_size = used.next_multiple_of(PAGE_SIZE);
-        // Moved by a colour that still fits the pages (the 128-byte roundings of the parts
-        // after the slots may take more than the colour itself: then a smaller one).
-        let mut cpu_off = first_off + meta_colour(map_size - used);
-        while layout(cpu_off).0 > map_size {
-            cpu_off -= 64;
-        }
+        let placed = arena.and_then(|a| a.take(used));
+        let (base, map_size, cpu_off) = if let Some(base) = placed {
+            (base, 0, first_off)
+        } else {
+            let map_size = used.next_multiple_of(PAGE_SIZE);
+            // Moved by a colour that still fits the pages (the 128-byte roundings of the
+            // parts after the slots may take more than the colour itself: then a smaller one).
+            let mut cpu_off = first_off + meta_colour(map_size - used);
+            while layout(cpu_off).0 > map_size {
+                cpu_off -= 64;
+            }
+            let base = os::map(map_size, PAGE_SIZE)
+                .ok_or(KmemError::OutOfMemory {
+                    what: "cache metadata",
+                    bytes: map_size,
+                })?
+                .as_ptr();
+            (base, map_size, cpu_off)
+        };
         let (_, node_off, barn_off, seq_off) = layout(cpu_off);
-        let base = os::map(map_size, PAGE_SIZE)
-            .ok_or(KmemError::OutOfMemory {
-                what: "cache metadata",
-                bytes: map_size,
-            })?
-            .as_ptr();
         let tid_step = kmem.tid_step;
-        // `base` is a fresh, page-aligned, zeroed mapping of `map_size` bytes; every write below
+        // `base` is fresh, zeroed memory of at least `layout(cpu_off).0` bytes, 128-byte aligned
+        // (its own page-aligned mapping, or an arena's piece); every write below
         // lands inside it at an offset aligned for its type (128-byte multiples for the
         // 64-byte-aligned slot and node types).
         // SAFETY: each write below stays inside the fresh `base` mapping, aligned for its type.
@@ -464,6 +520,13 @@ impl CacheInner {
         }
     }
 
+    /// Whether the cache's metadata is a piece of a [`MetaArena`] rather than a mapping of its
+    /// own.
+    #[cfg(test)]
+    pub(crate) fn in_arena(&self) -> bool {
+        self.map_size == 0
+    }
+
     /// Unmaps the cache's metadata.
     ///
     /// # Safety
@@ -474,6 +537,13 @@ impl CacheInner {
         unsafe {
             let inner = this.as_ref();
             let size = inner.map_size;
+            if size == 0 {
+                // In a MetaArena: only process-lifetime caches go there, and they are never
+                // destroyed.
+                crate::os::abort_msg(&[
+                    "kmem: internal error: a cache placed in the metadata arena was destroyed",
+                ]);
+            }
             for i in 0..inner.nr_cpus {
                 ptr::drop_in_place(inner.cpu_slab.add(i) as *mut KmemCacheCpu);
             }
