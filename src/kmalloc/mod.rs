@@ -575,7 +575,7 @@ fn kind_of(layout: Layout, classes: KmallocClasses) -> Kind {
 /// The kmalloc caches of the global instance, created together on first use.
 static KMALLOC_CACHES: [AtomicPtr<CacheInner>; NR_KMALLOC] =
     [const { AtomicPtr::new(ptr::null_mut()) }; NR_KMALLOC];
-/// The views' table: one [`PcsView`] per class, in one OS mapping, published (Release) once
+/// The views' table: one [`PcsView`] per class, in the kmalloc caches' [`MetaArena`], published (Release) once
 /// every cache exists; null before. `kmalloc` and `kfree` index it directly, so their inline
 /// paths read one line per class and no cache pointer first (`slub/view.rs`). Views are
 /// constant; three pointers to the same table say what may use it:

@@ -180,8 +180,9 @@ pub(crate) fn pcs_mode(on: bool, rseq: bool, nr_nodes: usize) -> u8 {
 /// [`MetaArena`]'s piece), followed by its CPU slots and its nodes.
 #[repr(C)]
 pub(crate) struct CacheInner {
-    // ---- the sheaf fast paths and the free checks: the first cache line (the mapping is
-    // page-aligned), so a `Kmalloc` alloc or free reads one line of its cache ----
+    // ---- the sheaf fast paths and the free checks: the first cache line (the metadata
+    // starts page- or 128-byte aligned), so a `Kmalloc` alloc or free reads one line of its
+    // cache ----
     /// The slots' sheaf parts as the array sequences see them.
     pub(crate) sheaf_slots: ArraySlots<{ KmemCacheCpu::STRIDE }>,
     /// Exact division by `geo.size` for the free path's object-boundary check
@@ -263,8 +264,8 @@ static META_COLOURS: crate::sync::global::AtomicUsize = crate::sync::global::Ato
 /// of its metadata mapping: a multiple of 64 bytes, at most `slack`, different for consecutive
 /// caches.
 ///
-/// Every cache's metadata is a page-aligned mapping of its own with `CacheInner` first, so
-/// without this each cache's slot for CPU `c` sat at the same offset in its page, and the
+/// A cache's metadata (outside a [`MetaArena`]) is a page-aligned mapping of its own with
+/// `CacheInner` first, so without this each cache's slot for CPU `c` sat at the same offset in its page, and the
 /// lines the inline paths write (a slot's first line: the sheaf's `top` and its counters) of
 /// every cache fell into one set of the L1 data cache (its index is address bits 6–11):
 /// eight ways for the twenty classes a mixed-size workload uses on each CPU. Moving them costs
@@ -280,24 +281,39 @@ fn meta_colour(slack: usize) -> usize {
 /// of a mapping of whole pages of its own.
 ///
 /// With two CPUs a kmalloc cache's metadata (the cache, its slots, node and barn shards) is
-/// 1 792 bytes: 33 caches took 33 pages, all resident, and now take 15 of one mapping. The
+/// 1 792 bytes: 33 caches took 33 pages, all resident, and now take 15. The
 /// caches sit at different offsets of their pages by construction (1 792 bytes apart), so their
 /// slots' hot lines spread over the L1 data cache's sets without [`meta_colour`]. A cache
 /// that does not fit the arena's rest gets a mapping of its own, as any other cache.
 pub(crate) struct MetaArena {
-    /// The next free byte (128-byte aligned), or 0 before the first mapping.
-    next: usize,
-    /// The end of the current mapping.
-    end: usize,
+    /// The next free byte (128-byte aligned) of the current mapping, null before the first.
+    next: *mut u8,
+    /// Bytes left in the current mapping from `next`.
+    left: usize,
 }
 
+// The arena's pieces are 128-byte aligned: enough for every part of a cache's metadata.
+const _: () = assert!(
+    core::mem::align_of::<CacheInner>() <= 128
+        && core::mem::align_of::<KmemCacheCpu>() <= 128
+        && core::mem::align_of::<KmemCacheNode>() <= 128
+        && core::mem::align_of::<BarnShard>() <= 128
+        && core::mem::align_of::<PcsView>() <= 128
+);
+
 impl MetaArena {
-    /// Bytes the arena maps at a time (a cache larger than a quarter of it gets its own).
-    const CHUNK: usize = 64 << 10;
+    /// Bytes the arena maps at a time (a cache larger than a quarter of it gets its own:
+    /// with sheaves, a cache takes about 1 KiB plus 576 bytes per CPU, so up to about 110
+    /// CPUs fit). Pages of a mapping that no cache reaches are never touched, so not
+    /// resident.
+    const CHUNK: usize = 256 << 10;
 
     /// An arena with no pages yet.
     pub(crate) const fn new() -> Self {
-        MetaArena { next: 0, end: 0 }
+        MetaArena {
+            next: ptr::null_mut(),
+            left: 0,
+        }
     }
 
     /// `bytes` (rounded up to 128) of zeroed memory, never freed; `None` when `bytes` is too
@@ -307,14 +323,15 @@ impl MetaArena {
         if bytes > Self::CHUNK / 4 {
             return None;
         }
-        if self.end - self.next < bytes {
-            let base = os::map(Self::CHUNK, PAGE_SIZE)?.as_ptr();
+        if self.left < bytes {
             // The rest of the previous mapping stays unused (and untouched: not resident).
-            self.next = base as usize;
-            self.end = self.next + Self::CHUNK;
+            self.next = os::map(Self::CHUNK, PAGE_SIZE)?.as_ptr();
+            self.left = Self::CHUNK;
         }
-        let p = self.next as *mut u8;
-        self.next += bytes;
+        let p = self.next;
+        // SAFETY: `bytes <= left`: the result stays inside the mapping (or one past its end).
+        self.next = unsafe { p.add(bytes) };
+        self.left -= bytes;
         Some(p)
     }
 }
@@ -405,7 +422,8 @@ impl CacheInner {
         // (its own page-aligned mapping, or an arena's piece); every write below
         // lands inside it at an offset aligned for its type (128-byte multiples for the
         // 64-byte-aligned slot and node types).
-        // SAFETY: each write below stays inside the fresh `base` mapping, aligned for its type.
+        // SAFETY: each write below stays inside the fresh `base` memory (its own mapping or the
+        // arena's piece, both at least `layout(cpu_off).0` bytes), aligned for its type.
         unsafe {
             let cpus = base.add(cpu_off) as *mut KmemCacheCpu;
             for i in 0..nr_cpus {
@@ -522,7 +540,6 @@ impl CacheInner {
 
     /// Whether the cache's metadata is a piece of a [`MetaArena`] rather than a mapping of its
     /// own.
-    #[cfg(test)]
     pub(crate) fn in_arena(&self) -> bool {
         self.map_size == 0
     }
@@ -538,10 +555,9 @@ impl CacheInner {
             let inner = this.as_ref();
             let size = inner.map_size;
             if size == 0 {
-                // In a MetaArena: only process-lifetime caches go there, and they are never
-                // destroyed.
+                // In a MetaArena (`destroy` refuses those first): never unmapped.
                 crate::os::abort_msg(&[
-                    "kmem: internal error: a cache placed in the metadata arena was destroyed",
+                    "kmem: internal error: a cache placed in the metadata arena was unmapped",
                 ]);
             }
             for i in 0..inner.nr_cpus {

@@ -193,6 +193,13 @@ impl CacheInner {
     pub(crate) unsafe fn destroy(this: NonNull<CacheInner>) {
         // SAFETY: exclusive per the contract until we unmap it below.
         let s = unsafe { this.as_ref() };
+        if s.in_arena() {
+            // Only process-lifetime caches (the global kmalloc caches) go there; checked before
+            // anything is flushed or given back.
+            crate::os::abort_msg(&[
+                "kmem: internal error: a cache placed in the metadata arena was destroyed",
+            ]);
+        }
         s.flush_all();
         for nid in 0..s.nr_nodes {
             s.discard_empty_partials_always(nid);
