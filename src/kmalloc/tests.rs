@@ -577,7 +577,7 @@ fn kmalloc_caches_share_their_metadata_pages() {
                 w[1] as *const CacheInner as usize,
             );
             // A new arena mapping may start anywhere; within one, b follows a.
-            if b > a && b - a < 256 << 10 {
+            if b > a && b - a < MetaArena::CHUNK {
                 assert!(
                     b - a < PAGE_SIZE,
                     "{name}: the next cache {} bytes on",

@@ -72,9 +72,7 @@ impl CacheInner {
                             out[i] = (new.taken.first + k * size) as *mut u8;
                             i += 1;
                         }
-                        if i == out.len() {
-                            break;
-                        }
+                        // The loop's test, then the new freelist (0 when all were taken).
                         continue;
                     } else {
                         // Out of memory: one more look under the lock, as in slab_alloc_slow.

@@ -306,9 +306,10 @@ impl MetaArena {
     /// with sheaves, a cache takes about 1 KiB plus 576 bytes per CPU, so up to about 110
     /// CPUs fit). Pages of a mapping that no cache reaches are never touched, so not
     /// resident.
-    const CHUNK: usize = 256 << 10;
+    pub(crate) const CHUNK: usize = 256 << 10;
 
     /// An arena with no pages yet.
+    #[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
     pub(crate) const fn new() -> Self {
         MetaArena {
             next: ptr::null_mut(),
