@@ -587,3 +587,24 @@ fn kmalloc_caches_share_their_metadata_pages() {
         }
     }
 }
+
+/// The small classes whose page leaves a tail of a 64th or more take two-page slabs when two
+/// pages leave less (`kmalloc_min_order`): 96 and 112 bytes, and no other class. The slabs of
+/// every class of at least 32 objects per slab then waste less than a 64th of themselves.
+#[test]
+fn small_classes_take_the_order_with_the_smaller_tail() {
+    let changed: Vec<usize> = SIZE_CLASSES
+        .iter()
+        .copied()
+        .filter(|&s| kmalloc_min_order(s) == 1)
+        .collect();
+    assert_eq!(changed, [96, 112]);
+    with_an_object_of_every_class(|_, size, _, c, order| {
+        let slab = crate::page::PAGE_SIZE << order;
+        let tail = slab % c.geo.size;
+        assert!(order >= kmalloc_min_order(size), "kmalloc-{size}");
+        if slab / c.geo.size >= 32 {
+            assert!(tail * 64 < slab, "kmalloc-{size}: {tail} of {slab} bytes unused");
+        }
+    });
+}
