@@ -55,6 +55,7 @@ m17_sheaves                             barn_trim_without_take
 m17_sheaves                             sheaf_trim_ignores_top
 m16_debug_free                          debug_free_without_list_lock
 m18_pcp_lists                           pcp_free_marks_free
+m19_release_runs                        release_run_next_after_unisolate
 "
 
 # Runs model $1 built with mutant $2 ("" = clean); prints PASS or FAIL and the seconds taken.

@@ -108,6 +108,12 @@ impl Pages {
         unsafe { self.alloc.free_pages(b.head, b.order) }
     }
 
+    /// `release_free`: every dirty free block back to the OS (the node lock dropped while
+    /// the blocks are in transit); the bytes released.
+    pub fn release_free(&self) -> usize {
+        self.alloc.release_free()
+    }
+
     /// `(mapped_bytes, free_bytes, free blocks per order)`.
     pub fn state(&self) -> (usize, usize, [usize; crate::STATS_ORDERS]) {
         let mut s = crate::PageStats::default();

@@ -604,7 +604,10 @@ fn small_classes_take_the_order_with_the_smaller_tail() {
         let tail = slab % c.geo.size;
         assert!(order >= kmalloc_min_order(size), "kmalloc-{size}");
         if slab / c.geo.size >= 32 {
-            assert!(tail * 64 < slab, "kmalloc-{size}: {tail} of {slab} bytes unused");
+            assert!(
+                tail * 64 < slab,
+                "kmalloc-{size}: {tail} of {slab} bytes unused"
+            );
         }
     });
 }

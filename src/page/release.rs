@@ -77,7 +77,14 @@ impl PageAllocator {
         // Entered before any block is detached: a signal handler on this thread never waits
         // for them.
         let _scope = PageReleaseScope::enter();
-        let mut detached: *mut Page = null_mut();
+        // The blocks this call detaches are pushed one after the other onto the front of the
+        // transit list under one hold of the lock, so they form a run there: the last one
+        // pushed, then through `lru_next` the ones before it. Other releases only push in
+        // front of the run and only take their own blocks out, so the run stays whole while
+        // its blocks are released one by one (each read under the lock before it leaves the
+        // list); a fork child that took the list over shows as a new generation.
+        let mut run: *mut Page = null_mut();
+        let mut run_len = 0usize;
         let generation;
         {
             let mut st = self.state.lock();
@@ -101,8 +108,8 @@ impl PageAllocator {
                             st.unlink(p, o);
                             (*p).set_info(in_transit(self.node));
                             st.isolate(p, o);
-                            (*p).next.set(detached);
-                            detached = p;
+                            run = p;
+                            run_len += 1;
                         }
                         p = next;
                     }
@@ -110,12 +117,15 @@ impl PageAllocator {
             }
         }
         let mut total = 0;
-        let mut p = detached;
-        while !p.is_null() {
-            // SAFETY: detached blocks are ours; `slabs` holds the order, `next` the link.
+        let mut p = run;
+        for _ in 0..run_len {
+            if p.is_null() {
+                crate::os::abort_msg(&["kmem: internal error: a release run ended early"]);
+            }
+            // SAFETY: `p` is a detached block of this call's run (see above); `slabs` holds its
+            // order while it is in transit.
             unsafe {
                 let order = (*p).slabs.get();
-                let next = (*p).next.get();
                 let (meta, idx) = chunk_of(p);
                 let len = PAGE_SIZE << order;
                 let ok = os::release((*meta).base.add(idx << PAGE_SHIFT), len, &self.budget().os);
@@ -124,8 +134,13 @@ impl PageAllocator {
                     // A fork child took the rest over (see the module docs).
                     return total;
                 }
+                // The next block of the run, read before this one leaves the transit list
+                // (which clears its links). (Planted bug for loom-tests: read it after.)
+                let mut next = (*p).lru_next.get();
                 st.unisolate(p);
-                (*p).next.set(null_mut());
+                if cfg!(kmem_mutant = "release_run_next_after_unisolate") {
+                    next = (*p).lru_next.get();
+                }
                 if ok {
                     total += len;
                     st.released_total += len as u64;
@@ -164,7 +179,6 @@ impl PageAllocator {
                 (*p).lru_prev.set(null_mut());
                 (*p).lru_next.set(null_mut());
                 (*p).slabs.set(0);
-                (*p).next.set(null_mut());
                 self.insert_merging(st, p, order, false);
                 st = self.state.lock();
                 p = next;
