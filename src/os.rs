@@ -16,7 +16,11 @@
 //! no foreign mapping can ever land inside a chunk's address range (which would make
 //! `virt_to_page` claim pointers that are not ours), and it costs no memory. Every mapping is
 //! `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`: address space is cheap, commit charge is
-//! taken page by page as memory is touched.
+//! taken page by page as memory is touched. The one exception is [`map_accounted`], for the
+//! user's own large allocations (kmalloc's OS mappings above 4 MiB): without
+//! `MAP_NORESERVE`, the kernel's overcommit policy judges the request when it is made, so a
+//! `malloc` of more than the machine can ever back fails with `ENOMEM` (as glibc's does)
+//! instead of succeeding and bringing the OOM killer later.
 //!
 //! [`release`] is `madvise(MADV_DONTNEED)`: the pages go back to the OS, the mapping stays (so a
 //! stale read never faults), and the next touch sees zero-filled pages. It returns whether the
@@ -134,6 +138,26 @@ pub(crate) fn map(size: usize, align: usize) -> Option<NonNull<u8>> {
 /// zeroed. Undo with [`unmap`]`(ptr, reserve, align)`.
 #[cfg(not(miri))]
 pub(crate) fn map_partial(reserve: usize, usable: usize, align: usize) -> Option<NonNull<u8>> {
+    map_with(reserve, usable, align, libc::MAP_NORESERVE)
+}
+
+/// [`map`] judged by the kernel's overcommit policy when it is made (no `MAP_NORESERVE`: module
+/// docs), for mappings a caller asked for by size. Undo with [`unmap`]`(ptr, size, align)`.
+#[cfg(not(miri))]
+#[cfg_attr(loom, allow(dead_code))] // kmalloc's, which loom builds do not use
+pub(crate) fn map_accounted(size: usize, align: usize) -> Option<NonNull<u8>> {
+    map_with(size, size, align, 0)
+}
+
+/// Under Miri: [`map`].
+#[cfg(miri)]
+pub(crate) fn map_accounted(size: usize, align: usize) -> Option<NonNull<u8>> {
+    map(size, align)
+}
+
+/// [`map_partial`] with `flags` added to `MAP_PRIVATE | MAP_ANONYMOUS`.
+#[cfg(not(miri))]
+fn map_with(reserve: usize, usable: usize, align: usize, flags: i32) -> Option<NonNull<u8>> {
     debug_assert!(align.is_power_of_two() && usable <= reserve);
     let page = page_size();
     let align = align.max(page);
@@ -150,7 +174,7 @@ pub(crate) fn map_partial(reserve: usize, usable: usize, align: usize) -> Option
             core::ptr::null_mut(),
             over,
             prot,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
             -1,
             0,
         )

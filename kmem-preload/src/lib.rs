@@ -206,7 +206,8 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 
 /// `realloc(p, size)`: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)` frees `p` and
 /// returns null (glibc's behaviour, `errno` untouched); on exhaustion (or a size above
-/// `PTRDIFF_MAX`) null with `ENOMEM` and `p` untouched.
+/// `PTRDIFF_MAX`) null with `ENOMEM` and `p` untouched; on success `errno` untouched (even
+/// when a large block moved after `mremap` refused to grow it in place).
 ///
 /// # Safety
 /// `p` is null or a live allocation, used only through the result afterwards (or still `p`
@@ -234,8 +235,16 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         }
         return q;
     }
+    // A successful realloc leaves errno as it found it (glibc): moving a large mapping first
+    // tries `mremap` in place, whose refusal sets it.
+    // SAFETY: __errno_location is always valid.
+    let saved = unsafe { *libc::__errno_location() };
     // SAFETY: caller contract.
     match unsafe { cabi::realloc(p.cast(), size) } {
+        Ok(q) if !q.is_null() => {
+            set_errno(saved);
+            q.cast()
+        }
         Ok(q) => or_enomem(q),
         Err(cabi::NotKmem) => {
             if !ready() {

@@ -93,7 +93,8 @@ pub(crate) fn lookup(addr: usize) -> Option<(usize, usize)> {
 pub(crate) fn map(bytes: usize, align: usize) -> *mut u8 {
     debug_assert!(bytes != 0 && bytes & 4095 == 0 && align.is_power_of_two());
     let align = align.max(CHUNK_SIZE);
-    let Some(p) = os::map(bytes, align) else {
+    // Judged by the overcommit policy now (`os::map_accounted`): an impossible size fails here.
+    let Some(p) = os::map_accounted(bytes, align) else {
         return null_mut();
     };
     let registered = split(p.as_ptr() as usize)

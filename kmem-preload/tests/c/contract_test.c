@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -177,6 +178,71 @@ static void test_realloc(void) {
     a = reallocarray(a, 1000, 10);
     CHECK(a && a[99] == 7, "reallocarray grow");
     free(a);
+}
+
+/* Large blocks: a request more than the machine can ever back fails now with ENOMEM (the
+ * kernel's overcommit policy judges it, as it does glibc's mmap), unless the policy is "always
+ * overcommit" (vm.overcommit_memory = 1); a successful realloc that has to move a mapping
+ * leaves errno alone. */
+static void test_large(void) {
+    int policy = -1;
+    FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
+    if (f) {
+        if (fscanf(f, "%d", &policy) != 1) policy = -1;
+        fclose(f);
+    }
+    size_t tib = (size_t)1 << 40;
+    if (policy == 0 || policy == 2) {
+        errno = 0;
+        void *m = malloc(volatile_size(tib));
+        CHECK(m == NULL && errno == ENOMEM, "malloc(1 TiB)");
+        free(m);
+        errno = 0;
+        void *c = calloc(volatile_size(tib), 1);
+        CHECK(c == NULL && errno == ENOMEM, "calloc(1 TiB)");
+        free(c);
+        void *out = (void *)0x1234;
+        int rc = posix_memalign(&out, 4096, volatile_size(tib));
+        CHECK(rc == ENOMEM && out == (void *)0x1234, "posix_memalign(1 TiB)");
+        if (rc == 0) free(out);
+        unsigned char *p = malloc(8 << 20);
+        CHECK(p != NULL, "malloc(8 MiB)");
+        if (p) {
+            p[0] = 7;
+            errno = 0;
+            unsigned char *r = realloc(p, volatile_size(tib));
+            CHECK(r == NULL && errno == ENOMEM, "realloc to 1 TiB");
+            if (r) {
+                p = r;
+            } else {
+                CHECK(p[0] == 7, "the block after a refused realloc to 1 TiB");
+            }
+            free(p);
+        }
+    } else {
+        printf("contract_test: overcommit policy %d: the 1 TiB requests are not checked\n", policy);
+    }
+    /* A 6 MiB block whose next page is taken cannot grow in place: realloc moves it. */
+    size_t six = (size_t)6 << 20, ten = (size_t)10 << 20;
+    unsigned char *q = malloc(six);
+    CHECK(q != NULL, "malloc(6 MiB)");
+    if (!q) return;
+    for (size_t i = 0; i < six; i += 4096) q[i] = (unsigned char)(i >> 12);
+    void *block = mmap(q + six, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                       -1, 0);
+    int blocked = block == (void *)(q + six);
+    errno = 1234;
+    unsigned char *r = realloc(q, ten);
+    CHECK(r != NULL && errno == 1234, "realloc 6 -> 10 MiB: %p, errno %d (blocked: %d)", (void *)r,
+          errno, blocked);
+    if (r) {
+        int same = 1;
+        for (size_t i = 0; i < six; i += 4096) same &= r[i] == (unsigned char)(i >> 12);
+        CHECK(same, "realloc 6 -> 10 MiB lost the contents");
+        CHECK(!blocked || r != q, "realloc 6 -> 10 MiB grew into a taken page");
+        free(r);
+    }
+    if (block != MAP_FAILED) munmap(block, 4096);
 }
 
 static void test_aligned(void) {
@@ -417,6 +483,7 @@ int main(void) {
     test_malloc();
     test_calloc();
     test_realloc();
+    test_large();
     test_aligned();
     test_sized_free();
     test_foreign();
