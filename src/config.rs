@@ -255,6 +255,9 @@ pub struct CacheConfig {
     pub(crate) flags: CacheFlags,
     pub(crate) ctor: Option<fn(NonNull<u8>)>,
     pub(crate) min_order: u32,
+    /// The order the slab order search starts from (crate-internal: the kmalloc classes'
+    /// `kmalloc_slab_order`); unlike `min_order`, the fallback order stays `get_order(size)`.
+    pub(crate) prefer_order: u32,
     pub(crate) max_order: Option<u32>,
     pub(crate) min_objects: usize,
     pub(crate) min_partial: Option<usize>,
@@ -271,6 +274,7 @@ impl fmt::Debug for CacheConfig {
             .field("flags", &self.flags)
             .field("ctor", &self.ctor.is_some())
             .field("min_order", &self.min_order)
+            .field("prefer_order", &self.prefer_order)
             .field("max_order", &self.max_order)
             .field("min_objects", &self.min_objects)
             .field("min_partial", &self.min_partial)
@@ -293,6 +297,14 @@ impl CacheConfig {
     /// ```
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The order the slab order search starts from, without raising the fallback order (a
+    /// slab of `get_order(size)`, taken when the preferred order is not to be had): the
+    /// kmalloc classes' `kmalloc_slab_order`.
+    pub(crate) fn prefer_order(mut self, order: u32) -> Self {
+        self.prefer_order = order;
+        self
     }
 
     /// Minimum object alignment (a power of two, at most a page). Default: word size.

@@ -693,7 +693,7 @@ fn create_kmalloc_caches() -> Option<()> {
         let cfg = CacheConfig::new()
             .align(CLASS_ALIGN[i])
             .min_objects(4)
-            .min_order(kmalloc_min_order(SIZE_CLASSES[i]))
+            .prefer_order(kmalloc_slab_order(SIZE_CLASSES[i]))
             .sheaf_capacity(kmalloc_sheaf_capacity(SIZE_CLASSES[i]));
         let cache = core::mem::ManuallyDrop::new(
             k.create_cache_in(CLASS_NAMES[i], SIZE_CLASSES[i], cfg, Some(&mut arena))
@@ -823,11 +823,13 @@ pub(crate) const fn kmalloc_sheaf_capacity(size: usize) -> usize {
     }
 }
 
-/// The smallest slab order of a kmalloc class: 1 for a class whose one-page slab holds at
+/// The preferred slab order of a kmalloc class: 1 for a class whose one-page slab holds at
 /// least [`TIGHT_SLAB_OBJECTS`] objects and leaves at least a 64th of the page unused, when a
 /// two-page slab leaves less than one page does (96 and 112 bytes: 64 bytes of each page,
 /// 1.6%, against 32 and 16 bytes for two pages); 0 for the others, whose order the kernel's
-/// rule (`calculate_order`: the tail at most a 16th) chooses.
+/// rule (`calculate_order`: the tail at most a 16th) chooses. The fallback order stays the
+/// kernel's (one page: a slab of one page is still taken when no two-page block is to be had,
+/// `CacheConfig::prefer_order`).
 ///
 /// A slab goes back to the pages only when all its objects are free, so a larger slab keeps
 /// more memory after a program frees objects at random (with 90% freed, a slab of `n` objects
@@ -838,7 +840,7 @@ pub(crate) const fn kmalloc_sheaf_capacity(size: usize) -> usize {
 /// them). Larger classes keep the kernel's orders: their slabs hold few objects, and a second
 /// page would keep far more memory after random frees than their tails cost
 /// (docs/performance.md, "Footprint").
-pub(crate) const fn kmalloc_min_order(size: usize) -> u32 {
+pub(crate) const fn kmalloc_slab_order(size: usize) -> u32 {
     let page = crate::page::PAGE_SIZE;
     if page / size >= TIGHT_SLAB_OBJECTS
         && page % size >= page / 64
@@ -850,5 +852,5 @@ pub(crate) const fn kmalloc_min_order(size: usize) -> u32 {
     }
 }
 
-/// See [`kmalloc_min_order`].
+/// See [`kmalloc_slab_order`].
 const TIGHT_SLAB_OBJECTS: usize = 32;

@@ -589,20 +589,30 @@ fn kmalloc_caches_share_their_metadata_pages() {
 }
 
 /// The small classes whose page leaves a tail of a 64th or more take two-page slabs when two
-/// pages leave less (`kmalloc_min_order`): 96 and 112 bytes, and no other class. The slabs of
-/// every class of at least 32 objects per slab then waste less than a 64th of themselves.
+/// pages leave less (`kmalloc_slab_order`): 96 and 112 bytes, and no other class. The slabs of
+/// every class of at least 32 objects per slab then waste less than a 64th of themselves, and
+/// every class keeps the kernel's fallback order (a one-page slab where one page holds an
+/// object), taken when no block of the preferred order is to be had.
 #[test]
 fn small_classes_take_the_order_with_the_smaller_tail() {
     let changed: Vec<usize> = SIZE_CLASSES
         .iter()
         .copied()
-        .filter(|&s| kmalloc_min_order(s) == 1)
+        .filter(|&s| kmalloc_slab_order(s) == 1)
         .collect();
     assert_eq!(changed, [96, 112]);
     with_an_object_of_every_class(|_, size, _, c, order| {
         let slab = crate::page::PAGE_SIZE << order;
         let tail = slab % c.geo.size;
-        assert!(order >= kmalloc_min_order(size), "kmalloc-{size}");
+        assert!(order >= kmalloc_slab_order(size), "kmalloc-{size}");
+        let fallback = (c.geo.size.div_ceil(crate::page::PAGE_SIZE))
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(c.geo.oo.order);
+        assert_eq!(
+            c.geo.min.order, fallback,
+            "kmalloc-{size}: the fallback order"
+        );
         if slab / c.geo.size >= 32 {
             assert!(
                 tail * 64 < slab,

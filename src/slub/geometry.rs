@@ -241,7 +241,9 @@ impl Geometry {
             let fls = usize::BITS - nr_cpus.max(1).leading_zeros();
             4 * (fls as usize + 1)
         };
-        let order = calculate_order(size, min_objects, cfg.min_order, max_order)
+        // `prefer_order` (crate-internal) starts the search higher without raising the fallback.
+        let start = cfg.min_order.max(cfg.prefer_order.min(max_order));
+        let order = calculate_order(size, min_objects, start, max_order)
             .ok_or_else(|| bad_size("no slab order holds it"))?;
         let oo = OrderObjects::new(order, size);
         let min = OrderObjects::new(get_order(size).max(cfg.min_order).min(order), size);
