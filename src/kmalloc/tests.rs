@@ -605,10 +605,7 @@ fn small_classes_take_the_order_with_the_smaller_tail() {
         let slab = crate::page::PAGE_SIZE << order;
         let tail = slab % c.geo.size;
         assert!(order >= kmalloc_slab_order(size), "kmalloc-{size}");
-        let fallback = (c.geo.size.div_ceil(crate::page::PAGE_SIZE))
-            .next_power_of_two()
-            .trailing_zeros()
-            .min(c.geo.oo.order);
+        let fallback = crate::slub::geometry::get_order(c.geo.size).min(c.geo.oo.order);
         assert_eq!(
             c.geo.min.order, fallback,
             "kmalloc-{size}: the fallback order"

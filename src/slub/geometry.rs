@@ -33,7 +33,7 @@ fn order_objects(order: u32, size: usize) -> usize {
 }
 
 /// `get_order(size)`: the smallest order whose block holds `size` bytes.
-fn get_order(size: usize) -> u32 {
+pub(crate) fn get_order(size: usize) -> u32 {
     let pages = size.div_ceil(PAGE_SIZE).max(1);
     pages.next_power_of_two().trailing_zeros()
 }
