@@ -194,7 +194,7 @@ impl Deferred {
         while !p.is_null() {
             n += 1;
             // SAFETY: a slab of the chain, ours.
-            p = unsafe { (*p).next.get() };
+            p = unsafe { (*p).next().get() };
         }
         // SAFETY: the chain is ours and its grace period has passed.
         unsafe { d.inner().release_handed_over(chain) };

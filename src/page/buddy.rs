@@ -595,22 +595,20 @@ impl PageAllocator {
     /// The descriptor `page` once it is shown to be one of a registered chunk of this node
     /// and instance (aborts otherwise), and its address.
     fn checked_descriptor(&self, page: NonNull<Page>, order: u32) -> (*mut Page, usize) {
-        let p = page.as_ptr();
-        // A garbage pointer is the caller's bug and is caught by the check below when readable.
-        // SAFETY: reading the immutable `addr` of what the caller claims is a descriptor.
-        let addr = unsafe { (*p).addr };
-        let p = match page_of(addr) {
-            // From here on use the table's pointer: it carries the metadata's provenance.
-            Some(q) if q == p => q,
-            _ => bad_free(
+        // A garbage pointer is the caller's bug: found by its address alone, never read.
+        let Some((meta, idx)) = descriptor_index(page.as_ptr()) else {
+            bad_free(
                 "not a kmem page descriptor (no registered chunk describes it)",
-                addr,
+                page.as_ptr() as usize,
                 order,
                 None,
-            ),
+            )
         };
-        // SAFETY: `p` is a genuine descriptor of a registered chunk (checked above).
-        let (meta, _) = unsafe { chunk_of(p) };
+        // From here on use the table's pointer: it carries the metadata's provenance.
+        // SAFETY: `idx` is a descriptor of the registered chunk `meta` (found above).
+        let p = unsafe { ChunkMeta::page(meta, idx) };
+        // SAFETY: registered chunk headers are initialised and immutable (except `next`).
+        let addr = unsafe { (*meta).base } as usize + (idx << PAGE_SHIFT);
         // SAFETY: registered chunk headers are initialised and immutable (except `next`).
         let (owner, node) = unsafe { ((*meta).budget, (*meta).node) };
         if owner != self.budget {

@@ -19,13 +19,34 @@ pub(crate) struct ChunkMeta {
     pub(super) budget: *const PageBudget,
     /// Owning node.
     pub(super) node: usize,
-    /// Bytes of this metadata mapping.
+    /// Bytes of this metadata in use, in whole pages (its mapping is [`META_RESERVE`] bytes).
     pub(super) meta_size: usize,
     /// Next chunk of the same node (node lock).
     pub(super) next: Cell<*mut ChunkMeta>,
     /// The descriptors.
     pub(super) pages: [Page; PAGES_PER_CHUNK],
 }
+
+/// The reservation a chunk's metadata is mapped in, and its alignment: the metadata's size in
+/// whole pages, rounded up to a power of two, and at least 64 KiB (a 4 MiB chunk's metadata
+/// takes 13 pages of it; the rest is never touched). Aligned to its size, its address is a key
+/// of the metadata table (`radix::meta_of`, keyed by `addr >> META_SHIFT`).
+///
+/// The 64 KiB floor gives the table the same shape in every build. Under Miri's small chunks
+/// the metadata fits one page, and a 4 KiB granule made a root of 2^18 entries, which Miri's
+/// borrow tracker handles about four times slower (measured on the page tests).
+pub(super) const META_RESERVE: usize = {
+    let size = core::mem::size_of::<ChunkMeta>()
+        .next_multiple_of(PAGE_SIZE)
+        .next_power_of_two();
+    if size < 1 << 16 {
+        1 << 16
+    } else {
+        size
+    }
+};
+/// log2 of [`META_RESERVE`].
+pub(super) const META_SHIFT: u32 = META_RESERVE.trailing_zeros();
 
 impl ChunkMeta {
     /// Descriptor `i` (raw: no reference to the whole header is ever formed).
@@ -36,21 +57,32 @@ impl ChunkMeta {
     }
 }
 
-/// The chunk metadata and page index of a genuine descriptor.
+/// The chunk metadata and page index of the descriptor at `p`, if `p` is the address of a
+/// descriptor of a registered chunk (of any allocator instance).
 ///
-/// Goes through the radix table rather than stepping back from `p`: a descriptor pointer made
-/// from a `&Page` only has provenance over those 64 bytes, while the table's pointer covers the
-/// whole metadata mapping.
+/// Goes through the metadata table (`radix::meta_of`) rather than stepping back from `p`: a
+/// descriptor pointer made from a `&Page` only has provenance over that descriptor, while the
+/// table's pointer covers the whole metadata mapping.
+#[inline(always)]
+pub(super) fn descriptor_index(p: *const Page) -> Option<(*mut ChunkMeta, usize)> {
+    // `addr()`, not `as usize`: the descriptor's provenance is never exposed. (Exposing it on
+    // every lookup would keep each retag of the descriptor alive for Miri's borrow tracker,
+    // whose stacks then grow without bound.)
+    let meta = radix::meta_of(p.addr())?.as_ptr();
+    let first = meta.addr() + core::mem::offset_of!(ChunkMeta, pages);
+    let off = p.addr().checked_sub(first)?;
+    let idx = off / core::mem::size_of::<Page>();
+    (off % core::mem::size_of::<Page>() == 0 && idx < PAGES_PER_CHUNK).then_some((meta, idx))
+}
+
+/// The chunk metadata and page index of a genuine descriptor.
 ///
 /// # Safety
 /// `p` is a descriptor of a registered (live) chunk.
 #[inline(always)]
 pub(super) unsafe fn chunk_of(p: *const Page) -> (*mut ChunkMeta, usize) {
-    // SAFETY: `p` is a live descriptor (caller contract); `addr` is immutable.
-    let addr = unsafe { (*p).addr };
-    let idx = (addr & (CHUNK_SIZE - 1)) >> PAGE_SHIFT;
-    match radix::lookup(addr) {
-        Some(meta) => (meta.as_ptr(), idx),
+    match descriptor_index(p) {
+        Some(found) => found,
         None => {
             crate::os::abort_msg(&["kmem: internal error: descriptor of an unregistered chunk"])
         }
@@ -114,7 +146,7 @@ pub(crate) fn virt_to_page_allocated(ptr: *const u8) -> Option<&'static Page> {
 /// holds no tagged slab.
 ///
 /// A *slab tag* is two bytes per page, kept apart from the descriptors in a dense table (32
-/// pages per cache line, where a descriptor takes a line of its own; the tag map of
+/// pages per cache line, where a descriptor takes most of a line; the tag map of
 /// `radix.rs`, two dependent loads from a pointer to its tag): the slab layer writes a
 /// nonzero tag on every page of a slab of a cache that has one ([`slab_tag_of`]: the cache's
 /// tag id in the low 12 bits — a kmalloc class index + 1, or an id a sheaf cache took at
@@ -145,14 +177,14 @@ const _: () = assert!(super::MAX_ORDER < 1 << (16 - TAG_ID_BITS));
 /// Writes `tag` on each of the `1 << order` pages of the allocated block headed by `head` (see
 /// [`slab_tag`]; 0 clears them).
 pub(crate) fn set_slab_tags(head: &Page, order: u32, tag: u16) {
-    let first = head.addr;
+    let first = page_address(head) as usize;
     for i in 0..1usize << order {
         radix::tag_cell(first + (i << PAGE_SHIFT)).store(tag, Ordering::Release);
     }
 }
 
 /// The memory described by a descriptor of a live chunk, derived from the chunk's base pointer
-/// (so it keeps the mapping's provenance, unlike [`Page::address`], which casts an integer).
+/// (so it keeps the mapping's provenance).
 #[allow(dead_code)] // for the slab layer (Miri runs it with strict provenance checks)
 pub(crate) fn page_address(page: &Page) -> *mut u8 {
     // Outside chunk set-up, a `&Page` can only come from a descriptor of a live chunk.
@@ -186,7 +218,9 @@ impl PageAllocator {
             return Grow::Os;
         };
         let meta_size = (core::mem::size_of::<ChunkMeta>() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
-        let Some(meta_raw) = os::map(meta_size, PAGE_SIZE) else {
+        // Aligned to META_RESERVE in a mapping of that size, so that its address is a key of
+        // the metadata table (`radix::meta_of`); the pages past `meta_size` are never touched.
+        let Some(meta_raw) = os::map(META_RESERVE, META_RESERVE) else {
             // SAFETY: `base` was just mapped with these arguments and is unused.
             unsafe { os::unmap(base, CHUNK_SIZE, CHUNK_SIZE) };
             budget.unreserve(usable);
@@ -223,19 +257,14 @@ impl PageAllocator {
                     PageInfo::tail(j, self.node)
                 };
                 // SAFETY: i + j < PAGES_PER_CHUNK inside our private metadata mapping.
-                unsafe {
-                    ChunkMeta::page(meta, i + j)
-                        .write(Page::new(base_addr + ((i + j) << PAGE_SHIFT), info))
-                };
+                unsafe { ChunkMeta::page(meta, i + j).write(Page::new(info)) };
             }
             i += 1 << o;
         }
         for j in usable_pages..PAGES_PER_CHUNK {
             let info = PageInfo::head(PageKind::Absent, 0, self.node, false);
             // SAFETY: as above.
-            unsafe {
-                ChunkMeta::page(meta, j).write(Page::new(base_addr + (j << PAGE_SHIFT), info))
-            };
+            unsafe { ChunkMeta::page(meta, j).write(Page::new(info)) };
         }
         // SAFETY: `meta` is non-null (from a NonNull mapping).
         if !radix::register(base_addr, unsafe { NonNull::new_unchecked(meta) }) {
@@ -271,12 +300,15 @@ impl PageAllocator {
         // SAFETY: caller contract: the header and descriptors are initialised and dead.
         unsafe {
             let base = (*meta).base;
-            let meta_size = (*meta).meta_size;
             for i in 0..PAGES_PER_CHUNK {
                 ptr::drop_in_place(ChunkMeta::page(meta, i));
             }
             os::unmap(NonNull::new_unchecked(base), CHUNK_SIZE, CHUNK_SIZE);
-            os::unmap(NonNull::new_unchecked(meta.cast()), meta_size, PAGE_SIZE);
+            os::unmap(
+                NonNull::new_unchecked(meta.cast()),
+                META_RESERVE,
+                META_RESERVE,
+            );
         }
     }
 }
@@ -306,7 +338,7 @@ impl Drop for PageAllocator {
                     i += 1 << info.order();
                 }
                 if all_free {
-                    radix::unregister((*chunk).base as usize);
+                    radix::unregister((*chunk).base as usize, NonNull::new_unchecked(chunk));
                     Self::destroy_chunk(chunk);
                     self.budget().unreserve(usable << PAGE_SHIFT);
                 } else {

@@ -1,18 +1,24 @@
 //! The page descriptor: kmem's `struct page`, with `struct slab` overlaid on the head page.
 //!
-//! Every 4 KiB page of a chunk has one 64-byte descriptor in an out-of-band table (never inside
+//! Every 4 KiB page of a chunk has one 48-byte descriptor in an out-of-band table (never inside
 //! the page itself, so a stray write into an object can never corrupt allocator metadata and
-//! the descriptor of any page is found by arithmetic). Which fields mean what depends on
-//! [`PageKind`]:
+//! the descriptor of any page is found by arithmetic; the page of a descriptor is found from
+//! the descriptor's own address, through the chunk table of metadata addresses:
+//! `chunk::descriptor_index`). Which fields mean what depends on [`PageKind`]:
 //!
-//! | kind      | `info`                          | `lru_prev/lru_next`      | slab fields        |
+//! | kind      | `info`                          | `lru_prev/lru_next`      | `slabs`, slab fields |
 //! |-----------|---------------------------------|--------------------------|--------------------|
-//! | `Free`    | order, node, released           | buddy free-list links    | unused             |
-//! | `Block`   | order, node, exact page count (0: `2^order`) | unused      | unused             |
-//! | `Slab`    | order, node, colour (head of a slab: always `2^order` pages) | node partial-list links | all meaningful |
+//! | `Free`    | order, node, released           | buddy free-list links    | `slabs`: the decay stamp |
+//! | in transit (`Tail`, offset 0) | node            | transit-list links (blocks being released) | `slabs`: the order (on the transit list) |
+//! | `Block`   | order, node, exact page count (0: `2^order`) | `next`: its owner's chain, if any | unused |
+//! | `Slab`    | order, node, colour (head of a slab: always `2^order` pages) | node partial-list links (or a debug cache's full list), or `next` (CPU partial list, a discard or hand-over chain) | all meaningful |
 //! | `Tail`    | offset to the head page         | unused                   | unused             |
-//! | `Pcp`     | order, node (free, on a CPU slot's page list) | unused     | `next`: the list link |
+//! | `Pcp`     | order, node (free, on a CPU slot's page list) | `next`: the list link | unused |
 //! | `Absent`  | (page beyond a partial chunk)   | unused                   | unused             |
+//!
+//! `next` ([`Page::next`]) is `lru_next` under another name, as the kernel's `slab->next`
+//! shares its words with `slab->slab_list`: a page is on a chain of `next` only while it is on
+//! no list of the two links.
 //!
 //! `info` is atomic because [`virt_to_page`](super::virt_to_page) and the free paths read it
 //! without a lock; everything a lock protects is a [`Cell`].
@@ -173,8 +179,11 @@ impl core::fmt::Debug for PageInfo {
     }
 }
 
-/// One page descriptor (64 bytes). See the module docs for which fields mean what.
-#[repr(C, align(64))]
+/// One page descriptor (48 bytes). See the module docs for which fields mean what.
+///
+/// Three descriptors take 144 bytes, so a descriptor may straddle two cache lines; its
+/// 16-byte double word never does (the stride keeps it 16-byte aligned).
+#[repr(C, align(16))]
 pub(crate) struct Page {
     // ---- struct slab (head page of a slab) ----
     /// `{freelist, counters}`: the slab's own freelist (objects freed while the slab is not the
@@ -183,36 +192,48 @@ pub(crate) struct Page {
     /// The owning cache (`*const CacheInner`), set before the slab is published; read without a
     /// lock by the free paths for the O(1) owner check.
     pub(crate) cache: AtomicPtr<u8>,
-    /// Next slab on a CPU partial list (slot lock).
-    pub(crate) next: Cell<*mut Page>,
-    // ---- list links: buddy free list (Free) or node partial list (Slab) ----
-    /// Previous page on the list this page is on.
-    pub(crate) lru_prev: Cell<*mut Page>,
-    /// Next page on the list this page is on.
-    pub(crate) lru_next: Cell<*mut Page>,
-    /// Slabs on the CPU partial list from this one to its end (slot lock).
-    pub(crate) slabs: Cell<u32>,
     /// The packed [`PageInfo`].
     pub(crate) info: AtomicU32,
-    /// The address of the page this descriptor describes (immutable after chunk set-up).
-    pub(crate) addr: usize,
+    /// Slabs on the CPU partial list from this one to its end (slot lock); a free buddy head's
+    /// decay stamp; a block in transit's order.
+    pub(crate) slabs: Cell<u32>,
+    // ---- list links: buddy free list or transit list (Free, in transit), node partial list
+    // (Slab); `lru_next` is also [`Page::next`] ----
+    /// Previous page on the list this page is on.
+    pub(crate) lru_prev: Cell<*mut Page>,
+    /// Next page on the list this page is on; the single link of the other chains.
+    pub(crate) lru_next: Cell<*mut Page>,
 }
 
-const _: () = assert!(core::mem::size_of::<Page>() == 64 || cfg!(loom));
+#[cfg(not(loom))]
+const _: () = {
+    assert!(core::mem::size_of::<Page>() == 48);
+    assert!(core::mem::offset_of!(Page, freelist_counters) % 16 == 0);
+};
 
 impl Page {
-    /// A descriptor for the page at `addr`, with the given info word.
-    pub(crate) fn new(addr: usize, info: PageInfo) -> Self {
+    /// A descriptor with the given info word.
+    pub(crate) fn new(info: PageInfo) -> Self {
         Page {
             freelist_counters: DWord::new(0, 0),
             cache: AtomicPtr::new(core::ptr::null_mut()),
-            next: Cell::new(core::ptr::null_mut()),
+            info: AtomicU32::new(info.0),
+            slabs: Cell::new(0),
             lru_prev: Cell::new(core::ptr::null_mut()),
             lru_next: Cell::new(core::ptr::null_mut()),
-            slabs: Cell::new(0),
-            info: AtomicU32::new(info.0),
-            addr,
         }
+    }
+
+    /// The link of the chains a page is on while it is on no list of `lru_prev`/`lru_next`
+    /// (the kernel's `slab->next`, which shares its words with `slab->slab_list` the same
+    /// way): a frozen slab's CPU partial list (slot lock), a chain of slabs taken off their
+    /// lists (discard, hand-over), a block on a CPU page list (`pcp.rs`), an allocated block's
+    /// owner's chain (the sheaf pool's blocks). It *is* `lru_next`: every user takes a page off
+    /// its list before linking it here (`remove_partial`, `unlink` clear the links) and reads
+    /// this link before putting the page on a list again.
+    #[inline(always)]
+    pub(crate) fn next(&self) -> &Cell<*mut Page> {
+        &self.lru_next
     }
 
     /// The info word (Acquire: pairs with the Release in [`Page::set_info`]).
@@ -279,8 +300,12 @@ mod tests {
     }
 
     #[test]
-    fn descriptor_is_one_cache_line() {
-        assert_eq!(core::mem::size_of::<Page>(), 64);
-        assert_eq!(core::mem::align_of::<Page>(), 64);
+    fn descriptor_is_48_bytes_with_an_aligned_double_word() {
+        assert_eq!(core::mem::size_of::<Page>(), 48);
+        assert_eq!(core::mem::align_of::<Page>(), 16);
+        assert_eq!(core::mem::offset_of!(Page, freelist_counters), 0);
+        // `next` is `lru_next` (the overlay the module docs describe).
+        let p = Page::new(PageInfo(0));
+        assert!(core::ptr::eq(p.next(), &p.lru_next));
     }
 }

@@ -5,7 +5,7 @@
 //! counts, in-place resizing), `chunk.rs` (chunks: mapping and unmapping them, pointer → page
 //! descriptor), `release.rs` (returning free blocks to the OS, blocks in transit, fork),
 //! `decay.rs` (returning free memory by itself after a delay), `budget.rs` (the
-//! memory limit and fault injection), `desc.rs` (`struct page`), `radix.rs` (the chunk table).
+//! memory limit and fault injection), `desc.rs` (`struct page`), `radix.rs` (the chunk tables).
 //! `impl PageAllocator` is split across `buddy.rs`, `chunk.rs` and `release.rs` by concern, each
 //! file holding the methods of one part of the algorithm.
 //!
@@ -14,10 +14,13 @@
 //! Memory comes from the OS in *chunks* of [`CHUNK_SIZE`] bytes of address space (4 MiB: one
 //! block of the largest order), aligned to `CHUNK_SIZE` so that `ptr & !(CHUNK_SIZE - 1)` is the
 //! chunk base. Each chunk has an out-of-band metadata mapping ([`ChunkMeta`]): a small header
-//! and one 64-byte [`Page`] descriptor per page. Nothing is ever stored inside the pages
+//! and one 48-byte [`Page`] descriptor per page. Nothing is ever stored inside the pages
 //! themselves, so a stray write into an object cannot corrupt allocator state. Chunks are
 //! registered in a process-wide two-level radix table (`radix.rs`), which makes
-//! [`virt_to_page`] two loads plus arithmetic, lock-free, and able to say "not ours".
+//! [`virt_to_page`] two loads plus arithmetic, lock-free, and able to say "not ours". The
+//! metadata mapping is itself aligned to its size (64 KiB, a power of two) and registered in a
+//! second table by its own address, so a descriptor leads back to its chunk, and its page,
+//! with no field for it.
 //!
 //! # Buddies
 //!

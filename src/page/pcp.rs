@@ -109,7 +109,7 @@ impl PcpLists {
     /// The slot lock is held; `p` heads a block of ours that is on no list.
     unsafe fn push(&mut self, p: *mut Page, order: u32) {
         // SAFETY: the `next` link of a detached block is ours.
-        unsafe { (*p).next.set(self.heads[order as usize]) };
+        unsafe { (*p).next().set(self.heads[order as usize]) };
         self.heads[order as usize] = p;
         self.pages += 1 << order;
     }
@@ -120,8 +120,8 @@ impl PcpLists {
         if !p.is_null() {
             // SAFETY: a block on our list (lock held).
             unsafe {
-                self.heads[order as usize] = (*p).next.get();
-                (*p).next.set(null_mut());
+                self.heads[order as usize] = (*p).next().get();
+                (*p).next().set(null_mut());
             }
             self.pages -= 1 << order;
         }
@@ -250,7 +250,7 @@ impl PageAllocator {
         {
             bad_free(
                 "double free: block is being freed concurrently",
-                page.addr,
+                crate::page::page_address(page) as usize,
                 order,
                 Some(page.info()),
             );

@@ -278,10 +278,10 @@ impl CacheInner {
             // SAFETY: `partial` is a live frozen slab on our list.
             let p = unsafe { &*partial };
             // SAFETY: list links are ours under `c.lock`.
-            unsafe { c.partial.set(p.next.get()) };
+            unsafe { c.partial.set(p.next().get()) };
             if node.is_some_and(|n| p.node() != n) {
                 // SAFETY: as above.
-                unsafe { p.next.set(ptr::null_mut()) };
+                unsafe { p.next().set(ptr::null_mut()) };
                 self.unfreeze_partials(c, partial);
                 continue;
             }

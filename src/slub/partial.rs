@@ -30,7 +30,7 @@ impl CacheInner {
             }
             None => {
                 // SAFETY: we froze `slab`; no one else links it.
-                unsafe { (*slab).next.set(ptr::null_mut()) };
+                unsafe { (*slab).next().set(ptr::null_mut()) };
                 self.unfreeze_partials(c, slab);
             }
         }
@@ -61,7 +61,7 @@ impl CacheInner {
             // At most `cpu_partial_slabs` (< 2^31, validated) plus the half that
             // get_partial_node adds without draining: no u32 overflow.
             (*slab).slabs.set(slabs + 1);
-            (*slab).next.set(old);
+            (*slab).next().set(old);
             c.partial.set(slab);
             to_unfreeze
         }
@@ -79,7 +79,7 @@ impl CacheInner {
             // SAFETY: a frozen slab on a list detached by (and so owned by) the caller.
             let s = unsafe { &*slab };
             // SAFETY: as above.
-            let next = unsafe { s.next.get() };
+            let next = unsafe { s.next().get() };
             let nid = s.node();
             let n = self.node(nid);
             let mutant = cfg!(kmem_mutant = "unfreeze_cas_before_list_lock");
@@ -108,7 +108,7 @@ impl CacheInner {
             };
             if new.1.inuse() == 0 && n.nr_partial.load(Ordering::Relaxed) >= self.geo.min_partial {
                 // SAFETY: ours; reuse `next` to chain the discard list.
-                unsafe { s.next.set(discard) };
+                unsafe { s.next().set(discard) };
                 discard = slab;
             } else if new.0 != 0 {
                 // SAFETY: unfrozen, with free objects, on no list; lock held.
@@ -122,7 +122,7 @@ impl CacheInner {
         drop(locked);
         while !discard.is_null() {
             // SAFETY: chained above; empty, unfrozen, on no list.
-            let next = unsafe { (*discard).next.get() };
+            let next = unsafe { (*discard).next().get() };
             c.stat(DeactivateEmpty);
             self.discard_slab(discard);
             c.stat(FreeSlab);

@@ -321,7 +321,7 @@ impl SheafPool {
             // SAFETY: a block just handed to us; its descriptor's list link is unused by the page allocator while the block is allocated.
             let p = unsafe { page.as_ref() };
             // SAFETY: as above.
-            unsafe { p.next.set(st.blocks) };
+            unsafe { p.next().set(st.blocks) };
             st.blocks = page.as_ptr();
             let base = crate::page::page_address(p) as usize;
             let mut at = base;
@@ -379,7 +379,7 @@ impl SheafPool {
         // SAFETY: the block list (through the descriptors' `next`) and the free list are guarded by the pool lock we hold; a sheaf lies inside the block it was carved from.
         unsafe {
             while !b.is_null() {
-                let next_block = (*b).next.get();
+                let next_block = (*b).next().get();
                 let base = crate::page::page_address(&*b) as usize;
                 let mut free_here = 0;
                 let mut s = st.free;
@@ -397,7 +397,7 @@ impl SheafPool {
                     free_here < per_block
                 };
                 if in_use {
-                    (*b).next.set(keep_blocks);
+                    (*b).next().set(keep_blocks);
                     keep_blocks = b;
                 } else {
                     // Rebuild the free list without its sheaves, then give the block back.
@@ -436,7 +436,7 @@ impl SheafPool {
         drop(st);
         while !b.is_null() {
             // SAFETY: a block of this pool (its descriptor links the list); no sheaf is used again (contract).
-            let next = unsafe { (*b).next.get() };
+            let next = unsafe { (*b).next().get() };
             // SAFETY: the block came from `pages` at `self.order` and is freed once.
             unsafe { pages.free_pages(NonNull::new_unchecked(b), self.order) };
             b = next;

@@ -81,7 +81,7 @@ impl CacheInner {
                 // SAFETY: on this list, lock held; then ours.
                 unsafe {
                     n.remove_partial(&mut g, slab);
-                    s.next.set(chain);
+                    s.next().set(chain);
                 }
                 chain = slab;
                 count += 1;
@@ -101,7 +101,7 @@ impl CacheInner {
             // SAFETY: the caller's chain of live slabs.
             unsafe {
                 objs += (*p).slab_state().1.objects() as usize;
-                p = (*p).next.get();
+                p = (*p).next().get();
             }
         }
         self.handed_over_objs.fetch_add(objs, Ordering::AcqRel);
@@ -118,7 +118,7 @@ impl CacheInner {
             unsafe {
                 let objs = (*p).slab_state().1.objects() as usize;
                 self.handed_over_objs.fetch_sub(objs, Ordering::AcqRel);
-                p = (*p).next.get();
+                p = (*p).next().get();
             }
         }
         // SAFETY: forwarded contract.
@@ -133,7 +133,7 @@ impl CacheInner {
     pub(crate) unsafe fn discard_chain(&self, mut chain: *mut Page) {
         while !chain.is_null() {
             // SAFETY: chained by `take_empty_partials`; ours (contract).
-            let next = unsafe { (*chain).next.get() };
+            let next = unsafe { (*chain).next().get() };
             self.discard_slab(chain);
             chain = next;
         }
@@ -288,7 +288,7 @@ impl CacheInner {
                 free += f;
                 cpu_partial += 1;
                 // SAFETY: on our list.
-                p = unsafe { (*p).next.get() };
+                p = unsafe { (*p).next().get() };
             }
         }
         let (mut num_slabs, mut num_objs) = (0, 0);

@@ -108,9 +108,7 @@ impl Drop for Fixture {
 fn mem(p: NonNull<Page>) -> *mut u8 {
     // SAFETY: descriptors handed out by alloc_pages are live.
     let page = unsafe { p.as_ref() };
-    let m = page_address(page);
-    assert_eq!(m as usize, page.addr);
-    m
+    page_address(page)
 }
 
 struct Rng(u64);
@@ -200,7 +198,7 @@ fn interior_pointers_find_the_head_and_foreign_pointers_none() {
     assert!(virt_to_page(core::ptr::null()).is_none());
     assert!(virt_to_page(ptr::null::<u8>().wrapping_add(usize::MAX)).is_none());
     // Free through the descriptor found from an interior pointer, as kfree does (its `&Page`
-    // only has provenance over 64 bytes; free_pages must not step outside it).
+    // only has provenance over its 48 bytes; free_pages must not step outside it).
     let found = NonNull::from(virt_to_page(base.wrapping_add(PAGE_SIZE + 1)).unwrap());
     // SAFETY: allocated above.
     unsafe { f.pa().free_pages(found, order) };
@@ -790,7 +788,7 @@ fn abort_child() {
             "wrong_order" => pa.free_pages(p, 1),
             "tail_page" => pa.free_pages(NonNull::new_unchecked(p.as_ptr().add(1)), 0),
             "foreign" => {
-                let fake = Page::new(0x1000, PageInfo::head(PageKind::Block, 0, 0, false));
+                let fake = Page::new(PageInfo::head(PageKind::Block, 0, 0, false));
                 pa.free_pages(NonNull::from(&fake), 0)
             }
             "other_node" => f.nodes[1].free_pages(p, 2),
