@@ -19,13 +19,15 @@ pub(crate) struct ChunkMeta {
     pub(super) budget: *const PageBudget,
     /// Owning node.
     pub(super) node: usize,
-    /// Bytes of this metadata in use, in whole pages (its mapping is [`META_RESERVE`] bytes).
-    pub(super) meta_size: usize,
     /// Next chunk of the same node (node lock).
     pub(super) next: Cell<*mut ChunkMeta>,
     /// The descriptors.
     pub(super) pages: [Page; PAGES_PER_CHUNK],
 }
+
+/// Bytes of a chunk's metadata in use: the header and descriptors, in whole pages (its mapping
+/// is [`META_RESERVE`] bytes).
+const META_BYTES: usize = core::mem::size_of::<ChunkMeta>().next_multiple_of(PAGE_SIZE);
 
 /// The reservation a chunk's metadata is mapped in, and its alignment: the metadata's size in
 /// whole pages, rounded up to a power of two, and at least 64 KiB (a 4 MiB chunk's metadata
@@ -36,9 +38,7 @@ pub(crate) struct ChunkMeta {
 /// the metadata fits one page, and a 4 KiB granule made a root of 2^18 entries, which Miri's
 /// borrow tracker handles about four times slower (measured on the page tests).
 pub(super) const META_RESERVE: usize = {
-    let size = core::mem::size_of::<ChunkMeta>()
-        .next_multiple_of(PAGE_SIZE)
-        .next_power_of_two();
+    let size = META_BYTES.next_power_of_two();
     if size < 1 << 16 {
         1 << 16
     } else {
@@ -217,9 +217,8 @@ impl PageAllocator {
             budget.unreserve(usable);
             return Grow::Os;
         };
-        let meta_size = (core::mem::size_of::<ChunkMeta>() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
         // Aligned to META_RESERVE in a mapping of that size, so that its address is a key of
-        // the metadata table (`radix::meta_of`); the pages past `meta_size` are never touched.
+        // the metadata table (`radix::meta_of`); the pages past `META_BYTES` are never touched.
         let Some(meta_raw) = os::map(META_RESERVE, META_RESERVE) else {
             // SAFETY: `base` was just mapped with these arguments and is unused.
             unsafe { os::unmap(base, CHUNK_SIZE, CHUNK_SIZE) };
@@ -235,7 +234,6 @@ impl PageAllocator {
             ptr::addr_of_mut!((*meta).usable_pages).write(usable_pages);
             ptr::addr_of_mut!((*meta).budget).write(self.budget);
             ptr::addr_of_mut!((*meta).node).write(self.node);
-            ptr::addr_of_mut!((*meta).meta_size).write(meta_size);
             ptr::addr_of_mut!((*meta).next).write(Cell::new(null_mut()));
         }
         // Carve [0, usable_pages) into maximal aligned blocks; fresh memory is "released".
@@ -284,7 +282,7 @@ impl PageAllocator {
             st.chunks = meta;
             st.nr_chunks += 1;
             st.mapped += usable;
-            st.metadata += meta_size;
+            st.metadata += META_BYTES;
             for &(i, o) in &blocks[..nblocks] {
                 st.push(ChunkMeta::page(meta, i), o, true);
             }
